@@ -1,0 +1,65 @@
+"""Progress events: one JSON object per line on stdout (the Blender side parses them).
+
+Event kinds: "progress" (stage, step, total, plus stage-specific numbers),
+"log" (message), "done" (stage, plus outputs), "error" (message).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import Any, TextIO
+
+_stream: TextIO = sys.stdout
+_quiet = False
+
+
+def set_stream(stream: TextIO, quiet: bool = False) -> None:
+    global _stream, _quiet
+    _stream, _quiet = stream, quiet
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 6) if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item"):  # numpy / torch scalars
+        return _clean(v.item())
+    return v
+
+
+def emit(event: str, **fields: Any) -> None:
+    if _quiet:
+        return
+    obj = {"event": event, **_clean(fields)}
+    _stream.write(json.dumps(obj) + "\n")
+    _stream.flush()
+
+
+def log(message: str) -> None:
+    emit("log", message=message)
+
+
+class Progress:
+    """Rate-limited progress emitter with an ETA from the average step time."""
+
+    def __init__(self, stage: str, total: int, every_s: float = 1.0, start_step: int = 0):
+        self.stage, self.total, self.every_s = stage, total, every_s
+        self.t0 = time.monotonic()
+        self.start_step = start_step
+        self.last = -1e9
+
+    def update(self, step: int, force: bool = False, **fields: Any) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every_s and step < self.total:
+            return
+        self.last = now
+        done = step - self.start_step
+        elapsed = now - self.t0
+        eta = elapsed / done * (self.total - step) if done > 0 else None
+        emit("progress", stage=self.stage, step=step, total=self.total,
+             elapsed_s=elapsed, eta_s=eta, **fields)

@@ -1,0 +1,193 @@
+"""Multi-resolution hash encoding (Instant-NGP), PyTorch reference implementation.
+
+Parameter layout (identical to tiny-cuda-nn's HashGrid with Smoothstep interpolation, so either
+implementation computes the same function from the same parameters):
+  * inputs are normalised to [0, 1]^3 by the mesh AABB (per axis) before encoding;
+  * level l has scale_l = base_res * per_level_scale**l - 1 and resolution_l = ceil(scale_l) + 1;
+    a point x maps to pos = x * scale_l + 0.5, corner = floor(pos), fraction = pos - corner;
+  * the level holds P_l = min(next_multiple_of_8(resolution_l**3), 2**log2_table) entries;
+    corners index densely (x + y*res + z*res^2) when resolution_l**3 <= P_l, otherwise by the
+    hash (x*1 ^ y*2654435761 ^ z*805459861) mod P_l (uint32 arithmetic);
+  * weights use smoothstep w = f*f*(3 - 2f) per axis; the output is level-major
+    (feature index = level * n_features + f);
+  * all levels' tables are concatenated in one flat parameter of shape (sum P_l, n_features).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+from torch import nn
+
+PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    n_levels: int = 16
+    n_features: int = 8
+    log2_table: int = 22
+    base_res: int = 16
+    per_level_scale: float = 2.0 ** (9 / 16)
+    smoothstep: bool = True
+
+    @property
+    def out_dim(self) -> int:
+        return self.n_levels * self.n_features
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def level_layout(self) -> list[tuple[float, int, int, int]]:
+        """Per level: (scale, resolution, params_in_level, offset)."""
+        out, offset = [], 0
+        for lvl in range(self.n_levels):
+            scale = self.base_res * (self.per_level_scale ** lvl) - 1.0
+            res = int(math.ceil(scale)) + 1
+            size = min(((res ** 3 + 7) // 8) * 8, 2 ** self.log2_table)
+            out.append((scale, res, size, offset))
+            offset += size
+        return out
+
+    @property
+    def n_params(self) -> int:
+        _, _, size, off = self.level_layout()[-1]
+        return off + size
+
+
+def _float32_scale(scale: float) -> float:
+    # tiny-cuda-nn computes the level scale in float32; match it bit for bit.
+    return float(torch.tensor(scale, dtype=torch.float32))
+
+
+def corner_indices_weights(x: torch.Tensor, scale: float, res: int, size: int, smoothstep: bool):
+    """For normalised points x (N, 3): indices (N, 8) into the level table and weights (N, 8)."""
+    pos = x * _float32_scale(scale) + 0.5
+    base = torch.floor(pos)
+    frac = pos - base
+    if smoothstep:
+        frac = frac * frac * (3.0 - 2.0 * frac)
+    base = base.to(torch.int64)
+    dense = res ** 3 <= size
+    idx, w = [], []
+    for c in range(8):
+        bits = [(c >> d) & 1 for d in range(3)]
+        g = [base[:, d] + bits[d] for d in range(3)]
+        if dense:
+            i = g[0] + g[1] * res + g[2] * (res * res)
+        else:
+            i = (g[0] * PRIMES[0]) ^ (g[1] * PRIMES[1]) ^ (g[2] * PRIMES[2])
+            i = i & 0xFFFFFFFF
+        idx.append(i % size)
+        wc = torch.ones_like(frac[:, 0])
+        for d in range(3):
+            wc = wc * (frac[:, d] if bits[d] else 1.0 - frac[:, d])
+        w.append(wc)
+    return torch.stack(idx, 1), torch.stack(w, 1)
+
+
+def _level_tensors(cfg: HashGridConfig, device) -> tuple[torch.Tensor, ...]:
+    lay = cfg.level_layout()
+    scale = torch.tensor([_float32_scale(s) for s, _, _, _ in lay], dtype=torch.float32, device=device)
+    res = torch.tensor([r for _, r, _, _ in lay], dtype=torch.int64, device=device)
+    size = torch.tensor([n for _, _, n, _ in lay], dtype=torch.int64, device=device)
+    offset = torch.tensor([o for _, _, _, o in lay], dtype=torch.int64, device=device)
+    return scale, res, size, offset
+
+
+class _WeightedGather(torch.autograd.Function):
+    """out[n, l] = sum_c w[n, l, c] * table[idx[n, l, c]]; the backward scatters with index_add_
+    (much faster on CPU than the sort-based embedding backward)."""
+
+    @staticmethod
+    def forward(ctx, table, idx, w):
+        f = table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, table.shape[1])
+        ctx.save_for_backward(idx, w)
+        ctx.n_rows = table.shape[0]
+        return (f * w[..., None].to(f.dtype)).sum(-2)
+
+    @staticmethod
+    def backward(ctx, g):
+        idx, w = ctx.saved_tensors
+        contrib = (g[..., None, :] * w[..., None].to(g.dtype)).reshape(-1, g.shape[-1])
+        grad = torch.zeros(ctx.n_rows, g.shape[-1], dtype=g.dtype, device=g.device)
+        grad.index_add_(0, idx.reshape(-1), contrib)
+        return grad, None, None
+
+
+_CORNERS = torch.tensor([[(c >> d) & 1 for d in range(3)] for c in range(8)], dtype=torch.int64)
+
+
+def encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+                     chunk: int = 1 << 16) -> torch.Tensor:
+    """Plain PyTorch encoding of normalised points x (N, 3) -> (N, n_levels * n_features).
+    All levels and corners at once; the same arithmetic as `corner_indices_weights`."""
+    scale, res, size, offset = _level_tensors(cfg, x.device)
+    bits = _CORNERS.to(x.device)                                         # (8, 3)
+    primes = torch.tensor(PRIMES, dtype=torch.int64, device=x.device)
+    dense = (res ** 3 <= size)                                           # (L,)
+    outs = []
+    for k in range(0, x.shape[0], chunk):
+        xc = x[k:k + chunk]
+        pos = xc[:, None, :] * scale[None, :, None] + 0.5                # (N, L, 3)
+        base = torch.floor(pos)
+        frac = pos - base
+        if cfg.smoothstep:
+            frac = frac * frac * (3.0 - 2.0 * frac)
+        g = base.to(torch.int64)[:, :, None, :] + bits[None, None]       # (N, L, 8, 3)
+        r = res[None, :, None]
+        i_dense = g[..., 0] + g[..., 1] * r + g[..., 2] * (r * r)
+        i_hash = ((g[..., 0] * primes[0]) ^ (g[..., 1] * primes[1]) ^ (g[..., 2] * primes[2])) & 0xFFFFFFFF
+        idx = torch.where(dense[None, :, None], i_dense, i_hash) % size[None, :, None] + offset[None, :, None]
+        f3 = torch.where(bits[None, None].bool(), frac[:, :, None, :], 1.0 - frac[:, :, None, :])
+        w = f3.prod(-1)                                                  # (N, L, 8)
+        outs.append(_WeightedGather.apply(table, idx, w).reshape(xc.shape[0], -1))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def encode_loop(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
+    """Level-by-level, corner-by-corner version (the readable statement of the function)."""
+    feats = []
+    for scale, res, size, offset in cfg.level_layout():
+        idx, w = corner_indices_weights(x, scale, res, size, cfg.smoothstep)
+        f = table[offset + idx]                      # (N, 8, F)
+        feats.append((f * w.unsqueeze(-1).to(f.dtype)).sum(1))
+    return torch.cat(feats, 1)
+
+
+class HashGrid(nn.Module):
+    """Hash grid over an AABB; call with world-space points (N, 3)."""
+
+    def __init__(self, cfg: HashGridConfig, aabb_min, aabb_max, backend: str = "auto"):
+        super().__init__()
+        self.cfg = cfg
+        lo = torch.as_tensor(aabb_min, dtype=torch.float32)
+        hi = torch.as_tensor(aabb_max, dtype=torch.float32)
+        pad = (hi - lo).clamp_min(1e-6) * 0.01           # keep surface points strictly inside
+        self.register_buffer("lo", lo - pad)
+        self.register_buffer("inv_extent", 1.0 / (hi - lo + 2 * pad))
+        # Instant-NGP initialisation: uniform in [-1e-4, 1e-4].
+        self.table = nn.Parameter(torch.empty(cfg.n_params, cfg.n_features).uniform_(-1e-4, 1e-4))
+        self.backend = backend
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.lo) * self.inv_extent).clamp(0.0, 1.0)
+
+    def forward(self, x_world: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(x_world.float())
+        if self._use_triton(x):
+            from .hashgrid_triton import encode_triton
+            return encode_triton(x, self.table, self.cfg)
+        return encode_reference(x, self.table, self.cfg)
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if self.backend == "torch" or not x.is_cuda:
+            return False
+        try:
+            from . import hashgrid_triton  # noqa: F401
+        except ImportError:
+            if self.backend == "triton":
+                raise
+            return False
+        return True

@@ -1,0 +1,259 @@
+"""Fused Triton kernels for the multi-resolution hash encoding (CUDA path of `HashGrid`).
+
+Computes exactly the function of `hashgrid.encode_reference`: same level layout, corner indices,
+float32 rounding of `pos = x * scale + 0.5` (two roundings, hence FMA contraction is switched off
+for these kernels), same smoothstep and weight products. Differentiable w.r.t. the table.
+
+Work split: one program encodes BLOCK points at one level (grid = point blocks x levels, blocks
+of a level launched together). With random points a hashed level's table (134 MB at 2^22 x 8
+float32) is what all running programs gather from at that moment, so the 50 MB L2 catches part
+of the reads; iterating all levels per point would gather from all tables at once.
+The backward recomputes indices and weights and scatters into the gradient table with fp32
+atomics (no sorting: the targets are almost all distinct for random points).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .hashgrid import HashGridConfig, _float32_scale
+
+# Hash primes of tiny-cuda-nn (uint32 arithmetic), as in hashgrid.PRIMES.
+_P1: tl.constexpr = tl.constexpr(2654435761)
+_P2: tl.constexpr = tl.constexpr(805459861)
+
+
+@dataclass(frozen=True)
+class Launch:
+    block: int = 128        # points per program
+    num_warps: int = 4
+    per_level: bool = True  # grid over (point blocks, levels); False: all levels in one program
+    stream: bool = False    # evict-first hint on output / grad_out so L2 keeps table rows
+    coarse_res: int = 0     # backward: block-reduce corners shared by a whole block on levels
+                            # with res <= coarse_res (helps coherent points; 0 = off)
+
+
+FWD_LAUNCH = Launch()
+BWD_LAUNCH = Launch()
+
+
+@triton.jit
+def _level_corners(x, y, z, scale, SMOOTH: tl.constexpr):
+    """Grid cell (int32) and interpolation fractions of one level, rounded like the reference."""
+    px = x * scale + 0.5
+    py = y * scale + 0.5
+    pz = z * scale + 0.5
+    bx = tl.floor(px)
+    by = tl.floor(py)
+    bz = tl.floor(pz)
+    fx = px - bx
+    fy = py - by
+    fz = pz - bz
+    if SMOOTH:
+        fx = fx * fx * (3.0 - 2.0 * fx)
+        fy = fy * fy * (3.0 - 2.0 * fy)
+        fz = fz * fz * (3.0 - 2.0 * fz)
+    return bx.to(tl.int32), by.to(tl.int32), bz.to(tl.int32), fx, fy, fz
+
+
+@triton.jit
+def _corner(c: tl.constexpr, ix, iy, iz, fx, fy, fz, res, size, offset, hashed):
+    """Row (int64, into the flat table) and weight of corner c (bit d of c = +1 along axis d)."""
+    gx = ix + (c & 1)
+    gy = iy + ((c >> 1) & 1)
+    gz = iz + ((c >> 2) & 1)
+    if hashed:
+        h = gx.to(tl.uint32) ^ (gy.to(tl.uint32) * _P1) ^ (gz.to(tl.uint32) * _P2)
+        idx = (h & (size - 1).to(tl.uint32)).to(tl.int64)  # hashed levels have size 2^log2_table
+    else:
+        idx = ((gx + gy * res + gz * (res * res)) % size).to(tl.int64)
+    wx = fx if (c & 1) else 1.0 - fx
+    wy = fy if ((c >> 1) & 1) else 1.0 - fy
+    wz = fz if ((c >> 2) & 1) else 1.0 - fz
+    return offset + idx, wx * wy * wz
+
+
+@triton.jit
+def _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
+               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr, EVICT: tl.constexpr):
+    scale = tl.load(scale_ptr + lvl)
+    res = tl.load(meta_ptr + lvl * 4 + 0).to(tl.int32)
+    size = tl.load(meta_ptr + lvl * 4 + 1).to(tl.int32)
+    offset = tl.load(meta_ptr + lvl * 4 + 2)
+    hashed = tl.load(meta_ptr + lvl * 4 + 3) != 0
+    ix, iy, iz, fx, fy, fz = _level_corners(x, y, z, scale, SMOOTH)
+    feat = tl.arange(0, F)
+    acc = tl.zeros((rows.shape[0], F), dtype=tl.float32)
+    for c in tl.static_range(8):
+        row, w = _corner(c, ix, iy, iz, fx, fy, fz, res, size, offset, hashed)
+        v = tl.load(table_ptr + row[:, None] * F + feat[None, :], mask=mask[:, None], other=0.0)
+        acc += v.to(tl.float32) * w[:, None]
+    out = out_ptr + rows.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :]
+    tl.store(out, acc, mask=mask[:, None], eviction_policy=EVICT)
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, N,
+                F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, SMOOTH: tl.constexpr,
+                PER_LEVEL: tl.constexpr, EVICT: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = rows < N
+    x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
+    y = tl.load(x_ptr + rows * 3 + 1, mask=mask, other=0.0)
+    z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
+    if PER_LEVEL:
+        _level_fwd(tl.program_id(1), x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
+                   F, L, SMOOTH, EVICT)
+    else:
+        for lvl in range(L):
+            _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
+                       F, L, SMOOTH, EVICT)
+
+
+@triton.jit
+def _level_bwd(lvl, x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
+               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr, EVICT: tl.constexpr,
+               COARSE_RES: tl.constexpr):
+    scale = tl.load(scale_ptr + lvl)
+    res = tl.load(meta_ptr + lvl * 4 + 0).to(tl.int32)
+    size = tl.load(meta_ptr + lvl * 4 + 1).to(tl.int32)
+    offset = tl.load(meta_ptr + lvl * 4 + 2)
+    hashed = tl.load(meta_ptr + lvl * 4 + 3) != 0
+    ix, iy, iz, fx, fy, fz = _level_corners(x, y, z, scale, SMOOTH)
+    feat = tl.arange(0, F)
+    g = tl.load(gout_ptr + rows.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :],
+                mask=mask[:, None], other=0.0, eviction_policy=EVICT).to(tl.float32)
+    # Coherent points (a frame's pixels) share coarse cells: when a whole block lands on one
+    # table row, sum in the block and issue one atomic instead of BLOCK same-address atomics.
+    coarse = res <= COARSE_RES
+    for c in tl.static_range(8):
+        row, w = _corner(c, ix, iy, iz, fx, fy, fz, res, size, offset, hashed)
+        val = g * w[:, None]
+        ptrs = gtable_ptr + row[:, None] * F + feat[None, :]
+        # Relaxed: the sums need atomicity only, no ordering; result unused -> red instructions.
+        if coarse:
+            rmin = tl.min(tl.where(mask, row, 1 << 62), 0)
+            rmax = tl.max(tl.where(mask, row, -1), 0)
+            if rmin == rmax:
+                tl.atomic_add(gtable_ptr + rmin * F + feat, tl.sum(val, 0), sem="relaxed")
+            else:
+                tl.atomic_add(ptrs, val, mask=mask[:, None], sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, val, mask=mask[:, None], sem="relaxed")
+
+
+@triton.jit
+def _bwd_kernel(x_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, N,
+                F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, SMOOTH: tl.constexpr,
+                PER_LEVEL: tl.constexpr, EVICT: tl.constexpr, COARSE_RES: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = rows < N
+    x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
+    y = tl.load(x_ptr + rows * 3 + 1, mask=mask, other=0.0)
+    z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
+    if PER_LEVEL:
+        _level_bwd(tl.program_id(1), x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr,
+                   meta_ptr, F, L, SMOOTH, EVICT, COARSE_RES)
+    else:
+        for lvl in range(L):
+            _level_bwd(lvl, x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
+                       F, L, SMOOTH, EVICT, COARSE_RES)
+
+
+_META_CACHE: dict[tuple[HashGridConfig, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def level_tensors(cfg: HashGridConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-level float32 scale (L,) and int64 (res, size, offset, hashed) rows (L, 4)."""
+    key = (cfg, device)
+    if key not in _META_CACHE:
+        scales, meta = [], []
+        for scale, res, size, offset in cfg.level_layout():
+            scales.append(_float32_scale(scale))
+            meta.append((res, size, offset, int(res ** 3 > size)))
+        _META_CACHE[key] = (torch.tensor(scales, dtype=torch.float32, device=device),
+                            torch.tensor(meta, dtype=torch.int64, device=device))
+    return _META_CACHE[key]
+
+
+def _check(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> None:
+    F = cfg.n_features
+    if F & (F - 1) or F > 64:
+        raise ValueError(f"n_features must be a power of two <= 64, got {F}")
+    if cfg.log2_table > 30:
+        raise ValueError("log2_table > 30 overflows the kernels' int32 dense indices")
+    if x.ndim != 2 or x.shape[1] != 3 or x.dtype != torch.float32:
+        raise ValueError(f"x must be (N, 3) float32, got {tuple(x.shape)} {x.dtype}")
+    if tuple(table.shape) != (cfg.n_params, F):
+        raise ValueError(f"table must be ({cfg.n_params}, {F}), got {tuple(table.shape)}")
+    if table.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"unsupported table dtype {table.dtype}")
+
+
+def _grid(n: int, cfg: HashGridConfig, launch: Launch) -> tuple[int, ...]:
+    nb = triton.cdiv(n, launch.block)
+    return (nb, cfg.n_levels) if launch.per_level else (nb,)
+
+
+def _evict(launch: Launch) -> str:
+    return "evict_first" if launch.stream else ""
+
+
+def forward(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+            launch: Launch = FWD_LAUNCH) -> torch.Tensor:
+    """Encode x (N, 3) -> (N, L*F) float32; no autograd."""
+    _check(x, table, cfg)
+    x, table = x.contiguous(), table.contiguous()
+    n = x.shape[0]
+    out = torch.empty(n, cfg.out_dim, dtype=torch.float32, device=x.device)
+    if n == 0:
+        return out
+    scale, meta = level_tensors(cfg, x.device)
+    _fwd_kernel[_grid(n, cfg, launch)](
+        x, table, out, scale, meta, n, F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block,
+        SMOOTH=cfg.smoothstep, PER_LEVEL=launch.per_level, EVICT=_evict(launch),
+        num_warps=launch.num_warps, enable_fp_fusion=False)
+    return out
+
+
+def backward(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig,
+             launch: Launch = BWD_LAUNCH) -> torch.Tensor:
+    """Gradient of sum(encode(x) * grad_out) w.r.t. the table: (P, F) float32."""
+    x, grad_out = x.contiguous(), grad_out.contiguous()
+    n = x.shape[0]
+    gtable = torch.zeros(cfg.n_params, cfg.n_features, dtype=torch.float32, device=x.device)
+    if n == 0:
+        return gtable
+    scale, meta = level_tensors(cfg, x.device)
+    _bwd_kernel[_grid(n, cfg, launch)](
+        x, grad_out, gtable, scale, meta, n, F=cfg.n_features, L=cfg.n_levels,
+        BLOCK=launch.block, SMOOTH=cfg.smoothstep, PER_LEVEL=launch.per_level,
+        EVICT=_evict(launch), COARSE_RES=launch.coarse_res, num_warps=launch.num_warps,
+        enable_fp_fusion=False)
+    return gtable
+
+
+class _Encode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
+        ctx.cfg = cfg
+        ctx.table_dtype = table.dtype
+        ctx.save_for_backward(x)
+        return forward(x, table, cfg)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        gtable = None
+        if ctx.needs_input_grad[1]:
+            gtable = backward(x, grad_out.float(), ctx.cfg).to(ctx.table_dtype)
+        # No gradient w.r.t. positions: the surface points are fixed inputs.
+        return None, gtable, None
+
+
+def encode_triton(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
+    """Fused encoding of normalised points x (N, 3) in [0, 1] -> (N, L*F) float32."""
+    return _Encode.apply(x, table, cfg)

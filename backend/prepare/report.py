@@ -1,0 +1,159 @@
+"""`check`: validation report of an MVSNet scene (numpy only, so Blender can run it too).
+
+Per view: resolution, intrinsics, mesh coverage (fraction of pixels the mesh covers, measured by
+rasterizing at a reduced resolution), fraction of mesh vertices in front of the camera and inside
+the image, and whether the mesh centre projects into the image. Scene-wide: views the mesh does
+not reach, and hints when cameras and mesh look like they are in different frames.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import events
+from ..cameras import Camera
+from ..meshio import load_mesh
+from ..raster_cpu import rasterize
+from ..scene import load_scene
+
+LOW_COVERAGE = 0.01
+
+
+def _preview_camera(cam: Camera, max_side: int) -> Camera:
+    f = min(1.0, max_side / max(cam.width, cam.height))
+    return cam if f == 1.0 else cam.scaled(f)
+
+
+def _inside(uv: np.ndarray, z: np.ndarray, cam: Camera) -> np.ndarray:
+    return (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] <= cam.height)
+
+
+def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: int | None = None,
+                max_side: int = 256, coverage: bool = True) -> dict:
+    """Validation report of a scene folder (see module doc). JSON-serialisable.
+
+    max_side: the long side, in pixels, at which coverage is rasterized (smaller is faster).
+    coverage=False skips rasterization (vertex projections only).
+    """
+    scene = load_scene(scene_path, mesh=mesh, level=level)
+    m = load_mesh(scene.mesh_path)
+    V = m.vertices.astype(np.float64)
+    lo, hi = V.min(0), V.max(0)
+    centre = (lo + hi) / 2
+    diag = float(np.linalg.norm(hi - lo))
+    sample = V if len(V) <= 100_000 else V[:: int(np.ceil(len(V) / 100_000))]
+
+    progress = events.Progress("check", len(scene.views))
+    views, skewed = [], []
+    for i, v in enumerate(scene.views):
+        cam = v.camera
+        uv, z = cam.project(sample)
+        front = float((z > 0).mean())
+        inside = float(_inside(uv, z, cam).mean())
+        cuv, cz = cam.project(centre[None])
+        cov = None
+        if coverage:
+            try:
+                cov = float(rasterize(m, _preview_camera(cam, max_side)).mask.mean())
+            except ValueError:          # skewed K: the rasterizer (like training) cannot use it
+                skewed.append(v.name)
+        views.append({
+            "name": v.name, "image": str(v.image_path), "width": cam.width, "height": cam.height,
+            "fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy,
+            "coverage": cov, "vertices_in_front": front, "vertices_in_image": inside,
+            "centre_in_image": bool(_inside(cuv, cz, cam)[0]),
+            "distance_to_centre": float(np.linalg.norm(cam.center - centre)),
+        })
+        progress.update(i + 1, view=v.name)
+
+    resolutions: dict[str, int] = {}
+    for r in views:
+        key = f"{r['width']}x{r['height']}"
+        resolutions[key] = resolutions.get(key, 0) + 1
+    # Without coverage, a view reaches the mesh if a vertex or the mesh centre projects into it
+    # (a rough proxy: large triangles can cover an image with all their vertices outside it).
+    reach = [float(r["vertices_in_image"] > 0 or r["centre_in_image"]) if r["coverage"] is None
+             else r["coverage"] for r in views]
+    not_reached = [r["name"] for r, c in zip(views, reach) if c == 0]
+    low = [r["name"] for r, c in zip(views, reach) if 0 < c < LOW_COVERAGE] if coverage else []
+    centre_views = sum(r["centre_in_image"] for r in views)
+
+    errors, warnings = [], []
+    if skewed:
+        errors.append(f"{len(skewed)} camera(s) have a skewed K (e.g. {skewed[0]}), which cannot be rendered; "
+                      "re-export the cameras without skew.")
+    if len(not_reached) == len(views):
+        errors.append("the mesh is not seen by any camera: cameras and mesh are in different frames "
+                      "(Metashape: check --mesh-frame / the exported coordinate system) or the wrong mesh was used.")
+    elif not_reached:
+        warnings.append(f"{len(not_reached)} view(s) do not see the mesh; they add no training rays.")
+    if low:
+        warnings.append(f"{len(low)} view(s) see the mesh in less than {LOW_COVERAGE:.0%} of their pixels.")
+    if views and centre_views == 0 and len(not_reached) < len(views):
+        warnings.append("the centre of the mesh's bounding box is outside every view.")
+    behind = [r for r in views if r["vertices_in_front"] < 0.05]
+    if views and len(behind) > len(views) / 2:
+        warnings.append("most cameras have the mesh behind them: the poses may use OpenGL axes (y up, z back) "
+                        "instead of OpenCV axes (y down, z forward), or be camera-to-world instead of "
+                        "world-to-camera.")
+    rounding = float(np.abs(V).max()) * 2.0 ** -24          # float32 spacing of the mesh coordinates
+    if diag > 0 and rounding > 1e-5 * diag:
+        warnings.append(f"the mesh lies far from the origin: its float32 coordinates are only precise to "
+                        f"~{rounding:.2g} (diagonal {diag:.3g}); export it in a local coordinate system.")
+    dists = np.array([r["distance_to_centre"] for r in views])
+    if views and diag > 0 and np.median(dists) > 100 * diag:
+        warnings.append(f"the cameras are ~{np.median(dists) / diag:.0f}x the mesh size away from it: the mesh "
+                        "and cameras may use different units or scales.")
+
+    fsize = scene.mesh_path.stat().st_size
+    return {
+        "scene": str(scene.root), "status": "error" if errors else ("warning" if warnings else "ok"),
+        "errors": errors, "warnings": warnings,
+        "n_views": len(views), "resolutions": resolutions,
+        "images_dir": str(scene.views[0].image_path.parent) if views else None,
+        "mesh": {"path": str(scene.mesh_path), "vertices": int(len(m.vertices)), "faces": int(len(m.faces)),
+                 "file_bytes": int(fsize), "bounds_min": lo.tolist(), "bounds_max": hi.tolist(),
+                 "diagonal": diag},
+        "coverage_measured": bool(coverage), "coverage_max_side": int(max_side),
+        "coverage_mean": float(np.mean([r["coverage"] for r in views if r["coverage"] is not None] or [0.0]))
+        if coverage and views else None,
+        "views_not_reached": not_reached, "views_low_coverage": low,
+        "views_seeing_mesh_centre": int(centre_views),
+        "views": views,
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def format_report(r: dict, max_rows: int = 40) -> str:
+    """Human-readable text of a check_scene report."""
+    mesh = r["mesh"]
+    lines = [f"Scene {r['scene']}: {r['status'].upper()}",
+             f"  views: {r['n_views']}  resolutions: "
+             + ", ".join(f"{k} ({n})" for k, n in r["resolutions"].items()),
+             f"  mesh: {mesh['path']}  {mesh['vertices']:,} vertices, {mesh['faces']:,} triangles, "
+             f"{_mb(mesh['file_bytes'])}, bounding-box diagonal {mesh['diagonal']:.4g}"]
+    if r["coverage_measured"]:
+        lines.append(f"  mesh coverage (at <= {r['coverage_max_side']} px): mean {r['coverage_mean']:.1%}")
+    lines.append(f"  views that see the mesh centre: {r['views_seeing_mesh_centre']} of {r['n_views']}")
+    if r["views_not_reached"]:
+        shown = r["views_not_reached"][:10]
+        more = len(r["views_not_reached"]) - len(shown)
+        lines.append("  views the mesh does not reach: " + ", ".join(shown) + (f" (+{more} more)" if more else ""))
+    lines.append("")
+    lines.append(f"  {'view':<28} {'size':>11} {'coverage':>9} {'in front':>9} {'in image':>9}  centre")
+    for v in r["views"][:max_rows]:
+        cov = "-" if v["coverage"] is None else f"{v['coverage']:.1%}"
+        lines.append(f"  {v['name'][:28]:<28} {v['width']:>5}x{v['height']:<5} {cov:>9} "
+                     f"{v['vertices_in_front']:>9.0%} {v['vertices_in_image']:>9.0%}  "
+                     f"{'yes' if v['centre_in_image'] else 'no'}")
+    if len(r["views"]) > max_rows:
+        lines.append(f"  ... {len(r['views']) - max_rows} more view(s)")
+    for e in r["errors"]:
+        lines.append(f"ERROR: {e}")
+    for w in r["warnings"]:
+        lines.append(f"WARNING: {w}")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Mesh rasterization for the pipeline: surface samples of a camera as torch tensors.
+
+CUDA: nvdiffrast (RasterizeCudaContext). CPU: the exact software rasterizer (raster_cpu).
+Both sample rays at continuous pixel coordinates k + 0.5 of `camera.scaled(ss)`; sub-samples are
+regrouped per output pixel as (H, W, ss*ss) with sub-sample index a + ss*b (Camera.sample_coords).
+Large images are rasterized in tiles (a tile is the same camera with a shifted principal point).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cameras import Camera
+from .errors import DeviceError
+from .meshio import Mesh
+from . import raster_cpu
+
+MAX_TILE = 4096   # nvdiffrast's CUDA rasterizer handles up to 16384; tiles keep buffers small
+
+
+@dataclass
+class Surface:
+    mask: torch.Tensor     # (H, W, S) bool, sub-sample hits the mesh
+    xyz: torch.Tensor      # (H, W, S, 3) float32 world-space surface points (0 where no hit)
+    normal: torch.Tensor   # (H, W, 3) float32 unit normal averaged over the hit sub-samples
+    depth: torch.Tensor    # (H, W) float32 mean camera z over hit sub-samples (inf: no hit)
+
+
+def load_nvdiffrast():
+    """Import nvdiffrast.torch and JIT-build its plugin. With torch >= 2.11 the plugin's build
+    folder is no longer put on sys.path by the loader, so add it before the first call."""
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _arch_list())
+    import nvdiffrast
+    import nvdiffrast.torch as dr
+    import torch.utils.cpp_extension as ext
+    name = re.sub(r"[^0-9a-zA-Z_]+", "_", f"nvdiffrast_plugin_{nvdiffrast.__version__}_torch{torch.__version__}")
+    build_dir = ext._get_build_directory(name, False)
+    if build_dir not in sys.path:
+        sys.path.insert(0, build_dir)
+    return dr
+
+
+def _arch_list() -> str:
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"{major}.{minor}"
+    return ""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda was asked for but no CUDA GPU is available to torch "
+                              f"(torch {torch.__version__}); install a CUDA build of torch or use --device cpu.")
+        return torch.device(device)
+    return torch.device("cpu")
+
+
+class Rasterizer:
+    def __init__(self, mesh: Mesh, device: torch.device):
+        self.mesh, self.device = mesh, device
+        self.normals_np = mesh.vertex_normals()
+        if device.type == "cuda":
+            self.dr = load_nvdiffrast()
+            self.ctx = self.dr.RasterizeCudaContext(device=device)
+            self.v = torch.as_tensor(mesh.vertices, dtype=torch.float64, device=device)
+            self.f = torch.as_tensor(mesh.faces, dtype=torch.int32, device=device)
+            self.vn = torch.as_tensor(self.normals_np, device=device)
+
+    # --- one camera at sample resolution -------------------------------------------------
+    def _samples_cpu(self, cam: Camera):
+        r = raster_cpu.rasterize(self.mesh, cam)
+        xyz = raster_cpu.interpolate(r, self.mesh.faces, self.mesh.vertices)
+        nrm = raster_cpu.interpolate(r, self.mesh.faces, self.normals_np)
+        return (torch.from_numpy(r.mask), torch.from_numpy(xyz.astype(np.float32)),
+                torch.from_numpy(nrm.astype(np.float32)), torch.from_numpy(r.depth))
+
+    def _samples_cuda(self, cam: Camera):
+        W, H = cam.width, cam.height
+        E = torch.as_tensor(cam.world_to_camera, device=self.device)
+        vc = self.v @ E[:3, :3].T + E[:3, 3]                      # camera space, float64
+        z = vc[:, 2]
+        zmin, zmax = 1e-4, float(z.max().clamp_min(1e-3)) * 1.01 + 1e-3
+        clip = torch.stack([cam.fx * 2 / W * vc[:, 0] + (2 * cam.cx / W - 1) * z,
+                            cam.fy * 2 / H * vc[:, 1] + (2 * cam.cy / H - 1) * z,
+                            (zmax + zmin) / (zmax - zmin) * z - 2 * zmax * zmin / (zmax - zmin),
+                            z], 1).float()
+        # nvdiffrast's output row 0 is clip y = -1, which is our image row 0: no flip needed.
+        rast, _ = self.dr.rasterize(self.ctx, clip[None].contiguous(), self.f, (H, W))
+        rast = rast[0]
+        tri = rast[..., 3].to(torch.int64) - 1
+        mask = tri >= 0
+        t = tri.clamp_min(0)
+        fa = self.f.long()[t]                                      # (H, W, 3)
+        u, v = rast[..., 0:1].double(), rast[..., 1:2].double()   # weights of vertices 0 and 1
+        pts = u * self.v[fa[..., 0]] + v * self.v[fa[..., 1]] + (1 - u - v) * self.v[fa[..., 2]]
+        nrm = (u * self.vn[fa[..., 0]] + v * self.vn[fa[..., 1]] + (1 - u - v) * self.vn[fa[..., 2]]).float()
+        depth = (pts @ E[:3, :3].T + E[:3, 3])[..., 2].float()
+        pts = torch.where(mask[..., None], pts, 0).float()
+        return mask, pts, torch.where(mask[..., None], nrm, 0), torch.where(mask, depth, torch.inf)
+
+    def samples(self, cam: Camera):
+        """Raw per-sample buffers of `cam` at its own resolution, tiled when large."""
+        fn = self._samples_cuda if self.device.type == "cuda" else self._samples_cpu
+        W, H = cam.width, cam.height
+        if W <= MAX_TILE and H <= MAX_TILE:
+            return fn(cam)
+        rows = []
+        for y0 in range(0, H, MAX_TILE):
+            row = []
+            for x0 in range(0, W, MAX_TILE):
+                K = cam.K.copy()
+                K[0, 2] -= x0
+                K[1, 2] -= y0
+                tile = Camera(min(MAX_TILE, W - x0), min(MAX_TILE, H - y0), K, cam.world_to_camera)
+                row.append(fn(tile))
+            rows.append([torch.cat(parts, 1) for parts in zip(*row)])
+        return tuple(torch.cat(parts, 0) for parts in zip(*rows))
+
+    # --- pixels with ss x ss sub-samples ----------------------------------------------------
+    def surface(self, cam: Camera, ss: int = 1) -> Surface:
+        mask, xyz, nrm, depth = self.samples(cam.scaled(ss) if ss > 1 else cam)
+        H, W = cam.height, cam.width
+
+        def group(a):   # (ss*H, ss*W, ...) -> (H, W, ss*ss, ...)
+            r = a.reshape(H, ss, W, ss, *a.shape[2:]).transpose(1, 2)
+            return r.reshape(H, W, ss * ss, *a.shape[2:])
+
+        mask, xyz, nrm, depth = group(mask), group(xyz), group(nrm), group(depth)
+        n_hit = mask.sum(-1)
+        nrm = (nrm * mask[..., None]).sum(2)
+        nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        dep = torch.where(mask, depth, 0).sum(-1) / n_hit.clamp_min(1)
+        dep = torch.where(n_hit > 0, dep, torch.inf)
+        return Surface(mask, xyz, nrm, dep)

@@ -1,0 +1,132 @@
+"""MVSNet scene folders: discovery and validation (numpy + stdlib only, no image decoding).
+
+Layout: SCENE/images/ (or images_{k}/) with NAME.jpg|png, SCENE/cams/ (or cams_{k}/) with
+NAME_cam.txt, and a mesh SCENE/1.obj (or any single .obj/.ply at the top level, or --mesh).
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cameras import Camera, read_mvsnet_cam
+from .errors import InputError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+
+@dataclass
+class View:
+    name: str
+    image_path: Path
+    camera: Camera
+
+
+@dataclass
+class Scene:
+    root: Path
+    views: list[View]
+    mesh_path: Path
+
+    def split(self, test_every: int) -> tuple[list[int], list[int]]:
+        """Indices of training and held-out views: every `test_every`-th view is held out
+        (0 disables the split)."""
+        n = len(self.views)
+        if test_every <= 0 or n < 2:
+            return list(range(n)), []
+        test = [i for i in range(n) if i % test_every == test_every // 2]
+        return [i for i in range(n) if i not in test], test
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) read from a PNG or JPEG header without decoding the pixels."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            w, h = struct.unpack(">II", head[16:24])
+            return int(w), int(h)
+        if head.startswith(b"\xff\xd8"):
+            fh.seek(2)
+            while True:
+                b = fh.read(1)
+                while b and b != b"\xff":
+                    b = fh.read(1)
+                while b == b"\xff":
+                    b = fh.read(1)
+                if not b:
+                    break
+                marker = b[0]
+                seglen = struct.unpack(">H", fh.read(2))[0]
+                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    _p, h, w = struct.unpack(">BHH", fh.read(5))
+                    return int(w), int(h)
+                fh.seek(seglen - 2, 1)
+    raise InputError(f"{path}: not a readable PNG or JPEG image; convert the photos to PNG or JPEG.")
+
+
+def _pick_dir(root: Path, base: str, level: int | None) -> Path:
+    if level is not None:
+        d = root / f"{base}_{level}"
+        if not d.is_dir() and level == 0:
+            d = root / base
+        if not d.is_dir():
+            raise InputError(f"{d}: folder not found (asked for level {level}).")
+        return d
+    if (root / base).is_dir():
+        return root / base
+    levels = sorted(int(m.group(1)) for p in root.glob(f"{base}_*")
+                    if (m := re.fullmatch(rf"{base}_(\d+)", p.name)) and p.is_dir())
+    if not levels:
+        raise InputError(f"{root}: no '{base}/' folder (or '{base}_k/'). An MVSNet scene needs "
+                         f"'images/' with the photos and 'cams/' with NAME_cam.txt files.")
+    return root / f"{base}_{levels[0]}"
+
+
+def find_mesh(root: Path) -> Path:
+    for name in ("1.obj", "mesh.obj", "mesh.ply"):
+        if (root / name).is_file():
+            return root / name
+    cands = sorted(list(root.glob("*.obj")) + list(root.glob("*.ply")))
+    if len(cands) == 1:
+        return cands[0]
+    if not cands:
+        raise InputError(f"{root}: no mesh found; put the photogrammetry mesh at {root / '1.obj'} "
+                         "or pass --mesh PATH.")
+    raise InputError(f"{root}: several meshes found ({', '.join(p.name for p in cands)}); "
+                     "choose one with --mesh PATH.")
+
+
+def load_scene(root: str | Path, mesh: str | Path | None = None, level: int | None = None) -> Scene:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: scene folder not found.")
+    img_dir = _pick_dir(root, "images", level)
+    suffix = img_dir.name[len("images"):]
+    cam_dir = root / f"cams{suffix}"
+    if not cam_dir.is_dir():
+        cam_dir = _pick_dir(root, "cams", None)
+    cam_files = sorted(cam_dir.glob("*_cam.txt"))
+    if not cam_files:
+        raise InputError(f"{cam_dir}: no camera files (NAME_cam.txt) found.")
+    views = []
+    for cf in cam_files:
+        name = cf.name[: -len("_cam.txt")]
+        img = next((img_dir / (name + e) for e in IMAGE_EXTS if (img_dir / (name + e)).is_file()), None)
+        if img is None:
+            raise InputError(f"{cf}: no image for this camera; expected {img_dir / (name + '.jpg')} "
+                             "(or .png). Add the photo or remove the camera file.")
+        E, K, depth = read_mvsnet_cam(cf)
+        w, h = image_size(img)
+        for c, size, axis in ((K[0, 2], w, "cx"), (K[1, 2], h, "cy")):
+            if not 0.3 * size < c < 0.7 * size:
+                raise InputError(
+                    f"{img}: image is {w}x{h} but {cf.name} has {axis}={c:.1f}, far from the image "
+                    f"centre; the photo and its camera file disagree in size (downsampled images "
+                    f"need cams scaled by the same factor: use 'backend prepare --downsample').")
+        views.append(View(name, img, Camera(w, h, K, E, name, depth)))
+    mesh_path = Path(mesh) if mesh else find_mesh(root)
+    if not mesh_path.is_file():
+        raise InputError(f"{mesh_path}: mesh file not found.")
+    return Scene(root, views, mesh_path)

@@ -1,0 +1,65 @@
+"""Small geometry and scene builders for the backend tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backend.cameras import Camera, write_mvsnet_cam
+from backend.meshio import Mesh, write_obj
+
+
+def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """World-to-camera (OpenCV axes) for a camera at eye looking at target."""
+    eye, target, up = (np.asarray(a, float) for a in (eye, target, up))
+    z = target - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    E = np.eye(4)
+    E[:3, :3] = np.stack([x, y, z])
+    E[:3, 3] = -E[:3, :3] @ eye
+    return E
+
+
+def grid_plane(n: int = 12, half: float = 1.0, z: float = 0.0) -> Mesh:
+    xs = np.linspace(-half, half, n)
+    X, Y = np.meshgrid(xs, xs)
+    V = np.stack([X.ravel(), Y.ravel(), np.full(X.size, z)], 1)
+    idx = np.arange(n * n).reshape(n, n)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    F = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([b, d, c], -1).reshape(-1, 3)])
+    return Mesh(V.astype(np.float32), F.astype(np.int32))
+
+
+def uv_sphere(n: int = 24, r: float = 1.0, centre=(0, 0, 0)) -> Mesh:
+    th, ph = np.meshgrid(np.linspace(0, np.pi, n), np.linspace(0, 2 * np.pi, 2 * n), indexing="ij")
+    V = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], -1).reshape(-1, 3) * r
+    V += np.asarray(centre, float)
+    idx = np.arange(n * 2 * n).reshape(n, 2 * n)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    F = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([b, d, c], -1).reshape(-1, 3)])
+    return Mesh(V.astype(np.float32), F.astype(np.int32))
+
+
+def odd_camera(width=96, height=64, eye=(0.4, -2.6, 1.8), target=(0, 0, 0)) -> Camera:
+    """Anisotropic focal lengths and an off-centre principal point."""
+    K = np.array([[80.0, 0, 0.56 * width], [0, 73.0, 0.44 * height], [0, 0, 1]])
+    return Camera(width, height, K, look_at(eye, target))
+
+
+def write_scene(root: Path, mesh: Mesh, cams: list[Camera], colour_fn) -> Path:
+    """MVSNet scene whose photos are colour_fn(surface points) rendered with the CPU rasterizer."""
+    from PIL import Image
+    from backend.raster_cpu import interpolate, rasterize
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "cams").mkdir(exist_ok=True)
+    write_obj(root / "1.obj", mesh)
+    for k, cam in enumerate(cams):
+        r = rasterize(mesh, cam)
+        P = interpolate(r, mesh.faces, mesh.vertices)
+        img = np.clip(colour_fn(P), 0, 1) * r.mask[..., None]
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(root / "images" / f"{k:08d}.png")
+        write_mvsnet_cam(root / "cams" / f"{k:08d}_cam.txt", cam)
+    return root

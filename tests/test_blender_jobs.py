@@ -1,0 +1,244 @@
+"""Job control against a stand-in backend that speaks docs/protocol.md (no torch needed):
+event parsing, stop with checkpoint, failures, and the operators' headless (blocking) path."""
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import textwrap
+import time
+
+import pytest
+
+from xscale_blender import jobs
+
+# Behaves like `python -u -m backend COMMAND ...`; FAKE_MODE picks the scenario.
+FAKE_BACKEND = textwrap.dedent('''
+    import json, os, signal, sys, time
+    from pathlib import Path
+    def emit(event, **kw):
+        print(json.dumps({"event": event, **kw}), flush=True)
+    args = sys.argv[sys.argv.index("backend") + 1:] if "backend" in sys.argv else sys.argv[1:]
+    cmd, opts = args[0], args[1:]
+    def opt(name, default=None):
+        return opts[opts.index(name) + 1] if name in opts else default
+    mode = os.environ.get("FAKE_MODE", "ok")
+    Path(os.environ.get("FAKE_ARGV_LOG", os.devnull)).write_text(json.dumps(args))
+    print("UserWarning: a library chats on stdout", flush=True)
+    if mode == "error":
+        emit("error", message="scene/cams/a_cam.txt: malformed camera file; fix it")
+        print("error: malformed", file=sys.stderr)
+        sys.exit(2)
+    if mode == "crash":
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print("  File x, line 1", file=sys.stderr)
+        print("ZeroDivisionError: division by zero", file=sys.stderr)
+        sys.exit(1)
+    if mode == "slow":
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+        step = 0
+        while not stop:
+            step += 1
+            emit("progress", stage="train", step=step, total=10**6, loss=0.5, psnr=20.0, eta_s=99.0)
+            time.sleep(0.05)
+        emit("stopped", stage="train", step=step, checkpoint="ckpt.pt")
+        sys.exit(0)
+    if cmd == "fit":
+        run = Path(opt("--run"))
+        for i in (1, 2):
+            emit("progress", stage="cache", step=i, total=2, elapsed_s=0.1, eta_s=0.1, view=i)
+        emit("done", stage="cache", rays=1234)
+        emit("log", message="training on cpu")
+        for i in (5, 10):
+            emit("progress", stage="train", step=i, total=10, loss=0.1 / i, psnr=20.0 + i, eta_s=1.0)
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "checkpoints" / "latest.pt").write_bytes(b"x")
+        emit("done", stage="train", checkpoint=str(run / "checkpoints" / "latest.pt"), psnr=30.0)
+    elif cmd == "render":
+        path, out = json.loads(Path(opt("--path")).read_text()), Path(opt("--out"))
+        import zlib, struct
+        def png(w, h):
+            raw = b"".join(b"\\x00" + b"\\x80\\x40\\x20\\xff" * w for _ in range(h))
+            chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+            return (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))
+                    + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+        frames = path["frames"]
+        for k, f in enumerate(frames):
+            (out / f"frame_{f['frame']:06d}.png").write_bytes(png(f["width"], f["height"]))
+            emit("progress", stage="render", step=k + 1, total=len(frames), frame=f["frame"])
+        emit("done", stage="render", out_dir=str(out), frames=len(frames))
+    elif cmd == "doctor":
+        print(json.dumps({"python": "3.11", "torch": "2.13", "cuda": None}))
+''')
+
+
+@pytest.fixture
+def fake_python(tmp_path, monkeypatch):
+    """An executable standing in for the backend interpreter (it ignores `-u -m backend`)."""
+    script = tmp_path / "fake_python"
+    script.write_text(f"#!{sys.executable}\n" + FAKE_BACKEND)
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("XSCALE_BACKEND_PYTHON", str(script))
+    monkeypatch.setenv("FAKE_ARGV_LOG", str(tmp_path / "argv.json"))
+    return script
+
+
+def run_fake(fake_python, mode, *args, **kw) -> jobs.Job:
+    env = dict(os.environ, FAKE_MODE=mode)
+    return jobs.Job(jobs.backend_argv(str(fake_python), *args), env=env, **kw).start()
+
+
+def test_parse_event():
+    assert jobs.parse_event('{"event": "log", "message": "x"}\n') == {"event": "log", "message": "x"}
+    for junk in ("", "warning: x", "[1, 2]", '{"no": "event"}', "{broken", '{"event": 3}'):
+        assert jobs.parse_event(junk) is None
+
+
+def test_progress_and_done(fake_python, tmp_path):
+    seen, finished = [], []
+    job = run_fake(fake_python, "ok", "fit", "--scene", "s", "--run", str(tmp_path / "run"),
+                   on_finish=finished.append)
+    state = job.wait(on_event=seen.append)
+    assert state.status == jobs.DONE and state.returncode == 0
+    assert [e["event"] for e in seen].count("progress") == 4
+    assert state.stage == "train" and (state.step, state.total) == (10, 10)
+    assert state.psnr == 30.0 and state.loss == pytest.approx(0.01)
+    assert [r["stage"] for r in state.results] == ["cache", "train"]
+    assert job.text_lines == ["UserWarning: a library chats on stdout"]
+    assert finished == [job]          # on_finish runs once
+    job.poll()
+    assert finished == [job]
+
+
+def test_poll_never_blocks(fake_python):
+    job = run_fake(fake_python, "slow", "train", "--run", "r")
+    t0 = time.monotonic()
+    for _ in range(50):
+        job.poll()
+    assert time.monotonic() - t0 < 0.5
+    job.stop()
+    job.wait(timeout=30)
+
+
+def test_stop_saves_checkpoint(fake_python):
+    job = run_fake(fake_python, "slow", "train", "--run", "r")
+    t_end = time.monotonic() + 20
+    while job.state.step < 3 and time.monotonic() < t_end:
+        job.poll()
+        time.sleep(0.02)
+    assert job.state.status == jobs.RUNNING and job.state.step >= 3
+    job.stop()
+    assert job.stopping
+    state = job.wait(timeout=30)
+    assert state.status == jobs.STOPPED and state.stopped_event["checkpoint"] == "ckpt.pt"
+    assert "stopped at step" in state.message
+
+
+def test_error_event(fake_python):
+    state = run_fake(fake_python, "error", "fit").wait()
+    assert state.status == jobs.FAILED and state.returncode == 2
+    assert "malformed camera file" in state.error
+
+
+def test_crash_uses_stderr(fake_python):
+    state = run_fake(fake_python, "crash", "fit").wait()
+    assert state.status == jobs.FAILED and "ZeroDivisionError" in state.error
+
+
+def test_missing_interpreter(tmp_path):
+    job = jobs.Job([str(tmp_path / "nope"), "-m", "backend", "fit"]).start()
+    assert job.finished and job.state.status == jobs.FAILED and "cannot start" in job.state.error
+
+
+def test_describe():
+    s = jobs.JobState(stage="train", step=1200, total=30000, loss=0.031, psnr=27.4, eta_s=410)
+    assert jobs.describe(s) == "train 1200/30000 loss 0.0310 PSNR 27.40 ETA 6m 50s"
+    assert s.fraction == pytest.approx(0.04)
+
+
+# --- operators, headless ---------------------------------------------------------------------
+
+def test_train_operator_headless(blank, bpy_module, tiny_scene, fake_python, tmp_path, capsys):
+    import json
+    bpy = bpy_module
+    bpy.ops.import_scene.xscale_mvsnet(directory=str(tiny_scene), show_photos=False)
+    s = blank.xscale
+    s.run_dir = str(tmp_path / "run")
+    s.iterations, s.device, s.preset = 10, "cpu", "small"
+    assert bpy.ops.xscale.train() == {"FINISHED"}
+    args = json.loads((tmp_path / "argv.json").read_text())
+    assert args[:1] == ["fit"]
+    opts = dict(zip(args[1::2], args[2::2]))
+    assert opts["--scene"] == str(tiny_scene.resolve()) and opts["--run"] == str(tmp_path / "run")
+    assert (opts["--iters"], opts["--device"], opts["--preset"], opts["--ss"], opts["--test-every"]) == \
+        ("10", "cpu", "small", "2", "8")
+    out = capsys.readouterr().out
+    assert "XScale train: train 10/10" in out
+    assert not jobs.busy()
+    # Resume passes --resume (a checkpoint exists now)
+    assert bpy.ops.xscale.train(resume=True) == {"FINISHED"}
+    assert "--resume" in json.loads((tmp_path / "argv.json").read_text())
+
+
+def test_train_operator_failure_is_an_error_report(blank, bpy_module, tiny_scene, fake_python,
+                                                   tmp_path, monkeypatch):
+    bpy = bpy_module
+    blank.xscale.scene_dir, blank.xscale.run_dir = str(tiny_scene), str(tmp_path / "run")
+    monkeypatch.setenv("FAKE_MODE", "error")
+    with pytest.raises(RuntimeError, match="malformed camera file"):
+        bpy.ops.xscale.train()
+
+
+def test_train_needs_backend_python(blank, bpy_module, tiny_scene, tmp_path, monkeypatch):
+    monkeypatch.delenv("XSCALE_BACKEND_PYTHON", raising=False)
+    blank.xscale.scene_dir, blank.xscale.run_dir = str(tiny_scene), str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="backend Python"):
+        bpy_module.ops.xscale.train()
+
+
+def test_render_operator_adds_strip(blank, bpy_module, tiny_scene, fake_python, tmp_path):
+    from xscale_blender import sequencer
+    bpy = bpy_module
+    bpy.ops.import_scene.xscale_mvsnet(directory=str(tiny_scene), show_photos=False)
+    run = tmp_path / "run"
+    blank.xscale.run_dir = str(run)
+    with pytest.raises(RuntimeError, match="train first"):
+        bpy.ops.xscale.render_path()
+    assert bpy.ops.xscale.train() == {"FINISHED"}
+    blank.frame_start, blank.frame_end = 4, 6
+    blank.xscale.strip_channel = 3
+    assert bpy.ops.xscale.render_path() == {"FINISHED"}
+    out = run / "renders" / blank.camera.name
+    assert (out / "camera_path.json").is_file()
+    strips = sequencer.all_strips(blank)
+    assert len(strips) == 1
+    strip = strips[0]
+    assert strip.name == f"XScale {blank.camera.name}" and strip.channel == 3
+    assert (strip.frame_final_start, strip.frame_final_duration) == (4, 3)
+    assert [e.filename for e in strip.elements] == [f"frame_{n:06d}.png" for n in (4, 5, 6)]
+
+
+def test_check_backend_headless(addon, bpy_module, fake_python):
+    from xscale_blender import preferences
+    assert bpy_module.ops.xscale.check_backend() == {"FINISHED"}
+    assert "torch: 2.13" in preferences.doctor_lines
+
+
+def test_ui_timer_polls_until_done(addon, fake_python, tmp_path, capsys):
+    """The function registered with bpy.app.timers in the UI (timers never fire in bpy)."""
+    from xscale_blender import operators
+    job = run_fake(fake_python, "ok", "fit", "--run", str(tmp_path / "run"), label="train")
+    jobs.set_active(job)
+    intervals = []
+    t_end = time.monotonic() + 30
+    while time.monotonic() < t_end:
+        nxt = operators._ui_tick()
+        intervals.append(nxt)
+        if nxt is None:
+            break
+        time.sleep(nxt)
+    assert intervals[-1] is None and all(i == operators.POLL_INTERVAL_S for i in intervals[:-1])
+    assert job.state.status == jobs.DONE
+    assert "train: finished (train 10/10" in capsys.readouterr().out
+    jobs.set_active(None)

@@ -1,0 +1,234 @@
+"""Hash encoding: properties of the PyTorch reference (CPU) and the Triton kernels against it (GPU)."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.hashgrid import HashGrid, HashGridConfig, corner_indices_weights, encode_reference
+
+REPO = Path(__file__).resolve().parents[1]
+# Small config with both dense levels (res <= 25) and hashed levels (2^14 entries).
+SMALL = HashGridConfig(n_levels=8, n_features=4, log2_table=14, base_res=8, per_level_scale=1.8)
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+
+
+def direct_encode(x: np.ndarray, table: np.ndarray, cfg: HashGridConfig) -> np.ndarray:
+    """Independent evaluation of one point: Python ints for indices, float64 for the sums.
+    Positions are rounded to float32 like the implementations (pos = fl(fl(x * scale) + 0.5))."""
+    out = []
+    offset = 0
+    for lvl in range(cfg.n_levels):
+        scale = cfg.base_res * cfg.per_level_scale ** lvl - 1.0
+        res = math.ceil(scale) + 1
+        size = min(-(-res ** 3 // 8) * 8, 2 ** cfg.log2_table)
+        s32 = np.float32(scale)
+        pos = [np.float32(np.float32(np.float32(c) * s32) + np.float32(0.5)) for c in x]
+        base = [int(math.floor(p)) for p in pos]
+        frac = [float(p) - b for p, b in zip(pos, base)]
+        if cfg.smoothstep:
+            frac = [f * f * (3 - 2 * f) for f in frac]
+        acc = np.zeros(cfg.n_features)
+        for corner in range(8):
+            g = [base[d] + ((corner >> d) & 1) for d in range(3)]
+            if res ** 3 <= size:
+                idx = (g[0] + g[1] * res + g[2] * res * res) % size
+            else:
+                idx = ((g[0] * 1) ^ (g[1] * 2654435761) ^ (g[2] * 805459861)) % 2 ** 32 % size
+            w = 1.0
+            for d in range(3):
+                w *= frac[d] if (corner >> d) & 1 else 1.0 - frac[d]
+            acc += w * table[offset + idx].astype(np.float64)
+        out.append(acc)
+        offset += size
+    return np.concatenate(out)
+
+
+def test_level_layout_reference_settings():
+    cfg = HashGridConfig()
+    layout = cfg.level_layout()
+    res = [r for _, r, _, _ in layout]
+    assert res[:7] == [16, 24, 35, 52, 77, 113, 166]
+    dense = [r ** 3 <= size for _, r, size, _ in layout]
+    assert dense == [True] * 6 + [False] * 10          # 6 dense levels, 10 hashed
+    assert all(size == 2 ** 22 for _, _, size, _ in layout[6:])
+    assert cfg.n_params == sum(size for _, _, size, _ in layout) and cfg.out_dim == 128
+
+
+@pytest.mark.parametrize("smoothstep", [True, False])
+def test_reference_matches_direct_evaluation(smoothstep: bool):
+    cfg = HashGridConfig(**{**SMALL.to_dict(), "smoothstep": smoothstep})
+    assert any(r ** 3 <= s for _, r, s, _ in cfg.level_layout())
+    assert any(r ** 3 > s for _, r, s, _ in cfg.level_layout())
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(cfg.n_params, cfg.n_features, generator=g)
+    x = torch.rand(6, 3, generator=g)
+    x[0] = torch.tensor([0.0, 0.0, 0.0])
+    x[1] = torch.tensor([1.0, 1.0, 1.0])   # last corner wraps past the dense grid (mod size)
+    out = encode_reference(x, table, cfg).double().numpy()
+    for i in range(len(x)):
+        ref = direct_encode(x[i].numpy(), table.numpy(), cfg)
+        np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_are_a_partition_of_unity():
+    # A constant table encodes to that constant at every level (hash collisions included).
+    x = torch.rand(500, 3)
+    for smoothstep in (True, False):
+        cfg = HashGridConfig(**{**SMALL.to_dict(), "smoothstep": smoothstep})
+        out = encode_reference(x, torch.full((cfg.n_params, cfg.n_features), 2.5), cfg)
+        torch.testing.assert_close(out, torch.full_like(out, 2.5), rtol=1e-5, atol=1e-5)
+
+
+def test_continuous_across_cell_boundaries():
+    cfg = SMALL
+    table = torch.randn(cfg.n_params, cfg.n_features, generator=torch.Generator().manual_seed(2))
+    for lvl, (scale, _, _, _) in enumerate(cfg.level_layout()):
+        s = float(np.float32(scale))
+        k = torch.arange(1, int(s))                         # integer positions inside the grid
+        xb = ((k - 0.5) / s).float()                        # pos = x * s + 0.5 lands on k
+        pts = torch.stack([xb, torch.full_like(xb, 0.37), torch.full_like(xb, 0.61)], 1)
+        eps = torch.tensor([1e-3 / s, 0.0, 0.0])             # 1e-3 of a cell each side
+        cols = slice(lvl * cfg.n_features, (lvl + 1) * cfg.n_features)
+        lo = encode_reference(pts - eps, table, cfg)[:, cols]
+        hi = encode_reference(pts + eps, table, cfg)[:, cols]
+        # A wrong corner or weight at the boundary would jump by O(|table|) ~ 1; smoothstep is flat there.
+        assert (hi - lo).abs().max() < 1e-3, lvl
+
+
+def test_gradient_is_weights_scattered():
+    cfg = SMALL
+    table = torch.randn(cfg.n_params, cfg.n_features, requires_grad=True)
+    x = torch.rand(300, 3)
+    gout = torch.randn(300, cfg.out_dim)
+    (encode_reference(x, table, cfg) * gout).sum().backward()
+    expect = torch.zeros(cfg.n_params, cfg.n_features, dtype=torch.float64)
+    for lvl, (scale, res, size, offset) in enumerate(cfg.level_layout()):
+        idx, w = corner_indices_weights(x, scale, res, size, cfg.smoothstep)
+        g = gout[:, lvl * cfg.n_features:(lvl + 1) * cfg.n_features].double()
+        contrib = w.double()[:, :, None] * g[:, None, :]          # (N, 8, F)
+        expect.index_add_(0, (offset + idx).reshape(-1), contrib.reshape(-1, cfg.n_features))
+    torch.testing.assert_close(table.grad.double(), expect, rtol=1e-5, atol=1e-5)
+
+
+_INTERPRETER_CHECK = """
+import torch
+from backend.hashgrid import HashGridConfig, encode_reference
+from backend import hashgrid_triton as ht
+cfg = HashGridConfig(n_levels=5, n_features=4, log2_table=12, base_res=6, per_level_scale=2.0)
+cases = ((1, ht.Launch(64, 2)), (200, ht.Launch(64, 2, stream=True)),
+         (130, ht.Launch(64, 2, per_level=False)), (300, ht.Launch(64, 2, coarse_res=20)))
+for n, launch in cases:
+    x = torch.rand(n, 3)
+    if launch.coarse_res:  # clustered points: whole blocks share coarse corners
+        x = 0.3 + 0.05 * x
+    table = torch.randn(cfg.n_params, cfg.n_features, requires_grad=True)
+    ref = encode_reference(x, table, cfg)
+    out = ht.forward(x, table.detach(), cfg, launch)
+    gout = torch.randn_like(ref)
+    ref.backward(gout)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ht.backward(x, gout, cfg, launch), table.grad, rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+@needs_triton
+def test_triton_kernels_in_interpreter():
+    """The Triton kernels on CPU tensors through Triton's interpreter (no GPU needed)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", _INTERPRETER_CHECK], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- GPU: Triton against the reference
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def _points(n: int, device: str) -> torch.Tensor:
+    x = torch.rand(n, 3, device=device)
+    if n >= 4:  # domain corners and faces: dense wraparound and clamped hash corners
+        x[:4] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.5], [1.0, 0.25, 0.0]])
+    return x
+
+
+def _poison_allocator(nbytes: int) -> None:
+    # Leave NaNs in the caching allocator's free blocks so an unwritten output element shows up.
+    torch.empty(nbytes // 4, device="cuda").fill_(float("nan"))
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("cfg", [HashGridConfig(), SMALL,
+                                 HashGridConfig(n_levels=4, n_features=2, log2_table=15,
+                                                base_res=20, per_level_scale=3.0, smoothstep=False)],
+                         ids=["reference", "small", "linear-f2"])
+@pytest.mark.parametrize("n", [1, 127, 4097, 100_003])
+def test_triton_matches_reference(cfg: HashGridConfig, n: int):
+    from backend.hashgrid_triton import encode_triton
+    x = _points(n, "cuda")
+    table = (torch.randn(cfg.n_params, cfg.n_features, device="cuda") * 0.1).requires_grad_()
+    gout = torch.randn(n, cfg.out_dim, device="cuda")
+    ref = encode_reference(x, table, cfg)
+    (ref * gout).sum().backward()
+    gref, table.grad = table.grad, None
+
+    _poison_allocator(n * cfg.out_dim * 4)
+    out = encode_triton(x, table, cfg)
+    assert out.shape == (n, cfg.out_dim) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert _rel(out, ref) < 1e-5
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    (out * gout).sum().backward()
+    assert _rel(table.grad, gref) < 1e-5
+    # Atomics sum in another order: coarse entries gather ~n/res^3 terms each.
+    torch.testing.assert_close(table.grad, gref, rtol=1e-4, atol=1e-5)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("coherent", [False, True], ids=["random", "coherent"])
+def test_triton_launch_variants_and_half_table(coherent: bool):
+    from backend import hashgrid_triton as ht
+    cfg = SMALL
+    x = _points(10_001, "cuda")
+    if coherent:  # sorted along x: blocks share coarse cells (block-reduced atomics)
+        x = x[torch.argsort(x[:, 0])].contiguous()
+    table = torch.randn(cfg.n_params, cfg.n_features, device="cuda")
+    ref = encode_reference(x, table, cfg)
+    gout = torch.randn_like(ref)
+    gref = ht.backward(x, gout, cfg, ht.Launch(128, 4))
+    for launch in (ht.Launch(64, 2, per_level=False), ht.Launch(256, 8, stream=True),
+                   ht.Launch(128, 4, coarse_res=1000), ht.Launch(64, 2, per_level=False, coarse_res=30)):
+        torch.testing.assert_close(ht.forward(x, table, cfg, launch), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ht.backward(x, gout, cfg, launch), gref, rtol=1e-4, atol=1e-5)
+    # A half table is read as float32 and accumulated in float32.
+    half = table.half()
+    torch.testing.assert_close(ht.forward(x, half, cfg), encode_reference(x, half.float(), cfg),
+                               rtol=1e-5, atol=1e-6)
+
+
+@gpu
+@needs_cuda
+def test_hashgrid_module_uses_triton_on_cuda():
+    cfg = SMALL
+    grid = HashGrid(cfg, [-1.0, 0.0, 2.0], [3.0, 1.0, 5.0], backend="triton").cuda()
+    with torch.no_grad():
+        grid.table.normal_()
+    pts = torch.rand(5000, 3, device="cuda") * torch.tensor([4.0, 1.0, 3.0], device="cuda") \
+        + torch.tensor([-1.0, 0.0, 2.0], device="cuda")
+    out = grid(pts)
+    grid.backend = "torch"
+    torch.testing.assert_close(out, grid(pts), rtol=1e-5, atol=1e-6)

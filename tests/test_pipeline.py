@@ -1,0 +1,214 @@
+"""Backend pipeline on tiny scenes (CPU): cache contents, training, resume, stop, render, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.cache import ShardReader, build_cache
+from backend.campath import write_camera_path
+from backend.imageio import read_exr, read_image
+from backend.render import render_path
+from backend.train import train
+from helpers import grid_plane, look_at, odd_camera, uv_sphere, write_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"batch_rays": 512, "log2_table": 12}
+
+
+def stripes(P):
+    return 0.5 + 0.4 * np.sin(P * np.array([9.0, 13.0, 5.0]))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scene")
+    cams = [odd_camera(48, 32, eye=(2.5 * np.cos(a), 2.5 * np.sin(a), 1.6)) for a in np.linspace(0, 5, 6)]
+    return write_scene(root, grid_plane(10), cams, stripes)
+
+
+@pytest.fixture(scope="module")
+def run(scene, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    return run
+
+
+def cli(*args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "backend", *args], capture_output=True, text=True,
+                          env=env, **kw)
+
+
+def test_cache_records_match_photos_and_cameras(scene, run):
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["test_views"] == [1, 4] and len(cfg["train_views"]) == 4
+    reader = ShardReader(run)
+    assert len(reader.shards) > 1                        # several shards, each shuffled
+    recs = [reader.load(i) for i in range(len(reader.shards))]
+    view = np.concatenate([r["view"] for r in recs])
+    assert set(view.tolist()) == set(cfg["train_views"])
+    assert np.any(np.diff(view) != 0) and not np.all(np.diff(view) >= 0)
+    from backend.cameras import Camera
+    from backend.raster_cpu import rasterize
+    from backend.meshio import load_mesh
+    mesh = load_mesh(scene / "1.obj")
+    covered_total = 0
+    for i in cfg["train_views"]:
+        cam = Camera.from_dict(cfg["views"][i]["camera"])
+        r = rasterize(mesh, cam.scaled(2))
+        covered_total += r.mask.reshape(cam.height, 2, cam.width, 2).any((1, 3)).sum()
+    assert len(view) == covered_total
+    # every record: its first sub-sample projects inside its pixel, colour = the photo's pixel
+    r0 = recs[0]
+    imgs = {i: (read_image(cfg["views"][i]["image"]) * 255).round() for i in cfg["train_views"]}
+    for k in range(0, len(r0["view"]), 37):
+        v = int(r0["view"][k])
+        cam = Camera.from_dict(cfg["views"][v]["camera"])
+        uv, _ = cam.project(r0["xyz"][k, :1].astype(np.float64))
+        i, j = int(uv[0, 0]), int(uv[0, 1])
+        assert np.array_equal(imgs[v][j, i], r0["rgb"][k])
+        d = cam.directions(np.array([[i + 0.5, j + 0.5]]))[0]
+        assert np.allclose(d, r0["dir"][k].astype(np.float64), atol=2e-3)
+
+
+def test_resume_is_exact(run, tmp_path):
+    import shutil
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        shutil.copytree(run, d)
+    train(str(a), iters=6, device="cpu", preset="small", overrides=TINY)
+    train(str(b), iters=6, device="cpu", preset="small", overrides=TINY, stop_at=3)
+    train(str(b), iters=6, resume=True, device="cpu")
+    pa = torch.load(a / "checkpoints/latest.pt", weights_only=False)
+    pb = torch.load(b / "checkpoints/latest.pt", weights_only=False)
+    assert pa["step"] == pb["step"] == 6
+    for k in pa["model"]:
+        assert torch.equal(pa["model"][k], pb["model"][k]), k
+
+
+def test_sigterm_saves_and_resume_continues(run, tmp_path):
+    import shutil
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "backend", "train", "--run", str(r), "--iters", "100000",
+                          "--device", "cpu", "--preset", "small", "--batch-rays", "256", "--log2-table", "12"],
+                         stdout=subprocess.PIPE, text=True, env=env)
+    for line in p.stdout:
+        if '"progress"' in line and json.loads(line)["step"] >= 2:
+            break
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0
+    stopped = [json.loads(x) for x in out.splitlines() if '"stopped"' in x]
+    assert stopped and stopped[0]["step"] >= 2
+    ck = torch.load(r / "checkpoints/latest.pt", weights_only=False)
+    assert ck["step"] == stopped[0]["step"]
+    res = cli("train", "--run", str(r), "--resume", "--iters", str(ck["step"] + 2), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    done = [json.loads(x) for x in res.stdout.splitlines() if '"done"' in x]
+    assert done[-1]["step"] == ck["step"] + 2
+
+
+def test_render_png_and_exr(run, tmp_path):
+    train(str(run), iters=20, device="cpu", preset="small", overrides=TINY)
+    cams = [odd_camera(40, 30, eye=(2.2 * np.cos(a), 2.2 * np.sin(a), 1.5)) for a in (0.2, 0.5, 0.8)]
+    cams[1].K[0, 0] *= 1.3                                   # animated focal length
+    path = tmp_path / "path.json"
+    write_camera_path(path, [10, 11, 12], cams)
+    out = tmp_path / "png"
+    res = cli("render", "--run", str(run), "--path", str(path), "--out", str(out), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["frame_000010.png", "frame_000011.png", "frame_000012.png"]
+    from PIL import Image
+    im = np.asarray(Image.open(out / files[0]))
+    assert im.shape == (30, 40, 4)
+    from backend.raster_cpu import rasterize
+    from backend.meshio import load_mesh
+    cov = rasterize(load_mesh(json.loads((run / "config.json").read_text())["mesh"]), cams[0].scaled(2))
+    cov = cov.mask.reshape(30, 2, 40, 2).mean((1, 3))
+    assert np.allclose(im[..., 3] / 255.0, cov, atol=1 / 255)      # alpha = coverage, 0 off the mesh
+    assert im[..., :3][cov > 0].std() > 3                          # not a constant colour
+    render_path(str(run), str(path), str(tmp_path / "exr"), fmt="exr", device="cpu")
+    ch = read_exr(tmp_path / "exr" / "frame_000011.exr")
+    assert set("RGBAZ") <= set(ch)
+    assert np.isinf(ch["Z"][ch["A"] == 0]).all() and np.isfinite(ch["Z"][ch["A"] > 0]).all()
+
+
+# --- bad input: one line naming the file and the fix, exit code 2, no traceback ------------
+
+def _expect_error(res, *needles):
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in res.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["event"] == "error"
+
+
+def test_error_missing_image(scene, tmp_path):
+    import shutil
+    s = tmp_path / "s"
+    shutil.copytree(scene, s)
+    (s / "images" / "00000002.png").unlink()
+    _expect_error(cli("cache", "--scene", str(s), "--run", str(tmp_path / "r"), "--device", "cpu"),
+                  "00000002_cam.txt", "no image")
+
+
+def test_error_malformed_cam(scene, tmp_path):
+    import shutil
+    s = tmp_path / "s"
+    shutil.copytree(scene, s)
+    (s / "cams" / "00000001_cam.txt").write_text("extrinsic\n1 0 0 0\n")
+    _expect_error(cli("cache", "--scene", str(s), "--run", str(tmp_path / "r"), "--device", "cpu"),
+                  "00000001_cam.txt", "malformed")
+
+
+def test_error_image_size_disagrees_with_K(scene, tmp_path):
+    import shutil
+    from PIL import Image
+    s = tmp_path / "s"
+    shutil.copytree(scene, s)
+    Image.new("RGB", (24, 16)).save(s / "images" / "00000003.png")      # half size, full-size K
+    _expect_error(cli("cache", "--scene", str(s), "--run", str(tmp_path / "r"), "--device", "cpu"),
+                  "00000003.png", "24x16")
+
+
+def test_error_empty_mesh(scene, tmp_path):
+    import shutil
+    s = tmp_path / "s"
+    shutil.copytree(scene, s)
+    (s / "1.obj").write_text("# nothing\n")
+    _expect_error(cli("cache", "--scene", str(s), "--run", str(tmp_path / "r"), "--device", "cpu"),
+                  "1.obj", "empty")
+
+
+def test_error_mesh_no_camera_sees(scene, tmp_path):
+    import shutil
+    from backend.meshio import write_obj
+    s = tmp_path / "s"
+    shutil.copytree(scene, s)
+    far = grid_plane(4)
+    far.vertices[:, 2] -= 100.0                                      # behind/below every camera's view
+    far.vertices[:, 0] += 500.0
+    write_obj(s / "1.obj", far)
+    _expect_error(cli("cache", "--scene", str(s), "--run", str(tmp_path / "r"), "--device", "cpu"),
+                  "1.obj", "same world frame")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_error_no_cuda(scene, tmp_path):
+    _expect_error(cli("cache", "--scene", str(scene), "--run", str(tmp_path / "r"), "--device", "cuda"),
+                  "--device cuda", "--device cpu")
+
+
+def test_error_train_without_cache(tmp_path):
+    _expect_error(cli("train", "--run", str(tmp_path / "nothing"), "--device", "cpu"), "backend cache")
