@@ -23,7 +23,7 @@ from . import events
 from .cameras import Camera
 from .errors import InputError
 from .meshio import load_mesh
-from .raster import Rasterizer, resolve_device
+from .raster import Rasterizer, pixel_directions, resolve_device
 from .runfolder import RunFolder, write_json
 from .scene import load_scene
 
@@ -63,8 +63,7 @@ def view_rays(rast: Rasterizer, cam: Camera, rgb8: np.ndarray, ss: int, view_id:
     xyz = torch.where(m[..., None], xyz, fill[:, None])
     bits = (m.to(torch.int32) << torch.arange(m.shape[1], device=m.device, dtype=torch.int32)).sum(1)
     jj, ii = torch.nonzero(covered, as_tuple=True)
-    uv = np.stack([ii.cpu().numpy() + 0.5, jj.cpu().numpy() + 0.5], 1)
-    d = cam.directions(uv)
+    d = pixel_directions(cam, ii, jj).cpu().numpy()
     return {"xyz": xyz.cpu().numpy().astype(np.float32),
             "mask": bits.cpu().numpy().astype(np.uint16),
             "normal": s.normal[covered].cpu().numpy().astype(np.float16),

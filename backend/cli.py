@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -11,6 +12,11 @@ from .errors import DeviceError, InputError
 
 def _add_device(p):
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cuda or cpu")
+
+
+def _add_nproc(p):
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes, one per GPU: runs this command under torchrun (ignored under torchrun)")
 
 
 def _add_cache_opts(p):
@@ -40,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="report torch, CUDA, nvdiffrast, tinycudann, disk")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--path", default=".", help="folder whose free disk space to report (the run folder)")
 
     p = sub.add_parser("cache", help="rasterize the mesh into the photos, write the ray cache")
     _add_cache_opts(p)
@@ -51,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     _add_train_opts(p)
     _add_device(p)
+    _add_nproc(p)
 
     p = sub.add_parser("fit", help="cache (unless up to date) then train")
     _add_cache_opts(p)
@@ -58,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     _add_train_opts(p)
     _add_device(p)
+    _add_nproc(p)
 
     p = sub.add_parser("render", help="render a camera path JSON")
     p.add_argument("--run", required=True)
@@ -67,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exposure", default="mean", help="mean, or a training view's name or index")
     p.add_argument("--ss", type=int, help="supersampling (default: the cache's)")
     _add_device(p)
+    _add_nproc(p)
 
     p = sub.add_parser("eval", help="metrics on the held-out views")
     p.add_argument("--run", required=True)
@@ -77,29 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int)
     _add_device(p)
 
-    try:
-        from .prepare_cli import add_parsers
-        add_parsers(sub)
-    except ImportError:
-        pass
+    from .prepare_cli import add_parsers
+    add_parsers(sub)
     return ap
 
 
 def run_command(a) -> int:
     if a.command == "doctor":
         from .doctor import main
-        return main(a.json)
+        return main(a.json, a.path)
     if a.command == "cache":
         from .cache import build_cache
         build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
     elif a.command in ("train", "fit"):
         from .train import train
         if a.command == "fit" and not a.resume:
+            from . import distributed
             from .cache import build_cache, cache_matches
-            if cache_matches(a.run, a.scene, a.ss, a.test_every, a.level, a.mesh):
-                events.log("ray cache is up to date; skipping the cache step")
-            else:
-                build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
+            if distributed.setup(a.device).main:    # under torchrun: rank 0 caches, the others wait
+                if cache_matches(a.run, a.scene, a.ss, a.test_every, a.level, a.mesh):
+                    events.log("ray cache is up to date; skipping the cache step")
+                else:
+                    build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
+            distributed.barrier()
         train(a.run, a.iters, a.resume, a.device, a.preset, _overrides(a))
     elif a.command == "render":
         from .render import render_path
@@ -116,9 +126,20 @@ def run_command(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
+    multi = getattr(a, "nproc", 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if multi:
+        from . import distributed
+        if not distributed.launched():
+            return distributed.relaunch(argv, a.nproc)
+        if a.command not in ("train", "fit", "render") and distributed.env_rank() != 0:
+            return 0    # one-process commands run once, on rank 0
     try:
-        return run_command(a)
+        rc = run_command(a)
+        if multi:
+            distributed.shutdown()
+        return rc
     except (InputError, DeviceError) as e:
         events.emit("error", message=str(e))
         print(f"error: {e}", file=sys.stderr)

@@ -156,6 +156,28 @@ def encode_loop(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> to
     return torch.cat(feats, 1)
 
 
+_TCNN: dict = {}
+
+
+def encode_tcnn(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
+    """tiny-cuda-nn's HashGrid on our parameter tensor (same layout; see the module docstring).
+    Only used when asked for (--grid-backend tcnn) and after `backend doctor`'s child-process
+    self-check: some builds crash in their first forward."""
+    import tinycudann as tcnn
+    from tinycudann.modules import _module_function
+    key = (cfg, x.device)
+    if key not in _TCNN:
+        _TCNN[key] = tcnn.Encoding(3, {
+            "otype": "HashGrid", "n_levels": cfg.n_levels, "n_features_per_level": cfg.n_features,
+            "log2_hashmap_size": cfg.log2_table, "base_resolution": cfg.base_res,
+            "per_level_scale": cfg.per_level_scale,
+            "interpolation": "Smoothstep" if cfg.smoothstep else "Linear"}, dtype=torch.float32)
+    enc = _TCNN[key]
+    if enc.params.numel() != table.numel():
+        raise RuntimeError(f"tinycudann expects {enc.params.numel()} parameters, ours has {table.numel()}")
+    return _module_function.apply(enc.native_tcnn_module, x.contiguous(), table.reshape(-1), enc.loss_scale)
+
+
 class HashGrid(nn.Module):
     """Hash grid over an AABB; call with world-space points (N, 3)."""
 
@@ -176,6 +198,8 @@ class HashGrid(nn.Module):
 
     def forward(self, x_world: torch.Tensor) -> torch.Tensor:
         x = self.normalise(x_world.float())
+        if self.backend == "tcnn":
+            return encode_tcnn(x, self.table, self.cfg)
         if self._use_triton(x):
             from .hashgrid_triton import encode_triton
             return encode_triton(x, self.table, self.cfg)

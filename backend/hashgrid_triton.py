@@ -31,13 +31,12 @@ class Launch:
     block: int = 128        # points per program
     num_warps: int = 4
     per_level: bool = True  # grid over (point blocks, levels); False: all levels in one program
-    stream: bool = False    # evict-first hint on output / grad_out so L2 keeps table rows
-    coarse_res: int = 0     # backward: block-reduce corners shared by a whole block on levels
-                            # with res <= coarse_res (helps coherent points; 0 = off)
 
 
-FWD_LAUNCH = Launch()
-BWD_LAUNCH = Launch()
+# Measured on an H100 at the reference settings, 2^22 points (benchmarks/NOTES.md).
+FWD_LAUNCH = Launch(128, 8)                        # random order: 440 M points/s
+BWD_LAUNCH = Launch(128, 8)                        # random order: 195 M points/s
+COHERENT_LAUNCH = Launch(128, 4, per_level=False)  # frame order: 1130 fwd vs 870 per level
 
 
 @triton.jit
@@ -78,7 +77,7 @@ def _corner(c: tl.constexpr, ix, iy, iz, fx, fy, fz, res, size, offset, hashed):
 
 @triton.jit
 def _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr, EVICT: tl.constexpr):
+               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr):
     scale = tl.load(scale_ptr + lvl)
     res = tl.load(meta_ptr + lvl * 4 + 0).to(tl.int32)
     size = tl.load(meta_ptr + lvl * 4 + 1).to(tl.int32)
@@ -92,13 +91,13 @@ def _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr
         v = tl.load(table_ptr + row[:, None] * F + feat[None, :], mask=mask[:, None], other=0.0)
         acc += v.to(tl.float32) * w[:, None]
     out = out_ptr + rows.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :]
-    tl.store(out, acc, mask=mask[:, None], eviction_policy=EVICT)
+    tl.store(out, acc, mask=mask[:, None])
 
 
 @triton.jit
 def _fwd_kernel(x_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, N,
                 F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, SMOOTH: tl.constexpr,
-                PER_LEVEL: tl.constexpr, EVICT: tl.constexpr):
+                PER_LEVEL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = rows < N
     x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
@@ -106,17 +105,16 @@ def _fwd_kernel(x_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, N,
     z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
     if PER_LEVEL:
         _level_fwd(tl.program_id(1), x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-                   F, L, SMOOTH, EVICT)
+                   F, L, SMOOTH)
     else:
         for lvl in range(L):
             _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-                       F, L, SMOOTH, EVICT)
+                       F, L, SMOOTH)
 
 
 @triton.jit
 def _level_bwd(lvl, x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
-               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr, EVICT: tl.constexpr,
-               COARSE_RES: tl.constexpr):
+               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr):
     scale = tl.load(scale_ptr + lvl)
     res = tl.load(meta_ptr + lvl * 4 + 0).to(tl.int32)
     size = tl.load(meta_ptr + lvl * 4 + 1).to(tl.int32)
@@ -125,30 +123,18 @@ def _level_bwd(lvl, x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_p
     ix, iy, iz, fx, fy, fz = _level_corners(x, y, z, scale, SMOOTH)
     feat = tl.arange(0, F)
     g = tl.load(gout_ptr + rows.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :],
-                mask=mask[:, None], other=0.0, eviction_policy=EVICT).to(tl.float32)
-    # Coherent points (a frame's pixels) share coarse cells: when a whole block lands on one
-    # table row, sum in the block and issue one atomic instead of BLOCK same-address atomics.
-    coarse = res <= COARSE_RES
+                mask=mask[:, None], other=0.0).to(tl.float32)
     for c in tl.static_range(8):
         row, w = _corner(c, ix, iy, iz, fx, fy, fz, res, size, offset, hashed)
-        val = g * w[:, None]
-        ptrs = gtable_ptr + row[:, None] * F + feat[None, :]
-        # Relaxed: the sums need atomicity only, no ordering; result unused -> red instructions.
-        if coarse:
-            rmin = tl.min(tl.where(mask, row, 1 << 62), 0)
-            rmax = tl.max(tl.where(mask, row, -1), 0)
-            if rmin == rmax:
-                tl.atomic_add(gtable_ptr + rmin * F + feat, tl.sum(val, 0), sem="relaxed")
-            else:
-                tl.atomic_add(ptrs, val, mask=mask[:, None], sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, val, mask=mask[:, None], sem="relaxed")
+        # Relaxed: the sums need atomicity only, no ordering; result unused -> red.v4.f32.
+        tl.atomic_add(gtable_ptr + row[:, None] * F + feat[None, :], g * w[:, None],
+                      mask=mask[:, None], sem="relaxed")
 
 
 @triton.jit
 def _bwd_kernel(x_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, N,
                 F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, SMOOTH: tl.constexpr,
-                PER_LEVEL: tl.constexpr, EVICT: tl.constexpr, COARSE_RES: tl.constexpr):
+                PER_LEVEL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = rows < N
     x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
@@ -156,11 +142,11 @@ def _bwd_kernel(x_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, N,
     z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
     if PER_LEVEL:
         _level_bwd(tl.program_id(1), x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr,
-                   meta_ptr, F, L, SMOOTH, EVICT, COARSE_RES)
+                   meta_ptr, F, L, SMOOTH)
     else:
         for lvl in range(L):
             _level_bwd(lvl, x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
-                       F, L, SMOOTH, EVICT, COARSE_RES)
+                       F, L, SMOOTH)
 
 
 _META_CACHE: dict[tuple[HashGridConfig, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -198,10 +184,6 @@ def _grid(n: int, cfg: HashGridConfig, launch: Launch) -> tuple[int, ...]:
     return (nb, cfg.n_levels) if launch.per_level else (nb,)
 
 
-def _evict(launch: Launch) -> str:
-    return "evict_first" if launch.stream else ""
-
-
 def forward(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
             launch: Launch = FWD_LAUNCH) -> torch.Tensor:
     """Encode x (N, 3) -> (N, L*F) float32; no autograd."""
@@ -214,8 +196,8 @@ def forward(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
     scale, meta = level_tensors(cfg, x.device)
     _fwd_kernel[_grid(n, cfg, launch)](
         x, table, out, scale, meta, n, F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block,
-        SMOOTH=cfg.smoothstep, PER_LEVEL=launch.per_level, EVICT=_evict(launch),
-        num_warps=launch.num_warps, enable_fp_fusion=False)
+        SMOOTH=cfg.smoothstep, PER_LEVEL=launch.per_level, num_warps=launch.num_warps,
+        enable_fp_fusion=False)
     return out
 
 
@@ -231,29 +213,33 @@ def backward(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig,
     _bwd_kernel[_grid(n, cfg, launch)](
         x, grad_out, gtable, scale, meta, n, F=cfg.n_features, L=cfg.n_levels,
         BLOCK=launch.block, SMOOTH=cfg.smoothstep, PER_LEVEL=launch.per_level,
-        EVICT=_evict(launch), COARSE_RES=launch.coarse_res, num_warps=launch.num_warps,
-        enable_fp_fusion=False)
+        num_warps=launch.num_warps, enable_fp_fusion=False)
     return gtable
 
 
 class _Encode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
-        ctx.cfg = cfg
-        ctx.table_dtype = table.dtype
+    def forward(ctx, x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+                coherent: bool) -> torch.Tensor:
+        ctx.cfg, ctx.coherent, ctx.table_dtype = cfg, coherent, table.dtype
         ctx.save_for_backward(x)
-        return forward(x, table, cfg)
+        return forward(x, table, cfg, COHERENT_LAUNCH if coherent else FWD_LAUNCH)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (x,) = ctx.saved_tensors
         gtable = None
         if ctx.needs_input_grad[1]:
-            gtable = backward(x, grad_out.float(), ctx.cfg).to(ctx.table_dtype)
+            launch = COHERENT_LAUNCH if ctx.coherent else BWD_LAUNCH
+            gtable = backward(x, grad_out.float(), ctx.cfg, launch).to(ctx.table_dtype)
         # No gradient w.r.t. positions: the surface points are fixed inputs.
-        return None, gtable, None
+        return None, gtable, None, None
 
 
-def encode_triton(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
-    """Fused encoding of normalised points x (N, 3) in [0, 1] -> (N, L*F) float32."""
-    return _Encode.apply(x, table, cfg)
+def encode_triton(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+                  coherent: bool = False) -> torch.Tensor:
+    """Fused encoding of normalised points x (N, 3) in [0, 1] -> (N, L*F) float32.
+
+    coherent=True picks the launch for spatially ordered points (a frame's pixels in raster
+    order): all levels per program, reading x once and writing whole output rows."""
+    return _Encode.apply(x, table, cfg, coherent)

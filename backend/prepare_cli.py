@@ -1,7 +1,7 @@
 """`prepare` and `check` subcommands (argparse wiring only; the work is in backend.prepare).
 
-    python -m backend prepare SRC [--out DST] [--downsample K] [--from auto|colmap|metashape|mvsnet] ...
-    python -m backend check SCENE [--level K] [--mesh M] [--json]
+    python -m backend prepare SRC [--out DST] [--downsample N] [--from auto|colmap|metashape|mvsnet] ...
+    python -m backend check SCENE [--level N] [--mesh M] [--json]
 
 Both print progress events, then a `done` event; `check` also prints the text report (or the
 JSON report with --json). A scene the mesh does not reach at all raises InputError (exit 2)
@@ -21,14 +21,15 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "prepare", help="convert a COLMAP / Metashape / MVSNet source into an MVSNet scene folder",
         description="Convert a COLMAP workspace (after image_undistorter), a Metashape export (cams.xml, "
-                    "undistorted photos, mesh) or an MVSNet scene into SCENE/images_K, SCENE/cams_K and "
-                    "SCENE/mesh.*, then print the check report.")
+                    "undistorted photos, mesh) or an MVSNet scene into OUT/images_N, OUT/cams_N and "
+                    "OUT/mesh.*, then print the check report.")
     p.add_argument("src", help="COLMAP folder, Metashape folder or cams.xml, or MVSNet scene")
     p.add_argument("--out", help="scene folder to write (default: SRC's folder)")
     p.add_argument("--from", dest="source", default="auto", choices=["auto", "colmap", "metashape", "mvsnet"],
                    help="source kind (default: detect)")
-    p.add_argument("--downsample", type=int, default=1, metavar="K",
-                   help="shrink photos by K (area filter) and scale K exactly; writes images_K/ and cams_K/")
+    p.add_argument("--downsample", type=int, default=1, metavar="N",
+                   help="shrink photos N times (area filter), scaling the intrinsics exactly; writes "
+                        "images_N/ and cams_N/")
     p.add_argument("--mesh", help="mesh file (.ply/.obj) if SRC holds none or several")
     p.add_argument("--images", help="folder of the undistorted photos (default: SRC/images)")
     p.add_argument("--link-images", action="store_true",

@@ -343,20 +343,30 @@ def make_flythrough(scene: SceneSpec | str | Path, n_frames: int, width: int, he
 
 # --- scene folder ---------------------------------------------------------------
 
+def _write_view(out: Path, spec: SceneSpec, cam: Camera, ss_ref: int) -> None:
+    rgb, _alpha = reference_render(spec, cam, ss_ref)
+    write_png(out / "images" / f"{cam.name}.png", linear_to_srgb(rgb))
+    write_mvsnet_cam(out / "cams" / f"{cam.name}_cam.txt", cam)
+
+
 def make_scene(out_dir: str | Path, n_views: int = 24, width: int = 160, height: int = 120,
-               ss_ref: int = 4, seed: int = 0, layout: str = "orbit") -> Path:
+               ss_ref: int = 4, seed: int = 0, layout: str = "orbit", workers: int = 1) -> Path:
     """Write an MVSNet scene: images/NNNNNNNN.png (8-bit sRGB), cams/NNNNNNNN_cam.txt, 1.obj,
-    and views.json (generator settings, close-up flags). Returns the scene folder."""
+    and views.json (generator settings, close-up flags). Returns the scene folder.
+    `workers` > 1 renders the photos in that many processes (large benchmark scenes)."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "cams").mkdir(exist_ok=True)
     spec = make_spec(seed)
     cams, close = make_cameras(spec, n_views, width, height, layout, seed)
     write_obj(out / "1.obj", spec.mesh)
-    for cam in cams:
-        rgb, _alpha = reference_render(spec, cam, ss_ref)
-        write_png(out / "images" / f"{cam.name}.png", linear_to_srgb(rgb))
-        write_mvsnet_cam(out / "cams" / f"{cam.name}_cam.txt", cam)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_view, [out] * len(cams), [spec] * len(cams), cams, [ss_ref] * len(cams)))
+    else:
+        for cam in cams:
+            _write_view(out, spec, cam, ss_ref)
     info = {"generator": "backend.procedural", "version": 1, "seed": seed, "layout": layout,
             "ss_ref": ss_ref, "width": width, "height": height,
             "background_linear": spec.background.tolist(),

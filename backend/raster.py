@@ -63,6 +63,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
+def pixel_directions(cam: Camera, ii: torch.Tensor, jj: torch.Tensor) -> torch.Tensor:
+    """Unit world-space view directions through pixel centres (ii + 0.5, jj + 0.5), on ii's device
+    (the torch twin of Camera.directions, for millions of pixels)."""
+    dev = ii.device
+    y = (jj.double() + 0.5 - cam.cy) / cam.fy
+    x = (ii.double() + 0.5 - cam.cx - cam.K[0, 1] * y) / cam.fx
+    d = torch.stack([x, y, torch.ones_like(x)], -1) @ torch.as_tensor(cam.R, device=dev)
+    return (d / d.norm(dim=-1, keepdim=True)).float()
+
+
 class Rasterizer:
     def __init__(self, mesh: Mesh, device: torch.device):
         self.mesh, self.device = mesh, device

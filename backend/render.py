@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import events
+from . import distributed, events
 from .cameras import Camera
 from .campath import frame_filename, read_camera_path
 from .checkpoint import load_model
@@ -19,7 +19,7 @@ from .colour import linear_to_srgb
 from .errors import InputError
 from .meshio import load_mesh
 from .model import Manifold
-from .raster import Rasterizer, resolve_device
+from .raster import Rasterizer, pixel_directions, resolve_device
 from .runfolder import RunFolder
 
 
@@ -39,8 +39,7 @@ def render_camera(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, expos
     jj, ii = torch.nonzero(covered, as_tuple=True)
     rgb = torch.zeros(cam.height, cam.width, 3, device=dev)
     if len(jj):
-        uv = np.stack([ii.cpu().numpy() + 0.5, jj.cpu().numpy() + 0.5], 1)
-        dirs = torch.from_numpy(cam.directions(uv).astype(np.float32)).to(dev)
+        dirs = pixel_directions(cam, ii, jj).to(dev)
         xyz, m = s.xyz[covered].to(dev), s.mask[covered].to(dev)
         out = torch.cat([model(xyz[k:k + chunk], m[k:k + chunk], dirs[k:k + chunk],
                                exposure=exposure, linear=True) for k in range(0, len(jj), chunk)])
@@ -76,7 +75,8 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = "png", ex
                 ss: int | None = None, device: str = "auto", frames: list[int] | None = None) -> dict:
     if fmt not in ("png", "exr"):
         raise InputError(f"--format {fmt}: choose png or exr.")
-    dev = resolve_device(device)
+    ctx = distributed.setup(device)     # under torchrun: this rank's GPU
+    dev = ctx.device
     run = RunFolder(run_dir)
     cfg = run.read_config()
     numbers, cams, _fps = read_camera_path(path_json)
@@ -90,17 +90,19 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = "png", ex
     ss = ss or cfg["ss"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prog = events.Progress("render", len(cams))
+    todo = list(zip(numbers, cams))[ctx.rank::ctx.world]    # under torchrun: every W-th frame
+    prog = events.Progress("render", len(todo))
     writer = ThreadPoolExecutor(2)
     pending = []
     t0 = time.monotonic()
-    for k, (n, cam) in enumerate(zip(numbers, cams)):
+    for k, (n, cam) in enumerate(todo):
         frame = render_camera(model, rast, cam, ss, expo)
         pending.append(writer.submit(write_frame, out / frame_filename(n, fmt), frame, fmt))
         prog.update(k + 1, frame=n)
     for p in pending:
         p.result()
     writer.shutdown()
+    distributed.barrier()     # every rank's frames are on disk before rank 0 reports them all
     dt = time.monotonic() - t0
     events.emit("done", stage="render", frames=len(cams), out_dir=str(out), seconds=dt,
                 files=[frame_filename(n, fmt) for n in numbers])

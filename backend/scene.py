@@ -84,6 +84,19 @@ def _pick_dir(root: Path, base: str, level: int | None) -> Path:
     return root / f"{base}_{levels[0]}"
 
 
+def _pick_pair(root: Path, level: int | None) -> tuple[Path, Path]:
+    """images/ with cams/, or images_k/ with cams_k/ (lowest k with both) unless `level` is given."""
+    if level is not None:
+        return _pick_dir(root, "images", level), _pick_dir(root, "cams", level)
+    if (root / "images").is_dir() and (root / "cams").is_dir():
+        return root / "images", root / "cams"
+    levels = sorted(int(m.group(1)) for p in root.glob("images_*")
+                    if (m := re.fullmatch(r"images_(\d+)", p.name)) and (root / f"cams_{m.group(1)}").is_dir())
+    if levels:
+        return root / f"images_{levels[0]}", root / f"cams_{levels[0]}"
+    return _pick_dir(root, "images", None), _pick_dir(root, "cams", None)
+
+
 def find_mesh(root: Path) -> Path:
     for name in ("1.obj", "mesh.obj", "mesh.ply"):
         if (root / name).is_file():
@@ -102,11 +115,7 @@ def load_scene(root: str | Path, mesh: str | Path | None = None, level: int | No
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: scene folder not found.")
-    img_dir = _pick_dir(root, "images", level)
-    suffix = img_dir.name[len("images"):]
-    cam_dir = root / f"cams{suffix}"
-    if not cam_dir.is_dir():
-        cam_dir = _pick_dir(root, "cams", None)
+    img_dir, cam_dir = _pick_pair(root, level)
     cam_files = sorted(cam_dir.glob("*_cam.txt"))
     if not cam_files:
         raise InputError(f"{cam_dir}: no camera files (NAME_cam.txt) found.")

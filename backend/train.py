@@ -12,13 +12,12 @@ from dataclasses import dataclass, asdict
 import numpy as np
 import torch
 
-from . import events
+from . import distributed, events
 from .checkpoint import load_checkpoint, save_atomic
 from .errors import InputError
 from .hashgrid import HashGridConfig
 from .model import Manifold, ModelConfig, unpack_mask
 from .cache import ShardReader
-from .raster import resolve_device
 from .runfolder import RunFolder, read_json, write_json
 
 
@@ -54,14 +53,22 @@ class TrainConfig:
 
 class RayLoader:
     """Deterministic pass over the shuffled shards; position (epoch, shard, offset) is resumable.
-    The next shard is read from disk in a background thread while the current one is consumed."""
+    The next shard is read from disk in a background thread while the current one is consumed.
 
-    def __init__(self, run_dir, device: torch.device, batch: int, seed: int, state: dict | None = None):
+    `part` = (lo, hi): return only rows [lo, hi) of every batch (one rank's share, see
+    distributed.batch_part). The position stays that of the whole stream, so a checkpoint resumes
+    with any number of ranks; only the rank's rows of a shard are read (memory map)."""
+
+    def __init__(self, run_dir, device: torch.device, batch: int, seed: int, state: dict | None = None,
+                 part: tuple[int, int] | None = None):
         self.reader = ShardReader(run_dir)
         self.S = self.reader.meta["ss"] ** 2
         self.device, self.batch, self.seed = device, batch, seed
+        self.part = part or (0, batch)
         st = state or {"epoch": 0, "pos": 0, "offset": 0}
         self.epoch, self.pos, self.offset = st["epoch"], st["pos"], st["offset"]
+        self.phase = -self.offset % batch      # batch position of the current shard's row 0
+        self._order_memo: tuple[int, list[int]] = (-1, [])
         self.pool = ThreadPoolExecutor(1)
         self._cur = self._next = None
         self._cur_key = None
@@ -70,10 +77,20 @@ class RayLoader:
         return {"epoch": self.epoch, "pos": self.pos, "offset": self.offset}
 
     def _order(self, epoch: int) -> list[int]:
-        return list(np.random.default_rng([self.seed, epoch]).permutation(len(self.reader.shards)))
+        if self._order_memo[0] != epoch:
+            self._order_memo = (epoch, list(np.random.default_rng([self.seed, epoch]).permutation(len(self.reader.shards))))
+        return self._order_memo[1]
 
-    def _read(self, epoch: int, pos: int) -> dict:
-        data = self.reader.load(self._order(epoch)[pos], mmap=False)
+    def _n(self, epoch: int, pos: int) -> int:
+        return self.reader.shards[self._order(epoch)[pos]]["n"]
+
+    def _read(self, epoch: int, pos: int, phase: int) -> dict:
+        i = self._order(epoch)[pos]
+        if self.part == (0, self.batch):
+            data = self.reader.load(i, mmap=False)
+        else:   # this rank's runs of rows only: the rest of the shard never leaves the disk
+            runs = distributed.part_runs(self._n(epoch, pos), phase, self.batch, *self.part)
+            data = {k: np.concatenate([v[a:b] for a, b in runs]) for k, v in self.reader.load(i).items()}
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
         if self.device.type == "cuda":
             out = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in out.items()}
@@ -86,29 +103,36 @@ class RayLoader:
         return epoch, pos
 
     def _shard(self) -> dict:
-        key = (self.epoch, self.pos)
+        key = (self.epoch, self.pos, self.phase)
         if self._cur_key != key:
             if self._next is not None and self._next[0] == key:
                 self._cur = self._next[1].result()
             else:
                 self._cur = self._read(*key)
             self._cur_key = key
-            nk = self._advance_key(*key)
+            nk = (*self._advance_key(self.epoch, self.pos), (self.phase + self._n(self.epoch, self.pos)) % self.batch)
             self._next = (nk, self.pool.submit(self._read, *nk))
         return self._cur
+
+    def _local(self, i: int) -> int:
+        """Index of shard row i in the loaded (possibly this rank's compacted) shard."""
+        return distributed.rows_before(i, self.phase, self.batch, *self.part)
 
     def next(self) -> dict[str, torch.Tensor]:
         parts, need = [], self.batch
         while need > 0:
             sh = self._shard()
-            n = len(sh["view"])
+            n = self._n(self.epoch, self.pos)
             take = min(need, n - self.offset)
-            parts.append({k: v[self.offset:self.offset + take] for k, v in sh.items()})
+            a, b = self._local(self.offset), self._local(self.offset + take)
+            if b > a:
+                parts.append({k: v[a:b] for k, v in sh.items()})
             self.offset += take
             need -= take
             if self.offset >= n:
                 self.epoch, self.pos = self._advance_key(self.epoch, self.pos)
                 self.offset = 0
+                self.phase = (self.phase + n) % self.batch
         b = {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
         return {"xyz": b["xyz"].float(), "mask": unpack_mask(b["mask"], self.S),
                 "dir": b["dir"].float(), "rgb": b["rgb"].float() / 255.0, "view": b["view"].long()}
@@ -123,8 +147,10 @@ class StopFlag:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
+            # SIGBREAK: what a Windows console parent (Blender's Stop) can send.
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -143,7 +169,8 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
           preset: str = "auto", overrides: dict | None = None, stop_at: int | None = None) -> dict:
     """Train to `iters` steps (or resume to it). `stop_at` ends the run early at that step exactly as
     a requested stop does (checkpoint, `stopped` event), leaving the schedule of `iters` intact."""
-    dev = resolve_device(device)
+    ctx = distributed.setup(device)     # one process, or this rank's place under torchrun
+    dev = ctx.device
     run = RunFolder(run_dir)
     cfg_run = run.read_config()
     ckpt = None
@@ -161,7 +188,10 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
                 setattr(tc, k, v)
         if iters is not None:
             tc.iters = iters
-    write_json(run.train_config, asdict(tc))
+    if tc.batch_rays < ctx.world:
+        raise InputError(f"--batch-rays {tc.batch_rays}: fewer rays than the {ctx.world} processes.")
+    if ctx.main:
+        write_json(run.train_config, asdict(tc))
 
     torch.manual_seed(tc.seed)
     n_views = len(cfg_run["views"])
@@ -170,7 +200,8 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
     grid_params = [model.grid.table]
     other = [p for n, p in model.named_parameters() if not n.startswith("grid.")]
     opt = torch.optim.Adam([{"params": grid_params, "lr": tc.grid_lr, "eps": 1e-15},
-                            {"params": other, "lr": tc.lr}], betas=(0.9, 0.99))
+                            {"params": other, "lr": tc.lr}], betas=(0.9, 0.99),
+                           fused=dev.type == "cuda")   # one kernel for the 2 GB table update
     base_lrs = [tc.grid_lr, tc.lr]
     step = 0
     loader_state = None
@@ -180,9 +211,16 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
         step = ckpt["step"]
         loader_state = ckpt["loader"]
         torch.set_rng_state(ckpt["rng_cpu"])
-    loader = RayLoader(run.root, dev, tc.batch_rays, tc.seed, loader_state)
+    reducer = None
+    if ctx.world > 1:
+        distributed.broadcast_module(model)
+        reducer = distributed.GradReducer(model.grid.table, other)
+    loader = RayLoader(run.root, dev, tc.batch_rays, tc.seed, loader_state,
+                       part=distributed.batch_part(tc.batch_rays, ctx.rank, ctx.world))
 
     def save():
+        if not ctx.main:     # one writer; every rank holds the same state
+            return
         save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                      "loader": loader.state(), "train_config": asdict(tc),
                      "model_config": mcfg.to_dict(), "aabb": cfg_run["aabb"], "n_views": n_views,
@@ -195,7 +233,7 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
     model.train()
     with StopFlag() as flag:
         while step < tc.iters:
-            if flag.stop or (stop_at is not None and step >= stop_at):
+            if distributed.any_rank(flag.stop) or (stop_at is not None and step >= stop_at):
                 save()
                 events.emit("stopped", stage="train", step=step, checkpoint=str(run.latest))
                 return {"step": step, "stopped": True}
@@ -205,16 +243,22 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
             b = loader.next()
             pred = model(b["xyz"], b["mask"], b["dir"], view=b["view"])
             err = pred - b["rgb"]
-            loss = err.abs().mean()
+            share = len(pred) / tc.batch_rays    # this rank's part of the global mean (1 alone)
+            loss = err.abs().mean() * share
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if reducer is not None:      # sum of the ranks' gradients = the whole batch's gradient
+                stats = reducer(torch.stack([loss.detach(), (err.detach() ** 2).mean() * share]))
             opt.step()
             step += 1
-            n_rays += len(pred)
+            n_rays += tc.batch_rays
             now = time.monotonic()
             if now - prog.last >= prog.every_s or step == tc.iters:
-                loss_v = float(loss.detach())
-                psnr_v = psnr_from_mse(float((err.detach() ** 2).mean()))
+                if reducer is not None:
+                    loss_v, mse_v = stats.tolist()
+                else:
+                    loss_v, mse_v = float(loss.detach()), float((err.detach() ** 2).mean())
+                psnr_v = psnr_from_mse(mse_v)
                 rate = n_rays / max(now - t_mark, 1e-9)
                 n_rays, t_mark = 0, now
                 prog.update(step, loss=loss_v, psnr=psnr_v, rays_per_s=rate)

@@ -252,3 +252,18 @@ def test_import_errors_are_reports(blank, bpy_module, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="images"):
         bpy_module.ops.import_scene.xscale_mvsnet(directory=str(tmp_path / "empty"))
+
+
+def test_ply_mesh_keeps_world_frame(blank, bpy_module, tmp_path):
+    from blender_fixtures import bumpy_grid
+    from xscale_blender import importer
+    v, f = bumpy_grid(5)
+    lines = ["ply", "format ascii 1.0", f"element vertex {len(v)}", "property float x",
+             "property float y", "property float z", f"element face {len(f)}",
+             "property list uchar int vertex_indices", "end_header"]
+    lines += [f"{x} {y} {z}" for x, y, z in v] + [f"3 {a} {b} {c}" for a, b, c in f]
+    (tmp_path / "mesh.ply").write_text("\n".join(lines) + "\n")
+    (ob,) = importer.import_mesh(bpy_module.context, tmp_path / "mesh.ply", blank.collection)
+    M = np.array(ob.matrix_world)
+    got = np.array([tuple(p.co) for p in ob.data.vertices]) @ M[:3, :3].T + M[:3, 3]
+    np.testing.assert_allclose(np.sort(got, axis=0), np.sort(v, axis=0), atol=1e-6)

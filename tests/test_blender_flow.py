@@ -73,6 +73,34 @@ def test_import_train_render_strip(blank, bpy_module, real_backend, tiny_scene, 
         assert img[..., 3].max() == 255                # the mesh covers part of the frame
 
 
+
+def test_stop_saves_checkpoint_then_resume(blank, bpy_module, real_backend, tiny_scene, tmp_path):
+    """Stop = SIGTERM: the real trainer saves a checkpoint and exits 0; Resume continues it."""
+    import time
+
+    from xscale_blender import jobs, operators
+    bpy = bpy_module
+    bpy.ops.import_scene.xscale_mvsnet(directory=str(tiny_scene), show_photos=False)
+    s = blank.xscale
+    s.run_dir = str(tmp_path / "run")
+    s.iterations, s.device, s.preset = 10000, "cpu", "small"
+    job = operators.backend_job("fit", operators.fit_arguments(s, resume=False), "train").start()
+    t_end = time.monotonic() + 120
+    while not (job.state.stage == "train" and job.state.step >= 1) and not job.finished \
+            and time.monotonic() < t_end:
+        job.poll()
+        time.sleep(0.05)
+    job.stop()
+    state = job.wait(timeout=120)
+    assert state.status == jobs.STOPPED, state.error
+    assert state.returncode == 0 and state.stopped_event["step"] >= 1
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").is_file()
+    s.iterations = state.stopped_event["step"] + 1
+    assert bpy.ops.xscale.train(resume=True) == {"FINISHED"}
+    done = jobs.active().state
+    assert done.status == jobs.DONE and done.results[-1]["step"] == s.iterations
+
+
 # What `blender -b shot.blend --python-expr "import bpy; bpy.ops.xscale.train()"` does, with the
 # bpy module: Blender enables the installed extension from the user preferences at startup (the
 # module does not load them, so the script does), loads the file, runs the operator.

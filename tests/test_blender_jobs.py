@@ -242,3 +242,38 @@ def test_ui_timer_polls_until_done(addon, fake_python, tmp_path, capsys):
     assert job.state.status == jobs.DONE
     assert "train: finished (train 10/10" in capsys.readouterr().out
     jobs.set_active(None)
+
+
+def test_kill_when_stop_is_ignored(tmp_path):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('{}', flush=True); time.sleep(60)"
+    job = jobs.Job([sys.executable, "-c", code], label="stubborn").start()
+    while not job.text_lines:
+        job.poll()
+        time.sleep(0.02)
+    job.stop()
+    time.sleep(0.3)
+    job.poll()
+    assert job.stopping and not job.finished
+    job.kill()
+    state = job.wait(timeout=10)
+    assert state.status == jobs.STOPPED and state.returncode != 0
+
+
+def test_train_operator_ui_path(blank, bpy_module, tiny_scene, fake_python, tmp_path, monkeypatch):
+    """With a UI the operator returns at once and a bpy.app.timers callback follows the job."""
+    import bpy
+
+    from xscale_blender import operators
+    monkeypatch.setattr(operators, "_blocking", lambda wait: False)
+    blank.xscale.scene_dir, blank.xscale.run_dir = str(tiny_scene), str(tmp_path / "run")
+    t0 = time.monotonic()
+    assert bpy.ops.xscale.train() == {"FINISHED"}
+    assert time.monotonic() - t0 < 1.0
+    assert bpy.app.timers.is_registered(operators._ui_tick) and jobs.busy()
+    with pytest.raises(RuntimeError, match="already running"):
+        bpy.ops.xscale.train()
+    t_end = time.monotonic() + 30
+    while operators._ui_tick() is not None and time.monotonic() < t_end:
+        time.sleep(0.05)
+    bpy.app.timers.unregister(operators._ui_tick)
+    assert jobs.active().state.status == jobs.DONE and not jobs.busy()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# GPU tests and benchmarks in one go (on a CUDA machine). Logs and JSON go to ${OUT:-benchmarks/results}.
+# Optional wheels (e.g. diffrp-nvdiffrast for a machine without network) can be put in ./.whl.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+python3 -m backend doctor | tee "$OUT/doctor.log"
+STEPS=${STEPS:-tests hashgrid pipeline demo}
+for s in $STEPS; do
+  case $s in
+    tests)    python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
+    hashgrid) python3 benchmarks/bench_hashgrid.py --out "$OUT/hashgrid.json" 2>&1 | tee "$OUT/hashgrid.log" | tail -20 ;;
+    pipeline) python3 benchmarks/bench_pipeline.py --out "$OUT/pipeline.json" ${PIPELINE_ARGS:-} 2>"$OUT/pipeline_events.log" | tee "$OUT/pipeline.log" | tail -20 ;;
+    demo)     python3 -m backend demo --out /tmp/xscale_demo_gpu 2>&1 | grep -v '"progress"' | tee "$OUT/demo.log" | tail -8 ;;
+  esac
+done

@@ -1,0 +1,144 @@
+"""3D View sidebar: XScale tab."""
+from __future__ import annotations
+
+import bpy
+
+from . import jobs
+from .importer import P_SPLIT
+
+
+class XScalePanelBase:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "XScale"
+
+
+class VIEW3D_PT_xscale(XScalePanelBase, bpy.types.Panel):
+    bl_idname = "VIEW3D_PT_xscale"
+    bl_label = "XScale-NVS"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.xscale
+        layout.operator("import_scene.xscale_mvsnet", text="Import Scene", icon="IMPORT")
+        col = layout.column(align=True)
+        col.prop(s, "scene_dir")
+        col.prop(s, "run_dir")
+        ob = context.active_object
+        if ob is not None and ob.type == "CAMERA" and P_SPLIT in ob:
+            row = layout.row()
+            row.label(text=f"{ob.name}: {'held out' if ob[P_SPLIT] == 'test' else 'training'} photo",
+                      icon="OUTLINER_OB_CAMERA")
+            row.operator("xscale.use_camera", text="", icon="VIEW_CAMERA")
+        draw_job(layout)
+
+
+def draw_job(layout: bpy.types.UILayout) -> None:
+    """Progress of the current (or last) job: bar with stage and step, then the numbers."""
+    job = jobs.active()
+    if job is None:
+        return
+    st = job.state
+    box = layout.box()
+    if job.finished:
+        icon = {"done": "CHECKMARK", "stopped": "PAUSE", "failed": "ERROR"}[st.status]
+        box.label(text=f"{job.label.title()} {st.status}", icon=icon)
+        if st.message:
+            _wrapped(box, st.message, alert=st.status == jobs.FAILED)
+        return
+    text = f"{st.stage or 'starting'} {st.step}/{st.total}" if st.total else (st.stage or "starting")
+    box.progress(factor=st.fraction, type="BAR", text=("stopping: " if job.stopping else "") + text)
+    grid = box.grid_flow(columns=2, even_columns=True, align=True)
+    if st.loss is not None:
+        grid.label(text=f"Loss {st.loss:.4f}")
+    if st.psnr is not None:
+        grid.label(text=f"PSNR {st.psnr:.2f} dB")
+    grid.label(text=f"ETA {jobs.format_duration(st.eta_s)}")
+    if st.message:
+        _wrapped(box, st.message)
+    box.operator("xscale.stop", text="Kill" if job.stopping else "Stop", icon="CANCEL")
+
+
+def _wrapped(layout, text: str, alert: bool = False, width: int = 48) -> None:
+    col = layout.column(align=True)
+    col.alert = alert
+    line = ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            col.label(text=line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        col.label(text=line)
+
+
+class VIEW3D_PT_xscale_train(XScalePanelBase, bpy.types.Panel):
+    bl_idname = "VIEW3D_PT_xscale_train"
+    bl_label = "Training"
+    bl_parent_id = "VIEW3D_PT_xscale"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        s = context.scene.xscale
+        col = layout.column()
+        col.prop(s, "preset")
+        col.prop(s, "iterations")
+        col.prop(s, "device")
+        col.prop(s, "supersample")
+        col.prop(s, "test_every")
+        col.prop(s, "level")
+        col.prop(s, "mesh_path")
+        busy = jobs.busy()
+        row = layout.row(align=True)
+        row.enabled = not busy
+        row.operator("xscale.train", text="Cache + Train", icon="PLAY").resume = False
+        row.operator("xscale.train", text="Resume", icon="FILE_REFRESH").resume = True
+        if busy:
+            layout.operator("xscale.stop", text="Stop", icon="CANCEL")
+
+
+class VIEW3D_PT_xscale_render(XScalePanelBase, bpy.types.Panel):
+    bl_idname = "VIEW3D_PT_xscale_render"
+    bl_label = "Render Camera Path"
+    bl_parent_id = "VIEW3D_PT_xscale"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        scene = context.scene
+        s = scene.xscale
+        col = layout.column()
+        col.prop(s, "render_format")
+        col.prop(s, "exposure")
+        col.prop(s, "render_supersample")
+        col.prop(s, "render_dir")
+        col.separator()
+        col.prop(s, "strip_channel")
+        col.prop(s, "strip_use_path_start")
+        sub = col.row()
+        sub.enabled = not s.strip_use_path_start
+        sub.prop(s, "strip_frame_start")
+        cam = scene.camera
+        layout.label(text=f"{cam.name if cam else 'No camera'}, frames {scene.frame_start}-{scene.frame_end}",
+                     icon="CAMERA_DATA")
+        row = layout.row(align=True)
+        row.enabled = not jobs.busy() and cam is not None
+        row.operator("xscale.render_path", text="Render", icon="RENDER_ANIMATION")
+        row.operator("xscale.export_path", text="", icon="EXPORT")
+
+
+CLASSES = (VIEW3D_PT_xscale, VIEW3D_PT_xscale_train, VIEW3D_PT_xscale_render)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

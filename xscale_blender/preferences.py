@@ -1,0 +1,72 @@
+"""Add-on preferences: which Python runs the backend (Blender's own Python has no torch)."""
+
+import os
+from typing import Optional
+
+import bpy
+from bpy.props import StringProperty
+
+ENV_PYTHON = "XSCALE_BACKEND_PYTHON"   # overrides the preference, e.g. for headless farm jobs
+
+# Result of the last "Check" (not saved): lines to show under the button.
+doctor_lines: list[str] = []
+
+
+class BackendNotConfigured(Exception):
+    pass
+
+
+class XScalePreferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    python: StringProperty(
+        name="Backend Python", subtype="FILE_PATH",
+        description="Python interpreter of the environment that has torch (and CUDA), "
+                    "e.g. /opt/xscale/venv/bin/python or C:\\xscale\\venv\\Scripts\\python.exe")
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        row = layout.row(align=True)
+        row.prop(self, "python")
+        row.operator("xscale.check_backend", text="Check", icon="CHECKMARK")
+        if os.environ.get(ENV_PYTHON):
+            layout.label(text=f"{ENV_PYTHON} is set and overrides this: {os.environ[ENV_PYTHON]}",
+                         icon="INFO")
+        if doctor_lines:
+            box = layout.box()
+            col = box.column(align=True)
+            for line in doctor_lines:
+                col.label(text=line)
+
+
+def addon_preferences() -> Optional[XScalePreferences]:
+    addon = bpy.context.preferences.addons.get(__package__)
+    return addon.preferences if addon is not None else None
+
+
+def backend_python() -> str:
+    """The backend interpreter: $XSCALE_BACKEND_PYTHON, else the preference."""
+    path = os.environ.get(ENV_PYTHON, "")
+    if not path:
+        prefs = addon_preferences()
+        path = bpy.path.abspath(prefs.python) if prefs is not None and prefs.python else ""
+    if not path:
+        raise BackendNotConfigured(
+            "No backend Python set: in Preferences > Add-ons > XScale-NVS, set the Python of the "
+            f"environment with torch (or set {ENV_PYTHON}).")
+    if not os.path.isfile(path):
+        raise BackendNotConfigured(f"Backend Python not found: {path}. Fix it in the add-on preferences.")
+    return path
+
+
+CLASSES = (XScalePreferences,)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
