@@ -34,4 +34,5 @@ def load_model(run: RunFolder, device: torch.device) -> tuple[Manifold, dict]:
     model = Manifold(cfg, aabb[0], aabb[1], ckpt["n_views"]).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
+    model.grid.coherent = True          # loaded models render frames: points come in pixel order
     return model, ckpt

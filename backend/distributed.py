@@ -1,9 +1,11 @@
 """Several processes, one per GPU (NCCL) or per CPU worker (gloo), with torch.distributed.
 
-Launch with torchrun (`python -m torch.distributed.run --nproc-per-node N -m backend train ...`) or
-with the `--nproc N` convenience of train / fit / render, which re-launches the same command that
-way. torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without them everything here is a no-op and the
-backend runs as one process.
+Launch with the `--nproc N` option of train / fit / render, which re-runs the same command under
+torchrun with the same interpreter, or with torchrun directly:
+    python -m torch.distributed.run --standalone --nproc-per-node N -m -- backend train --run R
+(the `--` stops torchrun from reading `--run` as its own `--run-path`). torchrun sets WORLD_SIZE,
+RANK and LOCAL_RANK; without them everything here is a no-op and the backend runs as one process.
+Other commands under torchrun run on rank 0 only.
 
 Training is data parallel. Every rank holds the whole model and walks the same deterministic ray
 stream; of each global batch of B rays rank r takes the contiguous slice `batch_part(B, r, W)` and
@@ -42,10 +44,15 @@ from .raster import resolve_device
 
 # Gradient reduction of the hash table: auto (default), dense or sparse (benchmarks, tests).
 REDUCE_ENV = "XSCALE_GRAD_REDUCE"
-# Sparse (touched rows) when the gathered records are at most this fraction of a dense table's
-# floats, and only for tables above SPARSE_MIN_ROWS (a small dense all_reduce costs one latency).
-SPARSE_MAX_RATIO = 1.0
-SPARSE_MIN_ROWS = 1 << 14
+# Auto goes sparse (touched rows only) when all ranks' gathered records, W x max rows x (F + 1)
+# words, are at most this fraction of the table's rows x F floats. gloo on the CPU (measured,
+# bench_distributed.py, 2 processes): sparse wins only below ~1 % touched rows, as its extra
+# passes over the table cost about what the saved bytes do. NCCL (not measured): from byte counts,
+# a ring all_reduce moves 2 (W-1)/W table sizes per rank and the all_gather (W-1)/W gathered sizes,
+# while the extra passes run at memory speed; 1.0 keeps a 2x margin.
+SPARSE_MAX_RATIO = {"nccl": 1.0, "gloo": 0.05}
+SPARSE_MIN_ROWS = 1 << 16      # below: one small dense all_reduce (one latency) always wins
+RECHECK_EVERY = 100            # after picking dense, steps before the next density check
 # Waits that can be long by design (rank 0 building the ray cache, uneven render frames).
 LONG_WAIT = timedelta(hours=24)
 
@@ -77,14 +84,6 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def rank() -> int:
-    return dist.get_rank() if active() else 0
-
-
-def world() -> int:
-    return dist.get_world_size() if active() else 1
-
-
 def setup(device: str = "auto") -> Context:
     """This process's place in the job and its device; joins the torchrun job on the first call.
     Under torchrun each rank uses cuda:LOCAL_RANK (or the CPU with gloo for --device cpu)."""
@@ -102,7 +101,8 @@ def setup(device: str = "auto") -> Context:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not active():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                device_id=dev if dev.type == "cuda" else None)
         # Stop votes and long waits run on the host, off the GPU stream, with a long timeout.
         _control = dist.new_group(backend="gloo", timeout=LONG_WAIT)
         if dist.get_rank() != 0:
@@ -189,10 +189,10 @@ class GradReducer:
     """Sums gradients over ranks in place after backward; every rank ends bit-identical.
 
     `table` is the hash grid (rows x F). Dense mode: one all_reduce. Sparse mode: each rank sends
-    its non-zero rows as records of F values plus the row index (int32 bits in a float32 column, so
-    one all_gather moves both), then every rank adds all records in rank order. Auto picks per step
-    from the gathered row counts (all ranks see the same counts, so they pick the same way).
-    `others` (decoder, exposure codes) and `stats` share one flat all_reduce."""
+    its non-zero rows as records (F values and the row index, one all_gather), then every rank adds
+    all records in rank order. Auto picks from the gathered row counts (every rank sees the same
+    counts, so all pick alike; see SPARSE_MAX_RATIO). `others` (decoder, exposure codes) and
+    `stats` (loss numbers for the logs) share one flat all_reduce."""
 
     def __init__(self, table: nn.Parameter, others: list[nn.Parameter], mode: str | None = None):
         self.table, self.others = table, others
@@ -200,6 +200,8 @@ class GradReducer:
         if self.mode not in ("auto", "dense", "sparse"):
             raise InputError(f"{REDUCE_ENV}={self.mode}: choose auto, dense or sparse.")
         self.last = ""        # mode used by the last step (benchmarks, tests)
+        self._dense_left = 0  # steps to stay dense without scanning the table (auto)
+        self.max_ratio = SPARSE_MAX_RATIO.get(dist.get_backend(), 0.0) if active() else 0.0
 
     def __call__(self, stats: torch.Tensor) -> torch.Tensor:
         self._reduce_table()
@@ -225,33 +227,41 @@ class GradReducer:
             t.grad = torch.zeros_like(t)
         g = t.grad
         rows_n, F = g.shape
-        if self.mode == "dense" or (self.mode == "auto" and rows_n < SPARSE_MIN_ROWS):
-            self.last = "dense"
-            dist.all_reduce(g)
+        if (self.mode == "dense" or g.element_size() != 4 or self._dense_left > 0
+                or (self.mode == "auto" and rows_n < SPARSE_MIN_ROWS)):
+            self._dense_left = max(0, self._dense_left - 1)
+            self._dense(g)
             return
-        rows = torch.nonzero(g.ne(0).any(1)).squeeze(1)
+        # Non-zero rows, testing the bits as integers (a -0.0 counts as touched, which is harmless).
+        bits = g.view(torch.int64 if F % 2 == 0 else torch.int32)
+        rows = torch.nonzero(bits.ne(0).any(1)).squeeze(1)
         counts = torch.zeros(dist.get_world_size(), dtype=torch.int64, device=g.device)
         counts[dist.get_rank()] = len(rows)
         dist.all_reduce(counts)                     # tiny; every rank now knows every count
         counts_l = counts.tolist()
         m, W = max(counts_l), len(counts_l)
-        if self.mode == "auto" and W * m * (F + 1) > SPARSE_MAX_RATIO * rows_n * F:
-            self.last = "dense"
-            dist.all_reduce(g)
+        if self.mode == "auto" and W * m * (F + 1) > self.max_ratio * rows_n * F:
+            self._dense_left = RECHECK_EVERY     # the touched fraction drifts slowly: skip the scans
+            self._dense(g)
             return
         self.last = "sparse"
-        rec = torch.zeros(m, F + 1, dtype=torch.float32, device=g.device)
-        rec[:len(rows), :F] = g[rows]
-        rec[:len(rows), F] = rows.to(torch.int32).view(torch.float32)
+        # Records of int32 words: the F values' bits and the row, padded to the longest rank's.
+        # Integer copies move the bits exactly on any device, and one all_gather carries both.
+        rec = torch.cat([g.index_select(0, rows).view(torch.int32), rows.to(torch.int32)[:, None]], 1)
+        rec = torch.cat([rec, rec.new_zeros(m - len(rows), F + 1)]) if m > len(rows) else rec
         recs = [torch.empty_like(rec) for _ in range(W)]
         dist.all_gather(recs, rec)
-        # Only this rank's non-zero rows need clearing; then add every rank's records in rank order
-        # (each index_add_ has unique rows, so the sums are deterministic and equal on all ranks).
+        # Clearing this rank's rows zeroes the whole gradient; then every rank adds the records in
+        # rank order (unique rows per call: deterministic sums, equal on every rank).
         g.index_fill_(0, rows, 0.0)
         for r, c in enumerate(counts_l):
             if c:
                 part = recs[r][:c]
-                g.index_add_(0, part[:, F].contiguous().view(torch.int32).long(), part[:, :F].to(g.dtype))
+                g.index_add_(0, part[:, F].long(), part[:, :F].contiguous().view(g.dtype))
+
+    def _dense(self, g: torch.Tensor) -> None:
+        self.last = "dense"
+        dist.all_reduce(g)
 
 
 # --- `--nproc N`: re-launch under torchrun ----------------------------------------------------
@@ -269,8 +279,9 @@ def relaunch(argv: list[str], nproc: int) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     # Time between a stop and SIGKILL: rank 0 must be able to write a multi-GB checkpoint.
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")
+    # `--` ends torchrun's options: it would take e.g. `--run` for its own `--run-path`.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "backend", *argv]
+           "-m", "--", "backend", *argv]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def forward(signum, frame):

@@ -43,6 +43,7 @@ def report(path: str = ".") -> dict:
             p = torch.cuda.get_device_properties(0)
             r["cuda_device"] = f"{p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}"
             r["cuda_runtime"] = torch.version.cuda
+            r["cuda_device_count"] = torch.cuda.device_count()
     except ImportError:
         r["torch"] = None
         r["cuda_available"] = False

@@ -3,8 +3,9 @@
 Parameter layout (identical to tiny-cuda-nn's HashGrid with Smoothstep interpolation, so either
 implementation computes the same function from the same parameters):
   * inputs are normalised to [0, 1]^3 by the mesh AABB (per axis) before encoding;
-  * level l has scale_l = base_res * per_level_scale**l - 1 and resolution_l = ceil(scale_l) + 1;
-    a point x maps to pos = x * scale_l + 0.5, corner = floor(pos), fraction = pos - corner;
+  * level l has scale_l = exp2(l * log2(per_level_scale)) * base_res - 1 (float32 arithmetic)
+    and resolution_l = ceil(scale_l) + 1; a point x maps to pos = fma(x, scale_l, 0.5) (one
+    rounding), corner = floor(pos), fraction = pos - corner;
   * the level holds P_l = min(next_multiple_of_8(resolution_l**3), 2**log2_table) entries;
     corners index densely (x + y*res + z*res^2) when resolution_l**3 <= P_l, otherwise by the
     hash (x*1 ^ y*2654435761 ^ z*805459861) mod P_l (uint32 arithmetic);
@@ -15,6 +16,8 @@ implementation computes the same function from the same parameters):
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from dataclasses import dataclass, asdict
 
 import torch
@@ -43,7 +46,7 @@ class HashGridConfig:
         """Per level: (scale, resolution, params_in_level, offset)."""
         out, offset = [], 0
         for lvl in range(self.n_levels):
-            scale = self.base_res * (self.per_level_scale ** lvl) - 1.0
+            scale = level_scale(lvl, self.per_level_scale, self.base_res)
             res = int(math.ceil(scale)) + 1
             size = min(((res ** 3 + 7) // 8) * 8, 2 ** self.log2_table)
             out.append((scale, res, size, offset))
@@ -56,14 +59,26 @@ class HashGridConfig:
         return off + size
 
 
+def level_scale(level: int, per_level_scale: float, base_res: int) -> float:
+    """The level's float32 scale, computed as tiny-cuda-nn does: exp2f(l * log2f(s)) * base - 1."""
+    f = np.float32
+    return float(f(f(np.exp2(f(level) * f(np.log2(f(per_level_scale))))) * f(base_res)) - f(1.0))
+
+
 def _float32_scale(scale: float) -> float:
-    # tiny-cuda-nn computes the level scale in float32; match it bit for bit.
-    return float(torch.tensor(scale, dtype=torch.float32))
+    return float(np.float32(scale))
+
+
+def fma_pos(x: torch.Tensor, scale) -> torch.Tensor:
+    """float32 fma(x, scale, 0.5): the product of two float32 numbers is exact in float64, so one
+    rounding at the end matches a fused multiply-add (as on the GPU)."""
+    s = scale.double() if isinstance(scale, torch.Tensor) else float(scale)
+    return (x.double() * s + 0.5).float()
 
 
 def corner_indices_weights(x: torch.Tensor, scale: float, res: int, size: int, smoothstep: bool):
     """For normalised points x (N, 3): indices (N, 8) into the level table and weights (N, 8)."""
-    pos = x * _float32_scale(scale) + 0.5
+    pos = fma_pos(x, _float32_scale(scale))
     base = torch.floor(pos)
     frac = pos - base
     if smoothstep:
@@ -116,33 +131,33 @@ class _WeightedGather(torch.autograd.Function):
         return grad, None, None
 
 
-_CORNERS = torch.tensor([[(c >> d) & 1 for d in range(3)] for c in range(8)], dtype=torch.int64)
-
-
 def encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
                      chunk: int = 1 << 16) -> torch.Tensor:
     """Plain PyTorch encoding of normalised points x (N, 3) -> (N, n_levels * n_features).
-    All levels and corners at once; the same arithmetic as `corner_indices_weights`."""
+    All levels at once; the 8 corners come from per-axis terms combined by broadcasting
+    (corner c = bx + 2 by + 4 bz), the same arithmetic as `corner_indices_weights`."""
     scale, res, size, offset = _level_tensors(cfg, x.device)
-    bits = _CORNERS.to(x.device)                                         # (8, 3)
-    primes = torch.tensor(PRIMES, dtype=torch.int64, device=x.device)
-    dense = (res ** 3 <= size)                                           # (L,)
+    dense = (res ** 3 <= size)[None, :, None, None, None]                # (1, L, 1, 1, 1)
     outs = []
     for k in range(0, x.shape[0], chunk):
         xc = x[k:k + chunk]
-        pos = xc[:, None, :] * scale[None, :, None] + 0.5                # (N, L, 3)
+        pos = fma_pos(xc[:, None, :], scale[None, :, None])              # (N, L, 3)
         base = torch.floor(pos)
         frac = pos - base
         if cfg.smoothstep:
             frac = frac * frac * (3.0 - 2.0 * frac)
-        g = base.to(torch.int64)[:, :, None, :] + bits[None, None]       # (N, L, 8, 3)
-        r = res[None, :, None]
-        i_dense = g[..., 0] + g[..., 1] * r + g[..., 2] * (r * r)
-        i_hash = ((g[..., 0] * primes[0]) ^ (g[..., 1] * primes[1]) ^ (g[..., 2] * primes[2])) & 0xFFFFFFFF
-        idx = torch.where(dense[None, :, None], i_dense, i_hash) % size[None, :, None] + offset[None, :, None]
-        f3 = torch.where(bits[None, None].bool(), frac[:, :, None, :], 1.0 - frac[:, :, None, :])
-        w = f3.prod(-1)                                                  # (N, L, 8)
-        outs.append(_WeightedGather.apply(table, idx, w).reshape(xc.shape[0], -1))
+        g = base.to(torch.int64)
+        g = torch.stack([g, g + 1], -1)                                  # (N, L, 3, 2): corner 0/1 per axis
+        w = torch.stack([1.0 - frac, frac], -1)                          # (N, L, 3, 2)
+        gx, gy, gz = g[:, :, 0, None, None, :], g[:, :, 1, None, :, None], g[:, :, 2, :, None, None]
+        r = res[None, :, None, None, None]
+        i_dense = gx + gy * r + gz * (r * r)                             # (N, L, 2z, 2y, 2x)
+        i_hash = ((gx * PRIMES[0]) ^ (gy * PRIMES[1]) ^ (gz * PRIMES[2])) & 0xFFFFFFFF
+        idx = torch.where(dense, i_dense, i_hash) % size[None, :, None, None, None] \
+            + offset[None, :, None, None, None]
+        wc = w[:, :, 0, None, None, :] * w[:, :, 1, None, :, None] * w[:, :, 2, :, None, None]
+        n, L = xc.shape[0], scale.shape[0]
+        outs.append(_WeightedGather.apply(table, idx.reshape(n, L, 8), wc.reshape(n, L, 8)).reshape(n, -1))
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
@@ -192,6 +207,8 @@ class HashGrid(nn.Module):
         # Instant-NGP initialisation: uniform in [-1e-4, 1e-4].
         self.table = nn.Parameter(torch.empty(cfg.n_params, cfg.n_features).uniform_(-1e-4, 1e-4))
         self.backend = backend
+        # Points in frame order (rendering) run faster with all levels per program on CUDA.
+        self.coherent = False
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.lo) * self.inv_extent).clamp(0.0, 1.0)
@@ -202,7 +219,7 @@ class HashGrid(nn.Module):
             return encode_tcnn(x, self.table, self.cfg)
         if self._use_triton(x):
             from .hashgrid_triton import encode_triton
-            return encode_triton(x, self.table, self.cfg)
+            return encode_triton(x, self.table, self.cfg, coherent=self.coherent)
         return encode_reference(x, self.table, self.cfg)
 
     def _use_triton(self, x: torch.Tensor) -> bool:

@@ -1,13 +1,15 @@
 """Fused Triton kernels for the multi-resolution hash encoding (CUDA path of `HashGrid`).
 
 Computes exactly the function of `hashgrid.encode_reference`: same level layout, corner indices,
-float32 rounding of `pos = x * scale + 0.5` (two roundings, hence FMA contraction is switched off
-for these kernels), same smoothstep and weight products. Differentiable w.r.t. the table.
+float32 rounding of `pos = fma(x, scale, 0.5)` (one rounding, as tiny-cuda-nn), same smoothstep and
+weight products (FMA contraction is otherwise switched off so the products round as the reference's). Differentiable w.r.t. the table.
 
 Work split: one program encodes BLOCK points at one level (grid = point blocks x levels, blocks
 of a level launched together). With random points a hashed level's table (134 MB at 2^22 x 8
 float32) is what all running programs gather from at that moment, so the 50 MB L2 catches part
-of the reads; iterating all levels per point would gather from all tables at once.
+of the reads; iterating all levels per point would gather from all tables at once. For points
+in frame order (`coherent=True`) that alternative wins: neighbouring pixels share most rows, x
+is read once and whole 512-byte output rows are written.
 The backward recomputes indices and weights and scatters into the gradient table with fp32
 atomics (no sorting: the targets are almost all distinct for random points).
 """
@@ -34,17 +36,17 @@ class Launch:
 
 
 # Measured on an H100 at the reference settings, 2^22 points (benchmarks/NOTES.md).
-FWD_LAUNCH = Launch(128, 8)                        # random order: 440 M points/s
-BWD_LAUNCH = Launch(128, 8)                        # random order: 195 M points/s
-COHERENT_LAUNCH = Launch(128, 4, per_level=False)  # frame order: 1130 fwd vs 870 per level
+FWD_LAUNCH = Launch(128, 8)                        # random order: 439 M points/s
+BWD_LAUNCH = Launch(128, 8)                        # random order: 193 M points/s
+COHERENT_LAUNCH = Launch(128, 8, per_level=False)  # frame order: 1355 fwd (879 per level)
 
 
 @triton.jit
 def _level_corners(x, y, z, scale, SMOOTH: tl.constexpr):
     """Grid cell (int32) and interpolation fractions of one level, rounded like the reference."""
-    px = x * scale + 0.5
-    py = y * scale + 0.5
-    pz = z * scale + 0.5
+    px = tl.fma(x, scale, 0.5)
+    py = tl.fma(y, scale, 0.5)
+    pz = tl.fma(z, scale, 0.5)
     bx = tl.floor(px)
     by = tl.floor(py)
     bz = tl.floor(pz)
@@ -173,6 +175,8 @@ def _check(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> None:
         raise ValueError("log2_table > 30 overflows the kernels' int32 dense indices")
     if x.ndim != 2 or x.shape[1] != 3 or x.dtype != torch.float32:
         raise ValueError(f"x must be (N, 3) float32, got {tuple(x.shape)} {x.dtype}")
+    if 3 * x.shape[0] >= 2 ** 31:
+        raise ValueError("more than 715 M points per call overflows the int32 input offsets")
     if tuple(table.shape) != (cfg.n_params, F):
         raise ValueError(f"table must be ({cfg.n_params}, {F}), got {tuple(table.shape)}")
     if table.dtype not in (torch.float32, torch.float16, torch.bfloat16):

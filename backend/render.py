@@ -19,7 +19,7 @@ from .colour import linear_to_srgb
 from .errors import InputError
 from .meshio import load_mesh
 from .model import Manifold
-from .raster import Rasterizer, pixel_directions, resolve_device
+from .raster import Rasterizer, pixel_directions
 from .runfolder import RunFolder
 
 

@@ -43,7 +43,7 @@ class TrainConfig:
         if name == "reference":
             return cls()
         if name == "small":        # CPU-sized: fits in seconds-to-minutes on two cores
-            return cls(iters=600, batch_rays=4096, log2_table=17, lr=2e-3, grid_lr=2e-2)
+            return cls(iters=600, batch_rays=4096, log2_table=17, lr=1e-3, grid_lr=1e-2)
         raise InputError(f"--preset {name}: unknown preset (choose reference, small or auto).")
 
     def model_config(self) -> ModelConfig:
@@ -90,7 +90,8 @@ class RayLoader:
             data = self.reader.load(i, mmap=False)
         else:   # this rank's runs of rows only: the rest of the shard never leaves the disk
             runs = distributed.part_runs(self._n(epoch, pos), phase, self.batch, *self.part)
-            data = {k: np.concatenate([v[a:b] for a, b in runs]) for k, v in self.reader.load(i).items()}
+            data = {k: np.concatenate([v[a:b] for a, b in runs] or [v[:0]])
+                    for k, v in self.reader.load(i).items()}
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
         if self.device.type == "cuda":
             out = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in out.items()}

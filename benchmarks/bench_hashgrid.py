@@ -179,7 +179,7 @@ def main() -> None:
 
     if not args.no_sweep:
         L = ht.Launch
-        variants = [L(128, 4), L(128, 8), L(256, 8), L(128, 4, per_level=False),
+        variants = [L(128, 4), L(128, 8), L(64, 4), L(128, 16), L(128, 4, per_level=False),
                     L(128, 8, per_level=False)]
         half = table.detach().half()
         sweep = []

@@ -13,7 +13,7 @@ python3 -m backend doctor | tee "$OUT/doctor.log"
 STEPS=${STEPS:-tests hashgrid pipeline demo}
 for s in $STEPS; do
   case $s in
-    tests)    python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
+    tests)    python3 -m pytest -q -m gpu ${TESTS:-tests} 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
     hashgrid) python3 benchmarks/bench_hashgrid.py --out "$OUT/hashgrid.json" 2>&1 | tee "$OUT/hashgrid.log" | tail -20 ;;
     pipeline) python3 benchmarks/bench_pipeline.py --out "$OUT/pipeline.json" ${PIPELINE_ARGS:-} 2>"$OUT/pipeline_events.log" | tee "$OUT/pipeline.log" | tail -20 ;;
     demo)     python3 -m backend demo --out /tmp/xscale_demo_gpu 2>&1 | grep -v '"progress"' | tee "$OUT/demo.log" | tail -8 ;;

@@ -110,3 +110,15 @@ def test_preferences_draw(addon, bpy_module, monkeypatch):
     assert "xscale.check_backend" in text and "torch: 2.13" in text and "overrides" in text
     assert preferences.backend_python() == sys.executable
     preferences.doctor_lines.clear()
+
+
+def test_gpus_setting_launches_through_torchrun(blank, bpy_module, tmp_path):
+    from xscale_blender import operators
+    s = bpy_module.context.scene.xscale
+    s.scene_dir, s.run_dir = str(tmp_path / "scene"), str(tmp_path / "run")
+    assert "--nproc" not in operators.fit_arguments(s, resume=False)
+    s.gpus = 4
+    args = operators.fit_arguments(s, resume=False)
+    if sys.platform.startswith("linux"):
+        assert args[args.index("--nproc") + 1] == "4"
+    s.gpus = 1

@@ -214,7 +214,13 @@ def fit_arguments(s, resume: bool) -> list[str]:
         args += ["--iters", str(s.iterations)]
     if resume:
         args.append("--resume")
-    return args
+    return args + nproc_arguments(s)
+
+
+def nproc_arguments(s) -> list[str]:
+    """`--nproc N` for several GPUs (the backend re-launches itself through torchrun; NCCL needs Linux)."""
+    import sys
+    return ["--nproc", str(s.gpus)] if s.gpus > 1 and sys.platform.startswith("linux") else []
 
 
 class XSCALE_OT_train(bpy.types.Operator):
@@ -341,6 +347,7 @@ class XSCALE_OT_render_path(bpy.types.Operator):
                 "--exposure", s.exposure or "mean"]
         if s.render_supersample > 0:
             args += ["--ss", str(s.render_supersample)]
+        args += nproc_arguments(s)
         return _start_backend(self, "render", args, "render", self.wait, on_finish)
 
 

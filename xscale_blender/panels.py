@@ -87,6 +87,7 @@ class VIEW3D_PT_xscale_train(XScalePanelBase, bpy.types.Panel):
         col.prop(s, "preset")
         col.prop(s, "iterations")
         col.prop(s, "device")
+        col.prop(s, "gpus")
         col.prop(s, "supersample")
         col.prop(s, "test_every")
         col.prop(s, "level")

@@ -38,6 +38,9 @@ class XScaleSceneSettings(bpy.types.PropertyGroup):
     test_every: IntProperty(name="Hold Out Every", default=8, min=0, max=1000,
                             description="Every n-th photo is held out for evaluation (0: use all)")
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")
+    gpus: IntProperty(name="GPUs", default=1, min=1, soft_max=8,
+                      description="One backend process per GPU; more than 1 launches through torchrun "
+                                  "(Linux, NCCL)")
     # train
     preset: EnumProperty(name="Model", items=PRESET_ITEMS, default="auto")
     iterations: IntProperty(name="Iterations", default=0, min=0, soft_max=200000,

@@ -213,7 +213,7 @@ def train(mesh: Mesh, views: list[TrainView], cfg: GSConfig, dev: torch.device, 
         sched.step()
         strategy.step_post_backward(splats, opts, state, step, info, packed=False)
         if progress is not None and (step + 1) % 500 == 0:
-            progress(step + 1, float(loss), len(splats["means"]), time.perf_counter() - t0)
+            progress(step + 1, loss.item(), len(splats["means"]), time.perf_counter() - t0)
     return splats, {"steps": cfg.steps, "init_points": n_init, "n_gaussians": len(splats["means"]),
                     "scene_scale": scene_scale}
 

@@ -82,7 +82,8 @@ class VertexColours(nn.Module):
         """tri (N, S), w (N, S, 3) -> (N, 3) sRGB (or linear RGB) of N covered pixels."""
         hit = tri >= 0
         vid = self.faces[tri.clamp_min(0)]                              # (N, S, 3)
-        col = (w[..., None] * torch.sigmoid(self.logit)[vid]).sum(-2)   # (N, S, 3)
+        vcol = torch.sigmoid(self.logit).index_select(0, vid.reshape(-1)).view(*vid.shape, 3)
+        col = torch.einsum("nsk,nskc->nsc", w, vcol)                    # (N, S, 3)
         h = hit.to(col.dtype)[..., None]
         rgb = (col * h).sum(1) / h.sum(1).clamp_min(1.0)
         return rgb if linear else linear_to_srgb(rgb)

@@ -1,0 +1,233 @@
+"""Multi-process training and rendering on the CPU with gloo (2 processes under torchrun).
+
+Run as a script under torchrun, this file is also the worker of the gradient-reduction test.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from backend import distributed  # noqa: E402
+from backend.distributed import batch_part, part_runs, rows_before  # noqa: E402
+
+TINY = {"batch_rays": 999, "log2_table": 12}     # odd batch: uneven shares, batches straddle shards
+TRAIN_ARGS = ["--device", "cpu", "--preset", "small", "--batch-rays", "999", "--log2-table", "12"]
+STEPS = 4
+
+
+def stripes(P):
+    return 0.5 + 0.4 * np.sin(P * np.array([9.0, 13.0, 5.0]))
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def torchrun(*args, **kw):
+    """2 processes; `--` keeps torchrun from reading our options (`--run`) as its own."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120, **kw)
+
+
+def events_of(stdout: str) -> list[dict]:
+    return [json.loads(x) for x in stdout.splitlines() if x.startswith('{"event"')]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from helpers import grid_plane, odd_camera, write_scene
+    root = tmp_path_factory.mktemp("dscene")
+    cams = [odd_camera(48, 32, eye=(2.5 * np.cos(a), 2.5 * np.sin(a), 1.6)) for a in np.linspace(0, 5, 6)]
+    return write_scene(root, grid_plane(10), cams, stripes)
+
+
+@pytest.fixture(scope="module")
+def run(scene, tmp_path_factory):
+    from backend.cache import build_cache
+    run = tmp_path_factory.mktemp("drun")
+    build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(run, tmp_path_factory):
+    """One process, STEPS steps: the reference for the 2-process run."""
+    from backend.train import train
+    r = tmp_path_factory.mktemp("done1") / "run"
+    shutil.copytree(run, r)
+    return r, train(str(r), iters=STEPS, device="cpu", preset="small", overrides=TINY)
+
+
+# --- the data split (in process) ---------------------------------------------------------------
+
+def test_part_arithmetic():
+    for batch, w in ((10, 3), (7, 2), (5, 5)):
+        parts = [batch_part(batch, r, w) for r in range(w)]
+        assert parts[0][0] == 0 and parts[-1][1] == batch
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        for phase in range(batch):
+            for lo, hi in parts:
+                n = 23
+                mine = [i for i in range(n) if lo <= (phase + i) % batch < hi]
+                assert [i for a, b in part_runs(n, phase, batch, lo, hi) for i in range(a, b)] == mine
+                assert all(rows_before(i, phase, batch, lo, hi) == sum(j < i for j in mine) for i in range(n + 1))
+
+
+@pytest.mark.parametrize("batch, world", [(999, 2), (999, 3), (4001, 3)])
+def test_rank_loaders_partition_the_batch(run, batch, world):
+    """With the same seed, the ranks' parts of every step concatenate to the one-process batch,
+    across shard ends and epochs (with 4001, some ranks have no row in a ~1300-row shard), also
+    when started from a mid-stream position (resume)."""
+    from backend.train import RayLoader
+    cpu = torch.device("cpu")
+    for state in (None, {"epoch": 0, "pos": 1, "offset": 37}):
+        one = RayLoader(run, cpu, batch, 0, state)
+        ranks = [RayLoader(run, cpu, batch, 0, state, part=batch_part(batch, r, world)) for r in range(world)]
+        for _ in range(12):                          # > 2 epochs of the 5224-ray cache
+            ref = one.next()
+            got = [ld.next() for ld in ranks]
+            for k in ref:
+                assert torch.equal(torch.cat([g[k] for g in got]), ref[k]), k
+            assert all(ld.state() == one.state() for ld in ranks)
+
+
+# --- training under torchrun ---------------------------------------------------------------
+
+def test_two_processes_train_like_one(run, trained, tmp_path):
+    trained, result = trained
+    r = tmp_path / "run"
+    shutil.copytree(run, r)
+    res = torchrun("-m", "--", "backend", "train", "--run", str(r), "--iters", str(STEPS), *TRAIN_ARGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    evs = events_of(res.stdout)
+    assert [e["event"] for e in evs].count("done") == 1                  # rank 0 speaks alone
+    a = torch.load(trained / "checkpoints/latest.pt", weights_only=False)
+    b = torch.load(r / "checkpoints/latest.pt", weights_only=False)
+    assert a["step"] == b["step"] == STEPS and a["loader"] == b["loader"]
+    # Gradients: Adam's first moment is a running sum of them; equal up to float summation order.
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        scale = sa["exp_avg"].abs().max()
+        assert (sa["exp_avg"] - sb["exp_avg"]).abs().max() <= 1e-5 * scale
+    # Parameters: the decoder to float precision. Table entries with near-cancelling gradients
+    # move by about lr * sign under Adam (eps 1e-15), so rounding shows there, at a small fraction
+    # of one step's size (the grid lr, ~1e-2).
+    for k, va in a["model"].items():
+        tol = 1e-4 if k == "grid.table" else 1e-6
+        assert (va.float() - b["model"][k].float()).abs().max() <= tol, k
+    assert evs[-1]["loss"] == pytest.approx(result["loss"], abs=1e-5)      # reduced over ranks
+
+
+def test_stop_through_nproc_then_resume_on_one_process(scene, tmp_path):
+    """`fit --nproc 2`: rank 0 builds the cache while rank 1 waits; SIGTERM to the launcher stops
+    both ranks after the same step, rank 0 saves, exit 0; one process resumes from there."""
+    from backend.train import train
+    r = tmp_path / "run"
+    err_file = open(tmp_path / "stderr.txt", "w+")      # a file: a full stderr pipe would block
+    p = subprocess.Popen([sys.executable, "-m", "backend", "fit", "--scene", str(scene), "--run", str(r),
+                          "--test-every", "3", "--iters", "100000", "--device", "cpu", "--preset", "small",
+                          "--batch-rays", "256", "--log2-table", "12", "--nproc", "2"],
+                         stdout=subprocess.PIPE, stderr=err_file, text=True, env=_env())
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if '"progress"' in line and '"train"' in line and json.loads(line)["step"] >= 2:
+            break
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=90)
+    err_file.seek(0)
+    assert p.returncode == 0, err_file.read()[-3000:]
+    evs = events_of("".join(lines) + out)
+    assert sum(e["event"] == "done" and e["stage"] == "cache" for e in evs) == 1
+    stopped = [e for e in evs if e["event"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["step"] >= 2
+    ck = torch.load(r / "checkpoints/latest.pt", weights_only=False)
+    assert ck["step"] == stopped[0]["step"]
+    out = train(str(r), iters=ck["step"] + 2, resume=True, device="cpu")
+    assert out["step"] == ck["step"] + 2
+
+
+# --- rendering under torchrun --------------------------------------------------------------
+
+def test_render_two_processes_identical(trained, tmp_path):
+    trained, _ = trained
+    from helpers import odd_camera
+    from backend.campath import write_camera_path
+    from backend.render import render_path
+    cams = [odd_camera(40, 30, eye=(2.2 * np.cos(a), 2.2 * np.sin(a), 1.5)) for a in np.linspace(0.1, 1.0, 5)]
+    path = tmp_path / "path.json"
+    write_camera_path(path, [3, 4, 5, 6, 7], cams)
+    render_path(str(trained), str(path), str(tmp_path / "one"), device="cpu")
+    res = subprocess.run([sys.executable, "-m", "backend", "render", "--run", str(trained), "--path", str(path),
+                          "--out", str(tmp_path / "two"), "--device", "cpu", "--nproc", "2"],
+                         capture_output=True, text=True, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    done = [e for e in events_of(res.stdout) if e["event"] == "done"]
+    assert len(done) == 1 and done[0]["frames"] == 5 and len(done[0]["files"]) == 5
+    one = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "two").iterdir()) == done[0]["files"]
+    for name in one:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+# --- gradient reduction (this file as the torchrun worker) ---------------------------------
+
+def test_grad_reducer_dense_sparse_auto():
+    res = torchrun(str(Path(__file__).resolve()))
+    assert res.returncode == 0, res.stderr[-3000:]
+    oks = [e for e in events_of(res.stdout) if e["event"] == "reducer-ok"]
+    assert len(oks) == 2 and {e["auto"] for e in oks} == {"sparse"}
+
+
+def _reducer_worker() -> None:
+    """Each rank: its own sparse random table gradient; after reduction every mode must give the
+    exact sum in rank order, bit-identical on all ranks; decoder and stats summed too."""
+    import torch.distributed as dist
+    from torch import nn
+    ctx = distributed.setup("cpu")
+    rows, F, W = 1 << 16, 8, ctx.world
+    grads = []
+    for r in range(W):
+        gen = torch.Generator().manual_seed(r)
+        g = torch.zeros(rows, F)
+        idx = torch.randint(0, rows, (300,), generator=gen)      # overlapping rows across ranks
+        g[idx] = torch.randn(300, F, generator=gen)
+        grads.append(g)
+    expect = torch.zeros(rows, F)
+    for g in grads:
+        expect += g
+    picked = {}
+    for mode in ("dense", "sparse", "auto"):
+        table, dec = nn.Parameter(torch.zeros(rows, F)), nn.Parameter(torch.zeros(5))
+        table.grad, dec.grad = grads[ctx.rank].clone(), torch.full((5,), float(ctx.rank + 1))
+        red = distributed.GradReducer(table, [dec], mode)
+        stats = red(torch.tensor([float(ctx.rank), 1.0]))
+        picked[mode] = red.last
+        assert torch.equal(table.grad, expect), mode
+        assert torch.equal(dec.grad, torch.full((5,), float(W * (W + 1) // 2))), mode
+        assert stats.tolist() == [float(W * (W - 1) // 2), float(W)], mode
+        everyone = [torch.empty_like(table.grad) for _ in range(W)]
+        dist.all_gather(everyone, table.grad)
+        assert all(torch.equal(e, table.grad) for e in everyone), mode
+    assert distributed.any_rank(ctx.rank == 1) and not distributed.any_rank(False)
+    # one write per line: both ranks share the pipe
+    sys.stdout.write(json.dumps({"event": "reducer-ok", "rank": ctx.rank, "auto": picked["auto"]}) + "\n")
+    sys.stdout.flush()
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    _reducer_worker()
