@@ -24,12 +24,14 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
     scene = out_p / "scene"
     if not (scene / "1.obj").is_file():
         events.log(f"building the procedural scene in {scene}")
-        make_scene(scene, n_views=48 if gpu else 24, width=size[0], height=size[1])
+        import os
+        make_scene(scene, n_views=48 if gpu else 24, width=size[0], height=size[1],
+                   workers=min(16, os.cpu_count() or 1))
     run = out_p / "run"
     build_cache(str(scene), str(run), ss=2, test_every=8, device=device)
-    train(str(run), iters if iters is not None else (3000 if gpu else 600), device=device)
+    train(str(run), iters if iters is not None else (1000 if gpu else 600), device=device)
     ev = evaluate(str(run), device=device)
-    cams = make_flythrough(scene, n_frames=48 if gpu else 12, width=size[0], height=size[1])
+    cams = make_flythrough(scene, n_frames=24 if gpu else 12, width=size[0], height=size[1])
     path = out_p / "flythrough.json"
     write_camera_path(path, list(range(1, len(cams) + 1)), cams)
     frames = out_p / "flythrough"

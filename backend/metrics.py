@@ -28,7 +28,7 @@ SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 
 def _tensor(x, device=None) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
     if not t.is_floating_point():
         t = t.float()
     return t.to(device) if device is not None else t

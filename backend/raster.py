@@ -20,7 +20,9 @@ from .errors import DeviceError
 from .meshio import Mesh
 from . import raster_cpu
 
-MAX_TILE = 4096   # nvdiffrast's CUDA rasterizer handles up to 16384; tiles keep buffers small
+# nvdiffrast's CUDA rasterizer was limited to 2048 x 2048 before 0.3.3, and a 3840 x 2160 call
+# crashed the process in our runs: larger images are rasterized in tiles of this size.
+MAX_TILE = 2048
 
 
 @dataclass
@@ -93,28 +95,81 @@ class Rasterizer:
                 torch.from_numpy(nrm.astype(np.float32)), torch.from_numpy(r.depth))
 
     def _samples_cuda(self, cam: Camera):
+        """nvdiffrast finds the visible triangle per sample; the surface point is then recomputed
+        by an exact float64 ray/triangle intersection (nvdiffrast snaps vertices to 1/16 pixel and
+        returns float32 barycentrics, up to ~0.2 px off at grazing angles). Samples it leaves
+        uncovered inside a surface (pinholes along shared edges of large, clipped triangles) are
+        filled by intersecting their neighbours' triangles."""
         W, H = cam.width, cam.height
         E = torch.as_tensor(cam.world_to_camera, device=self.device)
         vc = self.v @ E[:3, :3].T + E[:3, 3]                      # camera space, float64
         z = vc[:, 2]
-        zmin, zmax = 1e-4, float(z.max().clamp_min(1e-3)) * 1.01 + 1e-3
+        zmax = float(z.max().clamp_min(1e-3)) * 1.01 + 1e-3
+        # A near plane close to the camera (surfaces may come arbitrarily close in a flythrough);
+        # depth-buffer ties this causes are settled by the exact intersection below.
+        zmin = zmax * 1e-5
         clip = torch.stack([cam.fx * 2 / W * vc[:, 0] + (2 * cam.cx / W - 1) * z,
                             cam.fy * 2 / H * vc[:, 1] + (2 * cam.cy / H - 1) * z,
                             (zmax + zmin) / (zmax - zmin) * z - 2 * zmax * zmin / (zmax - zmin),
                             z], 1).float()
         # nvdiffrast's output row 0 is clip y = -1, which is our image row 0: no flip needed.
         rast, _ = self.dr.rasterize(self.ctx, clip[None].contiguous(), self.f, (H, W))
-        rast = rast[0]
-        tri = rast[..., 3].to(torch.int64) - 1
+        tri = rast[0, ..., 3].to(torch.int64) - 1                  # (H, W), -1: no triangle
+        f = self.f.long()
+
+        def hit(pix: torch.Tensor, t_ids: torch.Tensor):
+            """Exact intersection of the rays of flat sample indices `pix` with triangles `t_ids`."""
+            dx = ((pix % W).double() + 0.5 - cam.cx) / cam.fx
+            dy = ((pix // W).double() + 0.5 - cam.cy) / cam.fy
+            fa = f[t_ids]
+            p0 = vc[fa[:, 0]]
+            e1, e2 = vc[fa[:, 1]] - p0, vc[fa[:, 2]] - p0
+            r = torch.stack([dx, dy, torch.ones_like(dx)], -1)
+            p = torch.cross(r, e2, dim=-1)
+            det = (e1 * p).sum(-1)
+            inv = 1.0 / torch.where(det.abs() > 1e-30, det, torch.full_like(det, 1e-30))
+            q = torch.cross(-p0, e1, dim=-1)
+            return (e2 * q).sum(-1) * inv, (-p0 * p).sum(-1) * inv, (r * q).sum(-1) * inv
+
+        tri = tri.reshape(-1)
+        t = torch.full(tri.shape, torch.inf, dtype=torch.float64, device=self.device)
+        b1, b2 = torch.zeros_like(t), torch.zeros_like(t)
+        cov = torch.nonzero(tri >= 0).squeeze(1)
+        t[cov], b1[cov], b2[cov] = hit(cov, tri[cov])
+        eps = 1e-7
+        # A sample whose exact ray misses nvdiffrast's (snapped) triangle is not covered by it;
+        # the neighbour pass below may still find the triangle it does hit.
+        miss = ~((b1 >= -eps) & (b2 >= -eps) & (b1 + b2 <= 1 + eps) & (t > 0))
+        tri[miss] = -1
+        t[miss] = torch.inf
+        # Pinhole fill: an uncovered sample takes the nearest neighbouring triangle its ray hits.
+        grid = tri.reshape(H, W)
+        empty = torch.nonzero(grid.reshape(-1) < 0).squeeze(1)
+        ey, ex = empty // W, empty % W
+        for dj in (-1, 0, 1):
+            for di in (-1, 0, 1):
+                if di == 0 and dj == 0:
+                    continue
+                ny, nx = ey + dj, ex + di
+                inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
+                nb = torch.full_like(empty, -1)
+                nb[inside] = grid[ny[inside], nx[inside]]
+                sel = nb >= 0
+                if not bool(sel.any()):
+                    continue
+                pix, cand = empty[sel], nb[sel]
+                tn, c1, c2 = hit(pix, cand)
+                ok = (c1 >= -eps) & (c2 >= -eps) & (c1 + c2 <= 1 + eps) & (tn > 0) & (tn < t[pix])
+                pix, cand = pix[ok], cand[ok]
+                tri[pix], t[pix], b1[pix], b2[pix] = cand, tn[ok], c1[ok], c2[ok]
+        tri, t, b1, b2 = (a.reshape(H, W) for a in (tri, t, b1, b2))
         mask = tri >= 0
-        t = tri.clamp_min(0)
-        fa = self.f.long()[t]                                      # (H, W, 3)
-        u, v = rast[..., 0:1].double(), rast[..., 1:2].double()   # weights of vertices 0 and 1
-        pts = u * self.v[fa[..., 0]] + v * self.v[fa[..., 1]] + (1 - u - v) * self.v[fa[..., 2]]
-        nrm = (u * self.vn[fa[..., 0]] + v * self.vn[fa[..., 1]] + (1 - u - v) * self.vn[fa[..., 2]]).float()
-        depth = (pts @ E[:3, :3].T + E[:3, 3])[..., 2].float()
+        fa = f[tri.clamp_min(0)]
+        w1, w2 = b1[..., None], b2[..., None]
+        pts = (1 - w1 - w2) * self.v[fa[..., 0]] + w1 * self.v[fa[..., 1]] + w2 * self.v[fa[..., 2]]
+        nrm = ((1 - w1 - w2) * self.vn[fa[..., 0]] + w1 * self.vn[fa[..., 1]] + w2 * self.vn[fa[..., 2]]).float()
         pts = torch.where(mask[..., None], pts, 0).float()
-        return mask, pts, torch.where(mask[..., None], nrm, 0), torch.where(mask, depth, torch.inf)
+        return mask, pts, torch.where(mask[..., None], nrm, 0), torch.where(mask, t.float(), torch.inf)
 
     def samples(self, cam: Camera):
         """Raw per-sample buffers of `cam` at its own resolution, tiled when large."""
