@@ -99,6 +99,22 @@ class Camera:
                    d.get("name", ""))
 
 
+def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """OpenCV world_to_camera (x right, y down, z towards the target), world up = `up`."""
+    eye, target = np.asarray(eye, float), np.asarray(target, float)
+    z = target - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-6:                                 # looking along `up`
+        x = np.cross(z, (0.0, 1.0, 0.0))
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    E = np.eye(4)
+    E[:3, :3] = np.stack([x, y, z])
+    E[:3, 3] = -E[:3, :3] @ eye
+    return E
+
+
 # --- MVSNet cam files ---------------------------------------------------------
 
 def read_mvsnet_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:

@@ -23,6 +23,7 @@ class ModelConfig:
     light_dim: int = 32
     exposure_dim: int = 4
     omega0: float = 30.0
+    omega_dir: float = 30.0             # first-layer frequency of the view-direction SIREN
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -33,6 +34,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["grid"] = HashGridConfig(**d["grid"])
+        d.setdefault("omega_dir", d.get("omega0", 30.0))   # checkpoints from before the field existed
         return cls(**d)
 
 
@@ -76,7 +78,7 @@ class Decoder(nn.Module):
         self.exposure = nn.Parameter(torch.zeros(n_views, cfg.exposure_dim))  # per-image codes
         self.exp_scale = nn.Linear(cfg.exposure_dim, w, bias=False)
         self.exp_shift = nn.Linear(cfg.exposure_dim, w, bias=False)
-        self.d1 = FiLMSiren(3, w, cfg.omega0, first=True)
+        self.d1 = FiLMSiren(3, w, cfg.omega_dir, first=True)
         self.d2 = FiLMSiren(w, w, cfg.omega0, first=False)
         self.filmd1, self.filmd2 = FiLM(w, w), FiLM(w, w)
         self.out = nn.Linear(w, 3)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cameras import Camera, write_mvsnet_cam
+from .cameras import look_at, Camera, write_mvsnet_cam
 from .colour import linear_to_srgb
 from .imageio import write_png
 from .meshio import Mesh, write_obj
@@ -226,22 +226,6 @@ def reference_render(spec: SceneSpec, camera: Camera, ss: int = 4) -> tuple[np.n
 
 
 # --- cameras --------------------------------------------------------------------
-
-def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """OpenCV world_to_camera (x right, y down, z towards the target), world up = `up`."""
-    eye, target = np.asarray(eye, float), np.asarray(target, float)
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    if np.linalg.norm(x) < 1e-6:                                 # looking along `up`
-        x = np.cross(z, (0.0, 1.0, 0.0))
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    E = np.eye(4)
-    E[:3, :3] = np.stack([x, y, z])
-    E[:3, 3] = -E[:3, :3] @ eye
-    return E
-
 
 def intrinsics(width: int, height: int, hfov_deg: float = HFOV_DEG) -> np.ndarray:
     fx = width / (2 * math.tan(math.radians(hfov_deg) / 2))

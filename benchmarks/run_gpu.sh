@@ -10,12 +10,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 python3 -m backend doctor | tee "$OUT/doctor.log"
-STEPS=${STEPS:-tests hashgrid pipeline demo}
+STEPS=${STEPS:-tests hashgrid pipeline quality demo}
 for s in $STEPS; do
   case $s in
     tests)    python3 -m pytest -q -m gpu ${TESTS:-tests} 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
     hashgrid) python3 benchmarks/bench_hashgrid.py --out "$OUT/hashgrid.json" 2>&1 | tee "$OUT/hashgrid.log" | tail -20 ;;
     pipeline) python3 benchmarks/bench_pipeline.py --out "$OUT/pipeline.json" ${PIPELINE_ARGS:-} 2>"$OUT/pipeline_events.log" | tee "$OUT/pipeline.log" | tail -20 ;;
+    quality)  python3 benchmarks/bench_quality.py --quick --out "$OUT/quality" 2>"$OUT/quality_events.log" | tee "$OUT/quality.log" | tail -20 ;;
     demo)     python3 -m backend demo --out /tmp/xscale_demo_gpu 2>&1 | grep -v '"progress"' | tee "$OUT/demo.log" | tail -8 ;;
   esac
 done

@@ -11,25 +11,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 import pytest
+
+from backend.cameras import look_at  # noqa: F401 (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-
-def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """OpenCV world-to-camera (x right, y down, z forward) looking from `eye` at `target`."""
-    eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
-    z = target - eye
-    z /= np.linalg.norm(z)
-    y = -up + np.dot(up, z) * z
-    y /= np.linalg.norm(y)
-    x = np.cross(y, z)
-    E = np.eye(4)
-    E[:3, :3] = np.stack([x, y, z])
-    E[:3, 3] = -E[:3, :3] @ eye
-    return E
 
 
 def bumpy_grid(n: int = 6, half: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -5,22 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.cameras import Camera, write_mvsnet_cam
+
+from backend.cameras import Camera, look_at, write_mvsnet_cam  # noqa: F401 (look_at re-exported)
 from backend.meshio import Mesh, write_obj
-
-
-def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """World-to-camera (OpenCV axes) for a camera at eye looking at target."""
-    eye, target, up = (np.asarray(a, float) for a in (eye, target, up))
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    E = np.eye(4)
-    E[:3, :3] = np.stack([x, y, z])
-    E[:3, 3] = -E[:3, :3] @ eye
-    return E
 
 
 def grid_plane(n: int = 12, half: float = 1.0, z: float = 0.0) -> Mesh:

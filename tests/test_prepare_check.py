@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 from PIL import Image
 
 from backend import events
-from backend.cameras import Camera, write_mvsnet_cam
+from backend.cameras import Camera, look_at, write_mvsnet_cam
 from backend.errors import InputError
 from backend.meshio import Mesh, write_ply
 from backend.prepare import check_scene, format_report
@@ -19,20 +20,6 @@ from backend.prepare_cli import add_parsers
 
 W, H = 40, 30
 K = np.array([[30.0, 0, W / 2], [0, 30.0, H / 2], [0, 0, 1]])
-
-
-def look_at(centre, target, up=(0, 1, 0)) -> np.ndarray:
-    """OpenCV world_to_camera (x right, y down, z forward) at `centre` looking at `target`."""
-    c, t = np.asarray(centre, float), np.asarray(target, float)
-    z = (t - c) / np.linalg.norm(t - c)
-    y = -np.asarray(up, float)
-    y = y - (y @ z) * z
-    y /= np.linalg.norm(y)
-    x = np.cross(y, z)
-    E = np.eye(4)
-    E[:3, :3] = np.stack([x, y, z])
-    E[:3, 3] = -E[:3, :3] @ c
-    return E
 
 
 def make_scene(root: Path, poses: dict[str, np.ndarray], mesh_offset=(0.0, 0.0, 0.0)) -> Path:
@@ -48,10 +35,10 @@ def make_scene(root: Path, poses: dict[str, np.ndarray], mesh_offset=(0.0, 0.0, 
 
 
 POSES = {
-    "above": look_at((0, 0, 3), (0, 0, 0)),
-    "close": look_at((0, 0, 0.5), (0, 0, 0)),            # the square fills the whole image
-    "oblique": look_at((2, 0, 2), (0, 0, 0)),
-    "away": look_at((0, 0, 3), (0, 0, 6)),               # looks away from the mesh
+    "above": look_at((0, 0, 3), (0, 0, 0), up=(0, 1, 0)),
+    "close": look_at((0, 0, 0.5), (0, 0, 0), up=(0, 1, 0)),            # the square fills the whole image
+    "oblique": look_at((2, 0, 2), (0, 0, 0), up=(0, 1, 0)),
+    "away": look_at((0, 0, 3), (0, 0, 6), up=(0, 1, 0)),               # looks away from the mesh
 }
 
 
