@@ -12,6 +12,8 @@ from .errors import DeviceError, InputError
 
 def _add_device(p):
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cuda or cpu")
+    p.add_argument("--grid-backend", default="auto",
+                   help="hash encoding: auto (Triton on CUDA), torch, triton or tcnn (tiny-cuda-nn, self-checked)")
 
 
 def _add_nproc(p):
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(a) -> int:
+    if getattr(a, "grid_backend", "auto") != "auto":
+        from .hashgrid import select_backend
+        select_backend(a.grid_backend)
     if a.command == "doctor":
         from .doctor import main
         return main(a.json, a.path)

@@ -172,6 +172,26 @@ def encode_loop(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> to
 
 
 _TCNN: dict = {}
+_DEFAULT_BACKEND = "auto"
+
+
+def select_backend(name: str) -> None:
+    """Process-wide choice of the encoding implementation for new HashGrids: auto (Triton on
+    CUDA, PyTorch otherwise), torch, triton or tcnn. tcnn is accepted only after its self-check
+    passes in a child process (a crashing build must not take this process down)."""
+    global _DEFAULT_BACKEND
+    from .errors import DeviceError
+    if name not in ("auto", "torch", "triton", "tcnn"):
+        raise DeviceError(f"--grid-backend {name}: choose auto, torch, triton or tcnn.")
+    if name == "tcnn":
+        from .doctor import TCNN_CHECK, _child_ok
+        ok, msg = _child_ok(TCNN_CHECK)
+        if not ok:
+            raise DeviceError(f"--grid-backend tcnn: tinycudann is not usable here ({msg}); "
+                              "use --grid-backend auto.")
+    if name == "triton" and not torch.cuda.is_available():
+        raise DeviceError("--grid-backend triton needs a CUDA GPU; use --grid-backend auto.")
+    _DEFAULT_BACKEND = name
 
 
 def encode_tcnn(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
@@ -196,7 +216,7 @@ def encode_tcnn(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> to
 class HashGrid(nn.Module):
     """Hash grid over an AABB; call with world-space points (N, 3)."""
 
-    def __init__(self, cfg: HashGridConfig, aabb_min, aabb_max, backend: str = "auto"):
+    def __init__(self, cfg: HashGridConfig, aabb_min, aabb_max, backend: str | None = None):
         super().__init__()
         self.cfg = cfg
         lo = torch.as_tensor(aabb_min, dtype=torch.float32)
@@ -206,7 +226,7 @@ class HashGrid(nn.Module):
         self.register_buffer("inv_extent", 1.0 / (hi - lo + 2 * pad))
         # Instant-NGP initialisation: uniform in [-1e-4, 1e-4].
         self.table = nn.Parameter(torch.empty(cfg.n_params, cfg.n_features).uniform_(-1e-4, 1e-4))
-        self.backend = backend
+        self.backend = backend or _DEFAULT_BACKEND
         # Points in frame order (rendering) run faster with all levels per program on CUDA.
         self.coherent = False
 

@@ -23,7 +23,10 @@ class ModelConfig:
     light_dim: int = 32
     exposure_dim: int = 4
     omega0: float = 30.0
-    omega_dir: float = 30.0             # first-layer frequency of the view-direction SIREN
+    # First-layer frequency of the view-direction SIREN. 30 (SIREN's default) over-fits the
+    # directions of the training photos: on held-out close-ups of the multiscale procedural
+    # scene 3 gave +3.9 dB (far views +1.5 dB) over 30 (CPU, small preset, 300 steps, one seed).
+    omega_dir: float = 3.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,7 +102,7 @@ class Decoder(nn.Module):
 
 
 class Manifold(nn.Module):
-    def __init__(self, cfg: ModelConfig, aabb_min, aabb_max, n_views: int, grid_backend: str = "auto"):
+    def __init__(self, cfg: ModelConfig, aabb_min, aabb_max, n_views: int, grid_backend: str | None = None):
         super().__init__()
         self.cfg = cfg
         self.grid = HashGrid(cfg.grid, aabb_min, aabb_max, backend=grid_backend)

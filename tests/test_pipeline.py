@@ -212,3 +212,10 @@ def test_error_no_cuda(scene, tmp_path):
 
 def test_error_train_without_cache(tmp_path):
     _expect_error(cli("train", "--run", str(tmp_path / "nothing"), "--device", "cpu"), "backend cache")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tinycudann") is not None,
+                    reason="checks the message when tinycudann is missing")
+def test_error_tcnn_backend_unavailable(run):
+    _expect_error(cli("train", "--run", str(run), "--grid-backend", "tcnn", "--device", "cpu"),
+                  "--grid-backend tcnn", "--grid-backend auto")
