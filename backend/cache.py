@@ -3,7 +3,9 @@ sub-sample surface points, normal, view direction, colour and view id in shuffle
 
 Streaming, out of core: views are processed one at a time and every ray is appended to a random
 bucket file on disk; each bucket is then shuffled in memory and saved as one shard of
-memory-mappable .npy files. Host memory stays at one view plus one shard.
+memory-mappable .npy files. Host memory stays at one view plus one shard. An interrupted run
+resumes after its last completed view (RUN/cache.tmp/progress.json); the finished cache replaces
+RUN/cache atomically.
 
 Shard fields (N rays, S = ss*ss sub-samples):
   xyz (N, S, 3) float32 world points (unused slots repeat a hit slot, see `mask`)
@@ -24,7 +26,7 @@ from .cameras import Camera
 from .errors import InputError
 from .meshio import load_mesh
 from .raster import Rasterizer, pixel_directions, resolve_device
-from .runfolder import RunFolder, write_json
+from .runfolder import RunFolder, read_json, write_json
 from .scene import load_scene
 
 FIELDS = {"xyz": np.float32, "mask": np.uint16, "normal": np.float16, "dir": np.float16,
@@ -87,39 +89,61 @@ def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: in
     run = RunFolder(run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     tmp = run.root / "cache.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "buckets").mkdir(parents=True)
 
     rast = Rasterizer(mesh_obj, dev)
     S = ss * ss
     max_rays = sum(scene.views[i].camera.width * scene.views[i].camera.height for i in train_ids)
     n_buckets = max(1, -(-max_rays // shard_rays))
     rng = np.random.default_rng(seed)
-    files = {(b, k): open(tmp / "buckets" / f"{b:05d}.{k}", "wb") for b in range(n_buckets) for k in FIELDS}
-    coverage, total = {}, 0
-    prog = events.Progress("cache", len(train_ids))
-    try:
-        for n, i in enumerate(train_ids):
-            v = scene.views[i]
-            rgb8 = load_rgb8(v.image_path, v.camera)
-            rec = view_rays(rast, v.camera, rgb8, ss, i)
-            cnt = len(rec["view"]) if rec else 0
-            coverage[v.name] = cnt / (v.camera.width * v.camera.height)
-            if cnt:
-                bucket = rng.integers(0, n_buckets, cnt)
-                order = np.argsort(bucket, kind="stable")
-                splits = np.searchsorted(bucket[order], np.arange(1, n_buckets))
-                for k in FIELDS:
-                    for b, part in enumerate(np.split(rec[k][order], splits)):
-                        if len(part):
-                            files[(b, k)].write(np.ascontiguousarray(part).tobytes())
-            else:
-                events.log(f"view {v.name}: the mesh covers no pixel; skipped")
-            total += cnt
-            prog.update(n + 1, view=v.name, rays=total)
-    finally:
-        for fh in files.values():
-            fh.close()
+    names = list(FIELDS)
+    sizes = np.zeros((n_buckets, len(names)), np.int64)      # committed bytes per bucket file
+    key = {"scene": str(scene.root.resolve()), "mesh": str(scene.mesh_path.resolve()), "level": level,
+           "ss": ss, "test_every": test_every, "shard_rays": shard_rays, "seed": seed,
+           "train_views": train_ids}
+    done, coverage, total = 0, {}, 0
+    progress = tmp / "progress.json"
+    state = read_json(progress) if progress.is_file() else None
+    if state is not None and state.get("key") == key:
+        # Resume an interrupted run: drop bytes written after the last completed view.
+        done, coverage, total = state["done"], state["coverage"], state["total"]
+        rng.bit_generator.state = state["rng"]
+        sizes = np.array(state["sizes"], np.int64)
+        for b in range(n_buckets):
+            for c, k in enumerate(names):
+                f = tmp / "buckets" / f"{b:05d}.{k}"
+                if f.exists() or not (tmp / f"shard_{b:05d}").is_dir():
+                    with open(f, "ab") as fh:
+                        fh.truncate(int(sizes[b, c]))
+        events.log(f"resuming the ray cache after {done} of {len(train_ids)} views")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "buckets").mkdir(parents=True)
+    prog = events.Progress("cache", len(train_ids), start_step=done)
+    for n in range(done, len(train_ids)):
+        i = train_ids[n]
+        v = scene.views[i]
+        rgb8 = load_rgb8(v.image_path, v.camera)
+        rec = view_rays(rast, v.camera, rgb8, ss, i)
+        cnt = len(rec["view"]) if rec else 0
+        coverage[v.name] = cnt / (v.camera.width * v.camera.height)
+        if cnt:
+            bucket = rng.integers(0, n_buckets, cnt)
+            order = np.argsort(bucket, kind="stable")
+            splits = np.searchsorted(bucket[order], np.arange(1, n_buckets))
+            # Files are opened per write, not kept open: thousands of buckets at 8K would
+            # exceed the open-file limit.
+            for c, k in enumerate(names):
+                for b, part in enumerate(np.split(rec[k][order], splits)):
+                    if len(part):
+                        with open(tmp / "buckets" / f"{b:05d}.{k}", "ab") as fh:
+                            fh.write(np.ascontiguousarray(part).tobytes())
+                        sizes[b, c] += part.nbytes
+        else:
+            events.log(f"view {v.name}: the mesh covers no pixel; skipped")
+        total += cnt
+        write_json(progress, {"key": key, "done": n + 1, "coverage": coverage, "total": total,
+                              "rng": rng.bit_generator.state, "sizes": sizes.tolist()})
+        prog.update(n + 1, view=v.name, rays=total)
     if total == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"{scene.mesh_path}: no training camera sees the mesh; check that the mesh "
@@ -127,25 +151,30 @@ def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: in
 
     shards = []
     for b in range(n_buckets):
-        data = {}
-        for k, dt in FIELDS.items():
-            raw = np.fromfile(tmp / "buckets" / f"{b:05d}.{k}", dtype=dt)
-            data[k] = raw
+        # Each shuffle seeds from (seed, bucket), so a resumed run rebuilds identical shards.
+        name = f"shard_{b:05d}"
+        if (tmp / name).is_dir():                          # written before an interruption
+            shards.append({"name": name, "n": int(np.load(tmp / name / "view.npy", mmap_mode="r").shape[0])})
+            continue
+        data = {k: np.fromfile(tmp / "buckets" / f"{b:05d}.{k}", dtype=dt) for k, dt in FIELDS.items()}
         n = len(data["view"])
         if n == 0:
             continue
         data["xyz"] = data["xyz"].reshape(n, S, 3)
         for k in ("normal", "dir", "rgb"):
             data[k] = data[k].reshape(n, 3)
-        perm = rng.permutation(n)
-        name = f"shard_{len(shards):05d}"
-        (tmp / name).mkdir()
+        perm = np.random.default_rng([seed, b]).permutation(n)
+        part = tmp / (name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir()
         for k in FIELDS:
-            np.save(tmp / name / f"{k}.npy", data[k][perm])
-        for k in FIELDS:
+            np.save(part / f"{k}.npy", data[k][perm])
+        part.replace(tmp / name)
+        for k in FIELDS:                                   # free the disk as we go
             (tmp / "buckets" / f"{b:05d}.{k}").unlink()
         shards.append({"name": name, "n": int(n)})
     shutil.rmtree(tmp / "buckets")
+    progress.unlink()
 
     lo, hi = mesh_obj.bounds
     views = [{"name": v.name, "image": str(v.image_path.resolve()), "camera": v.camera.to_dict(),

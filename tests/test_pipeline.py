@@ -219,3 +219,48 @@ def test_error_train_without_cache(tmp_path):
 def test_error_tcnn_backend_unavailable(run):
     _expect_error(cli("train", "--run", str(run), "--grid-backend", "tcnn", "--device", "cpu"),
                   "--grid-backend tcnn", "--grid-backend auto")
+
+
+def _shards(run_dir):
+    r = ShardReader(run_dir)
+    return [{k: np.asarray(v) for k, v in r.load(i).items()} for i in range(len(r.shards))]
+
+
+def test_interrupted_cache_resumes_to_identical_shards(scene, tmp_path, monkeypatch):
+    import backend.cache as C
+    ref = tmp_path / "ref"
+    build_cache(str(scene), str(ref), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    run = tmp_path / "run"
+    real_view_rays, calls = C.view_rays, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_view_rays(*a, **k)
+
+    monkeypatch.setattr(C, "view_rays", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    assert json.loads((run / "cache.tmp" / "progress.json").read_text())["done"] == 2
+    # interrupted again while writing shards
+    monkeypatch.setattr(C, "view_rays", real_view_rays)
+    real_save, saves = np.save, []
+
+    def save_then_fail(*a, **k):
+        saves.append(1)
+        if len(saves) == 8:
+            raise KeyboardInterrupt
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(C.np, "save", save_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    monkeypatch.setattr(C.np, "save", real_save)
+    build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    assert not (run / "cache.tmp").exists()
+    a, b = _shards(ref), _shards(run)
+    assert len(a) == len(b) > 1
+    for sa, sb in zip(a, b):
+        for k in sa:
+            assert np.array_equal(sa[k], sb[k]), k
