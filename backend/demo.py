@@ -29,7 +29,7 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
                    workers=min(16, os.cpu_count() or 1))
     run = out_p / "run"
     build_cache(str(scene), str(run), ss=2, test_every=8, device=device)
-    train(str(run), iters if iters is not None else (1000 if gpu else 600), device=device)
+    train(str(run), iters if iters is not None else (300 if gpu else 600), device=device)
     ev = evaluate(str(run), device=device)
     cams = make_flythrough(scene, n_frames=24 if gpu else 12, width=size[0], height=size[1])
     path = out_p / "flythrough.json"
