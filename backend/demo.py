@@ -1,6 +1,7 @@
 """`backend demo`: the whole job on the embedded procedural scene."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from .raster import resolve_device
 
 
 def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
-    from .cache import build_cache
+    from .cache import build_cache, cache_matches
     from .campath import write_camera_path
     from .evaluate import evaluate
     from .procedural import make_flythrough, make_scene
@@ -22,13 +23,13 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
     t0 = time.monotonic()
     size = (640, 480) if gpu else (160, 120)
     scene = out_p / "scene"
-    if not (scene / "1.obj").is_file():
+    if not (scene / "views.json").is_file():      # written last: a complete scene
         events.log(f"building the procedural scene in {scene}")
-        import os
         make_scene(scene, n_views=48 if gpu else 24, width=size[0], height=size[1],
                    workers=min(16, os.cpu_count() or 1))
     run = out_p / "run"
-    build_cache(str(scene), str(run), ss=2, test_every=8, device=device)
+    if not cache_matches(str(run), str(scene), 2, 8, None, None):
+        build_cache(str(scene), str(run), ss=2, test_every=8, device=device)
     train(str(run), iters if iters is not None else (300 if gpu else 600), device=device)
     ev = evaluate(str(run), device=device)
     cams = make_flythrough(scene, n_frames=24 if gpu else 12, width=size[0], height=size[1])

@@ -2,7 +2,6 @@
 the mesh fully covers (all sub-samples hit: edge pixels mix in background in the photo)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

@@ -43,7 +43,7 @@ class HashGridConfig:
         return asdict(self)
 
     def level_layout(self) -> list[tuple[float, int, int, int]]:
-        """Per level: (scale, resolution, params_in_level, offset)."""
+        """Per level: (scale (a float32 value), resolution, params_in_level, offset)."""
         out, offset = [], 0
         for lvl in range(self.n_levels):
             scale = level_scale(lvl, self.per_level_scale, self.base_res)
@@ -65,10 +65,6 @@ def level_scale(level: int, per_level_scale: float, base_res: int) -> float:
     return float(f(f(np.exp2(f(level) * f(np.log2(f(per_level_scale))))) * f(base_res)) - f(1.0))
 
 
-def _float32_scale(scale: float) -> float:
-    return float(np.float32(scale))
-
-
 def fma_pos(x: torch.Tensor, scale) -> torch.Tensor:
     """float32 fma(x, scale, 0.5): the product of two float32 numbers is exact in float64, so one
     rounding at the end matches a fused multiply-add (as on the GPU)."""
@@ -78,7 +74,7 @@ def fma_pos(x: torch.Tensor, scale) -> torch.Tensor:
 
 def corner_indices_weights(x: torch.Tensor, scale: float, res: int, size: int, smoothstep: bool):
     """For normalised points x (N, 3): indices (N, 8) into the level table and weights (N, 8)."""
-    pos = fma_pos(x, _float32_scale(scale))
+    pos = fma_pos(x, scale)
     base = torch.floor(pos)
     frac = pos - base
     if smoothstep:
@@ -104,7 +100,7 @@ def corner_indices_weights(x: torch.Tensor, scale: float, res: int, size: int, s
 
 def _level_tensors(cfg: HashGridConfig, device) -> tuple[torch.Tensor, ...]:
     lay = cfg.level_layout()
-    scale = torch.tensor([_float32_scale(s) for s, _, _, _ in lay], dtype=torch.float32, device=device)
+    scale = torch.tensor([s for s, _, _, _ in lay], dtype=torch.float32, device=device)
     res = torch.tensor([r for _, r, _, _ in lay], dtype=torch.int64, device=device)
     size = torch.tensor([n for _, _, n, _ in lay], dtype=torch.int64, device=device)
     offset = torch.tensor([o for _, _, _, o in lay], dtype=torch.int64, device=device)
@@ -159,16 +155,6 @@ def encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
         n, L = xc.shape[0], scale.shape[0]
         outs.append(_WeightedGather.apply(table, idx.reshape(n, L, 8), wc.reshape(n, L, 8)).reshape(n, -1))
     return torch.cat(outs) if len(outs) > 1 else outs[0]
-
-
-def encode_loop(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
-    """Level-by-level, corner-by-corner version (the readable statement of the function)."""
-    feats = []
-    for scale, res, size, offset in cfg.level_layout():
-        idx, w = corner_indices_weights(x, scale, res, size, cfg.smoothstep)
-        f = table[offset + idx]                      # (N, 8, F)
-        feats.append((f * w.unsqueeze(-1).to(f.dtype)).sum(1))
-    return torch.cat(feats, 1)
 
 
 _TCNN: dict = {}

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .hashgrid import HashGridConfig, _float32_scale
+from .hashgrid import HashGridConfig
 
 # Hash primes of tiny-cuda-nn (uint32 arithmetic), as in hashgrid.PRIMES.
 _P1: tl.constexpr = tl.constexpr(2654435761)
@@ -160,7 +160,7 @@ def level_tensors(cfg: HashGridConfig, device: torch.device) -> tuple[torch.Tens
     if key not in _META_CACHE:
         scales, meta = [], []
         for scale, res, size, offset in cfg.level_layout():
-            scales.append(_float32_scale(scale))
+            scales.append(scale)
             meta.append((res, size, offset, int(res ** 3 > size)))
         _META_CACHE[key] = (torch.tensor(scales, dtype=torch.float32, device=device),
                             torch.tensor(meta, dtype=torch.int64, device=device))

@@ -72,7 +72,7 @@ def parse_exposure(value: str, n_views: int, view_names: list[str]):
 
 
 def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = "png", exposure: str = "mean",
-                ss: int | None = None, device: str = "auto", frames: list[int] | None = None) -> dict:
+                ss: int | None = None, device: str = "auto") -> dict:
     if fmt not in ("png", "exr"):
         raise InputError(f"--format {fmt}: choose png or exr.")
     ctx = distributed.setup(device)     # under torchrun: this rank's GPU
@@ -80,9 +80,6 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = "png", ex
     run = RunFolder(run_dir)
     cfg = run.read_config()
     numbers, cams, _fps = read_camera_path(path_json)
-    if frames is not None:   # a subset (e.g. this rank's share of the frames)
-        keep = set(frames)
-        numbers, cams = zip(*[(n, c) for n, c in zip(numbers, cams) if n in keep]) if keep else ((), ())
     model, _ = load_model(run, dev)
     names = [v["name"] for v in cfg["views"]]
     expo = parse_exposure(exposure, len(names), names)

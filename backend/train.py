@@ -18,7 +18,7 @@ from .errors import InputError
 from .hashgrid import HashGridConfig
 from .model import Manifold, ModelConfig, unpack_mask
 from .cache import ShardReader
-from .runfolder import RunFolder, read_json, write_json
+from .runfolder import RunFolder, write_json
 
 
 @dataclass
@@ -190,7 +190,8 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
         if iters is not None:
             tc.iters = iters
     if tc.batch_rays < ctx.world:
-        raise InputError(f"--batch-rays {tc.batch_rays}: fewer rays than the {ctx.world} processes.")
+        raise InputError(f"--batch-rays {tc.batch_rays}: fewer rays than the {ctx.world} processes; "
+                         "raise --batch-rays or use fewer processes.")
     if ctx.main:
         write_json(run.train_config, asdict(tc))
 
@@ -229,7 +230,7 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
 
     prog = events.Progress("train", tc.iters, start_step=step)
     last_save = time.monotonic()
-    t_rays, n_rays, t_mark = 0.0, 0, time.monotonic()
+    n_rays, t_mark = 0, time.monotonic()
     loss_v = psnr_v = float("nan")
     model.train()
     with StopFlag() as flag:

@@ -50,3 +50,14 @@ def write_scene(root: Path, mesh: Mesh, cams: list[Camera], colour_fn) -> Path:
         Image.fromarray((img * 255).round().astype(np.uint8)).save(root / "images" / f"{k:08d}.png")
         write_mvsnet_cam(root / "cams" / f"{k:08d}_cam.txt", cam)
     return root
+
+
+def stripes(P):
+    """Photo colour of the tiny test scenes: smooth stripes of the surface point."""
+    return 0.5 + 0.4 * np.sin(P * np.array([9.0, 13.0, 5.0]))
+
+
+def striped_plane_scene(root: Path) -> Path:
+    """Six 48x32 photos of a striped plane around the origin (off-centre, anisotropic K)."""
+    cams = [odd_camera(48, 32, eye=(2.5 * np.cos(a), 2.5 * np.sin(a), 1.6)) for a in np.linspace(0, 5, 6)]
+    return write_scene(root, grid_plane(10), cams, stripes)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from backend.cameras import Camera, read_mvsnet_cam, write_mvsnet_cam
+from backend.cameras import read_mvsnet_cam, write_mvsnet_cam
 from backend.errors import InputError
 from helpers import odd_camera
 

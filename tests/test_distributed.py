@@ -26,10 +26,6 @@ TRAIN_ARGS = ["--device", "cpu", "--preset", "small", "--batch-rays", "999", "--
 STEPS = 4
 
 
-def stripes(P):
-    return 0.5 + 0.4 * np.sin(P * np.array([9.0, 13.0, 5.0]))
-
-
 def _env(**extra) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -49,10 +45,8 @@ def events_of(stdout: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    from helpers import grid_plane, odd_camera, write_scene
-    root = tmp_path_factory.mktemp("dscene")
-    cams = [odd_camera(48, 32, eye=(2.5 * np.cos(a), 2.5 * np.sin(a), 1.6)) for a in np.linspace(0, 5, 6)]
-    return write_scene(root, grid_plane(10), cams, stripes)
+    from helpers import striped_plane_scene
+    return striped_plane_scene(tmp_path_factory.mktemp("dscene"))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +15,15 @@ from backend.campath import write_camera_path
 from backend.imageio import read_exr, read_image
 from backend.render import render_path
 from backend.train import train
-from helpers import grid_plane, look_at, odd_camera, uv_sphere, write_scene
+from helpers import grid_plane, odd_camera, striped_plane_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_rays": 512, "log2_table": 12}
 
 
-def stripes(P):
-    return 0.5 + 0.4 * np.sin(P * np.array([9.0, 13.0, 5.0]))
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scene")
-    cams = [odd_camera(48, 32, eye=(2.5 * np.cos(a), 2.5 * np.sin(a), 1.6)) for a in np.linspace(0, 5, 6)]
-    return write_scene(root, grid_plane(10), cams, stripes)
+    return striped_plane_scene(tmp_path_factory.mktemp("scene"))
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from backend.cache import build_cache
 from backend.cameras import Camera
@@ -40,10 +41,11 @@ def test_heldout_psnr_far_above_constant_colour(trained):
     r = ShardReader(trained)
     mean_rgb = np.concatenate([r.load(i)["rgb"] for i in range(len(r.shards))]).mean(0) / 255.0
     base = []
-    for rec, i in zip(ev["views"], cfg["test_views"]):
+    rast = Rasterizer(load_mesh(cfg["mesh"]), torch.device("cpu"))
+    for i in cfg["test_views"]:
         cam = Camera.from_dict(cfg["views"][i]["camera"])
         gt = read_image(cfg["views"][i]["image"])
-        s = Rasterizer(load_mesh(cfg["mesh"]), __import__("torch").device("cpu")).surface(cam, cfg["ss"])
+        s = rast.surface(cam, cfg["ss"])
         mask = s.mask.all(-1).numpy()
         base.append(psnr(np.broadcast_to(mean_rgb, gt.shape), gt, mask))
     print("held-out PSNR", ev["mean"], "constant-colour", np.mean(base))
@@ -56,7 +58,6 @@ def test_heldout_psnr_far_above_constant_colour(trained):
 def test_floor_rejects_a_principal_point_bug(trained):
     """The same model rendered with cx, cy moved to the image centre (what the official code does)
     misses the floor: the test's threshold detects convention bugs."""
-    import torch
     cfg = json.loads((trained / "config.json").read_text())
     model, _ = load_model(RunFolder(trained), torch.device("cpu"))
     rast = Rasterizer(load_mesh(cfg["mesh"]), torch.device("cpu"))
