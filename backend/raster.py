@@ -20,9 +20,30 @@ from .errors import DeviceError
 from .meshio import Mesh
 from . import raster_cpu
 
-# nvdiffrast's CUDA rasterizer was limited to 2048 x 2048 before 0.3.3, and a 3840 x 2160 call
-# crashed the process in our runs: larger images are rasterized in tiles of this size.
+# nvdiffrast 0.3.3 splits a call taller than 2048 px into sub-viewports and offsets the second
+# row by an uninitialised stride (fixed upstream in 0.3.5): 3840 x 2160 calls crashed the process
+# in our runs. Larger images are rasterized here in tiles of at most this size.
 MAX_TILE = 2048
+# Triangles per nvdiffrast call; larger meshes are rasterized in chunks, composited by depth.
+# nvdiffrast returns the triangle id as float32 (exact up to 2^24) and holds at most 2^24
+# triangles per call after clipping.
+MAX_TRIS = 1 << 23
+
+
+def tile_cameras(cam: Camera) -> list[Camera]:
+    """`cam` split into row-major tiles of at most MAX_TILE x MAX_TILE (the same camera with a
+    shifted principal point); one tile when it fits."""
+    if cam.width <= MAX_TILE and cam.height <= MAX_TILE:
+        return [cam]
+    tiles = []
+    for y0 in range(0, cam.height, MAX_TILE):
+        for x0 in range(0, cam.width, MAX_TILE):
+            K = cam.K.copy()
+            K[0, 2] -= x0
+            K[1, 2] -= y0
+            tiles.append(Camera(min(MAX_TILE, cam.width - x0), min(MAX_TILE, cam.height - y0), K,
+                                cam.world_to_camera))
+    return tiles
 
 
 @dataclass
@@ -84,6 +105,7 @@ class Rasterizer:
             self.ctx = self.dr.RasterizeCudaContext(device=device)
             self.v = torch.as_tensor(mesh.vertices, dtype=torch.float64, device=device)
             self.f = torch.as_tensor(mesh.faces, dtype=torch.int32, device=device)
+            self.f_long = self.f.long()
             self.vn = torch.as_tensor(self.normals_np, device=device)
 
     # --- one camera at sample resolution -------------------------------------------------
@@ -94,28 +116,21 @@ class Rasterizer:
         return (torch.from_numpy(r.mask), torch.from_numpy(xyz.astype(np.float32)),
                 torch.from_numpy(nrm.astype(np.float32)), torch.from_numpy(r.depth))
 
-    def _samples_cuda(self, cam: Camera):
+    def _hits_cpu(self, cam: Camera):
+        r = raster_cpu.rasterize(self.mesh, cam)
+        return (torch.from_numpy(r.tri.astype(np.int64)), torch.from_numpy(r.depth.astype(np.float64)),
+                torch.from_numpy(r.bary[..., 0]), torch.from_numpy(r.bary[..., 1]))
+
+    def _hits_cuda(self, cam: Camera):
         """nvdiffrast finds the visible triangle per sample; the surface point is then recomputed
         by an exact float64 ray/triangle intersection (nvdiffrast snaps vertices to 1/16 pixel and
         returns float32 barycentrics, up to ~0.2 px off at grazing angles). Samples it leaves
         uncovered inside a surface (pinholes along shared edges of large, clipped triangles) are
         filled by intersecting their neighbours' triangles."""
         W, H = cam.width, cam.height
-        E = torch.as_tensor(cam.world_to_camera, device=self.device)
-        vc = self.v @ E[:3, :3].T + E[:3, 3]                      # camera space, float64
-        z = vc[:, 2]
-        zmax = float(z.max().clamp_min(1e-3)) * 1.01 + 1e-3
-        # A near plane close to the camera (surfaces may come arbitrarily close in a flythrough);
-        # depth-buffer ties this causes are settled by the exact intersection below.
-        zmin = zmax * 1e-5
-        clip = torch.stack([cam.fx * 2 / W * vc[:, 0] + (2 * cam.cx / W - 1) * z,
-                            cam.fy * 2 / H * vc[:, 1] + (2 * cam.cy / H - 1) * z,
-                            (zmax + zmin) / (zmax - zmin) * z - 2 * zmax * zmin / (zmax - zmin),
-                            z], 1).float()
-        # nvdiffrast's output row 0 is clip y = -1, which is our image row 0: no flip needed.
-        rast, _ = self.dr.rasterize(self.ctx, clip[None].contiguous(), self.f, (H, W))
-        tri = rast[0, ..., 3].to(torch.int64) - 1                  # (H, W), -1: no triangle
-        f = self.f.long()
+        vc, clip = self._clip(cam)
+        tri = self._triangle_ids(clip, H, W)
+        f = self.f_long
 
         def hit(pix: torch.Tensor, t_ids: torch.Tensor):
             """Exact intersection of the rays of flat sample indices `pix` with triangles `t_ids`."""
@@ -162,32 +177,73 @@ class Rasterizer:
                 ok = (c1 >= -eps) & (c2 >= -eps) & (c1 + c2 <= 1 + eps) & (tn > 0) & (tn < t[pix])
                 pix, cand = pix[ok], cand[ok]
                 tri[pix], t[pix], b1[pix], b2[pix] = cand, tn[ok], c1[ok], c2[ok]
-        tri, t, b1, b2 = (a.reshape(H, W) for a in (tri, t, b1, b2))
+        return tuple(a.reshape(H, W) for a in (tri, t, b1, b2))
+
+    def _samples_cuda(self, cam: Camera):
+        tri, t, b1, b2 = self._hits_cuda(cam)
         mask = tri >= 0
-        fa = f[tri.clamp_min(0)]
+        fa = self.f_long[tri.clamp_min(0)]
         w1, w2 = b1[..., None], b2[..., None]
         pts = (1 - w1 - w2) * self.v[fa[..., 0]] + w1 * self.v[fa[..., 1]] + w2 * self.v[fa[..., 2]]
         nrm = ((1 - w1 - w2) * self.vn[fa[..., 0]] + w1 * self.vn[fa[..., 1]] + w2 * self.vn[fa[..., 2]]).float()
         pts = torch.where(mask[..., None], pts, 0).float()
         return mask, pts, torch.where(mask[..., None], nrm, 0), torch.where(mask, t.float(), torch.inf)
 
+    def _clip(self, cam: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vertices in camera space (float64) and in nvdiffrast's clip space (float32)."""
+        W, H = cam.width, cam.height
+        E = torch.as_tensor(cam.world_to_camera, device=self.device)
+        vc = self.v @ E[:3, :3].T + E[:3, 3]
+        z = vc[:, 2]
+        zmax = float(z.max().clamp_min(1e-3)) * 1.01 + 1e-3
+        # A near plane close to the camera (surfaces may come arbitrarily close in a flythrough);
+        # depth-buffer ties this causes are settled by the exact intersection.
+        zmin = zmax * 1e-5
+        clip = torch.stack([cam.fx * 2 / W * vc[:, 0] + (2 * cam.cx / W - 1) * z,
+                            cam.fy * 2 / H * vc[:, 1] + (2 * cam.cy / H - 1) * z,
+                            (zmax + zmin) / (zmax - zmin) * z - 2 * zmax * zmin / (zmax - zmin),
+                            z], 1).float()
+        return vc, clip
+
+    def _triangle_ids(self, clip: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """(H, W) int64 id of the nearest triangle per sample, -1 where none. nvdiffrast's output
+        row 0 is clip y = -1, which is our image row 0: no flip needed."""
+        # Cull triangles wholly outside one clip plane (all three vertices share an outcode bit):
+        # a tile or a close-up sees a small part of a large mesh, and nvdiffrast sets up every
+        # triangle it is given.
+        x, y, z, w = clip.unbind(-1)
+        code = ((x > w).to(torch.uint8) | (x < -w).to(torch.uint8) << 1 | (y > w).to(torch.uint8) << 2
+                | (y < -w).to(torch.uint8) << 3 | (z < -w).to(torch.uint8) << 4 | (z > w).to(torch.uint8) << 5)
+        c = code[self.f_long]
+        keep = torch.nonzero((c[:, 0] & c[:, 1] & c[:, 2]) == 0).squeeze(1)
+        tri = torch.full((H, W), -1, dtype=torch.int64, device=clip.device)
+        best = torch.full((H, W), torch.inf, device=clip.device)
+        pos = clip[None].contiguous()
+        for s in range(0, len(keep), MAX_TRIS):
+            sel = keep[s:s + MAX_TRIS]
+            rast, _ = self.dr.rasterize(self.ctx, pos, self.f[sel].contiguous(), (H, W))
+            ids = rast[0, ..., 3].to(torch.int64) - 1
+            z = torch.where(ids >= 0, rast[0, ..., 2], torch.inf)   # NDC depth, monotone in z
+            nearer = z < best
+            tri = torch.where(nearer, sel[ids.clamp_min(0)], tri)
+            best = torch.where(nearer, z, best)
+        return tri
+
+    def hits(self, cam: Camera):
+        """Per sample of `cam` (H, W): triangle id (int64, -1: none), camera z, barycentrics b1, b2
+        of the triangle's vertices 1 and 2 (vertex 0 has 1 - b1 - b2); tiled when large."""
+        return self._tiled(self._hits_cuda if self.device.type == "cuda" else self._hits_cpu, cam)
+
     def samples(self, cam: Camera):
         """Raw per-sample buffers of `cam` at its own resolution, tiled when large."""
-        fn = self._samples_cuda if self.device.type == "cuda" else self._samples_cpu
-        W, H = cam.width, cam.height
-        if W <= MAX_TILE and H <= MAX_TILE:
-            return fn(cam)
-        rows = []
-        for y0 in range(0, H, MAX_TILE):
-            row = []
-            for x0 in range(0, W, MAX_TILE):
-                K = cam.K.copy()
-                K[0, 2] -= x0
-                K[1, 2] -= y0
-                tile = Camera(min(MAX_TILE, W - x0), min(MAX_TILE, H - y0), K, cam.world_to_camera)
-                row.append(fn(tile))
-            rows.append([torch.cat(parts, 1) for parts in zip(*row)])
-        return tuple(torch.cat(parts, 0) for parts in zip(*rows))
+        return self._tiled(self._samples_cuda if self.device.type == "cuda" else self._samples_cpu, cam)
+
+    @staticmethod
+    def _tiled(fn, cam: Camera):
+        cols = -(-cam.width // MAX_TILE)
+        parts = [fn(t) for t in tile_cameras(cam)]
+        rows = [[torch.cat(p, 1) for p in zip(*parts[r:r + cols])] for r in range(0, len(parts), cols)]
+        return tuple(torch.cat(p, 0) for p in zip(*rows))
 
     # --- pixels with ss x ss sub-samples ----------------------------------------------------
     def surface(self, cam: Camera, ss: int = 1) -> Surface:

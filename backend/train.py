@@ -72,6 +72,7 @@ class RayLoader:
         self.pool = ThreadPoolExecutor(1)
         self._cur = self._next = None
         self._cur_key = None
+        self.wait_s = 0.0     # host time spent waiting for shards (loading-bound if near the wall time)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos, "offset": self.offset}
@@ -106,10 +107,12 @@ class RayLoader:
     def _shard(self) -> dict:
         key = (self.epoch, self.pos, self.phase)
         if self._cur_key != key:
+            t0 = time.monotonic()
             if self._next is not None and self._next[0] == key:
                 self._cur = self._next[1].result()
             else:
                 self._cur = self._read(*key)
+            self.wait_s += time.monotonic() - t0
             self._cur_key = key
             nk = (*self._advance_key(self.epoch, self.pos), (self.phase + self._n(self.epoch, self.pos)) % self.batch)
             self._next = (nk, self.pool.submit(self._read, *nk))
@@ -212,7 +215,7 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
         opt.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         loader_state = ckpt["loader"]
-        torch.set_rng_state(ckpt["rng_cpu"])
+        torch.set_rng_state(ckpt["rng_cpu"].cpu())     # map_location moved it to the device
     reducer = None
     if ctx.world > 1:
         distributed.broadcast_module(model)
@@ -230,7 +233,7 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
 
     prog = events.Progress("train", tc.iters, start_step=step)
     last_save = time.monotonic()
-    n_rays, t_mark = 0, time.monotonic()
+    n_rays, t_mark, wait_mark = 0, time.monotonic(), 0.0
     loss_v = psnr_v = float("nan")
     model.train()
     with StopFlag() as flag:
@@ -262,8 +265,9 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
                     loss_v, mse_v = float(loss.detach()), float((err.detach() ** 2).mean())
                 psnr_v = psnr_from_mse(mse_v)
                 rate = n_rays / max(now - t_mark, 1e-9)
-                n_rays, t_mark = 0, now
-                prog.update(step, loss=loss_v, psnr=psnr_v, rays_per_s=rate)
+                wait = (loader.wait_s - wait_mark) / max(now - t_mark, 1e-9)
+                n_rays, t_mark, wait_mark = 0, now, loader.wait_s
+                prog.update(step, loss=loss_v, psnr=psnr_v, rays_per_s=rate, load_wait=wait)
             if now - last_save > tc.checkpoint_every_s:
                 save()
                 last_save = now

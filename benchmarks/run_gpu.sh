@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# GPU tests and benchmarks in one go (on a CUDA machine). Logs and JSON go to ${OUT:-benchmarks/results}.
+# GPU tests and benchmarks in one go (on a CUDA machine; `multigpu` needs NPROC GPUs). Logs and JSON go to ${OUT:-benchmarks/results}.
 # Optional wheels (e.g. diffrp-nvdiffrast for a machine without network) can be put in ./.whl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
@@ -18,6 +18,8 @@ for s in $STEPS; do
     pipeline) python3 benchmarks/bench_pipeline.py --out "$OUT/pipeline.json" ${PIPELINE_ARGS:-} 2>"$OUT/pipeline_events.log" | tee "$OUT/pipeline.log" | tail -20 ;;
     quality)  python3 benchmarks/bench_quality.py --quick --out "$OUT/quality" 2>"$OUT/quality_events.log" | tee "$OUT/quality.log" | tail -20 ;;
     outofcore) python3 benchmarks/bench_outofcore.py --views ${OOC_VIEWS:-40} --out "$OUT/outofcore.json" 2>"$OUT/outofcore_events.log" | tee "$OUT/outofcore.log" | tail -12 ;;
+    multigpu) python3 benchmarks/bench_multigpu.py --nproc ${NPROC:-2} --out "$OUT/multigpu.json" 2>&1 | tee "$OUT/multigpu.log" | tail -14
+              python3 benchmarks/bench_distributed.py --nproc ${NPROC:-2} --out "$OUT/distributed.json" 2>&1 | tee "$OUT/distributed.log" | tail -20 ;;
     demo)     python3 -m backend demo --out /tmp/xscale_demo_gpu 2>&1 | grep -v '"progress"' | tee "$OUT/demo.log" | tail -8 ;;
   esac
 done

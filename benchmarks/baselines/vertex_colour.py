@@ -15,53 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from backend import raster_cpu
 from backend.cameras import Camera
 from backend.colour import linear_to_srgb
-from backend.raster import MAX_TILE, Rasterizer
-
-
-def _tri_bary_cpu(rast: Rasterizer, cam: Camera) -> tuple[torch.Tensor, torch.Tensor]:
-    r = raster_cpu.rasterize(rast.mesh, cam)
-    b1, b2 = r.bary[..., 0], r.bary[..., 1]
-    w = np.stack([1 - b1 - b2, b1, b2], -1).astype(np.float32)
-    return torch.from_numpy(r.tri.astype(np.int64)), torch.from_numpy(w)
-
-
-def _tri_bary_cuda(rast: Rasterizer, cam: Camera) -> tuple[torch.Tensor, torch.Tensor]:
-    """nvdiffrast with the clip transform of backend.raster (pixel centres at +0.5, OpenCV axes)."""
-    W, H = cam.width, cam.height
-    E = torch.as_tensor(cam.world_to_camera, device=rast.device)
-    vc = rast.v @ E[:3, :3].T + E[:3, 3]
-    z = vc[:, 2]
-    zmin, zmax = 1e-4, float(z.max().clamp_min(1e-3)) * 1.01 + 1e-3
-    clip = torch.stack([cam.fx * 2 / W * vc[:, 0] + (2 * cam.cx / W - 1) * z,
-                        cam.fy * 2 / H * vc[:, 1] + (2 * cam.cy / H - 1) * z,
-                        (zmax + zmin) / (zmax - zmin) * z - 2 * zmax * zmin / (zmax - zmin),
-                        z], 1).float()
-    out, _ = rast.dr.rasterize(rast.ctx, clip[None].contiguous(), rast.f, (H, W))
-    out = out[0]
-    u, v = out[..., 0], out[..., 1]                     # weights of vertices 0 and 1
-    return out[..., 3].to(torch.int64) - 1, torch.stack([u, v, 1 - u - v], -1)
+from backend.raster import Rasterizer
 
 
 def tri_bary(rast: Rasterizer, cam: Camera, ss: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Visible triangle and barycentric weights of every sub-sample of `cam` at ss x ss:
     tri (H, W, S) int64 (-1: no hit) and w (H, W, S, 3) float32 (weights of the triangle's
     vertices 0, 1, 2), sub-sample index a + ss*b as in Rasterizer.surface."""
-    c = cam.scaled(ss) if ss > 1 else cam
-    fn = _tri_bary_cuda if rast.device.type == "cuda" else _tri_bary_cpu
-    rows = []
-    for y0 in range(0, c.height, MAX_TILE):            # large images in tiles, as backend.raster
-        row = []
-        for x0 in range(0, c.width, MAX_TILE):
-            K = c.K.copy()
-            K[0, 2] -= x0
-            K[1, 2] -= y0
-            row.append(fn(rast, Camera(min(MAX_TILE, c.width - x0), min(MAX_TILE, c.height - y0),
-                                       K, c.world_to_camera)))
-        rows.append([torch.cat(parts, 1) for parts in zip(*row)])
-    tri, w = (torch.cat(parts, 0) for parts in zip(*rows))
+    tri, _t, b1, b2 = rast.hits(cam.scaled(ss) if ss > 1 else cam)
+    w = torch.stack([1 - b1 - b2, b1, b2], -1)
     H, W = cam.height, cam.width
 
     def group(a: torch.Tensor) -> torch.Tensor:        # (ss*H, ss*W, ...) -> (H, W, ss*ss, ...)
