@@ -15,6 +15,7 @@ from backend.campath import write_camera_path
 from backend.imageio import read_exr, read_image
 from backend.render import render_path
 from backend.train import train
+from conftest import gpu
 from helpers import grid_plane, odd_camera, striped_plane_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,19 +72,25 @@ def test_cache_records_match_photos_and_cameras(scene, run):
         assert np.allclose(d, r0["dir"][k].astype(np.float64), atol=2e-3)
 
 
-def test_resume_is_exact(run, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, pytest.mark.gpu])])
+def test_resume_is_exact(run, tmp_path, device):
     import shutil
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         shutil.copytree(run, d)
-    train(str(a), iters=6, device="cpu", preset="small", overrides=TINY)
-    train(str(b), iters=6, device="cpu", preset="small", overrides=TINY, stop_at=3)
-    train(str(b), iters=6, resume=True, device="cpu")
-    pa = torch.load(a / "checkpoints/latest.pt", weights_only=False)
-    pb = torch.load(b / "checkpoints/latest.pt", weights_only=False)
+    train(str(a), iters=6, device=device, preset="small", overrides=TINY)
+    train(str(b), iters=6, device=device, preset="small", overrides=TINY, stop_at=3)
+    train(str(b), iters=6, resume=True, device=device)
+    pa = torch.load(a / "checkpoints/latest.pt", weights_only=False, map_location="cpu")
+    pb = torch.load(b / "checkpoints/latest.pt", weights_only=False, map_location="cpu")
     assert pa["step"] == pb["step"] == 6
+    assert pa["loader"] == pb["loader"]
     for k in pa["model"]:
-        assert torch.equal(pa["model"][k], pb["model"][k]), k
+        if device == "cpu":
+            assert torch.equal(pa["model"][k], pb["model"][k]), k
+        else:   # CUDA gradients are summed with atomics (order varies): equal but for rare rows
+            off = (pa["model"][k] - pb["model"][k]).abs() > 1e-3
+            assert off.float().mean().item() < 1e-3, k
 
 
 def test_sigterm_saves_and_resume_continues(run, tmp_path):
