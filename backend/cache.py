@@ -77,6 +77,11 @@ def view_rays(rast: Rasterizer, cam: Camera, rgb8: np.ndarray, ss: int, view_id:
 def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: int | None = None,
                 ss: int = 2, test_every: int = 8, device: str = "auto", shard_rays: int = 1 << 22,
                 seed: int = 0) -> dict:
+    with RunFolder(run_dir).exclusive("the ray cache"):
+        return _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed)
+
+
+def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed) -> dict:
     if not 1 <= ss <= 4:
         raise InputError(f"--ss {ss}: supersampling must be 1, 2, 3 or 4.")
     dev = resolve_device(device)

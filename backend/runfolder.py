@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import InputError
 
@@ -21,6 +22,24 @@ class RunFolder:
     eval_json = property(lambda s: s.root / "eval.json")
     eval_dir = property(lambda s: s.root / "eval")
     log = property(lambda s: s.root / "log.jsonl")
+
+    @contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold RUN/.lock while `what` (cache, train) writes the folder, so a second process on the
+        same folder stops with a clear error instead of interleaving files. The OS drops the lock
+        when the process ends, so a crash or kill leaves nothing stale behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = open(self.root / ".lock", "a+")
+        try:
+            _lock(f)
+        except OSError:
+            f.close()
+            raise InputError(f"{self.root}: another process is already writing this run folder; wait for it "
+                             f"to finish (or stop it) before starting {what}, or use another --run folder.") from None
+        try:
+            yield
+        finally:
+            f.close()      # closing releases the lock
 
     def read_config(self) -> dict:
         if not self.config.is_file() or not (self.cache / "meta.json").is_file():
@@ -42,3 +61,14 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def _lock(f) -> None:
+    """Non-blocking exclusive lock on an open file; OSError when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:        # Windows
+        import msvcrt
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 
 import numpy as np
@@ -174,6 +175,11 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
     """Train to `iters` steps (or resume to it). `stop_at` ends the run early at that step exactly as
     a requested stop does (checkpoint, `stopped` event), leaving the schedule of `iters` intact."""
     ctx = distributed.setup(device)     # one process, or this rank's place under torchrun
+    with RunFolder(run_dir).exclusive("training") if ctx.main else nullcontext():
+        return _train(ctx, run_dir, iters, resume, preset, overrides, stop_at)
+
+
+def _train(ctx, run_dir, iters, resume, preset, overrides, stop_at) -> dict:
     dev = ctx.device
     run = RunFolder(run_dir)
     cfg_run = run.read_config()

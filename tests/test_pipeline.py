@@ -154,6 +154,32 @@ def _expect_error(res, *needles):
     assert json.loads(res.stdout.strip().splitlines()[-1])["event"] == "error"
 
 
+def test_second_writer_of_a_run_folder_is_refused(scene, run, tmp_path):
+    """While one process trains or caches into a run folder, another gets a one-line error instead
+    of interleaving files; the lock goes away with its holder."""
+    import shutil
+    from backend.runfolder import RunFolder
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from backend.runfolder import RunFolder\n"
+                               f"with RunFolder({str(r)!r}).exclusive('test'):\n"
+                               "    print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        _expect_error(cli("train", "--run", str(r), "--iters", "2", "--device", "cpu"),
+                      str(r), "another process is already writing")
+        _expect_error(cli("cache", "--scene", str(scene), "--run", str(r), "--device", "cpu"),
+                      "another process is already writing")
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunFolder(r).exclusive("test"):      # released when its holder died
+        pass
+    train(str(r), iters=2, device="cpu", preset="small", overrides=TINY)
+    assert (r / "checkpoints/latest.pt").is_file()
+
+
 def test_error_missing_image(scene, tmp_path):
     import shutil
     s = tmp_path / "s"
