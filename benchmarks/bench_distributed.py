@@ -42,23 +42,30 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _time_reduce(table: torch.nn.Parameter, grad: torch.Tensor, dec: torch.nn.Parameter, mode: str,
-                 steps: int, dev: torch.device) -> tuple[float, str]:
-    red = GradReducer(table, [dec], mode)
+def _time_reduce(table: torch.nn.Parameter, grad: torch.Tensor, others: list[torch.nn.Parameter],
+                 other_grads: list[torch.Tensor], mode: str, steps: int, dev: torch.device) -> tuple[float, str]:
+    """This rank's median seconds for one GradReducer call on the given gradients (after a warm-up
+    call), and the mode the reducer used."""
+    red = GradReducer(table, others, mode)
     times = []
     for _ in range(steps + 1):                  # the first is a warm-up
         table.grad = grad.clone()
-        dec.grad = torch.zeros_like(dec)
+        for p, g in zip(others, other_grads):
+            p.grad = g.clone()
         dist.barrier()
         _sync(dev)
         t0 = time.perf_counter()
         red(torch.zeros(2, device=dev))
         _sync(dev)
         times.append(time.perf_counter() - t0)
-    # the slowest rank sets the pace
-    t = torch.tensor([statistics.median(times[1:])], dtype=torch.float64, device=dev)
+    return statistics.median(times[1:]), red.last
+
+
+def _slowest(values: list[float], dev: torch.device) -> list[float]:
+    """Each value's maximum over the ranks: the slowest rank sets the pace."""
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t), red.last
+    return t.tolist()
 
 
 def _surface_points(n: int, S: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
@@ -89,10 +96,11 @@ def _worker(rank: int, world: int, port: int, args, queue) -> None:
             grad[idx] = torch.randn(len(idx), F, generator=gen)
             grad = grad.to(dev)
             table = torch.nn.Parameter(torch.zeros(n, F, device=dev))
-            dec = torch.nn.Parameter(torch.zeros(40_000, device=dev))     # decoder-sized bucket
-            td, _ = _time_reduce(table, grad, dec, "dense", args.steps, dev)
-            ts, _ = _time_reduce(table, grad, dec, "sparse", args.steps, dev)
-            _, pick = _time_reduce(table, grad, dec, "auto", 1, dev)
+            dec = [torch.nn.Parameter(torch.zeros(40_000, device=dev))]   # decoder-sized bucket
+            dec_grad = [torch.zeros_like(dec[0])]
+            td, ts = _slowest([_time_reduce(table, grad, dec, dec_grad, mode, args.steps, dev)[0]
+                               for mode in ("dense", "sparse")], dev)
+            _, pick = _time_reduce(table, grad, dec, dec_grad, "auto", 1, dev)
             rows_out.append({"case": "synthetic", "log2_rows": k, "density": density, "dense_ms": td * 1e3,
                              "sparse_ms": ts * 1e3, "auto_picks": pick,
                              "best": "dense" if td <= ts else "sparse"})
@@ -127,24 +135,9 @@ def _worker(rank: int, world: int, port: int, args, queue) -> None:
         grad = table.grad.detach().clone()
     touched = float(grad.ne(0).any(1).float().mean())
     dec_grads = [p.grad.detach().clone() for p in others]
-    res = {}
-    for mode in ("dense", "sparse", "auto"):
-        red = GradReducer(table, others, mode)
-        times = []
-        for _ in range(args.steps + 1):
-            table.grad = grad.clone()
-            for p, g in zip(others, dec_grads):
-                p.grad = g.clone()
-            dist.barrier()
-            _sync(dev)
-            t0 = time.perf_counter()
-            red(torch.zeros(2, device=dev))
-            _sync(dev)
-            times.append(time.perf_counter() - t0)
-        res[mode] = (statistics.median(times[1:]), red.last)
-    t = torch.tensor([statistics.median(step_t[1:]), res["dense"][0], res["sparse"][0], res["auto"][0],
-                      touched], dtype=torch.float64, device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    res = {mode: _time_reduce(table, grad, others, dec_grads, mode, args.steps, dev)
+           for mode in ("dense", "sparse", "auto")}
+    t = _slowest([statistics.median(step_t[1:]), res["dense"][0], res["sparse"][0], res["auto"][0], touched], dev)
     rows_out.append({"case": "train_step", "preset_log2_table": tc.log2_table, "table_rows": table.shape[0],
                      "batch_rays": batch, "rays_per_rank": share, "fwd_bwd_ms": float(t[0]) * 1e3,
                      "dense_ms": float(t[1]) * 1e3, "sparse_ms": float(t[2]) * 1e3,
