@@ -13,7 +13,7 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
     from .cache import build_cache, cache_matches
     from .campath import write_camera_path
     from .evaluate import evaluate
-    from .procedural import make_flythrough, make_scene
+    from .procedural import make_flythrough, make_scene, scene_matches
     from .render import render_path
     from .train import train
 
@@ -23,10 +23,10 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
     t0 = time.monotonic()
     size = (640, 480) if gpu else (160, 120)
     scene = out_p / "scene"
-    if not (scene / "views.json").is_file():      # written last: a complete scene
+    n_views = 48 if gpu else 24
+    if not scene_matches(scene, n_views, *size):
         events.log(f"building the procedural scene in {scene}")
-        make_scene(scene, n_views=48 if gpu else 24, width=size[0], height=size[1],
-                   workers=min(16, os.cpu_count() or 1))
+        make_scene(scene, n_views, *size, workers=min(16, os.cpu_count() or 1))
     run = out_p / "run"
     if not cache_matches(str(run), str(scene), 2, 8, None, None):
         build_cache(str(scene), str(run), ss=2, test_every=8, device=device)

@@ -333,12 +333,27 @@ def _write_view(out: Path, spec: SceneSpec, cam: Camera, ss_ref: int) -> None:
     write_mvsnet_cam(out / "cams" / f"{cam.name}_cam.txt", cam)
 
 
+def scene_matches(out_dir: str | Path, n_views: int = 24, width: int = 160, height: int = 120,
+                  ss_ref: int = 4, seed: int = 0, layout: str = "orbit") -> bool:
+    """True when OUT holds a complete scene (views.json is written last) made with these settings."""
+    try:
+        info = json.loads((Path(out_dir) / VIEWS_JSON).read_text())
+        made = (len(info["views"]), info["width"], info["height"], info["ss_ref"], info["seed"], info["layout"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    return made == (n_views, width, height, ss_ref, seed, layout)
+
+
 def make_scene(out_dir: str | Path, n_views: int = 24, width: int = 160, height: int = 120,
-               ss_ref: int = 4, seed: int = 0, layout: str = "orbit", workers: int = 1) -> Path:
+               ss_ref: int = 4, seed: int = 0, layout: str = "orbit", workers: int = 1,
+               reuse: bool = False) -> Path:
     """Write an MVSNet scene: images/NNNNNNNN.png (8-bit sRGB), cams/NNNNNNNN_cam.txt, 1.obj,
     and views.json (generator settings, close-up flags). Returns the scene folder.
-    `workers` > 1 renders the photos in that many processes (large benchmark scenes)."""
+    `workers` > 1 renders the photos in that many processes (large benchmark scenes).
+    `reuse`: keep OUT as it is when it already holds this scene (scene_matches)."""
     out = Path(out_dir)
+    if reuse and scene_matches(out, n_views, width, height, ss_ref, seed, layout):
+        return out
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "cams").mkdir(exist_ok=True)
     spec = make_spec(seed)

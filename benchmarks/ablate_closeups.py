@@ -41,8 +41,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     events.set_stream(open(work / "events.log", "w"))
     scene, base = work / "scene", work / "cache"
-    if not (scene / "views.json").is_file():
-        make_scene(scene, a.views, a.width, a.height, ss_ref=3, layout="multiscale", workers=2)
+    make_scene(scene, a.views, a.width, a.height, ss_ref=3, layout="multiscale", workers=2, reuse=True)
     if not cache_matches(str(base), str(scene), 2, 8, None, None):
         build_cache(str(scene), str(base), ss=2, test_every=8, device=a.device)
     close = {v["name"]: v["closeup"] for v in json.loads((scene / "views.json").read_text())["views"]}

@@ -7,7 +7,6 @@ Prints a table (metric, value, target, ratio) as its last lines."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from backend.cache import build_cache, cache_matches  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
 from backend.evaluate import evaluate  # noqa: E402
 from backend.meshio import Mesh, load_mesh  # noqa: E402
-from backend.procedural import make_flythrough, make_scene  # noqa: E402
+from backend.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
 from backend.raster import Rasterizer, tile_cameras  # noqa: E402
 from backend.render import render_camera, write_frame  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
@@ -78,9 +77,8 @@ def main() -> None:
         print(f"reusing the trained run in {run}", flush=True)
         render_bench(a, scene, run, rows)
         return
-    same = (scene / "views.json").is_file() and (lambda v: (len(v["views"]), v["width"], v["height"]))(
-        json.loads((scene / "views.json").read_text())) == (a.views, a.width, a.height)
-    if not same:                                # an earlier run's scene of the same size is reused
+    same = scene_matches(scene, a.views, a.width, a.height, ss_ref=2)   # an earlier run's scene is reused
+    if not same:
         with Timer() as t:
             make_scene(scene, a.views, a.width, a.height, ss_ref=2, workers=a.workers)
         print(f"scene: {a.views} views {a.width}x{a.height} in {t.s:.1f} s", flush=True)

@@ -116,16 +116,8 @@ def pick_test_every(close: list[bool]) -> int:
 
 def procedural_scene(work: Path, mode: Mode) -> Path:
     """The multi-scale procedural scene, reused when a previous run made the same one."""
-    root = work / "procedural"
-    try:
-        info = json.loads((root / VIEWS_JSON).read_text())
-        if (info["layout"], len(info["views"]), info["width"], info["height"], info["ss_ref"]) == \
-                ("multiscale", mode.views, mode.width, mode.height, mode.ss_ref):
-            return root
-    except (OSError, KeyError, ValueError):
-        pass
-    return make_scene(root, mode.views, mode.width, mode.height, ss_ref=mode.ss_ref, seed=0,
-                      layout="multiscale", workers=os.cpu_count() or 1)
+    return make_scene(work / "procedural", mode.views, mode.width, mode.height, ss_ref=mode.ss_ref, seed=0,
+                      layout="multiscale", workers=os.cpu_count() or 1, reuse=True)
 
 
 def closeup_flags(scene: Path) -> list[bool] | None:

@@ -104,6 +104,20 @@ def test_deterministic_with_seed(tmp_path, scene_dir):
     assert (other / "images/00000000.png").read_bytes() != (scene_dir / "images/00000000.png").read_bytes()
 
 
+def test_reuse_keeps_a_matching_scene_and_rebuilds_another(tmp_path):
+    d = P.make_scene(tmp_path / "s", n_views=2, width=W, height=H, ss_ref=1, seed=3)
+    assert P.scene_matches(d, 2, W, H, ss_ref=1, seed=3)
+    assert not P.scene_matches(d, 3, W, H, ss_ref=1, seed=3) and not P.scene_matches(d, 2, W, H, ss_ref=2, seed=3)
+    img = d / "images/00000000.png"
+    img.write_bytes(b"marker")                        # a reused scene is left as it is
+    P.make_scene(d, n_views=2, width=W, height=H, ss_ref=1, seed=3, reuse=True)
+    assert img.read_bytes() == b"marker"
+    P.make_scene(d, n_views=2, width=W, height=H, ss_ref=1, seed=4, reuse=True)   # other settings
+    assert img.read_bytes() != b"marker" and P.scene_matches(d, 2, W, H, ss_ref=1, seed=4)
+    (d / P.VIEWS_JSON).unlink()                       # half-written: views.json comes last
+    assert not P.scene_matches(d, 2, W, H, ss_ref=1, seed=4)
+
+
 def test_texture_is_finer_than_the_mesh(spec):
     """Per-vertex colour (what a mesh can carry) interpolated over the triangles misses most of
     the texture: the pattern has energy far above the vertex sampling frequency."""
