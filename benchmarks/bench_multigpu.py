@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.campath import write_camera_path  # noqa: E402
 from backend.procedural import make_flythrough, make_scene  # noqa: E402
-from common import Timer, print_table, write_json  # noqa: E402
+from common import Timer, print_table, report, write_json  # noqa: E402
 
 
 def backend(*args: str) -> list[dict]:
@@ -58,10 +58,6 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     rows: list[dict] = []
 
-    def report(row: dict) -> None:
-        rows.append(row)
-        print(f"  {row['metric']}: {row['value']:.4g} {row.get('unit', '')}", flush=True)
-
     scene = make_scene(work / "scene", a.views, a.width, a.height, ss_ref=2, workers=a.workers)
     backend("cache", "--scene", str(scene), "--run", str(work / "run1"), "--ss", "1")
     shutil.copytree(work / "run1", work / f"run{a.nproc}")
@@ -73,9 +69,9 @@ def main() -> None:
         ev = backend("train", "--run", run, "--iters", str(a.iters), "--preset", a.preset, "--nproc", str(n))
         r = [e["rays_per_s"] for e in ev if "rays_per_s" in e]
         rate[n] = float(np.median(r[len(r) // 3:]))
-        report({"metric": f"train rays/s, {n} process(es)", "value": rate[n] / 1e6, "unit": "M rays/s"})
+        report(rows, {"metric": f"train rays/s, {n} process(es)", "value": rate[n] / 1e6, "unit": "M rays/s"})
         wait = [e["load_wait"] for e in ev if "load_wait" in e]
-        report({"metric": f"  time waiting for ray data, {n} process(es)", "value": float(np.median(wait[len(wait) // 3:])),
+        report(rows, {"metric": f"  time waiting for ray data, {n} process(es)", "value": float(np.median(wait[len(wait) // 3:])),
                 "unit": "fraction"})
         if a.train_only:
             continue
@@ -85,21 +81,21 @@ def main() -> None:
             backend("render", "--run", run, "--path", str(path), "--out", str(work / f"frames{n}"),
                     "--ss", "2", "--nproc", str(n))
         secs[n] = t.s
-        report({"metric": f"held-out PSNR, {n} process(es), {a.iters} steps", "value": psnr[n], "unit": "dB"})
-        report({"metric": f"render {a.frames} frames 1920x1080 ss=2, {n} process(es), wall", "value": t.s, "unit": "s"})
+        report(rows, {"metric": f"held-out PSNR, {n} process(es), {a.iters} steps", "value": psnr[n], "unit": "dB"})
+        report(rows, {"metric": f"render {a.frames} frames 1920x1080 ss=2, {n} process(es), wall", "value": t.s, "unit": "s"})
     n = a.nproc
-    report({"metric": f"training speed-up, {n} vs 1", "value": rate[n] / rate[1], "target": 0.9 * n, "unit": "x"})
+    report(rows, {"metric": f"training speed-up, {n} vs 1", "value": rate[n] / rate[1], "target": 0.9 * n, "unit": "x"})
     if a.train_only:
         print_table(rows, f"XScale-NVS data-parallel scaling ({n} processes)")
         return write_json(a.out, rows, args=vars(a))
-    report({"metric": f"held-out PSNR difference, {n} vs 1", "value": psnr[n] - psnr[1], "unit": "dB"})
-    report({"metric": f"render speed-up, {n} vs 1 (incl. start-up)", "value": secs[1] / secs[n], "unit": "x"})
+    report(rows, {"metric": f"held-out PSNR difference, {n} vs 1", "value": psnr[n] - psnr[1], "unit": "dB"})
+    report(rows, {"metric": f"render speed-up, {n} vs 1 (incl. start-up)", "value": secs[1] / secs[n], "unit": "x"})
     # Different trained models: frames can only be compared for the same run, so render run1 again.
     backend("render", "--run", str(work / "run1"), "--path", str(path), "--out", str(work / "frames1_n"),
             "--ss", "2", "--nproc", str(n))
     names = sorted(p.name for p in (work / "frames1").iterdir())
     same = sum(filecmp.cmp(work / "frames1" / f, work / "frames1_n" / f, shallow=False) for f in names)
-    report({"metric": f"frames byte-identical, {n} processes vs 1", "value": same / max(1, len(names)),
+    report(rows, {"metric": f"frames byte-identical, {n} processes vs 1", "value": same / max(1, len(names)),
             "target": 1.0, "unit": "fraction"})
     print_table(rows, f"XScale-NVS data-parallel scaling ({n} processes)")
     write_json(a.out, rows, args=vars(a))

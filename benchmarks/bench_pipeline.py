@@ -25,7 +25,7 @@ from backend.raster import Rasterizer, tile_cameras  # noqa: E402
 from backend.render import render_camera, write_frame  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import train  # noqa: E402
-from common import Timer, print_table, write_json  # noqa: E402
+from common import Timer, print_table, report, write_json  # noqa: E402
 
 
 def subdivide(mesh: Mesh, times: int) -> Mesh:
@@ -42,11 +42,6 @@ def subdivide(mesh: Mesh, times: int) -> Mesh:
         f = np.concatenate([np.stack([a, m01, m20], 1), np.stack([m01, b, m12], 1),
                             np.stack([m20, m12, c], 1), np.stack([m01, m12, m20], 1)])
     return Mesh(v.astype(np.float32), f.astype(np.int32))
-
-
-def report(rows: list[dict], row: dict) -> None:
-    rows.append(row)
-    print(f"  {row['metric']}: {row['value']:.4g} {row.get('unit', '')}", flush=True)
 
 
 def main() -> None:

@@ -33,6 +33,12 @@ class Timer:
         self.s = time.perf_counter() - self.t0
 
 
+def report(rows: list[dict], row: dict) -> None:
+    """Add a table row and print it at once (long benchmarks show results as they come)."""
+    rows.append(row)
+    print(f"  {row['metric']}: {row['value']:.4g} {row.get('unit', '')}", flush=True)
+
+
 def print_table(rows: list[dict], title: str) -> None:
     """rows: metric, value, target (or None), unit, higher_is_better. Ratio = value / target
     (target / value when lower is better): >= 1 meets the target."""
