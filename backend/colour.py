@@ -1,5 +1,5 @@
-"""Colour convention (one place): images are 8-bit sRGB read as value/255;
-the model works in linear RGB; PNG output is sRGB, EXR output is linear.
+"""Colour convention (one place): images are 8-bit sRGB read as value/255 and written as
+round(value*255); the model works in linear RGB; PNG output is sRGB, EXR output is linear.
 Functions accept numpy arrays or torch tensors."""
 from __future__ import annotations
 
@@ -26,3 +26,12 @@ def srgb_to_linear(x):
     lo = x / 12.92
     hi = ((lib.clip(x, 0.04045, None) if lib.__name__ == "numpy" else x.clamp_min(0.04045)) + 0.055) / 1.055
     return lib.where(x <= 0.04045, lo, hi ** 2.4)
+
+
+def to_u8(x):
+    """[0, 1] -> uint8 round(x * 255), NaN -> 0 (round half to even, numpy and torch alike)."""
+    lib = _lib(x)
+    if lib.__name__ == "numpy":
+        x = lib.nan_to_num(lib.asarray(x, dtype=lib.float32), nan=0.0)
+        return lib.round(lib.clip(x, 0.0, 1.0) * 255.0).astype(lib.uint8)
+    return (x.float().nan_to_num(0.0).clamp(0.0, 1.0) * 255.0).round().to(lib.uint8)

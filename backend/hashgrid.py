@@ -228,6 +228,16 @@ class HashGrid(nn.Module):
             return encode_triton(x, self.table, self.cfg, coherent=self.coherent)
         return encode_reference(x, self.table, self.cfg)
 
+    def mean(self, x_world: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x_world (N, S, 3), w (N, S) -> (N, D): per row, the w-weighted sum of the S points'
+        features (sub-samples of a pixel). Fused on CUDA when no gradient is needed."""
+        N, S, _ = x_world.shape
+        if S & (S - 1) == 0 and not torch.is_grad_enabled() and self.backend != "tcnn" and self._use_triton(x_world):
+            from .hashgrid_triton import forward_mean
+            return forward_mean(self.normalise(x_world.float()), w, self.table, self.cfg)
+        f = self(x_world.reshape(N * S, 3)).reshape(N, S, -1)
+        return (f * w[..., None].to(f.dtype)).sum(1)
+
     def _use_triton(self, x: torch.Tensor) -> bool:
         if self.backend == "torch" or not x.is_cuda:
             return False

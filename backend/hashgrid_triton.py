@@ -78,8 +78,9 @@ def _corner(c: tl.constexpr, ix, iy, iz, fx, fy, fz, res, size, offset, hashed):
 
 
 @triton.jit
-def _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr):
+def _level_features(lvl, x, y, z, rows, mask, table_ptr, scale_ptr, meta_ptr,
+                    F: tl.constexpr, SMOOTH: tl.constexpr):
+    """(BLOCK, F) float32 features of one level."""
     scale = tl.load(scale_ptr + lvl)
     res = tl.load(meta_ptr + lvl * 4 + 0).to(tl.int32)
     size = tl.load(meta_ptr + lvl * 4 + 1).to(tl.int32)
@@ -92,8 +93,37 @@ def _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr
         row, w = _corner(c, ix, iy, iz, fx, fy, fz, res, size, offset, hashed)
         v = tl.load(table_ptr + row[:, None] * F + feat[None, :], mask=mask[:, None], other=0.0)
         acc += v.to(tl.float32) * w[:, None]
+    return acc
+
+
+@triton.jit
+def _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
+               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr):
+    acc = _level_features(lvl, x, y, z, rows, mask, table_ptr, scale_ptr, meta_ptr, F, SMOOTH)
+    feat = tl.arange(0, F)
     out = out_ptr + rows.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :]
     tl.store(out, acc, mask=mask[:, None])
+
+
+@triton.jit
+def _fwd_mean_kernel(x_ptr, w_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, NPIX,
+                     S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+                     SMOOTH: tl.constexpr):
+    """Per pixel, the weighted sum of its S sub-samples' features (points p*S .. p*S+S-1):
+    the features of all sub-samples never leave the chip (S x fewer bytes written)."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = rows < NPIX * S
+    x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
+    y = tl.load(x_ptr + rows * 3 + 1, mask=mask, other=0.0)
+    z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
+    wt = tl.load(w_ptr + rows, mask=mask, other=0.0)
+    pix = tl.program_id(0) * (BLOCK // S) + tl.arange(0, BLOCK // S)
+    feat = tl.arange(0, F)
+    for lvl in range(L):
+        acc = _level_features(lvl, x, y, z, rows, mask, table_ptr, scale_ptr, meta_ptr, F, SMOOTH)
+        red = tl.sum(tl.reshape(acc * wt[:, None], (BLOCK // S, S, F)), axis=1)
+        out = out_ptr + pix.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :]
+        tl.store(out, red, mask=(pix < NPIX)[:, None])
 
 
 @triton.jit
@@ -202,6 +232,24 @@ def forward(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
         x, table, out, scale, meta, n, F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block,
         SMOOTH=cfg.smoothstep, PER_LEVEL=launch.per_level, num_warps=launch.num_warps,
         enable_fp_fusion=False)
+    return out
+
+
+def forward_mean(x: torch.Tensor, w: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+                 launch: Launch = COHERENT_LAUNCH) -> torch.Tensor:
+    """x (N, S, 3) normalised points, w (N, S) weights -> (N, L*F) sum over S of w * encode(x);
+    S a power of two (sub-samples of ss = 1, 2, 4); no autograd."""
+    n, S, _ = x.shape
+    assert S & (S - 1) == 0 and launch.block % S == 0
+    _check(x.reshape(-1, 3), table, cfg)
+    out = torch.empty(n, cfg.out_dim, dtype=torch.float32, device=x.device)
+    if n == 0:
+        return out
+    scale, meta = level_tensors(cfg, x.device)
+    _fwd_mean_kernel[(triton.cdiv(n * S, launch.block),)](
+        x.contiguous(), w.float().contiguous(), table.contiguous(), out, scale, meta, n, S=S,
+        F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
+        num_warps=launch.num_warps, enable_fp_fusion=False)
     return out
 
 

@@ -1,9 +1,10 @@
 """Mesh rasterization for the pipeline: surface samples of a camera as torch tensors.
 
-CUDA: nvdiffrast (RasterizeCudaContext). CPU: the exact software rasterizer (raster_cpu).
+CUDA: nvdiffrast (RasterizeCudaContext) finds the visible triangle per sample, in tiles (a tile
+is the same camera with a shifted principal point), and the kernels of raster_triton cull what
+each tile cannot see and compute the exact surface. CPU: the exact software rasterizer (raster_cpu).
 Both sample rays at continuous pixel coordinates k + 0.5 of `camera.scaled(ss)`; sub-samples are
-regrouped per output pixel as (H, W, ss*ss) with sub-sample index a + ss*b (Camera.sample_coords).
-Large images are rasterized in tiles (a tile is the same camera with a shifted principal point).
+grouped per output pixel as (H, W, ss*ss) with sub-sample index a + ss*b (Camera.sample_coords).
 """
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from .cameras import Camera
 from .errors import DeviceError
 from .meshio import Mesh
 from . import raster_cpu
+
+try:       # the CUDA path's kernels; absent where torch ships without Triton (CPU-only installs)
+    from . import raster_triton
+except ImportError:
+    raster_triton = None
 
 # nvdiffrast 0.3.3 splits a call taller than 2048 px into sub-viewports and offsets the second
 # row by an uninitialised stride (fixed upstream in 0.3.5): 3840 x 2160 calls crashed the process
@@ -30,27 +37,26 @@ MAX_TILE = 2048
 MAX_TRIS = 1 << 23
 
 
-def tile_cameras(cam: Camera) -> list[Camera]:
-    """`cam` split into row-major tiles of at most MAX_TILE x MAX_TILE (the same camera with a
-    shifted principal point); one tile when it fits."""
-    if cam.width <= MAX_TILE and cam.height <= MAX_TILE:
-        return [cam]
-    tiles = []
-    for y0 in range(0, cam.height, MAX_TILE):
-        for x0 in range(0, cam.width, MAX_TILE):
+def tiles(cam: Camera) -> list[tuple[int, int, Camera]]:
+    """`cam` split into a grid of near-equal tiles of at most MAX_TILE x MAX_TILE: (x0, y0, tile
+    camera), the tile being the same camera with a shifted principal point; one tile when it fits."""
+    nx, ny = -(-cam.width // MAX_TILE), -(-cam.height // MAX_TILE)
+    tw, th = -(-cam.width // nx), -(-cam.height // ny)
+    out = []
+    for y0 in range(0, cam.height, th):
+        for x0 in range(0, cam.width, tw):
             K = cam.K.copy()
             K[0, 2] -= x0
             K[1, 2] -= y0
-            tiles.append(Camera(min(MAX_TILE, cam.width - x0), min(MAX_TILE, cam.height - y0), K,
-                                cam.world_to_camera))
-    return tiles
+            out.append((x0, y0, Camera(min(tw, cam.width - x0), min(th, cam.height - y0), K, cam.world_to_camera)))
+    return out
 
 
 @dataclass
 class Surface:
     mask: torch.Tensor     # (H, W, S) bool, sub-sample hits the mesh
     xyz: torch.Tensor      # (H, W, S, 3) float32 world-space surface points (0 where no hit)
-    normal: torch.Tensor   # (H, W, 3) float32 unit normal averaged over the hit sub-samples
+    normal: torch.Tensor | None   # (H, W, 3) float32 unit normal averaged over the hit sub-samples
     depth: torch.Tensor    # (H, W) float32 mean camera z over hit sub-samples (inf: no hit)
 
 
@@ -100,15 +106,29 @@ class Rasterizer:
     def __init__(self, mesh: Mesh, device: torch.device):
         self.mesh, self.device = mesh, device
         self.normals_np = mesh.vertex_normals()
+        lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
+        self.corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])],
+                                dtype=np.float64)
         if device.type == "cuda":
+            if raster_triton is None:
+                raise DeviceError("rendering on CUDA needs Triton, which this torch build lacks: "
+                                  "pip install triton (or a torch build from pytorch.org that ships it).")
             self.dr = load_nvdiffrast()
             self.ctx = self.dr.RasterizeCudaContext(device=device)
-            self.v = torch.as_tensor(mesh.vertices, dtype=torch.float64, device=device)
-            self.f = torch.as_tensor(mesh.faces, dtype=torch.int32, device=device)
-            self.f_long = self.f.long()
-            self.vn = torch.as_tensor(self.normals_np, device=device)
+            self.to(device)
 
-    # --- one camera at sample resolution -------------------------------------------------
+    def to(self, device: torch.device) -> "Rasterizer":
+        """Mesh buffers of the CUDA path on `device` (tests drive that path on CPU tensors)."""
+        self.v = torch.as_tensor(self.mesh.vertices, dtype=torch.float64, device=device).contiguous()
+        self.f = torch.as_tensor(self.mesh.faces, dtype=torch.int32, device=device).contiguous()
+        self.vn = torch.as_tensor(self.normals_np, dtype=torch.float32, device=device).contiguous()
+        return self
+
+    @property
+    def _gpu(self) -> bool:
+        return hasattr(self, "dr")
+
+    # --- CPU: exact software rasterizer --------------------------------------------------
     def _samples_cpu(self, cam: Camera):
         r = raster_cpu.rasterize(self.mesh, cam)
         xyz = raster_cpu.interpolate(r, self.mesh.faces, self.mesh.vertices)
@@ -121,143 +141,79 @@ class Rasterizer:
         return (torch.from_numpy(r.tri.astype(np.int64)), torch.from_numpy(r.depth.astype(np.float64)),
                 torch.from_numpy(r.bary[..., 0]), torch.from_numpy(r.bary[..., 1]))
 
-    def _hits_cuda(self, cam: Camera):
-        """nvdiffrast finds the visible triangle per sample; the surface point is then recomputed
-        by an exact float64 ray/triangle intersection (nvdiffrast snaps vertices to 1/16 pixel and
-        returns float32 barycentrics, up to ~0.2 px off at grazing angles). Samples it leaves
-        uncovered inside a surface (pinholes along shared edges of large, clipped triangles) are
-        filled by intersecting their neighbours' triangles."""
-        W, H = cam.width, cam.height
-        vc, clip = self._clip(cam)
-        tri = self._triangle_ids(clip, H, W)
-        f = self.f_long
+    # --- CUDA: nvdiffrast finds the visible triangle, raster_triton.resolve the exact surface --
+    def _depth_range(self, cam: Camera) -> tuple[float, float]:
+        """Near and far plane from the mesh's bounding box (no GPU round trip). The near plane is
+        close to the camera (surfaces may come arbitrarily close in a flythrough); depth-buffer
+        ties this causes are settled by the exact intersection."""
+        E = cam.world_to_camera
+        zmax = max(float((self.corners @ E[2, :3] + E[2, 3]).max()), 1e-3) * 1.01 + 1e-3
+        return zmax * 1e-5, zmax
 
-        def hit(pix: torch.Tensor, t_ids: torch.Tensor):
-            """Exact intersection of the rays of flat sample indices `pix` with triangles `t_ids`."""
-            dx = ((pix % W).double() + 0.5 - cam.cx) / cam.fx
-            dy = ((pix // W).double() + 0.5 - cam.cy) / cam.fy
-            fa = f[t_ids]
-            p0 = vc[fa[:, 0]]
-            e1, e2 = vc[fa[:, 1]] - p0, vc[fa[:, 2]] - p0
-            r = torch.stack([dx, dy, torch.ones_like(dx)], -1)
-            p = torch.cross(r, e2, dim=-1)
-            det = (e1 * p).sum(-1)
-            inv = 1.0 / torch.where(det.abs() > 1e-30, det, torch.full_like(det, 1e-30))
-            q = torch.cross(-p0, e1, dim=-1)
-            return (e2 * q).sum(-1) * inv, (-p0 * p).sum(-1) * inv, (r * q).sum(-1) * inv
+    def _triangle_ids(self, cam: Camera) -> torch.Tensor:
+        """(H, W) int32 id of the nearest triangle per sample as nvdiffrast sees it, -1 where none.
+        nvdiffrast's output row 0 is clip y = -1, which is our image row 0: no flip needed."""
+        zmin, zmax = self._depth_range(cam)
+        ids = torch.empty(cam.height, cam.width, dtype=torch.int32, device=self.v.device)
+        for x0, y0, t in tiles(cam):
+            with record_function("raster.cull"):
+                # Triangles wholly outside one clip plane are not handed over: a tile or a
+                # close-up sees a small part of a large mesh, and nvdiffrast sets up every
+                # triangle it is given.
+                pos, code = raster_triton.clip_codes(self.v, t, zmin, zmax)
+                keep = raster_triton.keep_faces(self.f, code)
+            with record_function("raster.nvdiffrast"):
+                ids[y0:y0 + t.height, x0:x0 + t.width] = self._nearest(pos, keep, t.height, t.width)
+        return ids
 
-        tri = tri.reshape(-1)
-        t = torch.full(tri.shape, torch.inf, dtype=torch.float64, device=self.device)
-        b1, b2 = torch.zeros_like(t), torch.zeros_like(t)
-        cov = torch.nonzero(tri >= 0).squeeze(1)
-        t[cov], b1[cov], b2[cov] = hit(cov, tri[cov])
-        eps = 1e-7
-        # A sample whose exact ray misses nvdiffrast's (snapped) triangle is not covered by it;
-        # the neighbour pass below may still find the triangle it does hit.
-        miss = ~((b1 >= -eps) & (b2 >= -eps) & (b1 + b2 <= 1 + eps) & (t > 0))
-        tri[miss] = -1
-        t[miss] = torch.inf
-        # Pinhole fill: an uncovered sample takes the nearest neighbouring triangle its ray hits.
-        grid = tri.reshape(H, W)
-        empty = torch.nonzero(grid.reshape(-1) < 0).squeeze(1)
-        ey, ex = empty // W, empty % W
-        for dj in (-1, 0, 1):
-            for di in (-1, 0, 1):
-                if di == 0 and dj == 0:
-                    continue
-                ny, nx = ey + dj, ex + di
-                inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
-                nb = torch.full_like(empty, -1)
-                nb[inside] = grid[ny[inside], nx[inside]]
-                sel = nb >= 0
-                if not bool(sel.any()):
-                    continue
-                pix, cand = empty[sel], nb[sel]
-                tn, c1, c2 = hit(pix, cand)
-                ok = (c1 >= -eps) & (c2 >= -eps) & (c1 + c2 <= 1 + eps) & (tn > 0) & (tn < t[pix])
-                pix, cand = pix[ok], cand[ok]
-                tri[pix], t[pix], b1[pix], b2[pix] = cand, tn[ok], c1[ok], c2[ok]
-        return tuple(a.reshape(H, W) for a in (tri, t, b1, b2))
-
-    def _samples_cuda(self, cam: Camera):
-        tri, t, b1, b2 = self._hits_cuda(cam)
-        mask = tri >= 0
-        fa = self.f_long[tri.clamp_min(0)]
-        w1, w2 = b1[..., None], b2[..., None]
-        pts = (1 - w1 - w2) * self.v[fa[..., 0]] + w1 * self.v[fa[..., 1]] + w2 * self.v[fa[..., 2]]
-        nrm = ((1 - w1 - w2) * self.vn[fa[..., 0]] + w1 * self.vn[fa[..., 1]] + w2 * self.vn[fa[..., 2]]).float()
-        pts = torch.where(mask[..., None], pts, 0).float()
-        return mask, pts, torch.where(mask[..., None], nrm, 0), torch.where(mask, t.float(), torch.inf)
-
-    def _clip(self, cam: Camera) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vertices in camera space (float64) and in nvdiffrast's clip space (float32)."""
-        W, H = cam.width, cam.height
-        E = torch.as_tensor(cam.world_to_camera, device=self.device)
-        vc = self.v @ E[:3, :3].T + E[:3, 3]
-        z = vc[:, 2]
-        zmax = float(z.max().clamp_min(1e-3)) * 1.01 + 1e-3
-        # A near plane close to the camera (surfaces may come arbitrarily close in a flythrough);
-        # depth-buffer ties this causes are settled by the exact intersection.
-        zmin = zmax * 1e-5
-        clip = torch.stack([cam.fx * 2 / W * vc[:, 0] + (2 * cam.cx / W - 1) * z,
-                            cam.fy * 2 / H * vc[:, 1] + (2 * cam.cy / H - 1) * z,
-                            (zmax + zmin) / (zmax - zmin) * z - 2 * zmax * zmin / (zmax - zmin),
-                            z], 1).float()
-        return vc, clip
-
-    def _triangle_ids(self, clip: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """(H, W) int64 id of the nearest triangle per sample, -1 where none. nvdiffrast's output
-        row 0 is clip y = -1, which is our image row 0: no flip needed."""
-        # Cull triangles wholly outside one clip plane (all three vertices share an outcode bit):
-        # a tile or a close-up sees a small part of a large mesh, and nvdiffrast sets up every
-        # triangle it is given.
-        x, y, z, w = clip.unbind(-1)
-        code = ((x > w).to(torch.uint8) | (x < -w).to(torch.uint8) << 1 | (y > w).to(torch.uint8) << 2
-                | (y < -w).to(torch.uint8) << 3 | (z < -w).to(torch.uint8) << 4 | (z > w).to(torch.uint8) << 5)
-        c = code[self.f_long]
-        keep = torch.nonzero((c[:, 0] & c[:, 1] & c[:, 2]) == 0).squeeze(1)
-        tri = torch.full((H, W), -1, dtype=torch.int64, device=clip.device)
-        best = torch.full((H, W), torch.inf, device=clip.device)
-        pos = clip[None].contiguous()
+    def _nearest(self, pos: torch.Tensor, keep: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """nvdiffrast over the triangles `keep`, MAX_TRIS per call, composited by NDC depth."""
+        tri = best = None
+        pos = pos[None]
+        if len(keep) == 0:              # nothing in view (nvdiffrast refuses an empty call)
+            return torch.full((H, W), -1, dtype=torch.int32, device=pos.device)
         for s in range(0, len(keep), MAX_TRIS):
             sel = keep[s:s + MAX_TRIS]
             rast, _ = self.dr.rasterize(self.ctx, pos, self.f[sel].contiguous(), (H, W))
             ids = rast[0, ..., 3].to(torch.int64) - 1
-            z = torch.where(ids >= 0, rast[0, ..., 2], torch.inf)   # NDC depth, monotone in z
-            nearer = z < best
-            tri = torch.where(nearer, sel[ids.clamp_min(0)], tri)
-            best = torch.where(nearer, z, best)
+            hit = ids >= 0
+            found = torch.where(hit, sel[ids.clamp_min(0)], -1).to(torch.int32)
+            z = torch.where(hit, rast[0, ..., 2], torch.inf)          # NDC depth, monotone in z
+            if tri is None:
+                tri, best = found, z
+            else:
+                nearer = z < best
+                tri, best = torch.where(nearer, found, tri), torch.where(nearer, z, best)
         return tri
 
+    def _resolve(self, cam: Camera, **kw):
+        ids = self._triangle_ids(cam)
+        with record_function("raster.resolve"):
+            return raster_triton.resolve(ids, self.v, self.f, self.vn, cam, **kw)
+
+    # --- public ---------------------------------------------------------------------------
     def hits(self, cam: Camera):
         """Per sample of `cam` (H, W): triangle id (int64, -1: none), camera z, barycentrics b1, b2
-        of the triangle's vertices 1 and 2 (vertex 0 has 1 - b1 - b2); tiled when large."""
-        return self._tiled(self._hits_cuda if self.device.type == "cuda" else self._hits_cpu, cam)
+        of the triangle's vertices 1 and 2 (vertex 0 has 1 - b1 - b2)."""
+        return self._resolve(cam, hits=True) if self._gpu else self._hits_cpu(cam)
 
-    def samples(self, cam: Camera):
-        """Raw per-sample buffers of `cam` at its own resolution, tiled when large."""
-        return self._tiled(self._samples_cuda if self.device.type == "cuda" else self._samples_cpu, cam)
-
-    @staticmethod
-    def _tiled(fn, cam: Camera):
-        cols = -(-cam.width // MAX_TILE)
-        parts = [fn(t) for t in tile_cameras(cam)]
-        rows = [[torch.cat(p, 1) for p in zip(*parts[r:r + cols])] for r in range(0, len(parts), cols)]
-        return tuple(torch.cat(p, 0) for p in zip(*rows))
-
-    # --- pixels with ss x ss sub-samples ----------------------------------------------------
-    def surface(self, cam: Camera, ss: int = 1) -> Surface:
-        mask, xyz, nrm, depth = self.samples(cam.scaled(ss) if ss > 1 else cam)
+    def surface(self, cam: Camera, ss: int = 1, normals: bool = True) -> Surface:
+        """Pixels of `cam` with ss x ss sub-samples each (`normals`=False: Surface.normal is None)."""
+        big = cam.scaled(ss) if ss > 1 else cam
         H, W = cam.height, cam.width
-
-        def group(a):   # (ss*H, ss*W, ...) -> (H, W, ss*ss, ...)
-            r = a.reshape(H, ss, W, ss, *a.shape[2:]).transpose(1, 2)
-            return r.reshape(H, W, ss * ss, *a.shape[2:])
-
-        mask, xyz, nrm, depth = group(mask), group(xyz), group(nrm), group(depth)
+        if self._gpu:
+            mask, xyz, nrm, depth = self._resolve(big, ss=ss, normals=normals)
+        else:
+            def group(a):   # (ss*H, ss*W, ...) -> (H, W, ss*ss, ...)
+                r = a.reshape(H, ss, W, ss, *a.shape[2:]).transpose(1, 2)
+                return r.reshape(H, W, ss * ss, *a.shape[2:])
+            mask, xyz, nrm, depth = (group(a) for a in self._samples_cpu(big))
         n_hit = mask.sum(-1)
-        nrm = (nrm * mask[..., None]).sum(2)
-        nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        if normals:
+            nrm = (nrm * mask[..., None]).sum(2)
+            nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        else:
+            nrm = None
         dep = torch.where(mask, depth, 0).sum(-1) / n_hit.clamp_min(1)
         dep = torch.where(n_hit > 0, dep, torch.inf)
         return Surface(mask, xyz, nrm, dep)

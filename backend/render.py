@@ -1,21 +1,26 @@
 """Rendering: rasterize the mesh for a camera, query the manifold at covered pixels, decode.
 Pixels the mesh does not cover are transparent (alpha 0); alpha is the covered fraction of the
-ss x ss sub-samples. Image files are written in a background thread, overlapped with GPU work."""
+ss x ss sub-samples. Frames are packed for their file format on the GPU, copied to host memory on
+a side stream and written in background threads, all overlapped with the next frames' GPU work."""
 from __future__ import annotations
 
+import os
+import queue
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from . import distributed, events
 from .cameras import Camera
 from .campath import frame_filename, read_camera_path
 from .checkpoint import load_model
-from .colour import linear_to_srgb
+from .colour import linear_to_srgb, to_u8
 from .errors import InputError
 from .meshio import load_mesh
 from .model import Manifold
@@ -31,30 +36,116 @@ class Frame:
 
 
 @torch.no_grad()
-def render_camera(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, exposure="mean",
-                  chunk: int = 1 << 20) -> Frame:
+def render_tensors(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, exposure="mean",
+                   chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One frame on the model's device: linear RGB (H, W, 3), alpha (H, W), depth (H, W)."""
     dev = next(model.parameters()).device
-    s = rast.surface(cam, ss)
+    with record_function("render.surface"):
+        s = rast.surface(cam, ss, normals=False)
     covered = s.mask.any(-1)
     jj, ii = torch.nonzero(covered, as_tuple=True)
     rgb = torch.zeros(cam.height, cam.width, 3, device=dev)
     if len(jj):
         dirs = pixel_directions(cam, ii, jj).to(dev)
         xyz, m = s.xyz[covered].to(dev), s.mask[covered].to(dev)
-        out = torch.cat([model(xyz[k:k + chunk], m[k:k + chunk], dirs[k:k + chunk],
-                               exposure=exposure, linear=True) for k in range(0, len(jj), chunk)])
+        with record_function("render.model"):
+            out = torch.cat([model(xyz[k:k + chunk], m[k:k + chunk], dirs[k:k + chunk],
+                                   exposure=exposure, linear=True) for k in range(0, len(jj), chunk)])
         rgb[jj.to(dev), ii.to(dev)] = out
-    alpha = s.mask.float().mean(-1)
-    return Frame(rgb.cpu().numpy(), alpha.cpu().numpy(), s.depth.cpu().numpy())
+    return rgb, s.mask.float().mean(-1).to(dev), s.depth.to(dev)
 
 
-def write_frame(path: Path, frame: Frame, fmt: str) -> None:
+def render_camera(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, exposure="mean",
+                  chunk: int = 1 << 20) -> Frame:
+    rgb, alpha, depth = render_tensors(model, rast, cam, ss, exposure, chunk)
+    return Frame(rgb.cpu().numpy(), alpha.cpu().numpy(), depth.cpu().numpy())
+
+
+def frame_buffers(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
+    """What a file of `fmt` stores, computed where the frame is: PNG 8-bit sRGB RGBA (a quarter
+    of the bytes to copy, no per-pixel work left for the writer), EXR linear RGB, alpha, depth."""
+    if fmt == "png":
+        return {"rgba": torch.cat([to_u8(linear_to_srgb(rgb)), to_u8(alpha)[..., None]], -1)}
+    return {"R": rgb[..., 0], "G": rgb[..., 1], "B": rgb[..., 2], "A": alpha, "Z": depth}
+
+
+def write_buffers(path: Path, bufs: dict[str, np.ndarray], fmt: str) -> None:
     from .imageio import write_exr, write_png
     if fmt == "png":
-        write_png(path, linear_to_srgb(frame.rgb_linear), frame.alpha)
+        write_png(path, bufs["rgba"])
     else:
-        write_exr(path, {"R": frame.rgb_linear[..., 0], "G": frame.rgb_linear[..., 1],
-                         "B": frame.rgb_linear[..., 2], "A": frame.alpha, "Z": frame.depth})
+        write_exr(path, bufs)
+
+
+class HostCopy:
+    """Tensors on their way to pinned host memory (`host`, or newly allocated) on a side CUDA
+    stream, so the copy overlaps the next frame's GPU work; `result()` waits for them. On the
+    CPU: the tensors themselves."""
+    _streams: dict = {}
+
+    def __init__(self, bufs: dict[str, torch.Tensor], host: dict[str, torch.Tensor] | None = None):
+        self.done = None
+        dev = next(iter(bufs.values())).device
+        if dev.type != "cuda":
+            self.host = bufs
+            return
+        self.host = host or {k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for k, t in bufs.items()}
+        stream = HostCopy._streams.setdefault(dev, torch.cuda.Stream(dev))
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):
+            for k, t in bufs.items():
+                self.host[k].copy_(t, non_blocking=True)
+                t.record_stream(stream)      # not reused by the allocator before the copy is done
+            self.done = torch.cuda.Event()
+            self.done.record(stream)
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.done is not None:
+            self.done.synchronize()
+        return {k: v.numpy() for k, v in self.host.items()}
+
+
+class FrameWriter:
+    """Writes frames in background threads while the GPU renders the next ones; at most
+    `max_pending` frames wait in host memory (a slow disk holds rendering back, not memory).
+    Pinned host buffers are reused from frame to frame (allocating them is slow)."""
+
+    def __init__(self, fmt: str, threads: int = min(8, os.cpu_count() or 1), max_pending: int = 8):
+        self.fmt, self.max_pending = fmt, max_pending
+        self.pool = ThreadPoolExecutor(threads)
+        self.pending: deque = deque()
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _host_for(self, bufs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        try:
+            host = self.free.get_nowait()
+        except queue.Empty:
+            return None
+        same = host.keys() == bufs.keys() and all(host[k].shape == t.shape and host[k].dtype == t.dtype
+                                                  for k, t in bufs.items())
+        return host if same else None
+
+    def submit(self, path: Path, rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor) -> None:
+        while len(self.pending) >= self.max_pending:
+            self.pending.popleft().result()
+        bufs = frame_buffers(rgb, alpha, depth, self.fmt)
+        copy = HostCopy(bufs, self._host_for(bufs))
+
+        def write():
+            try:
+                write_buffers(path, copy.result(), self.fmt)
+            finally:
+                if copy.done is not None:
+                    self.free.put(copy.host)
+        self.pending.append(self.pool.submit(write))
+
+    def close(self) -> None:
+        """Wait for every frame (re-raises a writer's error)."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown()
 
 
 def parse_exposure(value: str, n_views: int, view_names: list[str]):
@@ -89,16 +180,14 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = "png", ex
     out.mkdir(parents=True, exist_ok=True)
     todo = list(zip(numbers, cams))[ctx.rank::ctx.world]    # under torchrun: every W-th frame
     prog = events.Progress("render", len(todo))
-    writer = ThreadPoolExecutor(2)
-    pending = []
+    writer = FrameWriter(fmt)
     t0 = time.monotonic()
-    for k, (n, cam) in enumerate(todo):
-        frame = render_camera(model, rast, cam, ss, expo)
-        pending.append(writer.submit(write_frame, out / frame_filename(n, fmt), frame, fmt))
-        prog.update(k + 1, frame=n)
-    for p in pending:
-        p.result()
-    writer.shutdown()
+    try:
+        for k, (n, cam) in enumerate(todo):
+            writer.submit(out / frame_filename(n, fmt), *render_tensors(model, rast, cam, ss, expo))
+            prog.update(k + 1, frame=n)
+    finally:
+        writer.close()
     distributed.barrier()     # every rank's frames are on disk before rank 0 reports them all
     dt = time.monotonic() - t0
     events.emit("done", stage="render", frames=len(cams), out_dir=str(out), seconds=dt,

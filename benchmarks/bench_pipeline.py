@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +18,13 @@ from backend import events  # noqa: E402
 from backend.cache import build_cache, cache_matches  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
 from backend.evaluate import evaluate  # noqa: E402
-from backend.meshio import Mesh, load_mesh  # noqa: E402
+from backend.meshio import load_mesh  # noqa: E402
 from backend.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
-from backend.raster import Rasterizer, tile_cameras  # noqa: E402
-from backend.render import render_camera, write_frame  # noqa: E402
+from backend.raster import Rasterizer  # noqa: E402
+from backend.render import FrameWriter, render_tensors  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import train  # noqa: E402
-from common import Timer, print_table, report, write_json  # noqa: E402
-
-
-def subdivide(mesh: Mesh, times: int) -> Mesh:
-    """Midpoint subdivision with shared vertices (each triangle -> 4, same surface)."""
-    v, f = mesh.vertices.astype(np.float64), mesh.faces.astype(np.int64)
-    for _ in range(times):
-        e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
-        key = e[:, 0] * len(v) + e[:, 1]
-        uniq, inv = np.unique(key, return_inverse=True)
-        mid = len(v) + inv.reshape(3, -1).T                       # (F, 3): edges 01, 12, 20
-        v = np.concatenate([v, (v[uniq // len(v)] + v[uniq % len(v)]) / 2])
-        a, b, c = f.T
-        m01, m12, m20 = mid.T
-        f = np.concatenate([np.stack([a, m01, m20], 1), np.stack([m01, b, m12], 1),
-                            np.stack([m20, m12, c], 1), np.stack([m01, m12, m20], 1)])
-    return Mesh(v.astype(np.float32), f.astype(np.int32))
+from common import Timer, print_table, report, subdivide, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -139,35 +122,25 @@ def render_bench(a, scene: Path, run: Path, rows: list[dict], extra: dict | None
         for w, h in (tuple(int(v) for v in size.split("x")) for size in a.render_sizes.split(",")):
             target = targets.get((w, h))
             cams = make_flythrough(scene, a.frames, w, h)
-            render_camera(model, rast, cams[0], 2)                      # warm-up (JIT, allocations)
+            render_tensors(model, rast, cams[0], 2)                     # warm-up (JIT, allocations)
             with Timer() as t:
                 for c in cams:
-                    render_camera(model, rast, c, 2)
+                    render_tensors(model, rast, c, 2)
             gpu_fps = len(cams) / t.s
             report(rows, {"metric": f"render {w}x{h} ss=2, {len(big.faces) / 1e6:.1f} M tris, GPU work", "value": gpu_fps, "target": target,
                          "unit": "frames/s"})
             with Timer() as tr:
                 for c in cams:
-                    rast.surface(c, 2)
+                    rast.surface(c, 2, normals=False)
             report(rows, {"metric": f"  of which rasterization (surface, ss=2), {w}x{h}", "value": 1000 * tr.s / len(cams),
                          "unit": "ms/frame"})
-            if rast.device.type == "cuda":      # the rasterizer's stages, summed over a frame's tiles
-                tiles = [t for c in cams for t in tile_cameras(c.scaled(2))]
-                with Timer() as tc:
-                    clips = [rast._clip(t)[1] for t in tiles]
-                with Timer() as ti:
-                    for t, clip in zip(tiles, clips):
-                        rast._triangle_ids(clip, t.height, t.width)
-                for name, tt in (("clip transform", tc), ("cull + nvdiffrast", ti)):
-                    report(rows, {"metric": f"    {name}, {w}x{h}", "value": 1000 * tt.s / len(cams), "unit": "ms/frame"})
             out = run.parent / f"frames_{w}"
             out.mkdir(parents=True, exist_ok=True)
-            pool = ThreadPoolExecutor(4)
-            with Timer() as t:
-                futs = [pool.submit(write_frame, out / f"f{k:04d}.png", render_camera(model, rast, c, 2), "png")
-                        for k, c in enumerate(cams)]
-                for f in futs:
-                    f.result()
+            with Timer() as t:       # as `render` does it: PNG packing on the GPU, pinned copies, writer threads
+                writer = FrameWriter("png")
+                for k, c in enumerate(cams):
+                    writer.submit(out / f"f{k:04d}.png", *render_tensors(model, rast, c, 2))
+                writer.close()
             report(rows, {"metric": f"render {w}x{h} ss=2, {len(big.faces) / 1e6:.1f} M tris, end to end (PNG)", "value": len(cams) / t.s,
                          "target": 0.8 * target if target else None, "unit": "frames/s"})
     if torch.cuda.is_available():

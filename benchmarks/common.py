@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: timing on the GPU, result tables, JSON output."""
+"""Shared helpers for the benchmark scripts: timing on the GPU, result tables, JSON output, mesh subdivision."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,10 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from backend.meshio import Mesh
 
 
 def device_name() -> str:
@@ -59,3 +62,19 @@ def write_json(path: str | Path, rows: list[dict], **extra) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"device": device_name(), "rows": rows, **extra}, indent=1))
+
+
+def subdivide(mesh: Mesh, times: int) -> Mesh:
+    """Midpoint subdivision with shared vertices (each triangle -> 4, same surface)."""
+    v, f = mesh.vertices.astype(np.float64), mesh.faces.astype(np.int64)
+    for _ in range(times):
+        e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1)
+        key = e[:, 0] * len(v) + e[:, 1]
+        uniq, inv = np.unique(key, return_inverse=True)
+        mid = len(v) + inv.reshape(3, -1).T                       # (F, 3): edges 01, 12, 20
+        v = np.concatenate([v, (v[uniq // len(v)] + v[uniq % len(v)]) / 2])
+        a, b, c = f.T
+        m01, m12, m20 = mid.T
+        f = np.concatenate([np.stack([a, m01, m20], 1), np.stack([m01, b, m12], 1),
+                            np.stack([m20, m12, c], 1), np.stack([m01, m12, m20], 1)])
+    return Mesh(v.astype(np.float32), f.astype(np.int32))

@@ -139,6 +139,14 @@ for n, launch in cases:
     # one float32 step away moves a weight by ~1e-5. The GPU tests hold the true FMA to 1e-5.
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=5e-5)
     torch.testing.assert_close(ht.backward(x, gout, cfg, launch), table.grad, rtol=1e-3, atol=5e-5)
+# Sub-sample mean (rendering): 4 sub-samples per pixel, some missing (weight 0), 37 pixels.
+x = torch.rand(37, 4, 3)
+w = (torch.rand(37, 4) > 0.3).float()
+w = w / w.sum(1, keepdim=True).clamp_min(1)
+with torch.no_grad():
+    ref = (encode_reference(x.reshape(-1, 3), table, cfg).reshape(37, 4, -1) * w[..., None]).sum(1)
+    torch.testing.assert_close(ht.forward_mean(x, w, table.detach(), cfg, ht.Launch(64, 2, per_level=False)), ref,
+                               rtol=1e-3, atol=5e-5)
 print("ok")
 """
 
@@ -179,6 +187,7 @@ def _poison_allocator(nbytes: int) -> None:
 @pytest.mark.parametrize("n", [1, 127, 4097, 100_003])
 def test_triton_matches_reference(cfg: HashGridConfig, n: int):
     from backend.hashgrid_triton import encode_triton
+    torch.manual_seed(n)
     x = _points(n, "cuda")
     table = (torch.randn(cfg.n_params, cfg.n_features, device="cuda") * 0.1).requires_grad_()
     gout = torch.randn(n, cfg.out_dim, device="cuda")
@@ -194,8 +203,10 @@ def test_triton_matches_reference(cfg: HashGridConfig, n: int):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     (out * gout).sum().backward()
     assert _rel(table.grad, gref) < 1e-5
-    # Atomics sum in another order: coarse entries gather ~n/res^3 terms each.
-    torch.testing.assert_close(table.grad, gref, rtol=1e-4, atol=1e-5)
+    # Atomics sum in another order: a coarse entry gathers ~n/res^3 terms (~500 of size ~1 for
+    # `small` at n = 100,003: float32 reordering moves such a sum by a few 1e-5). A wrong corner or
+    # weight moves entries by O(1).
+    torch.testing.assert_close(table.grad, gref, rtol=1e-4, atol=1e-4)
 
 
 @gpu
@@ -238,3 +249,22 @@ def test_hashgrid_module_uses_triton_on_cuda():
     out = grid(pts)
     grid.backend = "torch"
     torch.testing.assert_close(out, grid(pts), rtol=1e-5, atol=1e-6)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("S", [1, 4, 16])
+def test_fused_subsample_mean_matches_reference(S: int):
+    """Rendering's fused per-pixel mean of sub-sample features (reference settings)."""
+    from backend.hashgrid_triton import forward_mean
+    cfg = HashGridConfig()
+    torch.manual_seed(S)
+    table = torch.randn(cfg.n_params, cfg.n_features, device="cuda") * 0.1
+    x = torch.rand(5003, S, 3, device="cuda")
+    w = (torch.rand(5003, S, device="cuda") > 0.25).float()
+    w = w / w.sum(1, keepdim=True).clamp_min(1)
+    ref = (encode_reference(x.reshape(-1, 3), table, cfg).reshape(5003, S, -1) * w[..., None]).sum(1)
+    _poison_allocator(5003 * cfg.out_dim * 4)
+    out = forward_mean(x, w, table, cfg)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

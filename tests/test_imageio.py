@@ -119,6 +119,22 @@ def test_write_png_rgb_and_rgba_roundtrip(tmp_path):
         imageio.write_png(tmp_path / "x.png", rgb, alpha[:5])
 
 
+def test_write_png_quantized_pixels_as_they_are(tmp_path):
+    """Already 8-bit RGBA / RGB (the render path's GPU-packed frames): read back unchanged by PIL
+    and by read_image, whatever the row-to-row differences (the Up filter wraps mod 256)."""
+    rng = np.random.default_rng(2)
+    for shape in [(37, 23, 4), (1, 9, 4), (16, 5, 3)]:
+        px = rng.integers(0, 256, shape, dtype=np.uint8)
+        px[len(px) // 2:] = 255 - px[len(px) // 2:]
+        imageio.write_png(tmp_path / "q.png", px)
+        with Image.open(tmp_path / "q.png") as im:
+            assert im.mode == ("RGBA" if shape[2] == 4 else "RGB")
+            np.testing.assert_array_equal(np.asarray(im), px)
+        if shape[2] == 3:
+            np.testing.assert_array_equal(np.round(imageio.read_image(tmp_path / "q.png") * 255), px)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.png"]
+
+
 def _channels(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ch = {k: rng.normal(size=(17, 23)).astype(np.float32) for k in "RGBA"}

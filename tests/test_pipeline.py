@@ -290,3 +290,41 @@ def test_interrupted_cache_resumes_to_identical_shards(scene, tmp_path, monkeypa
     for sa, sb in zip(a, b):
         for k in sa:
             assert np.array_equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, pytest.mark.gpu])])
+def test_render_files_hold_the_rendered_frames(run, tmp_path, device):
+    """Frames are packed where they were rendered (on CUDA: copied on a side stream) and written
+    by threads: the files hold exactly what render_camera returns for each camera (PNG 8-bit
+    sRGB + alpha, EXR linear RGB, alpha, depth)."""
+    import shutil
+    from PIL import Image
+    from backend.campath import frame_filename
+    from backend.checkpoint import load_model
+    from backend.colour import linear_to_srgb, to_u8
+    from backend.meshio import load_mesh
+    from backend.raster import Rasterizer
+    from backend.render import render_camera
+    from backend.runfolder import RunFolder
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    train(str(r), iters=3, device=device, preset="small", overrides=TINY)
+    n_frames = 12 if device == "cuda" else 3
+    cams = [odd_camera(96, 64, eye=(0.3 * k, -2.6, 1.8)) for k in range(n_frames)]
+    write_camera_path(tmp_path / "path.json", list(range(1, n_frames + 1)), cams)
+    for fmt in ("png", "exr"):
+        render_path(str(r), str(tmp_path / "path.json"), str(tmp_path / fmt), fmt=fmt, device=device)
+    dev = torch.device(device)
+    model, _ = load_model(RunFolder(str(r)), dev)
+    rast = Rasterizer(load_mesh(RunFolder(str(r)).read_config()["mesh"]), dev)
+    for n, cam in zip(range(1, n_frames + 1), cams):
+        fr = render_camera(model, rast, cam, 2)
+        assert fr.alpha.max() > 0
+        png = np.asarray(Image.open(tmp_path / "png" / frame_filename(n, "png")))
+        # sRGB on the GPU vs numpy's pow: a value on a rounding boundary may land one level apart
+        diff = np.abs(png[..., :3].astype(int) - to_u8(linear_to_srgb(fr.rgb_linear)).astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+        assert np.array_equal(png[..., 3], to_u8(fr.alpha))
+        exr = read_exr(tmp_path / "exr" / frame_filename(n, "exr"))
+        assert np.array_equal(exr["R"], fr.rgb_linear[..., 0]) and np.array_equal(exr["A"], fr.alpha)
+        assert np.array_equal(exr["Z"], fr.depth)
