@@ -107,7 +107,7 @@ class Decoder(nn.Module):
         (lighting FiLM, exposure affine, the SIREN frequencies, FiLM's +1) are folded into the
         weights, so each layer is one matmul and one or two in-place passes over its output
         instead of five (the decoder is memory-bound at millions of pixels)."""
-        o, od = self.f1.omega, self.d1.omega
+        o1, o2 = self.d1.omega, self.d2.omega       # the view-branch layers the FiLM blocks feed
         w = self.out.in_features
 
         def film_siren(layer: FiLMSiren, film: FiLM):     # constant FiLM: fold into the layer
@@ -124,8 +124,8 @@ class Decoder(nn.Module):
         s, t = torch.exp(self.exp_scale(code)), self.exp_shift(code)
         Wf = torch.cat([self.filmd1.lin.weight, self.filmd2.lin.weight])           # (4w, w)
         cf = Wf @ t + torch.cat([self.filmd1.lin.bias, self.filmd2.lin.bias])
-        scale = torch.cat([torch.full((2 * w,), od), torch.full((2 * w,), o)]).to(Wf)
-        plus = torch.cat([torch.full((w,), od), torch.zeros(w), torch.full((w,), o), torch.zeros(w)]).to(Wf)
+        scale = torch.cat([torch.full((2 * w,), o1), torch.full((2 * w,), o2)]).to(Wf)
+        plus = torch.cat([torch.full((w,), o1), torch.zeros(w), torch.full((w,), o2), torch.zeros(w)]).to(Wf)
         mods = torch.addmm(scale * cf + plus, h, (scale[:, None] * Wf * s[None, :]).T)
         ga, ba, gb, bb = mods.split(w, 1)
         v = torch.addcmul(ba, ga, self.d1.lin(dirs)).sin_()

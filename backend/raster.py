@@ -22,10 +22,6 @@ from .errors import DeviceError
 from .meshio import Mesh
 from . import raster_cpu
 
-try:       # the CUDA path's kernels; absent where torch ships without Triton (CPU-only installs)
-    from . import raster_triton
-except ImportError:
-    raster_triton = None
 
 # nvdiffrast 0.3.3 splits a call taller than 2048 px into sub-viewports and offsets the second
 # row by an uninitialised stride (fixed upstream in 0.3.5): 3840 x 2160 calls crashed the process
@@ -58,6 +54,17 @@ class Surface:
     xyz: torch.Tensor      # (H, W, S, 3) float32 world-space surface points (0 where no hit)
     normal: torch.Tensor | None   # (H, W, 3) float32 unit normal averaged over the hit sub-samples
     depth: torch.Tensor    # (H, W) float32 mean camera z over hit sub-samples (inf: no hit)
+
+
+def kernels():
+    """backend.raster_triton, the CUDA path's kernels, imported on first use: importing Triton
+    takes ~1 s, which every CPU command would otherwise pay."""
+    try:
+        from . import raster_triton
+    except ImportError as e:
+        raise DeviceError("rendering on CUDA needs Triton, which this torch build lacks: "
+                          "pip install triton (or a torch build from pytorch.org that ships it).") from e
+    return raster_triton
 
 
 def load_nvdiffrast():
@@ -110,9 +117,7 @@ class Rasterizer:
         self.corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])],
                                 dtype=np.float64)
         if device.type == "cuda":
-            if raster_triton is None:
-                raise DeviceError("rendering on CUDA needs Triton, which this torch build lacks: "
-                                  "pip install triton (or a torch build from pytorch.org that ships it).")
+            kernels()                   # fail here, with the fix, rather than at the first frame
             self.dr = load_nvdiffrast()
             self.ctx = self.dr.RasterizeCudaContext(device=device)
             self.to(device)
@@ -160,8 +165,8 @@ class Rasterizer:
                 # Triangles wholly outside one clip plane are not handed over: a tile or a
                 # close-up sees a small part of a large mesh, and nvdiffrast sets up every
                 # triangle it is given.
-                pos, code = raster_triton.clip_codes(self.v, t, zmin, zmax)
-                keep = raster_triton.keep_faces(self.f, code)
+                pos, code = kernels().clip_codes(self.v, t, zmin, zmax)
+                keep = kernels().keep_faces(self.f, code)
             with record_function("raster.nvdiffrast"):
                 ids[y0:y0 + t.height, x0:x0 + t.width] = self._nearest(pos, keep, t.height, t.width)
         return ids
@@ -189,7 +194,7 @@ class Rasterizer:
     def _resolve(self, cam: Camera, **kw):
         ids = self._triangle_ids(cam)
         with record_function("raster.resolve"):
-            return raster_triton.resolve(ids, self.v, self.f, self.vn, cam, **kw)
+            return kernels().resolve(ids, self.v, self.f, self.vn, cam, **kw)
 
     # --- public ---------------------------------------------------------------------------
     def hits(self, cam: Camera):

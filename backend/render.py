@@ -105,12 +105,15 @@ class HostCopy:
         return {k: v.numpy() for k, v in self.host.items()}
 
 
+WRITER_THREADS = min(8, os.cpu_count() or 1)     # PNG/EXR encoding threads (zlib releases the GIL)
+
+
 class FrameWriter:
     """Writes frames in background threads while the GPU renders the next ones; at most
     `max_pending` frames wait in host memory (a slow disk holds rendering back, not memory).
     Pinned host buffers are reused from frame to frame (allocating them is slow)."""
 
-    def __init__(self, fmt: str, threads: int = min(8, os.cpu_count() or 1), max_pending: int = 8):
+    def __init__(self, fmt: str, threads: int = WRITER_THREADS, max_pending: int = 8):
         self.fmt, self.max_pending = fmt, max_pending
         self.pool = ThreadPoolExecutor(threads)
         self.pending: deque = deque()

@@ -21,9 +21,9 @@ from backend.evaluate import evaluate  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
-from backend.render import FrameWriter, render_tensors  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import train  # noqa: E402
+from bench_render import TARGETS, render_rates  # noqa: E402
 from common import Timer, print_table, report, subdivide, write_json  # noqa: E402
 
 
@@ -118,31 +118,10 @@ def render_bench(a, scene: Path, run: Path, rows: list[dict], extra: dict | None
         big = subdivide(load_mesh(scene / "1.obj"), k)
         rast = Rasterizer(big, torch.device(a.device))
         report(rows, {"metric": "render mesh triangles", "value": len(big.faces) / 1e6, "unit": "M"})
-        targets = {(1920, 1080): 30.0, (3840, 2160): 10.0}
         for w, h in (tuple(int(v) for v in size.split("x")) for size in a.render_sizes.split(",")):
-            target = targets.get((w, h))
             cams = make_flythrough(scene, a.frames, w, h)
-            render_tensors(model, rast, cams[0], 2)                     # warm-up (JIT, allocations)
-            with Timer() as t:
-                for c in cams:
-                    render_tensors(model, rast, c, 2)
-            gpu_fps = len(cams) / t.s
-            report(rows, {"metric": f"render {w}x{h} ss=2, {len(big.faces) / 1e6:.1f} M tris, GPU work", "value": gpu_fps, "target": target,
-                         "unit": "frames/s"})
-            with Timer() as tr:
-                for c in cams:
-                    rast.surface(c, 2, normals=False)
-            report(rows, {"metric": f"  of which rasterization (surface, ss=2), {w}x{h}", "value": 1000 * tr.s / len(cams),
-                         "unit": "ms/frame"})
-            out = run.parent / f"frames_{w}"
-            out.mkdir(parents=True, exist_ok=True)
-            with Timer() as t:       # as `render` does it: PNG packing on the GPU, pinned copies, writer threads
-                writer = FrameWriter("png")
-                for k, c in enumerate(cams):
-                    writer.submit(out / f"f{k:04d}.png", *render_tensors(model, rast, c, 2))
-                writer.close()
-            report(rows, {"metric": f"render {w}x{h} ss=2, {len(big.faces) / 1e6:.1f} M tris, end to end (PNG)", "value": len(cams) / t.s,
-                         "target": 0.8 * target if target else None, "unit": "frames/s"})
+            render_rates(model, rast, cams, 2, rows, f"render {w}x{h} ss=2, {len(big.faces) / 1e6:.1f} M tris",
+                         TARGETS.get((w, h)))
     if torch.cuda.is_available():
         report(rows, {"metric": "peak GPU memory", "value": torch.cuda.max_memory_allocated() / 2**30, "unit": "GiB"})
     print_table(rows, "XScale-NVS pipeline benchmark")

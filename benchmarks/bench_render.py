@@ -23,7 +23,7 @@ from backend.model import Manifold  # noqa: E402
 from backend.procedural import make_flythrough, make_spec  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.imageio import _save_png  # noqa: E402
-from backend.render import FrameWriter, HostCopy, frame_buffers, render_tensors  # noqa: E402
+from backend.render import WRITER_THREADS, FrameWriter, HostCopy, frame_buffers, render_tensors  # noqa: E402
 from backend.train import TrainConfig  # noqa: E402
 from common import Timer, print_table, report, subdivide, write_json  # noqa: E402
 
@@ -38,6 +38,28 @@ def stage_times(prof, n_frames: int) -> dict[str, float]:
             gpu = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
             out[e.key] = (gpu / 1000 / n_frames, e.cpu_time_total / 1000 / n_frames)
     return out
+
+
+def render_rates(model: Manifold, rast: Rasterizer, cams: list, ss: int, rows: list[dict], label: str,
+                 target: float | None = None) -> None:
+    """Rows for `cams`: GPU work (frames/s), of which rasterization (ms/frame), and end to end as
+    `render` does it (PNG packed on the GPU, pinned copies, writer threads; 80 % of the target)."""
+    render_tensors(model, rast, cams[0], ss)                # warm-up (JIT, allocations)
+    with Timer() as t:
+        for c in cams:
+            render_tensors(model, rast, c, ss)
+    report(rows, {"metric": f"{label}, GPU work", "value": len(cams) / t.s, "target": target, "unit": "frames/s"})
+    with Timer() as t:
+        for c in cams:
+            rast.surface(c, ss, normals=False)
+    report(rows, {"metric": "  of which rasterization", "value": 1000 * t.s / len(cams), "unit": "ms/frame"})
+    with tempfile.TemporaryDirectory() as d, Timer() as t:
+        writer = FrameWriter("png")
+        for k, c in enumerate(cams):
+            writer.submit(Path(d) / f"{k:04d}.png", *render_tensors(model, rast, c, ss))
+        writer.close()
+    report(rows, {"metric": f"{label}, end to end (PNG)", "value": len(cams) / t.s,
+                  "target": 0.8 * target if target else None, "unit": "frames/s"})
 
 
 def main() -> None:
@@ -61,34 +83,16 @@ def main() -> None:
     stages = {}
     for w, h in (tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")):
         cams = make_flythrough(spec, a.frames, w, h)
-        render_tensors(model, rast, cams[0], a.ss)              # warm-up (JIT, allocations)
-        with Timer() as t:
-            for c in cams:
-                render_tensors(model, rast, c, a.ss)
-        target = TARGETS.get((w, h))
-        report(rows, {"metric": f"render {w}x{h} ss={a.ss}, GPU work", "value": len(cams) / t.s,
-                      "target": target, "unit": "frames/s"})
-        with Timer() as t:
-            for c in cams:
-                rast.surface(c, a.ss, normals=False)
-        report(rows, {"metric": f"  of which rasterization, {w}x{h}", "value": 1000 * t.s / len(cams), "unit": "ms/frame"})
-        # End to end as `render` does it: PNG packing on the GPU, pinned copies, writer threads.
-        with tempfile.TemporaryDirectory() as d, Timer() as t:
-            writer = FrameWriter("png")
-            for k, c in enumerate(cams):
-                writer.submit(Path(d) / f"{k:04d}.png", *render_tensors(model, rast, c, a.ss))
-            writer.close()
-        report(rows, {"metric": f"render {w}x{h} ss={a.ss}, end to end (PNG)", "value": len(cams) / t.s,
-                      "target": 0.8 * target if target else None, "unit": "frames/s"})
+        render_rates(model, rast, cams, a.ss, rows, f"render {w}x{h} ss={a.ss}", TARGETS.get((w, h)))
         # What the writer threads alone sustain: the same frames' PNG files from host memory.
         frames = [HostCopy(frame_buffers(*render_tensors(model, rast, c, a.ss), "png")).result() for c in cams[:8]]
         for level in (4, 1):
-            with tempfile.TemporaryDirectory() as d, Timer() as t, ThreadPoolExecutor(FrameWriter("png").pool._max_workers) as pool:
+            with tempfile.TemporaryDirectory() as d, Timer() as t, ThreadPoolExecutor(WRITER_THREADS) as pool:
                 list(pool.map(lambda k: _save_png(Path(d) / f"{k:04d}.png", frames[k % 8]["rgba"], level), range(len(cams))))
             report(rows, {"metric": f"  PNG writing alone (zlib level {level}), {w}x{h}", "value": len(cams) / t.s, "unit": "frames/s"})
-        if dev.type != "cuda":
-            continue
         n = min(a.profile_frames, len(cams))
+        if dev.type != "cuda" or n == 0:
+            continue
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for c in cams[:n]:
                 render_tensors(model, rast, c, a.ss)

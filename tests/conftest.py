@@ -1,5 +1,7 @@
 """Shared test helpers. Tests that need bpy set BLENDER_USER_RESOURCES before importing it."""
+import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,15 @@ def cuda_available() -> bool:
 
 
 gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+
+
+def run_triton_interpreted(argv: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python *argv` in a child with TRITON_INTERPRET=1 (read when triton loads, so not settable
+    in this process): the Triton kernels run on CPU tensors."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *argv], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # --- Blender side (xscale_blender): fixtures for tests/test_blender_*.py ----------------------

@@ -1,25 +1,19 @@
 """Hash encoding: properties of the PyTorch reference (CPU) and the Triton kernels against it (GPU)."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from backend.hashgrid import HashGrid, HashGridConfig, corner_indices_weights, encode_reference
+from conftest import needs_triton, run_triton_interpreted
 
-REPO = Path(__file__).resolve().parents[1]
 # Small config with both dense levels (res <= 25) and hashed levels (2^14 entries).
 SMALL = HashGridConfig(n_levels=8, n_features=4, log2_table=14, base_res=8, per_level_scale=1.8)
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
 
 def direct_encode(x: np.ndarray, table: np.ndarray, cfg: HashGridConfig) -> np.ndarray:
@@ -154,9 +148,7 @@ print("ok")
 @needs_triton
 def test_triton_kernels_in_interpreter():
     """The Triton kernels on CPU tensors through Triton's interpreter (no GPU needed)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-c", _INTERPRETER_CHECK], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
+    r = run_triton_interpreted(["-c", _INTERPRETER_CHECK], timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
 

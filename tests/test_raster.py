@@ -1,7 +1,3 @@
-import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +6,10 @@ import torch
 
 from backend.raster import Rasterizer
 from backend.raster_cpu import interpolate, rasterize
-from conftest import gpu
+from conftest import gpu, needs_triton, run_triton_interpreted
 from helpers import grid_plane, odd_camera, uv_sphere
 
 REPO = Path(__file__).resolve().parents[1]
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
 
 def test_vertices_project_onto_their_own_surface_point():
@@ -132,8 +127,6 @@ def test_cuda_path_in_triton_interpreter():
     """The CUDA path's kernels (cull, exact resolve, pinhole fill, tiling, sub-sample grouping)
     on CPU tensors through Triton's interpreter, nvdiffrast replaced by an exact stand-in:
     tests/standin_raster.py, run in a child with TRITON_INTERPRET=1 (set before triton loads)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        str(REPO / "tests" / "standin_raster.py")], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=900)
+    r = run_triton_interpreted(["-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                str(REPO / "tests" / "standin_raster.py")])
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
