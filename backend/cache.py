@@ -3,9 +3,10 @@ sub-sample surface points, normal, view direction, colour and view id in shuffle
 
 Streaming, out of core: views are processed one at a time and every ray is appended to a random
 bucket file on disk; each bucket is then shuffled in memory and saved as one shard of
-memory-mappable .npy files. Host memory stays at one view plus one shard. An interrupted run
-resumes after its last completed view (RUN/cache.tmp/progress.json); the finished cache replaces
-RUN/cache atomically.
+memory-mappable .npy files. Host memory stays at one view (plus the next photo, decoded ahead)
+and one shard. An interrupted run resumes after its last completed view
+(RUN/cache.tmp/progress.json); the finished cache replaces RUN/cache atomically. A view starts
+only when the disk has room for all its rays.
 
 Shard fields (N rays, S = ss*ss sub-samples):
   xyz (N, S, 3) float32 world points (unused slots repeat a hit slot, see `mask`)
@@ -16,6 +17,9 @@ Shard fields (N rays, S = ss*ss sub-samples):
 from __future__ import annotations
 
 import shutil
+import time
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,46 @@ from .scene import load_scene
 FIELDS = {"xyz": np.float32, "mask": np.uint16, "normal": np.float16, "dir": np.float16,
           "rgb": np.uint8, "view": np.int32}
 CACHE_VERSION = 1
+DISK_RESERVE = 1 << 30      # bytes left free on the run folder's disk for checkpoints and the OS
+
+
+class PhaseClock:
+    """Wall seconds spent per named phase (reported with the cache's done event)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._t0: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        self._t0[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self._t0.pop(name)
+
+    @contextmanager
+    def __call__(self, name: str):
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
+
+
+def ray_bytes(ss: int) -> int:
+    """Bytes one cached ray takes on disk (33 at ss=1, 69 at ss=2)."""
+    S = ss * ss
+    return sum(np.dtype(dt).itemsize * {"xyz": 3 * S, "normal": 3, "dir": 3, "rgb": 3}.get(k, 1)
+               for k, dt in FIELDS.items())
+
+
+def check_disk(folder: Path, need: int, views_left: int, done: int) -> None:
+    """Stop before a view whose rays may not fit (the build resumes from it once there is room)."""
+    free = shutil.disk_usage(folder).free
+    if free < need + DISK_RESERVE:
+        raise InputError(
+            f"{folder}: the disk has {free / 1e9:.1f} GB free; the next view needs up to "
+            f"{need / 1e9:.1f} GB (plus {DISK_RESERVE / 1e9:.1f} GB kept free) and {views_left} views are left. Free some space or use a run "
+            f"folder on a larger disk, then run again: the ray cache resumes after view {done}.")
 
 
 def load_rgb8(path: Path, cam: Camera) -> np.ndarray:
@@ -42,7 +86,7 @@ def load_rgb8(path: Path, cam: Camera) -> np.ndarray:
                 a = (np.asarray(im, dtype=np.float32) / 257.0).round().astype(np.uint8)
                 a = np.repeat(a[..., None], 3, -1)
             else:
-                a = np.asarray(im.convert("RGB"))
+                a = np.array(im.convert("RGB"))      # writable: handed to torch
     except OSError as e:
         raise InputError(f"{path}: cannot decode the image ({e}); re-export it as PNG or JPEG.") from None
     if a.shape[:2] != (cam.height, cam.width):
@@ -51,27 +95,51 @@ def load_rgb8(path: Path, cam: Camera) -> np.ndarray:
     return a
 
 
-def view_rays(rast: Rasterizer, cam: Camera, rgb8: np.ndarray, ss: int, view_id: int) -> dict[str, np.ndarray]:
-    """All covered pixels of one view as cache records."""
+def view_rays(rast: Rasterizer, cam: Camera, rgb8: np.ndarray, ss: int, view_id: int) -> dict[str, torch.Tensor]:
+    """All covered pixels of one view as cache records, in their FIELDS dtypes, on the
+    rasterizer's device (mask as int16: torch has few uint16 ops; the bits are the same)."""
     s = rast.surface(cam, ss)
-    covered = s.mask.any(-1)
-    if not covered.any():
+    jj, ii = torch.nonzero(s.mask.any(-1), as_tuple=True)
+    if not len(jj):
         return {}
-    m = s.mask[covered]                                                  # (N, S)
-    xyz = s.xyz[covered]                                                 # (N, S, 3)
+    m = s.mask[jj, ii]                                                   # (N, S)
+    xyz = s.xyz[jj, ii]                                                  # (N, S, 3)
     # Fill missed slots with the first hit slot so that any reader stays finite.
     first = m.float().argmax(1)
-    fill = xyz[torch.arange(len(xyz)), first]
+    fill = xyz[torch.arange(len(xyz), device=xyz.device), first]
     xyz = torch.where(m[..., None], xyz, fill[:, None])
     bits = (m.to(torch.int32) << torch.arange(m.shape[1], device=m.device, dtype=torch.int32)).sum(1)
-    jj, ii = torch.nonzero(covered, as_tuple=True)
-    d = pixel_directions(cam, ii, jj).cpu().numpy()
-    return {"xyz": xyz.cpu().numpy().astype(np.float32),
-            "mask": bits.cpu().numpy().astype(np.uint16),
-            "normal": s.normal[covered].cpu().numpy().astype(np.float16),
-            "dir": d.astype(np.float16),
-            "rgb": rgb8[jj.cpu().numpy(), ii.cpu().numpy()],
-            "view": np.full(len(d), view_id, np.int32)}
+    rgb = torch.from_numpy(rgb8).to(xyz.device)[jj, ii]
+    return {"xyz": xyz.float(), "mask": bits.to(torch.int16), "normal": s.normal[jj, ii].half(),
+            "dir": pixel_directions(cam, ii, jj).half(), "rgb": rgb,
+            "view": torch.full((len(jj),), view_id, dtype=torch.int32, device=xyz.device)}
+
+
+def _to_host(t: torch.Tensor, dtype) -> np.ndarray:
+    """Device tensor -> numpy array of `dtype` (same item size), through pinned memory on CUDA."""
+    if t.device.type == "cuda":
+        t = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
+    return t.numpy().view(dtype)
+
+
+def _gather_rows(a: np.ndarray, idx: torch.Tensor) -> np.ndarray:
+    """a[idx] computed on idx's device: a random gather is memory-latency bound, numpy's
+    single-threaded one took 1 s per 4M-ray shard, the GPU's (or torch's threads') much less."""
+    src = a.view(np.int16) if a.dtype == np.uint16 else a
+    return _to_host(torch.from_numpy(src).to(idx.device)[idx], a.dtype)
+
+
+def bucket_parts(rec: dict[str, torch.Tensor], bucket: np.ndarray, n_buckets: int):
+    """Yield (field, bucket index, array) for every non-empty bucket's rows of every field, rows
+    kept in their order. Sorting and gathering run where the records are (the GPU at 8K)."""
+    b = torch.from_numpy(bucket).to(rec["view"].device)
+    order = torch.argsort(b, stable=True)
+    counts = torch.bincount(b, minlength=n_buckets).cpu().numpy()
+    splits = np.cumsum(counts)[:-1]
+    for k, dt in FIELDS.items():
+        for j, part in enumerate(np.split(_to_host(rec[k][order], dt), splits)):
+            if len(part):
+                yield k, j, part
 
 
 def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: int | None = None,
@@ -108,7 +176,12 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
     done, coverage, total = 0, {}, 0
     progress = tmp / "progress.json"
     state = read_json(progress) if progress.is_file() else None
-    if state is not None and state.get("key") == key:
+    resumable = state is not None and state.get("key") == key
+    if resumable and not _buckets_complete(tmp, np.array(state["sizes"], np.int64)):
+        events.log("the interrupted ray cache lost data (the machine stopped before its files "
+                   "reached the disk); building it again from the first view")
+        resumable = False
+    if resumable:
         # Resume an interrupted run: drop bytes written after the last completed view.
         done, coverage, total = state["done"], state["coverage"], state["total"]
         rng.bit_generator.state = state["rng"]
@@ -124,31 +197,47 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "buckets").mkdir(parents=True)
     prog = events.Progress("cache", len(train_ids), start_step=done)
-    for n in range(done, len(train_ids)):
-        i = train_ids[n]
-        v = scene.views[i]
-        rgb8 = load_rgb8(v.image_path, v.camera)
-        rec = view_rays(rast, v.camera, rgb8, ss, i)
-        cnt = len(rec["view"]) if rec else 0
-        coverage[v.name] = cnt / (v.camera.width * v.camera.height)
-        if cnt:
-            bucket = rng.integers(0, n_buckets, cnt)
-            order = np.argsort(bucket, kind="stable")
-            splits = np.searchsorted(bucket[order], np.arange(1, n_buckets))
-            # Files are opened per write, not kept open: thousands of buckets at 8K would
-            # exceed the open-file limit.
-            for c, k in enumerate(names):
-                for b, part in enumerate(np.split(rec[k][order], splits)):
-                    if len(part):
-                        with open(tmp / "buckets" / f"{b:05d}.{k}", "ab") as fh:
-                            fh.write(np.ascontiguousarray(part).tobytes())
-                        sizes[b, c] += part.nbytes
-        else:
-            events.log(f"view {v.name}: the mesh covers no pixel; skipped")
-        total += cnt
-        write_json(progress, {"key": key, "done": n + 1, "coverage": coverage, "total": total,
-                              "rng": rng.bit_generator.state, "sizes": sizes.tolist()})
-        prog.update(n + 1, view=v.name, rays=total)
+    per_ray = ray_bytes(ss)
+    clock = PhaseClock()
+    # The next photo is decoded in a thread while this one is rasterized and written.
+    pool = ThreadPoolExecutor(1)
+
+    def load(n: int):
+        if n < len(train_ids):
+            v = scene.views[train_ids[n]]
+            return pool.submit(load_rgb8, v.image_path, v.camera)
+
+    nxt = load(done)
+    try:
+        for n in range(done, len(train_ids)):
+            i = train_ids[n]
+            v = scene.views[i]
+            check_disk(tmp, v.camera.width * v.camera.height * per_ray, len(train_ids) - n, n)
+            with clock("decode_wait"):
+                rgb8, nxt = nxt.result(), load(n + 1)
+            with clock("rasterize"):
+                rec = view_rays(rast, v.camera, rgb8, ss, i)
+            cnt = len(rec["view"]) if rec else 0
+            coverage[v.name] = cnt / (v.camera.width * v.camera.height)
+            if cnt:
+                clock.start("bucket_write")
+                # Files are opened per write, not kept open: thousands of buckets at 8K would
+                # exceed the open-file limit.
+                for k, b, part in bucket_parts(rec, rng.integers(0, n_buckets, cnt, dtype=np.int32), n_buckets):
+                    with open(tmp / "buckets" / f"{b:05d}.{k}", "ab") as fh:
+                        part.tofile(fh)
+                    sizes[b, names.index(k)] += part.nbytes
+                clock.stop("bucket_write")
+            else:
+                events.log(f"view {v.name}: the mesh covers no pixel; skipped")
+            total += cnt
+            if n == done and cnt and len(train_ids) > n + 1:
+                _warn_if_short(tmp, cnt * per_ray, len(train_ids) - n - 1)
+            write_json(progress, {"key": key, "done": n + 1, "coverage": coverage, "total": total,
+                                  "rng": rng.bit_generator.state, "sizes": sizes.tolist()})
+            prog.update(n + 1, view=v.name, rays=total)
+    finally:
+        pool.shutdown(cancel_futures=True)
     if total == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"{scene.mesh_path}: no training camera sees the mesh; check that the mesh "
@@ -161,22 +250,27 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
         if (tmp / name).is_dir():                          # written before an interruption
             shards.append({"name": name, "n": int(np.load(tmp / name / "view.npy", mmap_mode="r").shape[0])})
             continue
-        data = {k: np.fromfile(tmp / "buckets" / f"{b:05d}.{k}", dtype=dt) for k, dt in FIELDS.items()}
+        with clock("shuffle_read"):
+            data = {k: np.fromfile(tmp / "buckets" / f"{b:05d}.{k}", dtype=dt) for k, dt in FIELDS.items()}
         n = len(data["view"])
         if n == 0:
             continue
         data["xyz"] = data["xyz"].reshape(n, S, 3)
         for k in ("normal", "dir", "rgb"):
             data[k] = data[k].reshape(n, 3)
-        perm = np.random.default_rng([seed, b]).permutation(n)
+        with clock("shuffle"):
+            perm = torch.from_numpy(np.random.default_rng([seed, b]).permutation(n)).to(rast.device)
+            data = {k: _gather_rows(v, perm) for k, v in data.items()}
         part = tmp / (name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
-        for k in FIELDS:
-            np.save(part / f"{k}.npy", data[k][perm])
+        with clock("shuffle_write"):
+            for k in FIELDS:
+                np.save(part / f"{k}.npy", data[k])
         part.replace(tmp / name)
-        for k in FIELDS:                                   # free the disk as we go
-            (tmp / "buckets" / f"{b:05d}.{k}").unlink()
+        with clock("free_disk"):
+            for k in FIELDS:                               # free the disk as we go
+                (tmp / "buckets" / f"{b:05d}.{k}").unlink()
         shards.append({"name": name, "n": int(n)})
     shutil.rmtree(tmp / "buckets")
     progress.unlink()
@@ -189,14 +283,35 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
               "test_every": test_every, "aabb": [lo.tolist(), hi.tolist()], "views": views,
               "train_views": train_ids, "test_views": test_ids}
     meta = {"version": CACHE_VERSION, "ss": ss, "n_rays": int(total), "shards": shards,
-            "coverage": coverage}
+            "coverage": coverage, "seconds": clock.seconds}   # seconds: this run's, not a resumed one's
     write_json(tmp / "meta.json", meta)
     shutil.rmtree(run.cache, ignore_errors=True)
     tmp.replace(run.cache)
     write_json(run.config, config)
     events.emit("done", stage="cache", rays=int(total), shards=len(shards), train_views=len(train_ids),
-                test_views=len(test_ids), cache=str(run.cache))
+                test_views=len(test_ids), cache=str(run.cache), seconds=clock.seconds)
     return config
+
+
+def _buckets_complete(tmp: Path, sizes: np.ndarray) -> bool:
+    """Every bucket file not yet turned into a shard holds at least its committed bytes."""
+    for b in range(len(sizes)):
+        if (tmp / f"shard_{b:05d}").is_dir():
+            continue
+        for c, k in enumerate(FIELDS):
+            f = tmp / "buckets" / f"{b:05d}.{k}"
+            if (f.stat().st_size if f.exists() else 0) < sizes[b, c]:
+                return False
+    return True
+
+
+def _warn_if_short(folder: Path, view_bytes: int, views_left: int) -> None:
+    """After the first view: say early when the whole cache is unlikely to fit."""
+    need, free = view_bytes * views_left, shutil.disk_usage(folder).free - DISK_RESERVE
+    if need > free:
+        events.log(f"warning: the ray cache will need about {need / 1e9:.0f} GB more for the "
+                   f"remaining {views_left} views (judging by the first one) but {folder} has "
+                   f"{max(free, 0) / 1e9:.0f} GB free; the build will stop when the disk is full.")
 
 
 def cache_matches(run_dir: str, scene_dir: str, ss: int, test_every: int, level: int | None,

@@ -158,14 +158,21 @@ def _save_png(path: Path, px: np.ndarray, level: int = 4) -> None:
     rows[0, 1:] = flat[0]
     np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    # No Python-level copies of the pixel data: zlib reads `rows` in place and the IDAT chunk is
+    # written in pieces, so the GIL is free for the render loop while a frame is encoded.
+    def chunk(fh, kind: bytes, body) -> None:
+        fh.write(struct.pack(">I", len(body)) + kind)
+        fh.write(body)
+        fh.write(struct.pack(">I", zlib.crc32(body, zlib.crc32(kind))))
 
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 6 if c == 4 else 2, 0, 0, 0)
-    data = _PNG_MAGIC + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + chunk(b"IEND", b"")
+    idat = zlib.compress(rows, level)
     tmp = _tmp_path(path)
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            fh.write(_PNG_MAGIC)
+            chunk(fh, b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6 if c == 4 else 2, 0, 0, 0))
+            chunk(fh, b"IDAT", idat)
+            chunk(fh, b"IEND", b"")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,4 +1,5 @@
 """Backend pipeline on tiny scenes (CPU): cache contents, training, resume, stop, render, errors."""
+import io
 import json
 import os
 import signal
@@ -70,6 +71,40 @@ def test_cache_records_match_photos_and_cameras(scene, run):
         assert np.array_equal(imgs[v][j, i], r0["rgb"][k])
         d = cam.directions(np.array([[i + 0.5, j + 0.5]]))[0]
         assert np.allclose(d, r0["dir"][k].astype(np.float64), atol=2e-3)
+
+
+def _records_by_pixel(run_dir) -> dict[str, np.ndarray]:
+    """Every cached ray, sorted by (view, pixel of its first sub-sample); key = that pixel's id."""
+    from backend.cameras import Camera
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    recs = _shards(run_dir)
+    r = {k: np.concatenate([x[k] for x in recs]) for k in recs[0]}
+    key = np.empty(len(r["view"]), np.int64)
+    for v in np.unique(r["view"]):
+        cam = Camera.from_dict(cfg["views"][v]["camera"])
+        sel = r["view"] == v
+        uv, _ = cam.project(r["xyz"][sel, 0].astype(np.float64))
+        key[sel] = (v * cam.height + uv[:, 1].astype(np.int64)) * cam.width + uv[:, 0].astype(np.int64)
+    order = np.argsort(key)
+    return {"key": key[order], **{k: v[order] for k, v in r.items()}}
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_cache_matches_cpu_cache(scene, run, tmp_path):
+    """The CUDA cache path (sorting and gathering on the GPU, pinned copies) stores the same rays
+    as the CPU one; only pixels whose coverage the two rasterizers decide differently may differ."""
+    gpu_run = tmp_path / "g"
+    build_cache(str(scene), str(gpu_run), ss=2, test_every=3, device="cuda", shard_rays=2000)
+    a, b = _records_by_pixel(run), _records_by_pixel(gpu_run)
+    common, ia, ib = np.intersect1d(a["key"], b["key"], return_indices=True)
+    assert len(common) >= 0.995 * max(len(a["key"]), len(b["key"]))
+    assert np.array_equal(a["rgb"][ia], b["rgb"][ib]) and np.array_equal(a["view"][ia], b["view"][ib])
+    assert np.abs(a["dir"][ia].astype(np.float32) - b["dir"][ib]).max() < 2e-3
+    same_mask = a["mask"][ia] == b["mask"][ib]
+    assert same_mask.mean() > 0.99
+    assert np.abs(a["xyz"][ia][same_mask] - b["xyz"][ib][same_mask]).max() < 1e-4
+    assert np.abs(a["normal"][ia].astype(np.float32) - b["normal"][ib]).max() < 2e-2
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, pytest.mark.gpu])])
@@ -285,6 +320,78 @@ def test_interrupted_cache_resumes_to_identical_shards(scene, tmp_path, monkeypa
     monkeypatch.setattr(C.np, "save", real_save)
     build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
     assert not (run / "cache.tmp").exists()
+    a, b = _shards(ref), _shards(run)
+    assert len(a) == len(b) > 1
+    for sa, sb in zip(a, b):
+        for k in sa:
+            assert np.array_equal(sa[k], sb[k]), k
+
+
+def test_cache_rebuilt_when_interrupted_files_lost_data(scene, tmp_path, monkeypatch):
+    """After a power cut the bucket files can be shorter than progress.json says: the build
+    must not resume onto zero-filled records but start over (and still give the same shards)."""
+    import backend.cache as C
+    from backend import events
+    ref = tmp_path / "ref"
+    build_cache(str(scene), str(ref), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    run = tmp_path / "run"
+    real_view_rays = C.view_rays
+
+    def interrupted(*a, **k):
+        if a[4] == 3:
+            raise KeyboardInterrupt
+        return real_view_rays(*a, **k)
+
+    monkeypatch.setattr(C, "view_rays", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    monkeypatch.setattr(C, "view_rays", real_view_rays)
+    f = max((run / "cache.tmp" / "buckets").glob("*.xyz"), key=lambda p: p.stat().st_size)
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size - 24)
+    log = io.StringIO()
+    monkeypatch.setattr(events, "_stream", log)
+    build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    assert "lost data" in log.getvalue() and "resuming" not in log.getvalue()
+    a, b = _shards(ref), _shards(run)
+    assert len(a) == len(b) > 1
+    for sa, sb in zip(a, b):
+        for k in sa:
+            assert np.array_equal(sa[k], sb[k]), k
+
+
+def test_cache_stops_before_the_disk_fills_and_resumes(scene, tmp_path, monkeypatch):
+    """A disk about to fill stops the build before a view with a message that says how much is
+    free and needed; once there is room the build resumes to the same shards."""
+    import shutil
+    import backend.cache as C
+    from backend import events
+    from backend.errors import InputError
+    ref = tmp_path / "ref"
+    build_cache(str(scene), str(ref), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    run = tmp_path / "run"
+    free = {"bytes": 10**15}
+    real_view_rays, real_usage = C.view_rays, shutil.disk_usage
+
+    def view_rays(*a, **k):
+        if a[4] == 2:                  # the 2nd training view: from now on the disk looks full
+            free["bytes"] = C.DISK_RESERVE + 1000
+        return real_view_rays(*a, **k)
+
+    monkeypatch.setattr(C, "view_rays", view_rays)
+    monkeypatch.setattr(C.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=free["bytes"]))
+    log = io.StringIO()
+    monkeypatch.setattr(events, "_stream", log)
+    with pytest.raises(InputError, match=r"1\.1 GB free; the next view needs up to 0\.0 GB \(plus 1\.1 GB "
+                       r"kept free\) and 2 views are left.*resumes after view 2"):
+        build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    # Room for one view at a time only: the first view warns that the rest will not fit.
+    free["bytes"] = C.DISK_RESERVE + 48 * 32 * C.ray_bytes(2)
+    monkeypatch.setattr(C, "view_rays", real_view_rays)
+    build_cache(str(scene), str(tmp_path / "other"), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    assert "warning: the ray cache will need about 0 GB more for the remaining 3 views" in log.getvalue()
+    monkeypatch.setattr(C.shutil, "disk_usage", real_usage)
+    build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
     a, b = _shards(ref), _shards(run)
     assert len(a) == len(b) > 1
     for sa, sb in zip(a, b):
