@@ -287,6 +287,14 @@ def _shards(run_dir):
     return [{k: np.asarray(v) for k, v in r.load(i).items()} for i in range(len(r.shards))]
 
 
+def _assert_same_shards(ref, run):
+    a, b = _shards(ref), _shards(run)
+    assert len(a) == len(b) > 1
+    for sa, sb in zip(a, b):
+        for k in sa:
+            assert np.array_equal(sa[k], sb[k]), k
+
+
 def test_interrupted_cache_resumes_to_identical_shards(scene, tmp_path, monkeypatch):
     import backend.cache as C
     ref = tmp_path / "ref"
@@ -320,11 +328,7 @@ def test_interrupted_cache_resumes_to_identical_shards(scene, tmp_path, monkeypa
     monkeypatch.setattr(C.np, "save", real_save)
     build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
     assert not (run / "cache.tmp").exists()
-    a, b = _shards(ref), _shards(run)
-    assert len(a) == len(b) > 1
-    for sa, sb in zip(a, b):
-        for k in sa:
-            assert np.array_equal(sa[k], sb[k]), k
+    _assert_same_shards(ref, run)
 
 
 def test_cache_rebuilt_when_interrupted_files_lost_data(scene, tmp_path, monkeypatch):
@@ -353,11 +357,7 @@ def test_cache_rebuilt_when_interrupted_files_lost_data(scene, tmp_path, monkeyp
     monkeypatch.setattr(events, "_stream", log)
     build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
     assert "lost data" in log.getvalue() and "resuming" not in log.getvalue()
-    a, b = _shards(ref), _shards(run)
-    assert len(a) == len(b) > 1
-    for sa, sb in zip(a, b):
-        for k in sa:
-            assert np.array_equal(sa[k], sb[k]), k
+    _assert_same_shards(ref, run)
 
 
 def test_cache_stops_before_the_disk_fills_and_resumes(scene, tmp_path, monkeypatch):
@@ -392,11 +392,7 @@ def test_cache_stops_before_the_disk_fills_and_resumes(scene, tmp_path, monkeypa
     assert "warning: the ray cache will need about 0 GB more for the remaining 3 views" in log.getvalue()
     monkeypatch.setattr(C.shutil, "disk_usage", real_usage)
     build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
-    a, b = _shards(ref), _shards(run)
-    assert len(a) == len(b) > 1
-    for sa, sb in zip(a, b):
-        for k in sa:
-            assert np.array_equal(sa[k], sb[k]), k
+    _assert_same_shards(ref, run)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, pytest.mark.gpu])])
