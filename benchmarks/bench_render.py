@@ -43,12 +43,14 @@ def stage_times(prof, n_frames: int) -> dict[str, float]:
 def render_rates(model: Manifold, rast: Rasterizer, cams: list, ss: int, rows: list[dict], label: str,
                  target: float | None = None) -> None:
     """Rows for `cams`: GPU work (frames/s), of which rasterization (ms/frame), and end to end as
-    `render` does it (PNG packed on the GPU, pinned copies, writer threads; 80 % of the target)."""
+    `render` does it (PNG packed on the GPU, pinned copies, writer threads), which should keep
+    80 % of both the target and the measured GPU-work rate."""
     render_tensors(model, rast, cams[0], ss)                # warm-up (JIT, allocations)
     with Timer() as t:
         for c in cams:
             render_tensors(model, rast, c, ss)
-    report(rows, {"metric": f"{label}, GPU work", "value": len(cams) / t.s, "target": target, "unit": "frames/s"})
+    gpu_rate = len(cams) / t.s
+    report(rows, {"metric": f"{label}, GPU work", "value": gpu_rate, "target": target, "unit": "frames/s"})
     with Timer() as t:
         for c in cams:
             rast.surface(c, ss, normals=False)
@@ -60,6 +62,7 @@ def render_rates(model: Manifold, rast: Rasterizer, cams: list, ss: int, rows: l
         writer.close()
     report(rows, {"metric": f"{label}, end to end (PNG)", "value": len(cams) / t.s,
                   "target": 0.8 * target if target else None, "unit": "frames/s"})
+    report(rows, {"metric": "  end to end / GPU work", "value": len(cams) / t.s / gpu_rate, "target": 0.8, "unit": "x"})
 
 
 def main() -> None:
