@@ -44,28 +44,24 @@ class PhaseClock:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
-        self._t0: dict[str, float] = {}
-
-    def start(self, name: str) -> None:
-        self._t0[name] = time.perf_counter()
-
-    def stop(self, name: str) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self._t0.pop(name)
 
     @contextmanager
     def __call__(self, name: str):
-        self.start(name)
+        t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.stop(name)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def row_shape(field: str, S: int) -> tuple[int, ...]:
+    """Shape of one ray's entry in `field` (see the module docstring)."""
+    return {"xyz": (S, 3), "normal": (3,), "dir": (3,), "rgb": (3,)}.get(field, ())
 
 
 def ray_bytes(ss: int) -> int:
     """Bytes one cached ray takes on disk (33 at ss=1, 69 at ss=2)."""
-    S = ss * ss
-    return sum(np.dtype(dt).itemsize * {"xyz": 3 * S, "normal": 3, "dir": 3, "rgb": 3}.get(k, 1)
-               for k, dt in FIELDS.items())
+    return sum(np.dtype(dt).itemsize * int(np.prod(row_shape(k, ss * ss))) for k, dt in FIELDS.items())
 
 
 def check_disk(folder: Path, need: int, views_left: int, done: int) -> None:
@@ -74,8 +70,9 @@ def check_disk(folder: Path, need: int, views_left: int, done: int) -> None:
     if free < need + DISK_RESERVE:
         raise InputError(
             f"{folder}: the disk has {free / 1e9:.1f} GB free; the next view needs up to "
-            f"{need / 1e9:.1f} GB (plus {DISK_RESERVE / 1e9:.1f} GB kept free) and {views_left} views are left. Free some space or use a run "
-            f"folder on a larger disk, then run again: the ray cache resumes after view {done}.")
+            f"{need / 1e9:.1f} GB (plus {DISK_RESERVE / 1e9:.1f} GB kept free) and {views_left} "
+            f"views are left. Free some space or use a run folder on a larger disk, then run "
+            f"again: the ray cache resumes after view {done}.")
 
 
 def load_rgb8(path: Path, cam: Camera) -> np.ndarray:
@@ -130,16 +127,17 @@ def _gather_rows(a: np.ndarray, idx: torch.Tensor) -> np.ndarray:
 
 
 def bucket_parts(rec: dict[str, torch.Tensor], bucket: np.ndarray, n_buckets: int):
-    """Yield (field, bucket index, array) for every non-empty bucket's rows of every field, rows
-    kept in their order. Sorting and gathering run where the records are (the GPU at 8K)."""
+    """Yield (field, its column in FIELDS, bucket index, array) for every non-empty bucket's rows
+    of every field, rows kept in their order. Sorting and gathering run where the records are
+    (the GPU at 8K)."""
     b = torch.from_numpy(bucket).to(rec["view"].device)
     order = torch.argsort(b, stable=True)
     counts = torch.bincount(b, minlength=n_buckets).cpu().numpy()
     splits = np.cumsum(counts)[:-1]
-    for k, dt in FIELDS.items():
+    for c, (k, dt) in enumerate(FIELDS.items()):
         for j, part in enumerate(np.split(_to_host(rec[k][order], dt), splits)):
             if len(part):
-                yield k, j, part
+                yield k, c, j, part
 
 
 def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: int | None = None,
@@ -168,8 +166,7 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
     max_rays = sum(scene.views[i].camera.width * scene.views[i].camera.height for i in train_ids)
     n_buckets = max(1, -(-max_rays // shard_rays))
     rng = np.random.default_rng(seed)
-    names = list(FIELDS)
-    sizes = np.zeros((n_buckets, len(names)), np.int64)      # committed bytes per bucket file
+    sizes = np.zeros((n_buckets, len(FIELDS)), np.int64)      # committed bytes per bucket file
     key = {"scene": str(scene.root.resolve()), "mesh": str(scene.mesh_path.resolve()), "level": level,
            "ss": ss, "test_every": test_every, "shard_rays": shard_rays, "seed": seed,
            "train_views": train_ids}
@@ -186,12 +183,9 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
         done, coverage, total = state["done"], state["coverage"], state["total"]
         rng.bit_generator.state = state["rng"]
         sizes = np.array(state["sizes"], np.int64)
-        for b in range(n_buckets):
-            for c, k in enumerate(names):
-                f = tmp / "buckets" / f"{b:05d}.{k}"
-                if f.exists() or not (tmp / f"shard_{b:05d}").is_dir():
-                    with open(f, "ab") as fh:
-                        fh.truncate(int(sizes[b, c]))
+        for b, c, f in _unsharded_buckets(tmp, n_buckets):
+            with open(f, "ab") as fh:
+                fh.truncate(int(sizes[b, c]))
         events.log(f"resuming the ray cache after {done} of {len(train_ids)} views")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,14 +214,14 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
             cnt = len(rec["view"]) if rec else 0
             coverage[v.name] = cnt / (v.camera.width * v.camera.height)
             if cnt:
-                clock.start("bucket_write")
+                bucket = rng.integers(0, n_buckets, cnt, dtype=np.int32)
                 # Files are opened per write, not kept open: thousands of buckets at 8K would
                 # exceed the open-file limit.
-                for k, b, part in bucket_parts(rec, rng.integers(0, n_buckets, cnt, dtype=np.int32), n_buckets):
-                    with open(tmp / "buckets" / f"{b:05d}.{k}", "ab") as fh:
-                        part.tofile(fh)
-                    sizes[b, names.index(k)] += part.nbytes
-                clock.stop("bucket_write")
+                with clock("bucket_write"):
+                    for k, c, b, part in bucket_parts(rec, bucket, n_buckets):
+                        with open(_bucket_file(tmp, b, k), "ab") as fh:
+                            part.tofile(fh)
+                        sizes[b, c] += part.nbytes
             else:
                 events.log(f"view {v.name}: the mesh covers no pixel; skipped")
             total += cnt
@@ -251,13 +245,11 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
             shards.append({"name": name, "n": int(np.load(tmp / name / "view.npy", mmap_mode="r").shape[0])})
             continue
         with clock("shuffle_read"):
-            data = {k: np.fromfile(tmp / "buckets" / f"{b:05d}.{k}", dtype=dt) for k, dt in FIELDS.items()}
+            data = {k: np.fromfile(_bucket_file(tmp, b, k), dtype=dt) for k, dt in FIELDS.items()}
         n = len(data["view"])
         if n == 0:
             continue
-        data["xyz"] = data["xyz"].reshape(n, S, 3)
-        for k in ("normal", "dir", "rgb"):
-            data[k] = data[k].reshape(n, 3)
+        data = {k: v.reshape(n, *row_shape(k, S)) for k, v in data.items()}
         with clock("shuffle"):
             perm = torch.from_numpy(np.random.default_rng([seed, b]).permutation(n)).to(rast.device)
             data = {k: _gather_rows(v, perm) for k, v in data.items()}
@@ -269,7 +261,7 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
                 np.save(part / f"{k}.npy", data[k])
         part.replace(tmp / name)
         # Free the disk as we go, in a thread: unlinking a large file takes ~10 ms.
-        deletes += [deleter.submit((tmp / "buckets" / f"{b:05d}.{k}").unlink) for k in FIELDS]
+        deletes += [deleter.submit(_bucket_file(tmp, b, k).unlink) for k in FIELDS]
         shards.append({"name": name, "n": int(n)})
     with clock("free_disk"):
         deleter.shutdown()
@@ -296,16 +288,22 @@ def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_
     return config
 
 
+def _bucket_file(tmp: Path, b: int, field: str) -> Path:
+    return tmp / "buckets" / f"{b:05d}.{field}"
+
+
+def _unsharded_buckets(tmp: Path, n_buckets: int):
+    """(bucket, field column, file) of every bucket file not yet turned into a shard."""
+    for b in range(n_buckets):
+        if not (tmp / f"shard_{b:05d}").is_dir():
+            for c, k in enumerate(FIELDS):
+                yield b, c, _bucket_file(tmp, b, k)
+
+
 def _buckets_complete(tmp: Path, sizes: np.ndarray) -> bool:
     """Every bucket file not yet turned into a shard holds at least its committed bytes."""
-    for b in range(len(sizes)):
-        if (tmp / f"shard_{b:05d}").is_dir():
-            continue
-        for c, k in enumerate(FIELDS):
-            f = tmp / "buckets" / f"{b:05d}.{k}"
-            if (f.stat().st_size if f.exists() else 0) < sizes[b, c]:
-                return False
-    return True
+    return all((f.stat().st_size if f.exists() else 0) >= sizes[b, c]
+               for b, c, f in _unsharded_buckets(tmp, len(sizes)))
 
 
 def _warn_if_short(folder: Path, view_bytes: int, views_left: int) -> None:
