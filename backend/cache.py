@@ -27,6 +27,7 @@ import torch
 
 from . import events
 from .cameras import Camera
+from .config import SS, TEST_EVERY
 from .errors import InputError
 from .meshio import load_mesh
 from .raster import Rasterizer, pixel_directions, resolve_device
@@ -141,151 +142,183 @@ def bucket_parts(rec: dict[str, torch.Tensor], bucket: np.ndarray, n_buckets: in
 
 
 def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: int | None = None,
-                ss: int = 2, test_every: int = 8, device: str = "auto", shard_rays: int = 1 << 22,
-                seed: int = 0) -> dict:
+                ss: int = SS.default, test_every: int = TEST_EVERY.default, device: str = "auto",
+                shard_rays: int = 1 << 22, seed: int = 0) -> dict:
+    SS.check(ss)
+    TEST_EVERY.check(test_every)
     with RunFolder(run_dir).exclusive("the ray cache"):
-        return _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed)
+        build = CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed)
+        build.start_or_resume()
+        build.write_views()
+        shards = build.write_shards()
+        return build.finish(shards)
 
 
-def _build_cache(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed) -> dict:
-    if not 1 <= ss <= 4:
-        raise InputError(f"--ss {ss}: supersampling must be 1, 2, 3 or 4.")
-    dev = resolve_device(device)
-    scene = load_scene(scene_dir, mesh, level)
-    mesh_obj = load_mesh(scene.mesh_path)
-    nm = mesh_obj.non_manifold_edges()
-    if nm:
-        events.log(f"{scene.mesh_path}: {nm} non-manifold edges (kept; they do not affect rasterization)")
-    train_ids, test_ids = scene.split(test_every)
-    run = RunFolder(run_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
-    tmp = run.root / "cache.tmp"
+class CacheBuild:
+    """One ray cache build, in its phases: `start_or_resume` (RUN/cache.tmp, or its state after an
+    interruption), `write_views` (every training view's rays appended to random bucket files),
+    `write_shards` (each bucket shuffled into a shard), `finish` (RUN/cache replaced atomically,
+    RUN/config.json)."""
 
-    rast = Rasterizer(mesh_obj, dev)
-    S = ss * ss
-    max_rays = sum(scene.views[i].camera.width * scene.views[i].camera.height for i in train_ids)
-    n_buckets = max(1, -(-max_rays // shard_rays))
-    rng = np.random.default_rng(seed)
-    sizes = np.zeros((n_buckets, len(FIELDS)), np.int64)      # committed bytes per bucket file
-    key = {"scene": str(scene.root.resolve()), "mesh": str(scene.mesh_path.resolve()), "level": level,
-           "ss": ss, "test_every": test_every, "shard_rays": shard_rays, "seed": seed,
-           "train_views": train_ids}
-    done, coverage, total = 0, {}, 0
-    progress = tmp / "progress.json"
-    state = read_json(progress) if progress.is_file() else None
-    resumable = state is not None and state.get("key") == key
-    if resumable and not _buckets_complete(tmp, np.array(state["sizes"], np.int64)):
-        events.log("the interrupted ray cache lost data (the machine stopped before its files "
-                   "reached the disk); building it again from the first view")
-        resumable = False
-    if resumable:
-        # Resume an interrupted run: drop bytes written after the last completed view.
-        done, coverage, total = state["done"], state["coverage"], state["total"]
-        rng.bit_generator.state = state["rng"]
-        sizes = np.array(state["sizes"], np.int64)
-        for b, c, f in _unsharded_buckets(tmp, n_buckets):
-            with open(f, "ab") as fh:
-                fh.truncate(int(sizes[b, c]))
-        events.log(f"resuming the ray cache after {done} of {len(train_ids)} views")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "buckets").mkdir(parents=True)
-    prog = events.Progress("cache", len(train_ids), start_step=done)
-    per_ray = ray_bytes(ss)
-    clock = PhaseClock()
-    # The next photo is decoded in a thread while this one is rasterized and written.
-    pool = ThreadPoolExecutor(1)
+    def __init__(self, scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed):
+        self.dev = resolve_device(device)
+        self.scene = load_scene(scene_dir, mesh, level)
+        self.mesh = load_mesh(self.scene.mesh_path)
+        nm = self.mesh.non_manifold_edges()
+        if nm:
+            events.log(f"{self.scene.mesh_path}: {nm} non-manifold edges (kept; they do not affect rasterization)")
+        self.level, self.ss, self.test_every, self.seed = level, ss, test_every, seed
+        self.train_ids, self.test_ids = self.scene.split(test_every)
+        self.run = RunFolder(run_dir)
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.run.root / "cache.tmp"
+        self.progress = self.tmp / "progress.json"
+        self.rast = Rasterizer(self.mesh, self.dev)
+        views = self.scene.views
+        max_rays = sum(views[i].camera.width * views[i].camera.height for i in self.train_ids)
+        self.n_buckets = max(1, -(-max_rays // shard_rays))
+        self.rng = np.random.default_rng(seed)
+        self.sizes = np.zeros((self.n_buckets, len(FIELDS)), np.int64)   # committed bytes per bucket file
+        self.key = {"scene": str(self.scene.root.resolve()), "mesh": str(self.scene.mesh_path.resolve()),
+                    "level": level, "ss": ss, "test_every": test_every, "shard_rays": shard_rays,
+                    "seed": seed, "train_views": self.train_ids}
+        self.done, self.coverage, self.total = 0, {}, 0
+        self.clock = PhaseClock()
 
-    def load(n: int):
-        if n < len(train_ids):
-            v = scene.views[train_ids[n]]
-            return pool.submit(load_rgb8, v.image_path, v.camera)
+    def start_or_resume(self) -> None:
+        """Resume an interrupted build of the same inputs (dropping bytes written after its last
+        completed view), else start from an empty RUN/cache.tmp."""
+        tmp = self.tmp
+        state = read_json(self.progress) if self.progress.is_file() else None
+        resumable = state is not None and state.get("key") == self.key
+        if resumable and not _buckets_complete(tmp, np.array(state["sizes"], np.int64)):
+            events.log("the interrupted ray cache lost data (the machine stopped before its files "
+                       "reached the disk); building it again from the first view")
+            resumable = False
+        if resumable:
+            self.done, self.coverage, self.total = state["done"], state["coverage"], state["total"]
+            self.rng.bit_generator.state = state["rng"]
+            self.sizes = np.array(state["sizes"], np.int64)
+            for b, c, f in _unsharded_buckets(tmp, self.n_buckets):
+                with open(f, "ab") as fh:
+                    fh.truncate(int(self.sizes[b, c]))
+            events.log(f"resuming the ray cache after {self.done} of {len(self.train_ids)} views")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "buckets").mkdir(parents=True)
 
-    nxt = load(done)
-    try:
-        for n in range(done, len(train_ids)):
-            i = train_ids[n]
-            v = scene.views[i]
-            check_disk(tmp, v.camera.width * v.camera.height * per_ray, len(train_ids) - n, n)
-            with clock("decode_wait"):
-                rgb8, nxt = nxt.result(), load(n + 1)
-            with clock("rasterize"):
-                rec = view_rays(rast, v.camera, rgb8, ss, i)
-            cnt = len(rec["view"]) if rec else 0
-            coverage[v.name] = cnt / (v.camera.width * v.camera.height)
-            if cnt:
-                bucket = rng.integers(0, n_buckets, cnt, dtype=np.int32)
-                # Files are opened per write, not kept open: thousands of buckets at 8K would
-                # exceed the open-file limit.
-                with clock("bucket_write"):
-                    for k, c, b, part in bucket_parts(rec, bucket, n_buckets):
-                        with open(_bucket_file(tmp, b, k), "ab") as fh:
-                            part.tofile(fh)
-                        sizes[b, c] += part.nbytes
-            else:
-                events.log(f"view {v.name}: the mesh covers no pixel; skipped")
-            total += cnt
-            if n == done and cnt and len(train_ids) > n + 1:
-                _warn_if_short(tmp, cnt * per_ray, len(train_ids) - n - 1)
-            write_json(progress, {"key": key, "done": n + 1, "coverage": coverage, "total": total,
-                                  "rng": rng.bit_generator.state, "sizes": sizes.tolist()})
-            prog.update(n + 1, view=v.name, rays=total)
-    finally:
-        pool.shutdown(cancel_futures=True)
-    if total == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise InputError(f"{scene.mesh_path}: no training camera sees the mesh; check that the mesh "
-                         "and the cameras are in the same world frame (no axis change on export).")
+    def write_views(self) -> None:
+        """Rasterize every remaining training view and append its rays to random buckets; the
+        progress file is written after each view (the resume point)."""
+        scene, train_ids, clock, tmp = self.scene, self.train_ids, self.clock, self.tmp
+        prog = events.Progress("cache", len(train_ids), start_step=self.done)
+        per_ray = ray_bytes(self.ss)
+        # The next photo is decoded in a thread while this one is rasterized and written.
+        pool = ThreadPoolExecutor(1)
 
-    shards, deletes, deleter = [], [], ThreadPoolExecutor(1)
-    for b in range(n_buckets):
-        # Each shuffle seeds from (seed, bucket), so a resumed run rebuilds identical shards.
-        name = f"shard_{b:05d}"
-        if (tmp / name).is_dir():                          # written before an interruption
-            shards.append({"name": name, "n": int(np.load(tmp / name / "view.npy", mmap_mode="r").shape[0])})
-            continue
-        with clock("shuffle_read"):
-            data = {k: np.fromfile(_bucket_file(tmp, b, k), dtype=dt) for k, dt in FIELDS.items()}
-        n = len(data["view"])
-        if n == 0:
-            continue
-        data = {k: v.reshape(n, *row_shape(k, S)) for k, v in data.items()}
-        with clock("shuffle"):
-            perm = torch.from_numpy(np.random.default_rng([seed, b]).permutation(n)).to(rast.device)
-            data = {k: _gather_rows(v, perm) for k, v in data.items()}
-        part = tmp / (name + ".part")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir()
-        with clock("shuffle_write"):
-            for k in FIELDS:
-                np.save(part / f"{k}.npy", data[k])
-        part.replace(tmp / name)
-        # Free the disk as we go, in a thread: unlinking a large file takes ~10 ms.
-        deletes += [deleter.submit(_bucket_file(tmp, b, k).unlink) for k in FIELDS]
-        shards.append({"name": name, "n": int(n)})
-    with clock("free_disk"):
-        deleter.shutdown()
-        for d in deletes:
-            d.result()                                     # re-raise a failed delete
-    shutil.rmtree(tmp / "buckets")
-    progress.unlink()
+        def load(n: int):
+            if n < len(train_ids):
+                v = scene.views[train_ids[n]]
+                return pool.submit(load_rgb8, v.image_path, v.camera)
 
-    lo, hi = mesh_obj.bounds
-    views = [{"name": v.name, "image": str(v.image_path.resolve()), "camera": v.camera.to_dict(),
-              "split": "test" if i in test_ids else "train"} for i, v in enumerate(scene.views)]
-    config = {"version": CACHE_VERSION, "scene": str(scene.root.resolve()),
-              "mesh": str(scene.mesh_path.resolve()), "level": level, "ss": ss,
-              "test_every": test_every, "aabb": [lo.tolist(), hi.tolist()], "views": views,
-              "train_views": train_ids, "test_views": test_ids}
-    meta = {"version": CACHE_VERSION, "ss": ss, "n_rays": int(total), "shards": shards,
-            "coverage": coverage, "seconds": clock.seconds}   # seconds: this run's, not a resumed one's
-    write_json(tmp / "meta.json", meta)
-    shutil.rmtree(run.cache, ignore_errors=True)
-    tmp.replace(run.cache)
-    write_json(run.config, config)
-    events.emit("done", stage="cache", rays=int(total), shards=len(shards), train_views=len(train_ids),
-                test_views=len(test_ids), cache=str(run.cache), seconds=clock.seconds)
-    return config
+        nxt = load(self.done)
+        try:
+            for n in range(self.done, len(train_ids)):
+                i = train_ids[n]
+                v = scene.views[i]
+                check_disk(tmp, v.camera.width * v.camera.height * per_ray, len(train_ids) - n, n)
+                with clock("decode_wait"):
+                    rgb8, nxt = nxt.result(), load(n + 1)
+                with clock("rasterize"):
+                    rec = view_rays(self.rast, v.camera, rgb8, self.ss, i)
+                cnt = len(rec["view"]) if rec else 0
+                self.coverage[v.name] = cnt / (v.camera.width * v.camera.height)
+                if cnt:
+                    self._append(rec, cnt)
+                else:
+                    events.log(f"view {v.name}: the mesh covers no pixel; skipped")
+                self.total += cnt
+                if n == self.done and cnt and len(train_ids) > n + 1:
+                    _warn_if_short(tmp, cnt * per_ray, len(train_ids) - n - 1)
+                write_json(self.progress, {"key": self.key, "done": n + 1, "coverage": self.coverage,
+                                           "total": self.total, "rng": self.rng.bit_generator.state,
+                                           "sizes": self.sizes.tolist()})
+                prog.update(n + 1, view=v.name, rays=self.total)
+        finally:
+            pool.shutdown(cancel_futures=True)
+        if self.total == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InputError(f"{scene.mesh_path}: no training camera sees the mesh; check that the mesh "
+                             "and the cameras are in the same world frame (no axis change on export).")
+
+    def _append(self, rec: dict[str, torch.Tensor], cnt: int) -> None:
+        bucket = self.rng.integers(0, self.n_buckets, cnt, dtype=np.int32)
+        # Files are opened per write, not kept open: thousands of buckets at 8K would exceed the
+        # open-file limit.
+        with self.clock("bucket_write"):
+            for k, c, b, part in bucket_parts(rec, bucket, self.n_buckets):
+                with open(_bucket_file(self.tmp, b, k), "ab") as fh:
+                    part.tofile(fh)
+                self.sizes[b, c] += part.nbytes
+
+    def write_shards(self) -> list[dict]:
+        """Shuffle each bucket into a shard of .npy files (a shard written before an interruption
+        is kept); bucket files are deleted as they are used."""
+        tmp, clock, S = self.tmp, self.clock, self.ss * self.ss
+        shards, deletes, deleter = [], [], ThreadPoolExecutor(1)
+        for b in range(self.n_buckets):
+            # Each shuffle seeds from (seed, bucket), so a resumed run rebuilds identical shards.
+            name = f"shard_{b:05d}"
+            if (tmp / name).is_dir():                          # written before an interruption
+                shards.append({"name": name, "n": int(np.load(tmp / name / "view.npy", mmap_mode="r").shape[0])})
+                continue
+            with clock("shuffle_read"):
+                data = {k: np.fromfile(_bucket_file(tmp, b, k), dtype=dt) for k, dt in FIELDS.items()}
+            n = len(data["view"])
+            if n == 0:
+                continue
+            data = {k: v.reshape(n, *row_shape(k, S)) for k, v in data.items()}
+            with clock("shuffle"):
+                perm = torch.from_numpy(np.random.default_rng([self.seed, b]).permutation(n)).to(self.rast.device)
+                data = {k: _gather_rows(v, perm) for k, v in data.items()}
+            part = tmp / (name + ".part")
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir()
+            with clock("shuffle_write"):
+                for k in FIELDS:
+                    np.save(part / f"{k}.npy", data[k])
+            part.replace(tmp / name)
+            # Free the disk as we go, in a thread: unlinking a large file takes ~10 ms.
+            deletes += [deleter.submit(_bucket_file(tmp, b, k).unlink) for k in FIELDS]
+            shards.append({"name": name, "n": int(n)})
+        with clock("free_disk"):
+            deleter.shutdown()
+            for d in deletes:
+                d.result()                                     # re-raise a failed delete
+        shutil.rmtree(tmp / "buckets")
+        self.progress.unlink()
+        return shards
+
+    def finish(self, shards: list[dict]) -> dict:
+        """RUN/cache.tmp -> RUN/cache, then RUN/config.json (scene, split, cameras, AABB)."""
+        scene, run, tmp = self.scene, self.run, self.tmp
+        lo, hi = self.mesh.bounds
+        views = [{"name": v.name, "image": str(v.image_path.resolve()), "camera": v.camera.to_dict(),
+                  "split": "test" if i in self.test_ids else "train"} for i, v in enumerate(scene.views)]
+        config = {"version": CACHE_VERSION, "scene": str(scene.root.resolve()),
+                  "mesh": str(scene.mesh_path.resolve()), "level": self.level, "ss": self.ss,
+                  "test_every": self.test_every, "aabb": [lo.tolist(), hi.tolist()], "views": views,
+                  "train_views": self.train_ids, "test_views": self.test_ids}
+        meta = {"version": CACHE_VERSION, "ss": self.ss, "n_rays": int(self.total), "shards": shards,
+                "coverage": self.coverage, "seconds": self.clock.seconds}   # this run's, not a resumed one's
+        write_json(tmp / "meta.json", meta)
+        shutil.rmtree(run.cache, ignore_errors=True)
+        tmp.replace(run.cache)
+        write_json(run.config, config)
+        events.emit("done", stage="cache", rays=int(self.total), shards=len(shards),
+                    train_views=len(self.train_ids), test_views=len(self.test_ids), cache=str(run.cache),
+                    seconds=self.clock.seconds)
+        return config
 
 
 def _bucket_file(tmp: Path, b: int, field: str) -> Path:
@@ -333,7 +366,6 @@ class ShardReader:
 
     def __init__(self, run_dir: str | Path):
         self.run = RunFolder(run_dir)
-        from .runfolder import read_json
         self.meta = read_json(self.run.cache / "meta.json")
         self.shards = self.meta["shards"]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .cameras import Camera
+from .config import FORMATS
 from .errors import InputError
 
 
@@ -54,5 +55,6 @@ def write_camera_path(path: str | Path, numbers: list[int], cams: list[Camera], 
     os.replace(tmp, path)
 
 
-def frame_filename(number: int, ext: str) -> str:
-    return f"frame_{number:06d}.{ext}"
+def frame_filename(number: int, fmt: str) -> str:
+    """File name of frame `number` in output format `fmt` (a key of config.FORMATS)."""
+    return f"frame_{number:06d}.{FORMATS[fmt].extension}"

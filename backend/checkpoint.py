@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
+from .config import ModelConfig, from_dict
 from .errors import InputError
-from .model import Manifold, ModelConfig
+from .model import Manifold
 from .runfolder import RunFolder
 
 
@@ -27,12 +28,17 @@ def load_checkpoint(run: RunFolder, device: torch.device) -> dict:
         raise InputError(f"{run.latest}: unreadable checkpoint ({e}); delete it and train again.") from None
 
 
-def load_model(run: RunFolder, device: torch.device) -> tuple[Manifold, dict]:
+def model_config(ckpt: dict) -> ModelConfig:
+    d = dict(ckpt["model_config"])
+    d.setdefault("omega_dir", d.get("omega0", 30.0))   # checkpoints from before the field existed
+    return from_dict(ModelConfig, d)
+
+
+def load_model(run: RunFolder, device: torch.device, grid_backend: str = "auto") -> tuple[Manifold, dict]:
+    """The trained model of RUN on `device`, in eval mode, and its checkpoint."""
     ckpt = load_checkpoint(run, device)
-    cfg = ModelConfig.from_dict(ckpt["model_config"])
     aabb = ckpt["aabb"]
-    model = Manifold(cfg, aabb[0], aabb[1], ckpt["n_views"]).to(device)
+    model = Manifold(model_config(ckpt), aabb[0], aabb[1], ckpt["n_views"], grid_backend).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    model.grid.coherent = True          # loaded models render frames: points come in pixel order
     return model, ckpt

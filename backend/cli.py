@@ -1,4 +1,7 @@
-"""`python -m backend COMMAND`: the backend's command line (see docs/protocol.md)."""
+"""`python -m backend COMMAND`: the backend's command line (see docs/protocol.md).
+
+The options, their defaults and limits come from backend.config (the Blender add-on builds its
+properties from the same table); this module only wires them to the commands."""
 from __future__ import annotations
 
 import argparse
@@ -6,40 +9,41 @@ import os
 import sys
 import traceback
 
-from . import events
+from . import config, events
+from .config import Option
 from .errors import DeviceError, InputError
 
 
-def _add_device(p):
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cuda or cpu")
-    p.add_argument("--grid-backend", default="auto",
-                   help="hash encoding: auto (Triton on CUDA), torch, triton or tcnn (tiny-cuda-nn, self-checked)")
+def _add(p: argparse.ArgumentParser, opt: Option, **kw) -> None:
+    """The option as a flag. Choices and limits are checked by `_check_limits` (an `error` event
+    naming the flag), not by argparse (a usage message the add-on cannot show)."""
+    if opt.choices:
+        help_ = f"{opt.help}: " + ", ".join(c[0] for c in opt.choices) + f" (default {opt.default})"
+    else:
+        help_ = opt.help + (f" (default {opt.default})" if opt.default is not None else "")
+    p.add_argument(opt.flag, type=opt.kind, default=opt.default, help=help_, **kw)
 
 
-def _add_nproc(p):
-    p.add_argument("--nproc", type=int, default=1,
-                   help="processes, one per GPU: runs this command under torchrun (ignored under torchrun)")
+def _add_device(p, grid_backend: bool = True) -> None:
+    _add(p, config.DEVICE)
+    if grid_backend:
+        _add(p, config.GRID_BACKEND)
 
 
-def _add_cache_opts(p):
+def _add_cache_opts(p) -> None:
     p.add_argument("--scene", required=True, help="MVSNet scene folder")
     p.add_argument("--mesh", help="mesh file (default: SCENE/1.obj or the only mesh in SCENE)")
-    p.add_argument("--level", type=int, help="use images_{k}/ and cams_{k}/")
-    p.add_argument("--ss", type=int, default=2, help="supersampling factor per axis (default 2)")
-    p.add_argument("--test-every", type=int, default=8, help="hold out every k-th view (0: none)")
+    for opt in config.CACHE_OPTIONS:
+        _add(p, opt)
 
 
-def _add_train_opts(p):
-    p.add_argument("--iters", type=int, help="training steps (default: preset's)")
-    p.add_argument("--preset", default="auto", help="reference (GPU), small (CPU) or auto")
-    p.add_argument("--batch-rays", type=int, help="rays per step (reference: 32 x 49152)")
-    p.add_argument("--log2-table", type=int, help="hash table size per level, log2 (reference 22)")
-    p.add_argument("--lr", type=float, help="decoder learning rate")
-    p.add_argument("--grid-lr", type=float, help="hash table learning rate")
-
-
-def _overrides(a) -> dict:
-    return {"batch_rays": a.batch_rays, "log2_table": a.log2_table, "lr": a.lr, "grid_lr": a.grid_lr}
+def _add_train_opts(p) -> None:
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    _add(p, config.PRESET)
+    for opt in config.TRAIN_OPTIONS:
+        _add(p, opt)
+    _add_device(p)
+    _add(p, config.NPROC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,32 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="rasterize the mesh into the photos, write the ray cache")
     _add_cache_opts(p)
     p.add_argument("--run", required=True)
-    _add_device(p)
+    _add_device(p, grid_backend=False)
 
     p = sub.add_parser("train", help="train the hash featurized manifold")
     p.add_argument("--run", required=True)
-    p.add_argument("--resume", action="store_true")
     _add_train_opts(p)
-    _add_device(p)
-    _add_nproc(p)
 
     p = sub.add_parser("fit", help="cache (unless up to date) then train")
     _add_cache_opts(p)
     p.add_argument("--run", required=True)
-    p.add_argument("--resume", action="store_true")
     _add_train_opts(p)
-    _add_device(p)
-    _add_nproc(p)
 
     p = sub.add_parser("render", help="render a camera path JSON")
     p.add_argument("--run", required=True)
     p.add_argument("--path", required=True, help="camera path JSON (docs/protocol.md)")
     p.add_argument("--out", required=True)
-    p.add_argument("--format", default="png", choices=["png", "exr"])
-    p.add_argument("--exposure", default="mean", help="mean, or a training view's name or index")
-    p.add_argument("--ss", type=int, help="supersampling (default: the cache's)")
+    for opt in (config.FORMAT, config.EXPOSURE, config.RENDER_SS):
+        _add(p, opt)
     _add_device(p)
-    _add_nproc(p)
+    _add(p, config.NPROC)
 
     p = sub.add_parser("eval", help="metrics on the held-out views")
     p.add_argument("--run", required=True)
@@ -86,42 +83,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="procedural scene end to end")
     p.add_argument("--out", default="xscale_demo")
-    p.add_argument("--iters", type=int)
-    _add_device(p)
+    _add(p, config.ITERS)
+    _add_device(p, grid_backend=False)
 
     from .prepare_cli import add_parsers
     add_parsers(sub)
     return ap
 
 
-def run_command(a) -> int:
-    if getattr(a, "grid_backend", "auto") != "auto":
-        from .hashgrid import select_backend
-        select_backend(a.grid_backend)
+def _check_limits(a: argparse.Namespace) -> None:
+    """Every option within its limits (InputError naming the flag), before any work starts."""
+    opts = (config.DEVICE, config.GRID_BACKEND, config.NPROC, config.PRESET, *config.CACHE_OPTIONS,
+            *config.TRAIN_OPTIONS)
+    for opt in opts:
+        if hasattr(a, opt.name):
+            opt.check(getattr(a, opt.name))
+    if a.command == "render":
+        config.RENDER_SS.check(a.ss)
+
+
+def _train_overrides(a: argparse.Namespace) -> dict:
+    return {opt.name: getattr(a, opt.name) for opt in config.TRAIN_OPTIONS}
+
+
+def run_command(a: argparse.Namespace) -> int:
+    _check_limits(a)
+    grid_backend = getattr(a, "grid_backend", "auto")
+    if grid_backend != "auto":
+        from .encoding import check_backend
+        check_backend(grid_backend)
     if a.command == "doctor":
         from .doctor import main
         return main(a.json, a.path)
     if a.command == "cache":
         from .cache import build_cache
         build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
-    elif a.command in ("train", "fit"):
+    elif a.command == "train":
         from .train import train
-        if a.command == "fit" and not a.resume:
-            from . import distributed
-            from .cache import build_cache, cache_matches
-            if distributed.setup(a.device).main:    # under torchrun: rank 0 caches, the others wait
-                if cache_matches(a.run, a.scene, a.ss, a.test_every, a.level, a.mesh):
-                    events.log("ray cache is up to date; skipping the cache step")
-                else:
-                    build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
-            distributed.barrier()
-        train(a.run, a.iters, a.resume, a.device, a.preset, _overrides(a))
+        train(a.run, a.iters, a.resume, a.device, a.preset, _train_overrides(a), grid_backend=grid_backend)
+    elif a.command == "fit":
+        from .fit import fit
+        fit(a.scene, a.run, mesh=a.mesh, level=a.level, ss=a.ss, test_every=a.test_every, iters=a.iters,
+            resume=a.resume, device=a.device, preset=a.preset, overrides=_train_overrides(a),
+            grid_backend=grid_backend)
     elif a.command == "render":
         from .render import render_path
-        render_path(a.run, a.path, a.out, a.format, a.exposure, a.ss, a.device)
+        render_path(a.run, a.path, a.out, a.format, a.exposure, a.ss, a.device, grid_backend)
     elif a.command == "eval":
         from .evaluate import evaluate
-        evaluate(a.run, a.device)
+        evaluate(a.run, a.device, grid_backend=grid_backend)
     elif a.command == "demo":
         from .demo import run_demo
         run_demo(a.out, a.device, a.iters)
@@ -137,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if multi:
         from . import distributed
         if not distributed.launched():
-            return distributed.relaunch(argv, a.nproc)
+            from .launch import relaunch
+            return relaunch(argv, a.nproc)
         if a.command not in ("train", "fit", "render") and distributed.env_rank() != 0:
             return 0    # one-process commands run once, on rank 0
     try:

@@ -8,31 +8,31 @@ from pathlib import Path
 from . import events
 from .raster import resolve_device
 
+# Scene size and training steps per device type: minutes on a 2-core CPU, seconds on a GPU.
+SIZES = {"cuda": dict(size=(640, 480), views=48, iters=300, frames=24),
+         "cpu": dict(size=(160, 120), views=24, iters=600, frames=12)}
+
 
 def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
-    from .cache import build_cache, cache_matches
     from .campath import write_camera_path
     from .evaluate import evaluate
+    from .fit import fit
     from .procedural import make_flythrough, make_scene, scene_matches
     from .render import render_path
-    from .train import train
 
     dev = resolve_device(device)
-    gpu = dev.type == "cuda"
+    plan = SIZES["cuda" if dev.type == "cuda" else "cpu"]
+    size = plan["size"]
     out_p = Path(out)
     t0 = time.monotonic()
-    size = (640, 480) if gpu else (160, 120)
     scene = out_p / "scene"
-    n_views = 48 if gpu else 24
-    if not scene_matches(scene, n_views, *size):
+    if not scene_matches(scene, plan["views"], *size):
         events.log(f"building the procedural scene in {scene}")
-        make_scene(scene, n_views, *size, workers=min(16, os.cpu_count() or 1))
+        make_scene(scene, plan["views"], *size, workers=min(16, os.cpu_count() or 1))
     run = out_p / "run"
-    if not cache_matches(str(run), str(scene), 2, 8, None, None):
-        build_cache(str(scene), str(run), ss=2, test_every=8, device=device)
-    train(str(run), iters if iters is not None else (300 if gpu else 600), device=device)
+    fit(str(scene), str(run), iters=iters if iters is not None else plan["iters"], device=device)
     ev = evaluate(str(run), device=device)
-    cams = make_flythrough(scene, n_frames=24 if gpu else 12, width=size[0], height=size[1])
+    cams = make_flythrough(scene, n_frames=plan["frames"], width=size[0], height=size[1])
     path = out_p / "flythrough.json"
     write_camera_path(path, list(range(1, len(cams) + 1)), cams)
     frames = out_p / "flythrough"

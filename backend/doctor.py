@@ -5,31 +5,7 @@ import importlib.util
 import json
 import platform
 import shutil
-import subprocess
 import sys
-
-TCNN_CHECK = r"""
-import torch, tinycudann as tcnn
-enc = tcnn.Encoding(3, {"otype": "HashGrid", "n_levels": 2, "n_features_per_level": 2,
-                        "log2_hashmap_size": 12, "base_resolution": 4, "per_level_scale": 2.0})
-x = torch.rand(64, 3, device="cuda")
-y = enc(x)
-torch.cuda.synchronize()
-assert torch.isfinite(y).all()
-print("ok")
-"""
-
-
-def _child_ok(code: str, timeout: float = 120) -> tuple[bool, str]:
-    """Run `code` in a child interpreter: a crashing extension cannot take the caller down."""
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False, "timed out"
-    if p.returncode == 0 and p.stdout.strip().endswith("ok"):
-        return True, "self-check passed"
-    tail = (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
-    return False, f"self-check failed (exit code {p.returncode}): {tail}"
 
 
 def report(path: str = ".") -> dict:
@@ -54,7 +30,8 @@ def report(path: str = ".") -> dict:
     elif not r.get("cuda_available"):
         r["tinycudann"] = "installed, not usable without CUDA"
     else:
-        ok, msg = _child_ok(TCNN_CHECK)
+        from .encoding.tcnn import self_check
+        ok, msg = self_check()
         r["tinycudann"] = msg
         r["tinycudann_ok"] = ok
     du = shutil.disk_usage(path)

@@ -2,7 +2,6 @@
 the mesh fully covers (all sub-samples hit: edge pixels mix in background in the photo)."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from . import events
@@ -16,7 +15,7 @@ from .render import render_camera
 from .runfolder import RunFolder, write_json
 
 
-def evaluate(run_dir: str, device: str = "auto", write_images: bool = True) -> dict:
+def evaluate(run_dir: str, device: str = "auto", write_images: bool = True, grid_backend: str = "auto") -> dict:
     from .imageio import read_image, write_png
     from .metrics import lpips_or_none, psnr, ssim
     dev = resolve_device(device)
@@ -25,7 +24,7 @@ def evaluate(run_dir: str, device: str = "auto", write_images: bool = True) -> d
     test = cfg["test_views"]
     if not test:
         raise InputError(f"{run.root}: no held-out views (the cache was built with --test-every 0).")
-    model, ckpt = load_model(run, dev)
+    model, ckpt = load_model(run, dev, grid_backend)
     rast = Rasterizer(load_mesh(cfg["mesh"]), dev)
     per_view = []
     run.eval_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Hash featurized manifold: hash grid on the surface + the official decoder (DESIGN step 4).
+"""Hash featurized manifold: hash grid on the surface + the official decoder (the paper's `pil.py`).
 
 feature (L*F) --FiLM-SIREN x2 (lighting code)--> h --exposure code e_i: exp(A e)*h + B e--> f
 view dir d --SIREN x2, each FiLM-modulated by f--> linear --> sigmoid = linear RGB --> sRGB.
@@ -7,38 +7,13 @@ Sub-sample features are averaged over the sub-samples that hit the mesh (anti-al
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, asdict, field
 
 import torch
 from torch import nn
 
 from .colour import linear_to_srgb
-from .hashgrid import HashGrid, HashGridConfig
-
-
-@dataclass
-class ModelConfig:
-    grid: HashGridConfig = field(default_factory=HashGridConfig)
-    width: int = 64
-    light_dim: int = 32
-    exposure_dim: int = 4
-    omega0: float = 30.0
-    # First-layer frequency of the view-direction SIREN. 30 (SIREN's default) over-fits the
-    # directions of the training photos: on held-out close-ups of the multiscale procedural
-    # scene 3 gave +3.9 dB (far views +1.5 dB) over 30 (CPU, small preset, 300 steps, one seed).
-    omega_dir: float = 3.0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["grid"] = self.grid.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        d = dict(d)
-        d["grid"] = HashGridConfig(**d["grid"])
-        d.setdefault("omega_dir", d.get("omega0", 30.0))   # checkpoints from before the field existed
-        return cls(**d)
+from .config import ModelConfig, OptimConfig
+from .encoding import HashGrid
 
 
 class FiLMSiren(nn.Module):
@@ -135,19 +110,28 @@ class Decoder(nn.Module):
 
 
 class Manifold(nn.Module):
-    def __init__(self, cfg: ModelConfig, aabb_min, aabb_max, n_views: int, grid_backend: str | None = None):
+    """The trained model: `forward` for training (per-ray exposure codes), `render` for frames,
+    `param_groups` for the optimiser and the gradient reduction."""
+
+    def __init__(self, cfg: ModelConfig, aabb_min, aabb_max, n_views: int, grid_backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
         self.grid = HashGrid(cfg.grid, aabb_min, aabb_max, backend=grid_backend)
         self.decoder = Decoder(cfg, n_views)
 
-    def features(self, xyz: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
+        """Adam groups: the hash table ("grid": its own rate, eps small enough for 1e-4-sized
+        entries, sparse gradients) and everything else ("decoder": MLP, lighting, exposure codes)."""
+        return [{"name": "grid", "params": [self.grid.table], "lr": optim.grid_lr, "eps": 1e-15},
+                {"name": "decoder", "params": list(self.decoder.parameters()), "lr": optim.lr}]
+
+    def features(self, xyz: torch.Tensor, mask: torch.Tensor, coherent: bool = False) -> torch.Tensor:
         """xyz (N, S, 3), mask (N, S) bool -> per-pixel feature (N, D) averaged over hit sub-samples."""
         N, S, _ = xyz.shape
         if S == 1:
-            return self.grid(xyz[:, 0])
+            return self.grid(xyz[:, 0], coherent)
         w = mask.float()
-        return self.grid.mean(xyz, w / w.sum(1, keepdim=True).clamp_min(1.0))
+        return self.grid.mean(xyz, w / w.sum(1, keepdim=True).clamp_min(1.0), coherent)
 
     def exposure_code(self, view: torch.Tensor | None = None, which: str | int = "mean") -> torch.Tensor:
         codes = self.decoder.exposure
@@ -162,6 +146,14 @@ class Manifold(nn.Module):
         if code.dim() == 1 and not torch.is_grad_enabled():
             return self.decoder.infer(self.features(xyz, mask), dirs, code, linear)
         return self.decoder(self.features(xyz, mask), dirs, code, linear)
+
+    @torch.no_grad()
+    def render(self, xyz: torch.Tensor, mask: torch.Tensor, dirs: torch.Tensor,
+               exposure: str | int = "mean") -> torch.Tensor:
+        """Linear RGB (N, 3) of a frame's covered pixels, given in pixel order (the grid's
+        frame-order launch), with one exposure code ("mean" or a training view's index)."""
+        code = self.exposure_code(None, exposure)
+        return self.decoder.infer(self.features(xyz, mask, coherent=True), dirs, code, linear=True)
 
 
 def unpack_mask(bits: torch.Tensor, S: int) -> torch.Tensor:

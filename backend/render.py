@@ -20,8 +20,9 @@ from . import distributed, events
 from .cameras import Camera
 from .campath import frame_filename, read_camera_path
 from .checkpoint import load_model
-from .colour import linear_to_srgb, to_u8
+from .config import FORMAT
 from .errors import InputError
+from .frame_files import frame_buffers, write_buffers
 from .meshio import load_mesh
 from .model import Manifold
 from .raster import Rasterizer, pixel_directions
@@ -49,8 +50,8 @@ def render_tensors(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, expo
         dirs = pixel_directions(cam, ii, jj).to(dev)
         xyz, m = s.xyz[covered].to(dev), s.mask[covered].to(dev)
         with record_function("render.model"):
-            out = torch.cat([model(xyz[k:k + chunk], m[k:k + chunk], dirs[k:k + chunk],
-                                   exposure=exposure, linear=True) for k in range(0, len(jj), chunk)])
+            out = torch.cat([model.render(xyz[k:k + chunk], m[k:k + chunk], dirs[k:k + chunk], exposure)
+                             for k in range(0, len(jj), chunk)])
         rgb[jj.to(dev), ii.to(dev)] = out
     return rgb, s.mask.float().mean(-1).to(dev), s.depth.to(dev)
 
@@ -59,22 +60,6 @@ def render_camera(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, expos
                   chunk: int = 1 << 20) -> Frame:
     rgb, alpha, depth = render_tensors(model, rast, cam, ss, exposure, chunk)
     return Frame(rgb.cpu().numpy(), alpha.cpu().numpy(), depth.cpu().numpy())
-
-
-def frame_buffers(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
-    """What a file of `fmt` stores, computed where the frame is: PNG 8-bit sRGB RGBA (a quarter
-    of the bytes to copy, no per-pixel work left for the writer), EXR linear RGB, alpha, depth."""
-    if fmt == "png":
-        return {"rgba": torch.cat([to_u8(linear_to_srgb(rgb)), to_u8(alpha)[..., None]], -1)}
-    return {"R": rgb[..., 0], "G": rgb[..., 1], "B": rgb[..., 2], "A": alpha, "Z": depth}
-
-
-def write_buffers(path: Path, bufs: dict[str, np.ndarray], fmt: str) -> None:
-    from .imageio import write_exr, write_png
-    if fmt == "png":
-        write_png(path, bufs["rgba"])
-    else:
-        write_exr(path, bufs)
 
 
 class HostCopy:
@@ -165,16 +150,15 @@ def parse_exposure(value: str, n_views: int, view_names: list[str]):
     return k
 
 
-def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = "png", exposure: str = "mean",
-                ss: int | None = None, device: str = "auto") -> dict:
-    if fmt not in ("png", "exr"):
-        raise InputError(f"--format {fmt}: choose png or exr.")
+def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = FORMAT.default, exposure: str = "mean",
+                ss: int | None = None, device: str = "auto", grid_backend: str = "auto") -> dict:
+    FORMAT.check(fmt)
     ctx = distributed.setup(device)     # under torchrun: this rank's GPU
     dev = ctx.device
     run = RunFolder(run_dir)
     cfg = run.read_config()
     numbers, cams, _fps = read_camera_path(path_json)
-    model, _ = load_model(run, dev)
+    model, _ = load_model(run, dev, grid_backend)
     names = [v["name"] for v in cfg["views"]]
     expo = parse_exposure(exposure, len(names), names)
     rast = Rasterizer(load_mesh(cfg["mesh"]), dev)

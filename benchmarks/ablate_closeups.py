@@ -24,7 +24,7 @@ from backend.evaluate import evaluate  # noqa: E402
 from backend.procedural import make_scene  # noqa: E402
 from backend.train import train  # noqa: E402
 
-VARIANTS = {"16 levels, 2^17 rows (small)": {}, "12 levels, 2^17 rows": {"n_levels": 12},
+VARIANTS = {"16 levels, 2^17 rows (small)": {}, "12 levels, 2^17 rows": {"model.grid.n_levels": 12},
             "16 levels, 2^19 rows": {"log2_table": 19}}
 
 

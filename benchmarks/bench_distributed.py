@@ -28,10 +28,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backend.distributed import GradReducer  # noqa: E402
-from backend.hashgrid import HashGridConfig  # noqa: E402
-from backend.model import Manifold, ModelConfig  # noqa: E402
-from backend.train import TrainConfig  # noqa: E402
+from backend.grad_reduce import GradReducer  # noqa: E402
+from backend.config import preset, with_value  # noqa: E402
+from backend.model import Manifold  # noqa: E402
 from common import device_name, print_table, write_json  # noqa: E402
 
 F = 8
@@ -107,16 +106,15 @@ def _worker(rank: int, world: int, port: int, args, queue) -> None:
             del grad, table
 
     # 2. real training steps at the preset
-    tc = TrainConfig.preset("auto", dev)
+    tc = preset("auto", dev.type)
     if args.log2_table:
-        tc.log2_table = args.log2_table
-    batch = args.batch_rays or tc.batch_rays
+        tc = with_value(tc, "model.grid.log2_table", args.log2_table)
+    batch = args.batch_rays or tc.optim.batch_rays
     share = batch // world
     torch.manual_seed(0)
-    model = Manifold(ModelConfig(grid=HashGridConfig(tc.n_levels, tc.n_features, tc.log2_table)),
-                     [0, 0, 0], [1, 1, 1], 32).to(dev)
-    table = model.grid.table
-    others = [p for n_, p in model.named_parameters() if not n_.startswith("grid.")]
+    model = Manifold(tc.model, [0, 0, 0], [1, 1, 1], 32).to(dev)
+    groups = model.param_groups(tc.optim)
+    table, others = groups[0]["params"][0], groups[1]["params"]
     step_t = []
     grad = None
     for _ in range(args.steps + 1):

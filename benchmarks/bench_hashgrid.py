@@ -22,8 +22,12 @@ import triton.language as tl
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backend import hashgrid_triton as ht  # noqa: E402
-from backend.hashgrid import HashGridConfig, encode_reference  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+
+from backend.config import HashGridConfig  # noqa: E402
+from backend.encoding import n_params  # noqa: E402
+from backend.encoding import triton_kernels as ht  # noqa: E402
+from backend.encoding.reference import encode_reference  # noqa: E402
 
 DEV = "cuda"
 TARGETS = {"triton_fwd_random_Mpts": 400.0, "triton_fwd_bwd_random_Mpts": 100.0}
@@ -120,7 +124,7 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     res: dict = {"device": props.name, "sm_count": props.multi_processor_count,
                  "l2_bytes": props.L2_cache_size, "torch": torch.__version__,
-                 "triton": triton.__version__, "n_points": n, "config": cfg.to_dict()}
+                 "triton": triton.__version__, "n_points": n, "config": asdict(cfg)}
     log = lambda k, v: (res.__setitem__(k, v), print(f"{k}: {v}", flush=True))  # noqa: E731
     res["launch_fwd"], res["launch_bwd"] = str(ht.FWD_LAUNCH), str(ht.BWD_LAUNCH)
     res["launch_coherent"] = str(ht.COHERENT_LAUNCH)
@@ -157,7 +161,7 @@ def main() -> None:
     # (b) one level at a time: each level's rows at the rate measured on a table of its size
     floor_b = out_s + sum(n * 8 / rate_rd[b] for b in lvl_bytes)
     # backward: grad_out read + gradient table zeroed + atomics at the per-level-size rates
-    zero_s = cfg.n_params * cfg.n_features * 4 / bw
+    zero_s = n_params(cfg) * cfg.n_features * 4 / bw
     floor_bwd = out_s + zero_s + sum(n * 8 / rate_at[b] for b in lvl_bytes)
     log("levels_beyond_L2", n_miss)
     log("bytes_per_point_all_miss", n_miss * 8 * 32 + cfg.out_dim * 4 + 12)
@@ -167,7 +171,7 @@ def main() -> None:
     log("floor_fwd_bwd_level_major_Mpts", round(n / (floor_b + floor_bwd) / 1e6, 1))
 
     # ---- encodings
-    table = (torch.randn(cfg.n_params, cfg.n_features, device=DEV) * 1e-2).requires_grad_()
+    table = (torch.randn(n_params(cfg), cfg.n_features, device=DEV) * 1e-2).requires_grad_()
     x_rand = torch.rand(n, 3, device=DEV)
     side = int(round(math.sqrt(n)))
     inputs = {"random": x_rand, "frame": frame_points(side), "morton": morton_sorted(x_rand)}

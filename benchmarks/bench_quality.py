@@ -62,7 +62,8 @@ from backend.raster import Rasterizer  # noqa: E402
 from backend.render import render_camera  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.scene import load_scene  # noqa: E402
-from backend.train import TrainConfig, train  # noqa: E402
+from backend.config import TrainConfig  # noqa: E402
+from backend.train import train  # noqa: E402
 from baselines import gsplat_baseline as gs  # noqa: E402
 from baselines import vertex_colour as vc  # noqa: E402
 from common import device_name, sync  # noqa: E402
@@ -135,7 +136,7 @@ def warm_up_ours(mesh, dev: torch.device) -> None:
     """Compile the hash-grid kernels (Triton on CUDA) outside the timed training."""
     from backend.model import Manifold
     lo, hi = mesh.bounds
-    m = Manifold(TrainConfig().model_config(), lo.tolist(), hi.tolist(), 1).to(dev)
+    m = Manifold(TrainConfig().model, lo.tolist(), hi.tolist(), 1).to(dev)
     for S in (1, 4):
         xyz = torch.as_tensor(lo + (hi - lo) * np.random.rand(4096, S, 3), dtype=torch.float32, device=dev)
         d = torch.nn.functional.normalize(torch.randn(4096, 3, device=dev), dim=-1)

@@ -24,7 +24,7 @@ from backend.procedural import make_flythrough, make_spec  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.imageio import _save_png  # noqa: E402
 from backend.render import WRITER_THREADS, FrameWriter, HostCopy, frame_buffers, render_tensors  # noqa: E402
-from backend.train import TrainConfig  # noqa: E402
+from backend.config import preset  # noqa: E402
 from common import Timer, print_table, report, subdivide, write_json  # noqa: E402
 
 TARGETS = {(1920, 1080): 30.0, (3840, 2160): 10.0}
@@ -79,8 +79,7 @@ def main() -> None:
     mesh = subdivide(spec.mesh, a.subdivide)
     rast = Rasterizer(mesh, dev)
     lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
-    model = Manifold(TrainConfig.preset("auto", dev).model_config(), lo, hi, n_views=1).to(dev).eval()
-    model.grid.coherent = True          # as checkpoint.load_model sets it for rendering
+    model = Manifold(preset("auto", dev.type).model, lo, hi, n_views=1).to(dev).eval()
     rows: list[dict] = []
     report(rows, {"metric": "render mesh triangles", "value": len(mesh.faces) / 1e6, "unit": "M"})
     stages = {}

@@ -19,7 +19,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from backend import distributed  # noqa: E402
-from backend.distributed import batch_part, part_runs, rows_before  # noqa: E402
+from backend.grad_reduce import GradReducer  # noqa: E402
+from backend.loader import batch_part, part_runs, rows_before  # noqa: E402
 
 TINY = {"batch_rays": 999, "log2_table": 12}     # odd batch: uneven shares, batches straddle shards
 TRAIN_ARGS = ["--device", "cpu", "--preset", "small", "--batch-rays", "999", "--log2-table", "12"]
@@ -86,7 +87,7 @@ def test_rank_loaders_partition_the_batch(run, batch, world):
     """With the same seed, the ranks' parts of every step concatenate to the one-process batch,
     across shard ends and epochs (with 4001, some ranks have no row in a ~1300-row shard), also
     when started from a mid-stream position (resume)."""
-    from backend.train import RayLoader
+    from backend.loader import RayLoader
     cpu = torch.device("cpu")
     for state in (None, {"epoch": 0, "pos": 1, "offset": 37}):
         one = RayLoader(run, cpu, batch, 0, state)
@@ -207,7 +208,7 @@ def _reducer_worker() -> None:
     for mode in ("dense", "sparse", "auto"):
         table, dec = nn.Parameter(torch.zeros(rows, F)), nn.Parameter(torch.zeros(5))
         table.grad, dec.grad = grads[ctx.rank].clone(), torch.full((5,), float(ctx.rank + 1))
-        red = distributed.GradReducer(table, [dec], mode)
+        red = GradReducer(table, [dec], mode)
         stats = red(torch.tensor([float(ctx.rank), 1.0]))
         picked[mode] = red.last
         assert torch.equal(table.grad, expect), mode

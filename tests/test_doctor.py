@@ -21,8 +21,8 @@ def test_doctor_json_reports_environment():
 
 
 def test_doctor_child_check_survives_a_crashing_extension():
-    from backend.doctor import _child_ok
-    ok, msg = _child_ok("import os; os.abort()")
+    from backend.encoding.tcnn import self_check
+    ok, msg = self_check("import os; os.abort()")
     assert not ok and "exit code" in msg
-    ok, msg = _child_ok("print('ok')")
+    ok, msg = self_check("print('ok')")
     assert ok

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
-from backend.hashgrid import HashGrid, HashGridConfig, corner_indices_weights, encode_reference
+from backend.config import HashGridConfig
+from backend.encoding import HashGrid, n_params
+from backend.encoding.layout import levels
+from backend.encoding.reference import corner_indices_weights, encode_reference
 from conftest import needs_triton, run_triton_interpreted
 
 # Small config with both dense levels (res <= 25) and hashed levels (2^14 entries).
@@ -51,22 +55,22 @@ def direct_encode(x: np.ndarray, table: np.ndarray, cfg: HashGridConfig) -> np.n
 
 def test_level_layout_reference_settings():
     cfg = HashGridConfig()
-    layout = cfg.level_layout()
-    res = [r for _, r, _, _ in layout]
+    layout = levels(cfg)
+    res = [lv.res for lv in layout]
     assert res[:7] == [16, 24, 35, 52, 77, 113, 166]
-    dense = [r ** 3 <= size for _, r, size, _ in layout]
+    dense = [not lv.hashed for lv in layout]
     assert dense == [True] * 6 + [False] * 10          # 6 dense levels, 10 hashed
-    assert all(size == 2 ** 22 for _, _, size, _ in layout[6:])
-    assert cfg.n_params == sum(size for _, _, size, _ in layout) and cfg.out_dim == 128
+    assert all(lv.size == 2 ** 22 for lv in layout[6:])
+    assert n_params(cfg) == sum(lv.size for lv in layout) and cfg.out_dim == 128
 
 
 @pytest.mark.parametrize("smoothstep", [True, False])
 def test_reference_matches_direct_evaluation(smoothstep: bool):
-    cfg = HashGridConfig(**{**SMALL.to_dict(), "smoothstep": smoothstep})
-    assert any(r ** 3 <= s for _, r, s, _ in cfg.level_layout())
-    assert any(r ** 3 > s for _, r, s, _ in cfg.level_layout())
+    cfg = HashGridConfig(**{**asdict(SMALL), "smoothstep": smoothstep})
+    assert any(not lv.hashed for lv in levels(cfg))
+    assert any(lv.hashed for lv in levels(cfg))
     g = torch.Generator().manual_seed(1)
-    table = torch.randn(cfg.n_params, cfg.n_features, generator=g)
+    table = torch.randn(n_params(cfg), cfg.n_features, generator=g)
     x = torch.rand(6, 3, generator=g)
     x[0] = torch.tensor([0.0, 0.0, 0.0])
     x[1] = torch.tensor([1.0, 1.0, 1.0])   # last corner wraps past the dense grid (mod size)
@@ -80,15 +84,15 @@ def test_weights_are_a_partition_of_unity():
     # A constant table encodes to that constant at every level (hash collisions included).
     x = torch.rand(500, 3)
     for smoothstep in (True, False):
-        cfg = HashGridConfig(**{**SMALL.to_dict(), "smoothstep": smoothstep})
-        out = encode_reference(x, torch.full((cfg.n_params, cfg.n_features), 2.5), cfg)
+        cfg = HashGridConfig(**{**asdict(SMALL), "smoothstep": smoothstep})
+        out = encode_reference(x, torch.full((n_params(cfg), cfg.n_features), 2.5), cfg)
         torch.testing.assert_close(out, torch.full_like(out, 2.5), rtol=1e-5, atol=1e-5)
 
 
 def test_continuous_across_cell_boundaries():
     cfg = SMALL
-    table = torch.randn(cfg.n_params, cfg.n_features, generator=torch.Generator().manual_seed(2))
-    for lvl, (scale, _, _, _) in enumerate(cfg.level_layout()):
+    table = torch.randn(n_params(cfg), cfg.n_features, generator=torch.Generator().manual_seed(2))
+    for lvl, scale in enumerate(lv.scale for lv in levels(cfg)):
         s = float(np.float32(scale))
         k = torch.arange(1, int(s))                         # integer positions inside the grid
         xb = ((k - 0.5) / s).float()                        # pos = x * s + 0.5 lands on k
@@ -103,12 +107,12 @@ def test_continuous_across_cell_boundaries():
 
 def test_gradient_is_weights_scattered():
     cfg = SMALL
-    table = torch.randn(cfg.n_params, cfg.n_features, requires_grad=True)
+    table = torch.randn(n_params(cfg), cfg.n_features, requires_grad=True)
     x = torch.rand(300, 3)
     gout = torch.randn(300, cfg.out_dim)
     (encode_reference(x, table, cfg) * gout).sum().backward()
-    expect = torch.zeros(cfg.n_params, cfg.n_features, dtype=torch.float64)
-    for lvl, (scale, res, size, offset) in enumerate(cfg.level_layout()):
+    expect = torch.zeros(n_params(cfg), cfg.n_features, dtype=torch.float64)
+    for lvl, (scale, res, size, offset) in enumerate((lv.scale, lv.res, lv.size, lv.offset) for lv in levels(cfg)):
         idx, w = corner_indices_weights(x, scale, res, size, cfg.smoothstep)
         g = gout[:, lvl * cfg.n_features:(lvl + 1) * cfg.n_features].double()
         contrib = w.double()[:, :, None] * g[:, None, :]          # (N, 8, F)
@@ -118,13 +122,15 @@ def test_gradient_is_weights_scattered():
 
 _INTERPRETER_CHECK = """
 import torch
-from backend.hashgrid import HashGridConfig, encode_reference
-from backend import hashgrid_triton as ht
+from backend.config import HashGridConfig
+from backend.encoding import n_params
+from backend.encoding.reference import encode_reference
+from backend.encoding import triton_kernels as ht
 cfg = HashGridConfig(n_levels=5, n_features=4, log2_table=12, base_res=6, per_level_scale=2.0)
 cases = ((1, ht.Launch(64, 2)), (200, ht.Launch(64, 2)), (130, ht.Launch(64, 2, per_level=False)))
 for n, launch in cases:
     x = torch.rand(n, 3)
-    table = torch.randn(cfg.n_params, cfg.n_features, requires_grad=True)
+    table = torch.randn(n_params(cfg), cfg.n_features, requires_grad=True)
     ref = encode_reference(x, table, cfg)
     out = ht.forward(x, table.detach(), cfg, launch)
     gout = torch.randn_like(ref)
@@ -178,10 +184,10 @@ def _poison_allocator(nbytes: int) -> None:
                          ids=["reference", "small", "linear-f2"])
 @pytest.mark.parametrize("n", [1, 127, 4097, 100_003])
 def test_triton_matches_reference(cfg: HashGridConfig, n: int):
-    from backend.hashgrid_triton import encode_triton
+    from backend.encoding.triton_kernels import encode_triton
     torch.manual_seed(n)
     x = _points(n, "cuda")
-    table = (torch.randn(cfg.n_params, cfg.n_features, device="cuda") * 0.1).requires_grad_()
+    table = (torch.randn(n_params(cfg), cfg.n_features, device="cuda") * 0.1).requires_grad_()
     gout = torch.randn(n, cfg.out_dim, device="cuda")
     ref = encode_reference(x, table, cfg)
     (ref * gout).sum().backward()
@@ -205,12 +211,12 @@ def test_triton_matches_reference(cfg: HashGridConfig, n: int):
 @needs_cuda
 @pytest.mark.parametrize("coherent", [False, True], ids=["random", "coherent"])
 def test_triton_launch_variants_and_half_table(coherent: bool):
-    from backend import hashgrid_triton as ht
+    from backend.encoding import triton_kernels as ht
     cfg = SMALL
     x = _points(10_001, "cuda")
     if coherent:  # sorted along x: neighbouring points share cells (same-address atomics)
         x = x[torch.argsort(x[:, 0])].contiguous()
-    table = torch.randn(cfg.n_params, cfg.n_features, device="cuda", requires_grad=True)
+    table = torch.randn(n_params(cfg), cfg.n_features, device="cuda", requires_grad=True)
     ref = encode_reference(x, table, cfg)
     gout = torch.randn_like(ref)
     (ref * gout).sum().backward()
@@ -248,10 +254,10 @@ def test_hashgrid_module_uses_triton_on_cuda():
 @pytest.mark.parametrize("S", [1, 4, 16])
 def test_fused_subsample_mean_matches_reference(S: int):
     """Rendering's fused per-pixel mean of sub-sample features (reference settings)."""
-    from backend.hashgrid_triton import forward_mean
+    from backend.encoding.triton_kernels import forward_mean
     cfg = HashGridConfig()
     torch.manual_seed(S)
-    table = torch.randn(cfg.n_params, cfg.n_features, device="cuda") * 0.1
+    table = torch.randn(n_params(cfg), cfg.n_features, device="cuda") * 0.1
     x = torch.rand(5003, S, 3, device="cuda")
     w = (torch.rand(5003, S, device="cuda") > 0.25).float()
     w = w / w.sum(1, keepdim=True).clamp_min(1)

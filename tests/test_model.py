@@ -1,7 +1,7 @@
 import torch
 
-from backend.hashgrid import HashGridConfig
-from backend.model import Manifold, ModelConfig
+from backend.config import HashGridConfig, ModelConfig
+from backend.model import Manifold
 
 
 def _model(dtype):

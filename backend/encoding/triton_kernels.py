@@ -1,6 +1,6 @@
 """Fused Triton kernels for the multi-resolution hash encoding (CUDA path of `HashGrid`).
 
-Computes exactly the function of `hashgrid.encode_reference`: same level layout, corner indices,
+Computes exactly the function of `reference.encode_reference` (its plain PyTorch twin): same level layout, corner indices,
 float32 rounding of `pos = fma(x, scale, 0.5)` (one rounding, as tiny-cuda-nn), same smoothstep and
 weight products (FMA contraction is otherwise switched off so the products round as the reference's). Differentiable w.r.t. the table.
 
@@ -21,9 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .hashgrid import HashGridConfig
+from ..config import HashGridConfig
+from .layout import levels, n_params
 
-# Hash primes of tiny-cuda-nn (uint32 arithmetic), as in hashgrid.PRIMES.
+# Hash primes of tiny-cuda-nn (uint32 arithmetic), as in layout.PRIMES.
 _P1: tl.constexpr = tl.constexpr(2654435761)
 _P2: tl.constexpr = tl.constexpr(805459861)
 
@@ -189,9 +190,9 @@ def level_tensors(cfg: HashGridConfig, device: torch.device) -> tuple[torch.Tens
     key = (cfg, device)
     if key not in _META_CACHE:
         scales, meta = [], []
-        for scale, res, size, offset in cfg.level_layout():
-            scales.append(scale)
-            meta.append((res, size, offset, int(res ** 3 > size)))
+        for lv in levels(cfg):
+            scales.append(lv.scale)
+            meta.append((lv.res, lv.size, lv.offset, int(lv.hashed)))
         _META_CACHE[key] = (torch.tensor(scales, dtype=torch.float32, device=device),
                             torch.tensor(meta, dtype=torch.int64, device=device))
     return _META_CACHE[key]
@@ -207,8 +208,8 @@ def _check(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> None:
         raise ValueError(f"x must be (N, 3) float32, got {tuple(x.shape)} {x.dtype}")
     if 3 * x.shape[0] >= 2 ** 31:
         raise ValueError("more than 715 M points per call overflows the int32 input offsets")
-    if tuple(table.shape) != (cfg.n_params, F):
-        raise ValueError(f"table must be ({cfg.n_params}, {F}), got {tuple(table.shape)}")
+    if tuple(table.shape) != (n_params(cfg), F):
+        raise ValueError(f"table must be ({n_params(cfg)}, {F}), got {tuple(table.shape)}")
     if table.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"unsupported table dtype {table.dtype}")
 
@@ -258,7 +259,7 @@ def backward(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig,
     """Gradient of sum(encode(x) * grad_out) w.r.t. the table: (P, F) float32."""
     x, grad_out = x.contiguous(), grad_out.contiguous()
     n = x.shape[0]
-    gtable = torch.zeros(cfg.n_params, cfg.n_features, dtype=torch.float32, device=x.device)
+    gtable = torch.zeros(n_params(cfg), cfg.n_features, dtype=torch.float32, device=x.device)
     if n == 0:
         return gtable
     scale, meta = level_tensors(cfg, x.device)

@@ -1,0 +1,104 @@
+"""Multi-resolution hash encoding (Instant-NGP): the plain PyTorch implementation.
+
+The reference every fast path is tested against (see layout.py for the parameter layout), and
+the CPU path. `encode_reference` is differentiable w.r.t. the table.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import HashGridConfig
+from .layout import PRIMES, levels
+
+
+def fma_pos(x: torch.Tensor, scale) -> torch.Tensor:
+    """float32 fma(x, scale, 0.5): the product of two float32 numbers is exact in float64, so one
+    rounding at the end matches a fused multiply-add (as on the GPU)."""
+    s = scale.double() if isinstance(scale, torch.Tensor) else float(scale)
+    return (x.double() * s + 0.5).float()
+
+
+def corner_indices_weights(x: torch.Tensor, scale: float, res: int, size: int, smoothstep: bool):
+    """For normalised points x (N, 3): indices (N, 8) into the level table and weights (N, 8)."""
+    pos = fma_pos(x, scale)
+    base = torch.floor(pos)
+    frac = pos - base
+    if smoothstep:
+        frac = frac * frac * (3.0 - 2.0 * frac)
+    base = base.to(torch.int64)
+    dense = res ** 3 <= size
+    idx, w = [], []
+    for c in range(8):
+        bits = [(c >> d) & 1 for d in range(3)]
+        g = [base[:, d] + bits[d] for d in range(3)]
+        if dense:
+            i = g[0] + g[1] * res + g[2] * (res * res)
+        else:
+            i = (g[0] * PRIMES[0]) ^ (g[1] * PRIMES[1]) ^ (g[2] * PRIMES[2])
+            i = i & 0xFFFFFFFF
+        idx.append(i % size)
+        wc = torch.ones_like(frac[:, 0])
+        for d in range(3):
+            wc = wc * (frac[:, d] if bits[d] else 1.0 - frac[:, d])
+        w.append(wc)
+    return torch.stack(idx, 1), torch.stack(w, 1)
+
+
+def _level_tensors(cfg: HashGridConfig, device) -> tuple[torch.Tensor, ...]:
+    lay = levels(cfg)
+    scale = torch.tensor([lv.scale for lv in lay], dtype=torch.float32, device=device)
+    res, size, offset = (torch.tensor([getattr(lv, k) for lv in lay], dtype=torch.int64, device=device)
+                         for k in ("res", "size", "offset"))
+    return scale, res, size, offset
+
+
+class _WeightedGather(torch.autograd.Function):
+    """out[n, l] = sum_c w[n, l, c] * table[idx[n, l, c]]; the backward scatters with index_add_
+    (much faster on CPU than the sort-based embedding backward)."""
+
+    @staticmethod
+    def forward(ctx, table, idx, w):
+        f = table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, table.shape[1])
+        ctx.save_for_backward(idx, w)
+        ctx.n_rows = table.shape[0]
+        return (f * w[..., None].to(f.dtype)).sum(-2)
+
+    @staticmethod
+    def backward(ctx, g):
+        idx, w = ctx.saved_tensors
+        contrib = (g[..., None, :] * w[..., None].to(g.dtype)).reshape(-1, g.shape[-1])
+        grad = torch.zeros(ctx.n_rows, g.shape[-1], dtype=g.dtype, device=g.device)
+        grad.index_add_(0, idx.reshape(-1), contrib)
+        return grad, None, None
+
+
+def encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+                     chunk: int = 1 << 16) -> torch.Tensor:
+    """Plain PyTorch encoding of normalised points x (N, 3) -> (N, n_levels * n_features).
+    All levels at once; the 8 corners come from per-axis terms combined by broadcasting
+    (corner c = bx + 2 by + 4 bz), the same arithmetic as `corner_indices_weights`."""
+    scale, res, size, offset = _level_tensors(cfg, x.device)
+    dense = (res ** 3 <= size)[None, :, None, None, None]                # (1, L, 1, 1, 1)
+    outs = []
+    for k in range(0, x.shape[0], chunk):
+        xc = x[k:k + chunk]
+        pos = fma_pos(xc[:, None, :], scale[None, :, None])              # (N, L, 3)
+        base = torch.floor(pos)
+        frac = pos - base
+        if cfg.smoothstep:
+            frac = frac * frac * (3.0 - 2.0 * frac)
+        g = base.to(torch.int64)
+        g = torch.stack([g, g + 1], -1)                                  # (N, L, 3, 2): corner 0/1 per axis
+        w = torch.stack([1.0 - frac, frac], -1)                          # (N, L, 3, 2)
+        gx, gy, gz = g[:, :, 0, None, None, :], g[:, :, 1, None, :, None], g[:, :, 2, :, None, None]
+        r = res[None, :, None, None, None]
+        i_dense = gx + gy * r + gz * (r * r)                             # (N, L, 2z, 2y, 2x)
+        i_hash = ((gx * PRIMES[0]) ^ (gy * PRIMES[1]) ^ (gz * PRIMES[2])) & 0xFFFFFFFF
+        idx = torch.where(dense, i_dense, i_hash) % size[None, :, None, None, None] \
+            + offset[None, :, None, None, None]
+        wc = w[:, :, 0, None, None, :] * w[:, :, 1, None, :, None] * w[:, :, 2, :, None, None]
+        n, L = xc.shape[0], scale.shape[0]
+        outs.append(_WeightedGather.apply(table, idx.reshape(n, L, 8), wc.reshape(n, L, 8)).reshape(n, -1))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
