@@ -146,8 +146,9 @@ def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: in
                 shard_rays: int = 1 << 22, seed: int = 0) -> dict:
     SS.check(ss)
     TEST_EVERY.check(test_every)
-    with RunFolder(run_dir).exclusive("the ray cache"):
-        build = CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed)
+    # Inputs are read and checked before the run folder is created or locked.
+    build = CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed)
+    with build.run.exclusive("the ray cache"):
         build.start_or_resume()
         build.write_views()
         shards = build.write_shards()
@@ -170,7 +171,6 @@ class CacheBuild:
         self.level, self.ss, self.test_every, self.seed = level, ss, test_every, seed
         self.train_ids, self.test_ids = self.scene.split(test_every)
         self.run = RunFolder(run_dir)
-        self.run.root.mkdir(parents=True, exist_ok=True)
         self.tmp = self.run.root / "cache.tmp"
         self.progress = self.tmp / "progress.json"
         self.rast = Rasterizer(self.mesh, self.dev)

@@ -8,10 +8,12 @@ import argparse
 import os
 import sys
 import traceback
+from contextlib import nullcontext
 
 from . import config, events
 from .config import Option
 from .errors import DeviceError, InputError
+from .runfolder import RunFolder
 
 
 def _add(p: argparse.ArgumentParser, opt: Option, **kw) -> None:
@@ -151,9 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             return relaunch(argv, a.nproc)
         if a.command not in ("train", "fit", "render") and distributed.env_rank() != 0:
             return 0    # one-process commands run once, on rank 0
+    # Every command on a run folder also appends its events to RUN/log.jsonl.
+    with events.copied_to(RunFolder(a.run).log) if getattr(a, "run", None) else nullcontext():
+        return _run_reporting_errors(a, multi)
+
+
+def _run_reporting_errors(a: argparse.Namespace, multi: bool) -> int:
     try:
         rc = run_command(a)
         if multi:
+            from . import distributed
             distributed.shutdown()
         return rc
     except (InputError, DeviceError) as e:

@@ -9,10 +9,13 @@ import json
 import math
 import sys
 import time
-from typing import Any, TextIO
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, TextIO
 
 _stream: TextIO = sys.stdout
 _quiet = False
+_log_file: Path | None = None
 
 
 def set_stream(stream: TextIO, quiet: bool = False) -> None:
@@ -32,12 +35,27 @@ def _clean(v: Any) -> Any:
     return v
 
 
+@contextmanager
+def copied_to(path: Path) -> Iterator[None]:
+    """Also append every event to `path` (a run folder's log.jsonl) while inside, once its folder
+    exists: nothing is created for a command that fails before it makes the run folder."""
+    global _log_file
+    old, _log_file = _log_file, Path(path)
+    try:
+        yield
+    finally:
+        _log_file = old
+
+
 def emit(event: str, **fields: Any) -> None:
     if _quiet:
         return
-    obj = {"event": event, **_clean(fields)}
-    _stream.write(json.dumps(obj) + "\n")
+    line = json.dumps({"event": event, **_clean(fields)}) + "\n"
+    _stream.write(line)
     _stream.flush()
+    if _log_file is not None and _log_file.parent.is_dir():
+        with open(_log_file, "a", encoding="utf-8") as fh:
+            fh.write(line)
 
 
 def log(message: str) -> None:

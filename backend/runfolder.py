@@ -17,11 +17,10 @@ class RunFolder:
     config = property(lambda s: s.root / "config.json")        # scene, split, cache settings
     cache = property(lambda s: s.root / "cache")
     train_config = property(lambda s: s.root / "train.json")
-    checkpoints = property(lambda s: s.root / "checkpoints")
     latest = property(lambda s: s.root / "checkpoints" / "latest.pt")
     eval_json = property(lambda s: s.root / "eval.json")
     eval_dir = property(lambda s: s.root / "eval")
-    log = property(lambda s: s.root / "log.jsonl")
+    log = property(lambda s: s.root / "log.jsonl")                 # a copy of the commands' events
 
     @contextmanager
     def exclusive(self, what: str) -> Iterator[None]:

@@ -106,8 +106,9 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
     backend.config). `stop_at` ends the run early at that step exactly as a requested stop does
     (checkpoint, `stopped` event), leaving the schedule of `iters` intact."""
     ctx = distributed.setup(device)     # one process, or this rank's place under torchrun
-    with RunFolder(run_dir).exclusive("training") if ctx.main else nullcontext():
-        run = RunFolder(run_dir)
+    run = RunFolder(run_dir)
+    run.read_config()                   # a complete ray cache, before anything is written
+    with run.exclusive("training") if ctx.main else nullcontext():
         ckpt = None
         if resume:
             if not run.latest.is_file():

@@ -13,6 +13,8 @@ if str(ROOT) not in sys.path:
 # Isolate Blender's user folders for the whole session (must happen before `import bpy`).
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="xscale-blender-user-"))
 
+import json  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -34,6 +36,48 @@ def run_triton_interpreted(argv: list[str], timeout: float = 900) -> subprocess.
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, *argv], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# --- Backend: a tiny scene and its ray cache, shared by the pipeline and multi-process tests ----
+TINY = {"batch_rays": 512, "log2_table": 12}     # training overrides for seconds-long CPU runs
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory):
+    """A striped plane seen by a few odd cameras (tests/helpers.py); copy it before changing it."""
+    from helpers import striped_plane_scene
+    return striped_plane_scene(tmp_path_factory.mktemp("scene"))
+
+
+@pytest.fixture(scope="session")
+def run(scene, tmp_path_factory):
+    """The scene's ray cache (ss 2, every 3rd view held out, small shards); copy before training."""
+    from backend.cache import build_cache
+    run = tmp_path_factory.mktemp("run")
+    build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    return run
+
+
+def cli(*args, **kw) -> subprocess.CompletedProcess:
+    """`python -m backend ARGS` in a child process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "backend", *args], capture_output=True, text=True,
+                          env=env, **kw)
+
+
+def events_of(stdout: str) -> list[dict]:
+    return [json.loads(x) for x in stdout.splitlines() if x.startswith('{"event"')]
+
+
+def expect_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    """Bad input: exit code 2, one `error: ...` line on stderr containing `needles`, no traceback,
+    and an error event as the last line on stdout."""
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in res.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["event"] == "error"
 
 
 # --- Blender side (xscale_blender): fixtures for tests/test_blender_*.py ----------------------

@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from backend import distributed  # noqa: E402
-from backend.grad_reduce import GradReducer  # noqa: E402
-from backend.loader import batch_part, part_runs, rows_before  # noqa: E402
+from backend import distributed
+from backend.grad_reduce import GradReducer
+from backend.loader import batch_part, part_runs, rows_before
+from conftest import ROOT, events_of
 
 TINY = {"batch_rays": 999, "log2_table": 12}     # odd batch: uneven shares, batches straddle shards
 TRAIN_ARGS = ["--device", "cpu", "--preset", "small", "--batch-rays", "999", "--log2-table", "12"]
@@ -38,24 +35,6 @@ def torchrun(*args, **kw):
     """2 processes; `--` keeps torchrun from reading our options (`--run`) as its own."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120, **kw)
-
-
-def events_of(stdout: str) -> list[dict]:
-    return [json.loads(x) for x in stdout.splitlines() if x.startswith('{"event"')]
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    from helpers import striped_plane_scene
-    return striped_plane_scene(tmp_path_factory.mktemp("dscene"))
-
-
-@pytest.fixture(scope="module")
-def run(scene, tmp_path_factory):
-    from backend.cache import build_cache
-    run = tmp_path_factory.mktemp("drun")
-    build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
-    return run
 
 
 @pytest.fixture(scope="module")

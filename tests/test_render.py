@@ -1,0 +1,79 @@
+"""Rendering camera paths: files, formats, alpha = coverage, pixels = the rendered frames."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from backend.campath import write_camera_path
+from backend.imageio import read_exr
+from backend.render import render_path
+from backend.train import train
+from conftest import TINY, cli, gpu
+from helpers import odd_camera
+
+
+def test_render_png_and_exr(run, tmp_path):
+    import shutil
+    run = shutil.copytree(run, tmp_path / "run")
+    train(str(run), iters=20, device="cpu", preset="small", overrides=TINY)
+    cams = [odd_camera(40, 30, eye=(2.2 * np.cos(a), 2.2 * np.sin(a), 1.5)) for a in (0.2, 0.5, 0.8)]
+    cams[1].K[0, 0] *= 1.3                                   # animated focal length
+    path = tmp_path / "path.json"
+    write_camera_path(path, [10, 11, 12], cams)
+    out = tmp_path / "png"
+    res = cli("render", "--run", str(run), "--path", str(path), "--out", str(out), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["frame_000010.png", "frame_000011.png", "frame_000012.png"]
+    from PIL import Image
+    im = np.asarray(Image.open(out / files[0]))
+    assert im.shape == (30, 40, 4)
+    from backend.raster_cpu import rasterize
+    from backend.meshio import load_mesh
+    cov = rasterize(load_mesh(json.loads((run / "config.json").read_text())["mesh"]), cams[0].scaled(2))
+    cov = cov.mask.reshape(30, 2, 40, 2).mean((1, 3))
+    assert np.allclose(im[..., 3] / 255.0, cov, atol=1 / 255)      # alpha = coverage, 0 off the mesh
+    assert im[..., :3][cov > 0].std() > 3                          # not a constant colour
+    render_path(str(run), str(path), str(tmp_path / "exr"), fmt="exr", device="cpu")
+    ch = read_exr(tmp_path / "exr" / "frame_000011.exr")
+    assert set("RGBAZ") <= set(ch)
+    assert np.isinf(ch["Z"][ch["A"] == 0]).all() and np.isfinite(ch["Z"][ch["A"] > 0]).all()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[gpu, pytest.mark.gpu])])
+def test_render_files_hold_the_rendered_frames(run, tmp_path, device):
+    """Frames are packed where they were rendered (on CUDA: copied on a side stream) and written
+    by threads: the files hold exactly what render_camera returns for each camera (PNG 8-bit
+    sRGB + alpha, EXR linear RGB, alpha, depth)."""
+    import shutil
+    from PIL import Image
+    from backend.campath import frame_filename
+    from backend.checkpoint import load_model
+    from backend.colour import linear_to_srgb, to_u8
+    from backend.meshio import load_mesh
+    from backend.raster import Rasterizer
+    from backend.render import render_camera
+    from backend.runfolder import RunFolder
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    train(str(r), iters=3, device=device, preset="small", overrides=TINY)
+    n_frames = 12 if device == "cuda" else 3
+    cams = [odd_camera(96, 64, eye=(0.3 * k, -2.6, 1.8)) for k in range(n_frames)]
+    write_camera_path(tmp_path / "path.json", list(range(1, n_frames + 1)), cams)
+    for fmt in ("png", "exr"):
+        render_path(str(r), str(tmp_path / "path.json"), str(tmp_path / fmt), fmt=fmt, device=device)
+    dev = torch.device(device)
+    model, _ = load_model(RunFolder(str(r)), dev)
+    rast = Rasterizer(load_mesh(RunFolder(str(r)).read_config()["mesh"]), dev)
+    for n, cam in zip(range(1, n_frames + 1), cams):
+        fr = render_camera(model, rast, cam, 2)
+        assert fr.alpha.max() > 0
+        png = np.asarray(Image.open(tmp_path / "png" / frame_filename(n, "png")))
+        # sRGB on the GPU vs numpy's pow: a value on a rounding boundary may land one level apart
+        diff = np.abs(png[..., :3].astype(int) - to_u8(linear_to_srgb(fr.rgb_linear)).astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+        assert np.array_equal(png[..., 3], to_u8(fr.alpha))
+        exr = read_exr(tmp_path / "exr" / frame_filename(n, "exr"))
+        assert np.array_equal(exr["R"], fr.rgb_linear[..., 0]) and np.array_equal(exr["A"], fr.alpha)
+        assert np.array_equal(exr["Z"], fr.depth)
