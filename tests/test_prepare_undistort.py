@@ -466,7 +466,7 @@ def test_scene_layout_mesh_masks_and_report(distorted_scene):
            f"shift {u['max_shift_px']:.2f} px" in text
 
 
-def test_ray_cache_leaves_out_invalid_pixels(distorted_scene):
+def test_ray_cache_leaves_out_invalid_pixels(distorted_scene, tmp_path):
     import torch
     from backend.cache import view_rays
     from backend.imageio import read_mask
@@ -486,6 +486,15 @@ def test_ray_cache_leaves_out_invalid_pixels(distorted_scene):
     i = np.floor(d[:, 0] / d[:, 2] * v.camera.fx + v.camera.cx).astype(int)
     j = np.floor(d[:, 1] / d[:, 2] * v.camera.fy + v.camera.cy).astype(int)
     assert valid[j, i].all() and (kept["rgb"].numpy().sum(1) > 0).all()
+    # the whole cache: rays of covered valid pixels only, from every view
+    from backend.cache import build_cache
+    run = tmp_path / "run"
+    build_cache(str(scene), str(run), ss=1, test_every=0, device="cpu")
+    expected = 0
+    for w in load_scene(scene, level=1).views:
+        ok = read_mask(w.mask_path, w.camera.width, w.camera.height)
+        expected += int((rast.surface(w.camera, 1).mask.any(-1).numpy() & ok).sum())
+    assert json.loads((run / "cache" / "meta.json").read_text())["n_rays"] == expected
 
 
 def test_downsample_undistorts_then_shrinks(distorted_scene, tmp_path):
@@ -619,3 +628,32 @@ def test_cli_prepare_and_check_say_undistorted(distorted_scene, tmp_path):
     assert "photos undistorted by prepare: 3 view(s), lens model COLMAP OPENCV (k1, k2, p1, p2)" in r.stdout
     done = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith('{"event": "done"')]
     assert done[-1]["stage"] == "prepare" and any("undistorted" in n for n in done[-1]["notes"])
+
+
+def test_eval_leaves_out_invalid_pixels(tmp_path):
+    """Held-out metrics count only valid pixels: garbage in a photo's invalid part changes nothing."""
+    from backend.cache import build_cache
+    from backend.evaluate import evaluate
+    from backend.train import train
+    from helpers import striped_plane_scene
+    scene = striped_plane_scene(tmp_path / "scene")
+    run = tmp_path / "run"
+    build_cache(str(scene), str(run), ss=1, test_every=3, device="cpu")
+    train(str(run), iters=3, device="cpu", preset="small", overrides={"batch_rays": 512, "log2_table": 12})
+    test_views = json.loads((run / "config.json").read_text())["test_views"]
+    before = {v["view"]: v for v in evaluate(str(run), device="cpu", write_images=False)["views"]}
+    (scene / "masks").mkdir()
+    photos = {}
+    for i in test_views:
+        photos[i] = img = np.asarray(Image.open(scene / "images" / f"{i:08d}.png")).copy()
+        valid = np.ones(img.shape[:2], bool)
+        valid[:, : img.shape[1] // 2] = False
+        Image.fromarray(np.where(valid, 255, 0).astype(np.uint8)).save(scene / "masks" / f"{i:08d}.png")
+    masked = {v["view"]: v for v in evaluate(str(run), device="cpu", write_images=False)["views"]}
+    for i, img in photos.items():
+        img[:, : img.shape[1] // 2] = np.random.default_rng(i).integers(0, 256, img[:, : img.shape[1] // 2].shape)
+        Image.fromarray(img).save(scene / "images" / f"{i:08d}.png")
+    garbage = {v["view"]: v for v in evaluate(str(run), device="cpu", write_images=False)["views"]}
+    for name in before:
+        assert 0 < masked[name]["covered"] < before[name]["covered"]
+        assert garbage[name]["psnr"] == pytest.approx(masked[name]["psnr"], abs=1e-9)
