@@ -158,11 +158,20 @@ class Lens:
         bad = np.flatnonzero((np.diff(g) <= 0) | (den[1:] <= 0) | ~np.isfinite(g[1:]))
         return float(r[bad[0]]) if len(bad) else float("inf")
 
-    def valid_rays(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Rays inside the fold radius where the model is locally one-to-one (Jacobian > 0)."""
+    def valid_rays(self, x: np.ndarray, y: np.ndarray, xd: np.ndarray | None = None,
+                   yd: np.ndarray | None = None) -> np.ndarray:
+        """Rays inside the fold radius where the model is locally one-to-one (Jacobian > 0).
+        Given the distorted (xd, yd) of (x, y), one-sided differences save two evaluations."""
         rf = self._fold
-        a, b, c, e = self.jacobian(x, y)
-        ok = (a * e - b * c > 0) & np.isfinite(x) & np.isfinite(y)
+        if xd is None or yd is None:
+            a, b, c, e = self.jacobian(x, y)
+        else:
+            h = 1e-6
+            xp, yp = self.distort(x + h, y)
+            xq, yq = self.distort(x, y + h)
+            a, c, b, e = (xp - xd) / h, (yp - yd) / h, (xq - xd) / h, (yq - yd) / h
+        with np.errstate(invalid="ignore"):
+            ok = (a * e - b * c > 0) & np.isfinite(x) & np.isfinite(y)
         if np.isfinite(rf):
             ok &= x * x + y * y < rf * rf
         return ok
@@ -235,8 +244,9 @@ def source_positions(lens: Lens, canvas: Canvas, u: np.ndarray, v: np.ndarray):
     interpolation uses real pixels only."""
     K = canvas.K
     x, y = (u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]
-    su, sv = lens.project(x, y)
-    ok = lens.valid_rays(x, y) & (su >= 0.5) & (su <= lens.width - 0.5) & (sv >= 0.5) & (sv <= lens.height - 0.5)
+    xd, yd = lens.distort(x, y)
+    su, sv = lens.to_pixels(xd, yd)
+    ok = lens.valid_rays(x, y, xd, yd) & (su >= 0.5) & (su <= lens.width - 0.5) & (sv >= 0.5) & (sv <= lens.height - 0.5)
     return su, sv, ok
 
 
