@@ -657,3 +657,28 @@ def test_eval_leaves_out_invalid_pixels(tmp_path):
     for name in before:
         assert 0 < masked[name]["covered"] < before[name]["covered"]
         assert garbage[name]["psnr"] == pytest.approx(masked[name]["psnr"], abs=1e-9)
+
+
+def test_lens_that_folds_inside_the_photo(tmp_path):
+    """A strong barrel model whose radial curve turns back before the photo's corners: rays
+    beyond the fold are never used (each source pixel lands at most once), the rest is kept,
+    and the user is told."""
+    lens = colmap_lens("SIMPLE_RADIAL", [110.0, 100.0, 75.0, -0.3], 200, 150)
+    rf = lens.fold_radius()
+    assert rf == pytest.approx(1 / np.sqrt(0.9), abs=1e-3)                # where d(r(1 + k r^2))/dr = 0
+    canvas = pinhole_canvas(lens)
+    assert 0 < canvas.outline_lost < 1
+    from backend.prepare.lens import undistort_maps
+    map_x, map_y, valid, _ = undistort_maps(lens, canvas)
+    jj, ii = np.mgrid[0:canvas.height, 0:canvas.width] + 0.5
+    r = np.hypot((ii - canvas.K[0, 2]) / 110.0, (jj - canvas.K[1, 2]) / 110.0)
+    assert valid.any() and r[valid].max() < rf
+    # one-to-one: the source point of every valid pixel undistorts back to that pixel's own ray
+    # (beyond the fold a second, farther ray would reach the same source point)
+    x, y, ok = lens.undistort(*lens.from_pixels(map_x[valid] + 0.5, map_y[valid] + 0.5))
+    u, v = 110.0 * x + canvas.K[0, 2], 110.0 * y + canvas.K[1, 2]
+    assert ok.all() and np.abs(u - ii[valid]).max() < 0.01 and np.abs(v - jj[valid]).max() < 0.01
+    photo = dots_photo(np.zeros((0, 2)), 200, 150)
+    src_ws = colmap_workspace(tmp_path / "ws", "SIMPLE_RADIAL 200 150 110 100 75 -0.3", {"a.png": (photo, POSE)})
+    s = convert_colmap(src_ws, tmp_path / "out")
+    assert any("folds over" in n for n in s["notes"])

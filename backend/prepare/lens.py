@@ -196,6 +196,7 @@ class Canvas:
     height: int
     ox: int
     oy: int
+    outline_lost: float = 0.0    # fraction of the photo's outline beyond the model's fold (not undistortable)
 
 
 def pinhole_canvas(lens: Lens, multiple: int = 1) -> Canvas:
@@ -234,7 +235,7 @@ def pinhole_canvas(lens: Lens, multiple: int = 1) -> Canvas:
                          "lens?). Undistort the photos with the reconstruction software (cropping to a "
                          "pinhole view) and prepare from its output.")
     K = np.array([[lens.fx, 0.0, lens.cx - x0], [0.0, lens.fy, lens.cy - y0], [0.0, 0.0, 1.0]])
-    return Canvas(K, w, h, x0, y0)
+    return Canvas(K, w, h, x0, y0, float(1.0 - ok.mean()))
 
 
 def source_positions(lens: Lens, canvas: Canvas, u: np.ndarray, v: np.ndarray):

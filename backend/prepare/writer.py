@@ -231,7 +231,11 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
     if lenses:
         from .undistort import MapCache, read_manifest
         for lens in dict.fromkeys(lenses):
-            job.canvases[lens] = pinhole_canvas(lens, k)
+            job.canvases[lens] = c = pinhole_canvas(lens, k)
+            if c.outline_lost > 0:
+                notes.append(f"the {lens.describe()} lens folds over inside the {lens.width}x{lens.height} photo: "
+                             f"{c.outline_lost:.0%} of its border lies beyond where the distortion can be inverted "
+                             "and is left out (marked invalid); the calibration is suspect there.")
         job.done_before = read_manifest(mask_dir)
         uses: dict[Lens, int] = {}
         for lens in lenses:
