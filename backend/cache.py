@@ -29,6 +29,7 @@ from . import events
 from .cameras import Camera
 from .config import SS, TEST_EVERY
 from .errors import InputError
+from .imageio import read_mask
 from .meshio import load_mesh
 from .raster import Rasterizer, pixel_directions, resolve_device
 from .runfolder import RunFolder, read_json, write_json
@@ -93,11 +94,16 @@ def load_rgb8(path: Path, cam: Camera) -> np.ndarray:
     return a
 
 
-def view_rays(rast: Rasterizer, cam: Camera, rgb8: np.ndarray, ss: int, view_id: int) -> dict[str, torch.Tensor]:
+def view_rays(rast: Rasterizer, cam: Camera, rgb8: np.ndarray, ss: int, view_id: int,
+              valid: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """All covered pixels of one view as cache records, in their FIELDS dtypes, on the
-    rasterizer's device (mask as int16: torch has few uint16 ops; the bits are the same)."""
+    rasterizer's device (mask as int16: torch has few uint16 ops; the bits are the same).
+    valid (H, W) bool: the photo's validity mask; invalid pixels give no ray."""
     s = rast.surface(cam, ss)
-    jj, ii = torch.nonzero(s.mask.any(-1), as_tuple=True)
+    covered = s.mask.any(-1)
+    if valid is not None:
+        covered &= torch.from_numpy(valid).to(covered.device)
+    jj, ii = torch.nonzero(covered, as_tuple=True)
     if not len(jj):
         return {}
     m = s.mask[jj, ii]                                                   # (N, S)
@@ -219,7 +225,8 @@ class CacheBuild:
         def load(n: int):
             if n < len(train_ids):
                 v = scene.views[train_ids[n]]
-                return pool.submit(load_rgb8, v.image_path, v.camera)
+                return pool.submit(lambda: (load_rgb8(v.image_path, v.camera),
+                                            read_mask(v.mask_path, v.camera.width, v.camera.height)))
 
         nxt = load(self.done)
         try:
@@ -228,9 +235,9 @@ class CacheBuild:
                 v = scene.views[i]
                 check_disk(tmp, v.camera.width * v.camera.height * per_ray, len(train_ids) - n, n)
                 with clock("decode_wait"):
-                    rgb8, nxt = nxt.result(), load(n + 1)
+                    (rgb8, valid), nxt = nxt.result(), load(n + 1)
                 with clock("rasterize"):
-                    rec = view_rays(self.rast, v.camera, rgb8, self.ss, i)
+                    rec = view_rays(self.rast, v.camera, rgb8, self.ss, i, valid)
                 cnt = len(rec["view"]) if rec else 0
                 self.coverage[v.name] = cnt / (v.camera.width * v.camera.height)
                 if cnt:

@@ -24,6 +24,7 @@ def report(path: str = ".") -> dict:
         r["torch"] = None
         r["cuda_available"] = False
     r["triton"] = _version("triton")
+    r["opencv"] = _version("cv2") or "not installed (prepare cannot undistort photos)"
     r["nvdiffrast"] = _version("nvdiffrast")
     if importlib.util.find_spec("tinycudann") is None:
         r["tinycudann"] = "not installed (optional)"

@@ -1,5 +1,6 @@
 """Held-out evaluation: render each test view at its photo's camera and compare on the pixels
-the mesh fully covers (all sub-samples hit: edge pixels mix in background in the photo)."""
+the mesh fully covers (all sub-samples hit: edge pixels mix in background in the photo) and the
+photo's validity mask keeps (backend.scene: e.g. outside the source of an undistorted photo)."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,8 @@ from .runfolder import RunFolder, write_json
 
 
 def evaluate(run_dir: str, device: str = "auto", write_images: bool = True, grid_backend: str = "auto") -> dict:
-    from .imageio import read_image, write_png
+    from .imageio import read_image, read_mask, write_png
+    from .scene import mask_path_for
     from .metrics import lpips_or_none, psnr, ssim
     dev = resolve_device(device)
     run = RunFolder(run_dir)
@@ -36,6 +38,9 @@ def evaluate(run_dir: str, device: str = "auto", write_images: bool = True, grid
         fr = render_camera(model, rast, cam, cfg["ss"], "mean")
         pred = linear_to_srgb(fr.rgb_linear).astype(np.float32)
         mask = fr.alpha >= 1.0
+        valid = read_mask(mask_path_for(v["image"]), cam.width, cam.height)
+        if valid is not None:
+            mask &= valid
         rec = {"view": v["name"], "covered": float(mask.mean())}
         if mask.any():
             rec["psnr"] = float(psnr(pred, gt, mask))
@@ -53,7 +58,7 @@ def evaluate(run_dir: str, device: str = "auto", write_images: bool = True, grid
     mean = {m: float(np.mean([r[m] for r in scored])) for m in ("psnr", "ssim", "lpips")
             if scored and all(m in r for r in scored)}
     result = {"step": ckpt["step"], "mean": mean, "views": per_view,
-              "definition": "metrics over pixels whose sub-samples all hit the mesh; images in sRGB [0, 1]"}
+              "definition": "metrics over valid pixels whose sub-samples all hit the mesh; images in sRGB [0, 1]"}
     write_json(run.eval_json, result)
     events.emit("done", stage="eval", eval_json=str(run.eval_json), **mean)
     return result

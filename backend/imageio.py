@@ -57,6 +57,24 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
+def read_mask(path: str | Path | None, width: int, height: int) -> np.ndarray | None:
+    """A photo's validity mask (backend.scene: 8-bit PNG, 0 invalid, 255 valid) -> bool (H, W),
+    True = valid; None when the photo has no mask."""
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            m = np.asarray(im.convert("L")) >= 128
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable mask ({e}); delete the masks folder or prepare the scene "
+                         "again.") from None
+    if m.shape != (height, width):
+        raise InputError(f"{path}: the mask is {m.shape[1]}x{m.shape[0]} but its photo is {width}x{height}; "
+                         "delete the masks folder or prepare the scene again.")
+    return m
+
+
 def _read_pil(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     try:

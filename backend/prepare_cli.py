@@ -20,18 +20,20 @@ from .errors import InputError
 def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "prepare", help="convert a COLMAP / Metashape / MVSNet source into an MVSNet scene folder",
-        description="Convert a COLMAP workspace (after image_undistorter), a Metashape export (cams.xml, "
-                    "undistorted photos, mesh) or an MVSNet scene into OUT/images_N, OUT/cams_N and "
-                    "OUT/mesh.*, then print the check report.")
+        description="Convert a COLMAP workspace, a Metashape export (cams.xml, photos, mesh) or an MVSNet "
+                    "scene into OUT/images_N, OUT/cams_N (and OUT/masks_N) and OUT/mesh.*, then print the "
+                    "check report. Photos of cameras with lens distortion (COLMAP SIMPLE_RADIAL, RADIAL, "
+                    "OPENCV, FULL_OPENCV; Metashape frame) are undistorted to pinhole photos; pixels outside "
+                    "the source photo are marked invalid in OUT/masks_N. Fisheye models are refused.")
     p.add_argument("src", help="COLMAP folder, Metashape folder or cams.xml, or MVSNet scene")
     p.add_argument("--out", help="scene folder to write (default: SRC's folder)")
     p.add_argument("--from", dest="source", default="auto", choices=["auto", "colmap", "metashape", "mvsnet"],
                    help="source kind (default: detect)")
     p.add_argument("--downsample", type=int, default=1, metavar="N",
-                   help="shrink photos N times (area filter), scaling the intrinsics exactly; writes "
-                        "images_N/ and cams_N/")
+                   help="shrink photos N times (area filter, after undistorting), scaling the intrinsics "
+                        "exactly; writes images_N/ and cams_N/")
     p.add_argument("--mesh", help="mesh file (.ply/.obj) if SRC holds none or several")
-    p.add_argument("--images", help="folder of the undistorted photos (default: SRC/images)")
+    p.add_argument("--images", help="folder of the photos (default: SRC/images)")
     p.add_argument("--link-images", action="store_true",
                    help="hard-link photos instead of copying them when not resized (same drive)")
     g = p.add_argument_group("COLMAP")

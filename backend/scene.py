@@ -2,6 +2,9 @@
 
 Layout: SCENE/images/ (or images_{k}/) with NAME.jpg|png, SCENE/cams/ (or cams_{k}/) with
 NAME_cam.txt, and a mesh SCENE/1.obj (or any single .obj/.ply at the top level, or --mesh).
+Optional SCENE/masks/ (or masks_{k}/ beside images_{k}/) with NAME.png: 8-bit, 0 = invalid pixel
+(e.g. outside the source photo of an undistorted photo), 255 = valid; a photo without a mask file
+is valid everywhere. Invalid pixels never enter the ray cache or the metrics.
 """
 from __future__ import annotations
 
@@ -21,6 +24,17 @@ class View:
     name: str
     image_path: Path
     camera: Camera
+    mask_path: Path | None = None      # validity mask (see the module doc); None: all pixels valid
+
+
+def mask_path_for(image_path: str | Path) -> Path | None:
+    """The validity mask of a photo in images[_k]/: masks[_k]/NAME.png when that file exists."""
+    image_path = Path(image_path)
+    d = image_path.parent
+    if not d.name.startswith("images"):
+        return None
+    p = d.parent / ("masks" + d.name[len("images"):]) / (image_path.stem + ".png")
+    return p if p.is_file() else None
 
 
 @dataclass
@@ -134,7 +148,16 @@ def load_scene(root: str | Path, mesh: str | Path | None = None, level: int | No
                     f"{img}: image is {w}x{h} but {cf.name} has {axis}={c:.1f}, far from the image "
                     f"centre; the photo and its camera file disagree in size (downsampled images "
                     f"need cams scaled by the same factor: use 'backend prepare --downsample').")
-        views.append(View(name, img, Camera(w, h, K, E, name, depth)))
+        mask = mask_path_for(img)
+        if mask is not None:
+            try:
+                mw, mh = image_size(mask)
+            except (InputError, OSError):
+                mw = mh = None
+            if (mw, mh) != (w, h):
+                raise InputError(f"{mask}: the mask is not a {w}x{h} PNG like its photo {img.name}; delete the "
+                                 "masks folder or prepare the scene again.")
+        views.append(View(name, img, Camera(w, h, K, E, name, depth), mask))
     mesh_path = Path(mesh) if mesh else find_mesh(root)
     if not mesh_path.is_file():
         raise InputError(f"{mesh_path}: mesh file not found.")

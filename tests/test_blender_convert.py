@@ -39,7 +39,7 @@ def colmap_workspace(root: Path, views=COLMAP_VIEWS, model: str = "PINHOLE") -> 
     cams, imgs = [], []
     rng = np.random.default_rng(1)
     for i, (name, w, h, fx, fy, cx, cy, eye) in enumerate(views, start=1):
-        params = f"{fx} {fy} {cx} {cy}" + (" 0.05 0 0 0" if model == "OPENCV" else "")
+        params = f"{fx} {fy} {cx} {cy}" + (" -0.2 0 0 0" if model == "OPENCV" else "")
         cams.append(f"{i} {model} {w} {h} {params}")
         E = look_at(eye, (0.0, 0.0, 0.0))
         q = rotmat_to_qvec(E[:3, :3])
@@ -125,22 +125,38 @@ def test_explicit_output_and_source(blank, bpy_module, tmp_path, monkeypatch):
     assert len(cameras_of(coll)) == 3 and "xscale_report" not in coll
 
 
-def test_distorted_model_is_an_error(blank, bpy_module, tmp_path):
+def test_distorted_model_is_undistorted_by_the_backend(blank, bpy_module, tmp_path, monkeypatch):
+    """A COLMAP model with lens distortion: Blender's Python (no OpenCV) hands the conversion to
+    `backend prepare` in the backend environment, then imports the pinhole scene it wrote."""
+    from backend.prepare.lens import colmap_lens, pinhole_canvas
     bpy = bpy_module
     src = colmap_workspace(tmp_path / "ws", model="OPENCV")
-    n_before = len(bpy.data.objects)
-    with pytest.raises(RuntimeError, match="image_undistorter"):
-        bpy.ops.import_scene.xscale_convert(directory=str(src), show_photos=False)
-    assert len(bpy.data.objects) == n_before
+    monkeypatch.setitem(sys.modules, "cv2", None)            # as in Blender's own Python
+    monkeypatch.setenv("XSCALE_BACKEND_PYTHON", sys.executable)
+    assert bpy.ops.import_scene.xscale_convert(directory=str(src), show_photos=False, test_every=0) == {"FINISHED"}
+    dst = tmp_path / "ws_mvsnet"
+    coll = bpy.data.collections[f"XScale {dst.name}"]
+    cams = cameras_of(coll)
+    assert [ob.name for ob in cams] == ["a", "b", "c"]
+    for ob, (name, w, h, fx, fy, cx, cy, eye) in zip(cams, COLMAP_VIEWS):
+        canvas = pinhole_canvas(colmap_lens("OPENCV", [fx, fy, cx, cy, -0.2, 0, 0, 0], w, h))
+        K, E = opencv_of(ob)
+        np.testing.assert_allclose(K, canvas.K, rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(E, look_at(eye, (0.0, 0.0, 0.0)), atol=1e-6)
+        assert tuple(ob["xscale_resolution"]) == (canvas.width, canvas.height) != (w, h)
+        assert (dst / "masks_1" / name).is_file()
+    report = coll["xscale_report"]
+    assert "views: 3" in report and "photos undistorted by prepare: 3 view(s), lens model COLMAP OPENCV (k1)" in report
 
 
-def test_downsample_without_pillow_names_the_command(blank, bpy_module, tmp_path, monkeypatch):
+def test_distorted_model_without_backend_names_the_command(blank, bpy_module, tmp_path, monkeypatch):
     bpy = bpy_module
-    src = colmap_workspace(tmp_path / "ws")
-    monkeypatch.setitem(sys.modules, "PIL", None)    # as in Blender's own Python
-    with pytest.raises(RuntimeError, match="backend prepare .* --downsample 2"):
-        bpy.ops.import_scene.xscale_convert(directory=str(src), downsample=2, show_photos=False)
-    assert not (tmp_path / "ws_mvsnet").exists()
+    src = colmap_workspace(tmp_path / "ws", model="OPENCV")
+    monkeypatch.delenv("XSCALE_BACKEND_PYTHON", raising=False)
+    n_before = len(bpy.data.objects)
+    with pytest.raises(RuntimeError, match="backend Python set.*backend prepare"):
+        bpy.ops.import_scene.xscale_convert(directory=str(src), show_photos=False)
+    assert len(bpy.data.objects) == n_before and not (tmp_path / "ws_mvsnet").exists()
 
 
 def test_mvsnet_import_stores_report(blank, bpy_module, tiny_scene, capsys):

@@ -154,9 +154,25 @@ def test_generic_pose_roundtrip(tmp_path):
 
 
 @pytest.mark.parametrize("line", ["1 SIMPLE_RADIAL 40 30 50 20 15 0.01",
-                                  "1 OPENCV 40 30 50 50 20 15 0.1 0 0 0",
-                                  "1 OPENCV_FISHEYE 40 30 50 50 20 15 0 0 0 0"])
-def test_distortion_refused_with_undistort_hint(tmp_path, line):
+                                  "1 OPENCV 40 30 50 50 20 15 0.1 0 0 0"])
+def test_distortion_is_undistorted(tmp_path, line):
+    """Distorted photos are undistorted (tests/test_prepare_undistort.py checks how well); the
+    pinhole camera keeps the focal length and the undistorted photo gets a mask."""
+    ws = workspace(tmp_path / "ws")
+    (ws / "sparse" / "cameras.txt").write_text(line + "\n2 SIMPLE_PINHOLE 30 40 45 15.25 20\n")
+    s = convert_colmap(ws, tmp_path / "out")
+    assert s["undistortion"]["views"] == 1 and s["undistortion"]["models"][0].startswith("COLMAP " + line.split()[1])
+    K = read_mvsnet_cam(tmp_path / "out" / "cams_1" / "a_cam.txt")[1]
+    assert K[0, 0] == 50 and K[0, 1] == 0
+    assert (tmp_path / "out" / "masks_1" / "a.png").is_file() and not (tmp_path / "out" / "masks_1" / "sub_b.png").exists()
+    assert (tmp_path / "out" / "images_1" / "sub_b.png").read_bytes() == (ws / "images" / "sub" / "b.png").read_bytes()
+
+
+@pytest.mark.parametrize("line", ["1 OPENCV_FISHEYE 40 30 50 50 20 15 0 0 0 0",
+                                  "1 OPENCV_FISHEYE 40 30 50 50 20 15 0.1 0 0 0",
+                                  "1 FOV 40 30 50 50 20 15 0.2",
+                                  "1 DIVISION 40 30 50 50 20 15 0.1"])
+def test_fisheye_and_other_models_refused_with_undistort_hint(tmp_path, line):
     ws = workspace(tmp_path / "ws")
     (ws / "sparse" / "cameras.txt").write_text(line + "\n2 SIMPLE_PINHOLE 30 40 45 15.25 20\n")
     with pytest.raises(InputError, match="image_undistorter"):
@@ -167,7 +183,8 @@ def test_zero_distortion_accepted(tmp_path):
     ws = workspace(tmp_path / "ws")
     (ws / "sparse" / "cameras.txt").write_text("1 OPENCV 40 30 50.5 48.25 20.5 14.75 0 0 0 0\n"
                                                "2 SIMPLE_RADIAL 30 40 45 15.25 20 0\n")
-    convert_colmap(ws, tmp_path / "out")
+    s = convert_colmap(ws, tmp_path / "out")
+    assert s["undistortion"] is None and not (tmp_path / "out" / "masks_1").exists()
     for name, (K, _, _) in EXPECTED.items():
         assert np.array_equal(read_mvsnet_cam(tmp_path / "out" / "cams_1" / f"{name}_cam.txt")[1], K)
 

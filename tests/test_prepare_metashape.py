@@ -165,18 +165,27 @@ def test_in_place_reuses_the_source_mesh(tmp_path):
         convert_metashape(src, src, mesh_frame="chunk")
 
 
-def test_distortion_needs_undistorted_flag(tmp_path):
+def test_distortion_undistorted_unless_photos_already_are(tmp_path):
     src = export(tmp_path / "ms", cams_xml("<k1>-0.05</k1><p2>0.001</p2>"))
-    with pytest.raises(InputError, match="k1=-0.05.*--images-undistorted"):
-        convert_metashape(src, tmp_path / "scene")
-    convert_metashape(src, tmp_path / "scene", undistorted=True)
-    assert np.array_equal(read_mvsnet_cam(tmp_path / "scene" / "cams_1" / "IMG_1_cam.txt")[1], K1)
+    s = convert_metashape(src, tmp_path / "scene")
+    assert s["undistortion"]["models"] == ["Metashape frame (k1, p2)"] and s["undistortion"]["views"] == 1
+    K = read_mvsnet_cam(tmp_path / "scene" / "cams_1" / "IMG_1_cam.txt")[1]
+    assert K[0, 0] == K1[0, 0] and K[1, 1] == K1[1, 1]                    # focal lengths kept
+    # --images-undistorted: the photos are used as they are with the calibration's K
+    s = convert_metashape(src, tmp_path / "as_is", undistorted=True)
+    assert s["undistortion"] is None
+    assert np.array_equal(read_mvsnet_cam(tmp_path / "as_is" / "cams_1" / "IMG_1_cam.txt")[1], K1)
 
 
-def test_skew_refused(tmp_path):
+def test_skew_resampled_or_refused(tmp_path):
+    """Skew (b2) cannot be represented by a pinhole K: the photo is resampled without it, and
+    photos used as they are (--images-undistorted) are refused."""
     src = export(tmp_path / "ms", cams_xml("<b2>0.5</b2>"))
+    s = convert_metashape(src, tmp_path / "scene")
+    assert s["undistortion"]["models"] == ["Metashape frame (b2)"]
+    assert read_mvsnet_cam(tmp_path / "scene" / "cams_1" / "IMG_1_cam.txt")[1][0, 1] == 0
     with pytest.raises(InputError, match="skew"):
-        convert_metashape(src, tmp_path / "scene")
+        convert_metashape(src, tmp_path / "as_is", undistorted=True)
 
 
 def test_non_frame_sensor_refused(tmp_path):

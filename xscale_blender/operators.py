@@ -285,6 +285,38 @@ def prepare_command(src: str, dst: str, source: str, downsample: int) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def _convert_in_backend(op, context, src: str, dst: str) -> set[str]:
+    """Run `backend prepare` in the backend environment (it undistorts photos with OpenCV and
+    resizes them with Pillow, which Blender's Python lacks), then import the scene it wrote."""
+    command = prepare_command(src, dst, op.source, op.downsample)
+    try:
+        preferences.backend_python()
+    except preferences.BackendNotConfigured as e:
+        op.report({"ERROR"}, f"These photos need undistorting or resizing in the backend environment: {e} "
+                             f"Or run this there and import the result as an MVSNet scene: {command}")
+        return {"CANCELLED"}
+    opts = dict(mesh=op.import_mesh, photos=op.show_photos, test_every=op.test_every, set_active=op.set_active)
+    check = op.check_scene
+
+    def on_finish(job: jobs.Job) -> None:
+        if job.state.status != jobs.DONE:
+            return
+        level = next((r.get("level") for r in reversed(job.state.results) if r.get("stage") == "prepare"), None)
+        try:
+            coll = importer.import_scene(bpy.context, dst, level=level, **opts)
+        except importer.InputError as e:
+            job.state.status, job.state.error = jobs.FAILED, str(e)
+            job.state.message = job.state.error
+            return
+        if check:
+            check_imported_scene(coll, dst, level)
+
+    args = [src, "--out", dst, "--downsample", str(op.downsample), "--no-check"]
+    if op.source != "auto":
+        args += ["--from", op.source]
+    return _start_backend(op, "prepare", args, "convert", False, on_finish)
+
+
 class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
     """Convert a COLMAP workspace or a Metashape export into an MVSNet scene folder, then import it"""
     bl_idname = "import_scene.xscale_convert"
@@ -292,19 +324,20 @@ class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     directory: StringProperty(name="Source Folder", subtype="DIR_PATH",
-                              description="COLMAP workspace (after image_undistorter) or Metashape export")
+                              description="COLMAP workspace or Metashape export (photos with lens distortion "
+                                          "are undistorted by the backend)")
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     output_dir: StringProperty(name="Output Scene Folder", subtype="DIR_PATH",
                                description="Where to write the MVSNet scene (empty: SOURCE_mvsnet next to "
                                            "the source folder)")
     source: EnumProperty(name="Source Type", default="auto", items=[
         ("auto", "Auto", "Detect the source type"),
-        ("colmap", "COLMAP", "COLMAP sparse model (text or binary) with undistorted images"),
-        ("metashape", "Metashape", "Metashape cameras XML with undistorted images and a mesh"),
+        ("colmap", "COLMAP", "COLMAP sparse model (text or binary) with its photos and a mesh"),
+        ("metashape", "Metashape", "Metashape cameras XML with its photos and a mesh"),
     ])
     downsample: IntProperty(name="Downsample", default=1, min=1, max=16,
-                            description="Shrink the photos this many times (needs Pillow: above 1, run the "
-                                        "conversion from the backend environment)")
+                            description="Shrink the photos this many times (above 1 the conversion runs in the "
+                                        "backend environment)")
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -317,17 +350,17 @@ class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
         src = _abspath(self.directory)
         dst = _abspath(self.output_dir) if self.output_dir else default_convert_output(src)
         if self.downsample > 1 and not _has_pillow():
-            self.report({"ERROR"}, "Downsampling needs Pillow, which Blender's Python does not have: set "
-                                   "Downsample to 1, or run this from the backend environment and import "
-                                   f"the result as an MVSNet scene: {prepare_command(src, dst, self.source, self.downsample)}")
-            return {"CANCELLED"}
+            return _convert_in_backend(self, context, src, dst)
         prepare = _backend_module("prepare")
         try:
             with _quiet_backend_events():
-                summary = prepare.convert(src, dst, source=self.source, downsample=self.downsample)
+                summary = prepare.convert(src, dst, source=self.source, downsample=self.downsample,
+                                          undistort=False)
             coll = importer.import_scene(
                 context, dst, mesh=self.import_mesh, photos=self.show_photos, test_every=self.test_every,
                 level=summary["level"], set_active=self.set_active)
+        except prepare.NeedsBackend:      # lens distortion: OpenCV, in the backend environment
+            return _convert_in_backend(self, context, src, dst)
         except importer.InputError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}

@@ -3,8 +3,10 @@
 COLMAP's camera frame is OpenCV's (x right, y down, z forward), an image pose (QW QX QY QZ,
 TX TY TZ) is world-to-camera with a Hamilton quaternion, and its pixel convention is ours: the
 upper-left image corner is (0, 0) and the upper-left pixel centre (0.5, 0.5). So PINHOLE
-(fx fy cx cy) and SIMPLE_PINHOLE (f cx cy) map to K exactly. Distortion models are refused
-unless every distortion parameter is exactly zero: run `colmap image_undistorter` first.
+(fx fy cx cy) and SIMPLE_PINHOLE (f cx cy) map to K exactly. Photos of SIMPLE_RADIAL, RADIAL,
+OPENCV and FULL_OPENCV cameras are undistorted (backend.prepare.lens / undistort); a model whose
+distortion parameters are all zero is a pinhole. Fisheye and other non-perspective models are
+refused: `colmap image_undistorter` turns them into pinhole photos first.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from ..cameras import Camera
 from ..errors import InputError
+from .lens import COLMAP_UNDISTORTABLE, Lens, colmap_lens
 from .writer import SourceView, find_single_mesh, safe_name, write_scene
 
 # model id -> (name, number of params, index of first distortion param or None)
@@ -28,11 +31,9 @@ MODELS: dict[int, tuple[str, int, int | None]] = {
     15: ("FISHEYE", 4, None), 16: ("EUCM", 6, 4), 17: ("EQUIRECTANGULAR", 2, None),
 }
 MODEL_IDS = {name: mid for mid, (name, _, _) in MODELS.items()}
-# Perspective models that are exactly a pinhole when their distortion parameters are all zero.
-# (FOV is not: omega = 0 is a singular parameterisation; fisheye models are never pinholes.)
-_PINHOLE_WHEN_ZERO = {"SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV", "SIMPLE_DIVISION", "DIVISION"}
 UNDISTORT_HINT = ("undistort the photos first with 'colmap image_undistorter --image_path IMAGES "
-                  "--input_path sparse/0 --output_path dense' and prepare from 'dense'")
+                  "--input_path sparse/0 --output_path dense' (it crops them to pinhole views) and prepare "
+                  "from 'dense'")
 
 
 @dataclass
@@ -186,8 +187,9 @@ def qvec_to_rotmat(q: np.ndarray) -> np.ndarray:
         [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
 
 
-def intrinsics(cam: ColmapCamera, where: Path) -> np.ndarray:
-    """K of a pinhole(-equivalent) COLMAP camera; InputError for anything else."""
+def camera_lens(cam: ColmapCamera, where: Path) -> tuple[np.ndarray, Lens | None]:
+    """K of a COLMAP camera and its lens distortion (None for a pinhole); InputError for models
+    that cannot be turned into pinhole photos here (fisheye and other non-perspective models)."""
     model = cam.model.upper()
     if model not in MODEL_IDS:
         raise InputError(f"{where}: camera {cam.id} has unknown model '{cam.model}'.")
@@ -195,20 +197,25 @@ def intrinsics(cam: ColmapCamera, where: Path) -> np.ndarray:
     p = cam.params
     if len(p) != nparams:
         raise InputError(f"{where}: camera {cam.id} ({model}) has {len(p)} parameters, expected {nparams}.")
-    if dist0 is not None:
-        if model not in _PINHOLE_WHEN_ZERO or np.any(p[dist0:] != 0):
-            raise InputError(f"{where}: camera {cam.id} uses the {model} model with lens distortion, which "
-                             f"this pipeline cannot represent; {UNDISTORT_HINT}.")
-    elif model not in ("SIMPLE_PINHOLE", "PINHOLE"):
+    distorted = dist0 is not None and bool(np.any(p[dist0:] != 0))
+    if "FISHEYE" in model or model in ("FOV", "EUCM"):
+        raise InputError(f"{where}: camera {cam.id} uses the fisheye model {model}; prepare undistorts only "
+                         "perspective lenses (SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV), a pinhole photo cannot "
+                         f"hold a fisheye's field of view; {UNDISTORT_HINT}.")
+    if dist0 is None and model not in ("SIMPLE_PINHOLE", "PINHOLE"):
         raise InputError(f"{where}: camera {cam.id} uses the non-perspective {model} model; {UNDISTORT_HINT}.")
-    single_f = model.startswith("SIMPLE_")
+    if distorted and model not in COLMAP_UNDISTORTABLE:
+        raise InputError(f"{where}: camera {cam.id} uses the {model} model, which prepare does not undistort "
+                         f"(it handles SIMPLE_RADIAL, RADIAL, OPENCV and FULL_OPENCV); {UNDISTORT_HINT}.")
+    single_f = model.startswith("SIMPLE_") or model == "RADIAL"
     fx = p[0]
     fy = p[0] if single_f else p[1]
     cx, cy = (p[1], p[2]) if single_f else (p[2], p[3])
-    if not (fx > 0 and fy > 0 and np.isfinite([fx, fy, cx, cy]).all()) or cam.width <= 0 or cam.height <= 0:
+    if not (fx > 0 and fy > 0 and np.isfinite(p).all()) or cam.width <= 0 or cam.height <= 0:
         raise InputError(f"{where}: camera {cam.id} has invalid intrinsics (f={fx}, {fy}, size "
                          f"{cam.width}x{cam.height}).")
-    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    return K, (colmap_lens(model, p, cam.width, cam.height) if distorted else None)
 
 
 def world_to_camera(img: ColmapImage, where: Path) -> np.ndarray:
@@ -231,7 +238,7 @@ def find_model(src: Path) -> Path:
         if any((d / f"cameras{e}").is_file() for e in (".bin", ".txt")):
             return d
     raise InputError(f"{src}: no COLMAP model found (looked for cameras.bin/.txt in ., sparse, dense/sparse, "
-                     "dense/0/sparse, sparse/0); pass the folder written by 'colmap image_undistorter'.")
+                     "dense/0/sparse, sparse/0); pass the COLMAP workspace or the model folder (--model).")
 
 
 def find_images(src: Path, model_dir: Path) -> Path:
@@ -239,7 +246,7 @@ def find_images(src: Path, model_dir: Path) -> Path:
         if d.is_dir():
             return d
     raise InputError(f"{src}: no 'images' folder next to the model {model_dir}; pass --images DIR "
-                     "(the undistorted photos).")
+                     "(the photos the model was made from).")
 
 
 def load_views(model_dir: Path, images_dir: Path) -> tuple[list[SourceView], list[str]]:
@@ -248,31 +255,34 @@ def load_views(model_dir: Path, images_dir: Path) -> tuple[list[SourceView], lis
     if not imgs:
         raise InputError(f"{model_dir}: the model has no registered images.")
     views, notes = [], []
-    Ks: dict[int, np.ndarray] = {}
+    Ks: dict[int, tuple[np.ndarray, Lens | None]] = {}
     for img in sorted(imgs.values(), key=lambda im: im.name):
         if img.camera_id not in cams:
             raise InputError(f"{model_dir}: image {img.name} refers to camera {img.camera_id}, which is not "
                              "in the cameras file; export the model again.")
         if img.camera_id not in Ks:
-            Ks[img.camera_id] = intrinsics(cams[img.camera_id], model_dir)
+            Ks[img.camera_id] = camera_lens(cams[img.camera_id], model_dir)
         cam = cams[img.camera_id]
+        K, lens = Ks[img.camera_id]
         path = images_dir / img.name
         if not path.is_file():
             raise InputError(f"{path}: photo of image {img.id} not found; pass --images DIR with the "
-                             "undistorted photos the model refers to.")
+                             "photos the model refers to.")
         views.append(SourceView(safe_name(img.name), path,
-                                Camera(cam.width, cam.height, Ks[img.camera_id], world_to_camera(img, model_dir),
-                                       safe_name(img.name))))
+                                Camera(cam.width, cam.height, K, world_to_camera(img, model_dir), safe_name(img.name)),
+                                lens=lens))
     return views, notes
 
 
 def convert_colmap(src: str | Path, dst: str | Path, *, downsample: int = 1, copy_images: bool = True,
                    mesh: str | Path | None = None, images: str | Path | None = None,
-                   model: str | Path | None = None) -> dict:
-    """COLMAP workspace (after image_undistorter) -> MVSNet scene at `dst`. Returns a summary dict.
+                   model: str | Path | None = None, undistort: bool = True) -> dict:
+    """COLMAP workspace -> MVSNet scene at `dst`. Returns a summary dict.
 
-    src: the undistorter output folder (images/ + sparse/), or a workspace with sparse/0, or the
-    model folder itself. model/images/mesh override what is found under src.
+    src: a workspace with images/ and sparse/0 (photos with lens distortion are undistorted), an
+    image_undistorter output folder (images/ + sparse/), or the model folder itself.
+    model/images/mesh override what is found under src. undistort=False: raise NeedsBackend
+    instead of undistorting (see write_scene).
     """
     src = Path(src)
     if not src.exists():
@@ -285,4 +295,4 @@ def convert_colmap(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
     views, notes = load_views(model_dir, images_dir)
     source = {"kind": "colmap", "model": str(model_dir), "images": str(images_dir), "mesh": str(mesh_path)}
     return write_scene(views, mesh_path, dst, downsample=downsample, copy_images=copy_images,
-                       source=source, notes=notes)
+                       source=source, notes=notes, undistort=undistort)

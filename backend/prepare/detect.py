@@ -8,11 +8,12 @@ from ..errors import InputError
 KINDS = ("colmap", "metashape", "mvsnet")
 # Options each converter understands (the CLI passes everything it parsed).
 _OPTIONS = {
-    "colmap": {"downsample", "copy_images", "mesh", "images", "model"},
+    "colmap": {"downsample", "copy_images", "mesh", "images", "model", "undistort"},
     "metashape": {"downsample", "copy_images", "mesh", "images", "xml", "mesh_frame", "scene_frame",
-                  "undistorted"},
-    "mvsnet": {"downsample", "copy_images", "mesh", "level"},
+                  "undistorted", "undistort"},
+    "mvsnet": {"downsample", "copy_images", "mesh", "level", "undistort"},
 }
+_KEEP_FALSE = {"copy_images", "undistort"}     # options whose False is a choice, not "not given"
 _FLAGS = {"images": "--images", "model": "--model", "xml": "--xml", "mesh_frame": "--mesh-frame",
           "scene_frame": "--scene-frame", "undistorted": "--images-undistorted", "level": "--level"}
 
@@ -42,11 +43,12 @@ def detect_source(src: str | Path) -> str:
 
 def convert(src: str | Path, dst: str | Path, source: str = "auto", **options) -> dict:
     """Convert any supported source into an MVSNet scene; options as in the specific converters
-    (None values are ignored)."""
+    (None values are ignored). undistort=False raises NeedsBackend, before writing anything, when
+    photos need undistorting (the Blender import converts in Blender's Python, without OpenCV)."""
     kind = detect_source(src) if source == "auto" else source
     if kind not in KINDS:
         raise InputError(f"--from {source}: choose one of auto, {', '.join(KINDS)}.")
-    opts = {k: v for k, v in options.items() if v is not None and v is not False or k == "copy_images"}
+    opts = {k: v for k, v in options.items() if v is not None and v is not False or k in _KEEP_FALSE}
     extra = sorted(set(opts) - _OPTIONS[kind])
     if extra:
         raise InputError(f"{src}: {', '.join(_FLAGS.get(e, e) for e in extra)} does not apply to {kind} input.")

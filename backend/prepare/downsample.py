@@ -49,6 +49,15 @@ def block_mean(img: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def block_all(valid: np.ndarray, k: int) -> np.ndarray:
+    """Validity mask shrunk by k: a shrunk pixel is valid only when all its k x k pixels are
+    (H and W divide by k)."""
+    if k == 1:
+        return valid
+    h, w = valid.shape
+    return valid.reshape(h // k, k, w // k, k).all(axis=(1, 3))
+
+
 def _need_pillow():
     try:
         from PIL import Image

@@ -4,7 +4,10 @@ Conventions (Metashape manual, appendix "Camera models", frame cameras):
     u = w/2 + cx + x'(f + b1) + y' b2,   v = h/2 + cy + y' f
 with (u, v) measured from the top-left image corner, i.e. our continuous convention (the image
 centre is w/2, not (w-1)/2). Hence fx = f + b1, fy = f, principal point (w/2 + cx, h/2 + cy),
-skew b2. A camera's <transform> is camera-to-chunk (camera axes x right, y down, z forward, as
+skew b2. Lens distortion (k1..k4, p1..p4) and skew are removed by undistorting the photos
+(backend.prepare.lens holds the full frame-camera model, including Metashape's p1/p2 order),
+unless the photos were already undistorted by Metashape (--images-undistorted: the distortion
+terms are ignored; skew is refused then, since it cannot be represented). A camera's <transform> is camera-to-chunk (camera axes x right, y down, z forward, as
 OpenCV); the chunk (or, since 2.x, per-component) <transform> is a similarity
     world = scale * R @ p + T.
 The reference conversion script ignores that similarity, so its cameras and the exported mesh
@@ -21,6 +24,7 @@ import numpy as np
 
 from ..cameras import Camera
 from ..errors import InputError
+from .lens import Lens, metashape_lens
 from .writer import SourceView, find_single_mesh, safe_name, write_scene
 
 _DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2", "p3", "p4")
@@ -55,8 +59,10 @@ class Sensor:
     label: str
     width: int
     height: int
-    K: np.ndarray
-    distortion: dict[str, float]
+    K: np.ndarray                  # fx = f + b1, fy = f, absolute principal point, no skew
+    distortion: dict[str, float]   # the XML's k1..k4, p1..p4 that are present
+    skew: float = 0.0              # b2
+    lens: Lens | None = None       # None when the photos need no resampling (no distortion or skew)
 
 
 def _floats(text: str | None, n: int, where: str) -> np.ndarray:
@@ -99,7 +105,8 @@ def parse_sensor(el: ET.Element, xml: Path) -> Sensor | str:
     where = f"{xml}: sensor '{label}'"
     stype = el.get("type", "frame")
     if stype != "frame":
-        return f"{where} is a {stype} camera; only frame (pinhole) cameras can be converted."
+        return (f"{where} is a {stype} camera; prepare converts and undistorts only frame (perspective) cameras. "
+                "Use a frame calibration, or export undistorted photos from Metashape with their cameras.")
     cal = _calibration(el)
     if cal is None:
         return f"{where} has no calibration; align the photos in Metashape and export the cameras again."
@@ -130,14 +137,14 @@ def parse_sensor(el: ET.Element, xml: Path) -> Sensor | str:
         fx, fy, cx, cy, skew = num("fx"), num("fy"), num("cx", w / 2.0), num("cy", h / 2.0), num("skew")
     else:
         return f"{where} has no focal length (<f>) in its calibration."
-    if skew != 0:
-        return (f"{where} has skew (b2 = {skew:g}), which the renderer cannot represent; re-align with b2 "
-                "fixed to 0 (Camera Calibration > fixed parameters) and export again.")
     if not (fx > 0 and fy > 0 and w > 0 and h > 0):
         return f"{where} has an invalid calibration (f = {fx:g}, {fy:g}, size {w}x{h})."
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     dist = {t: num(t) for t in _DISTORTION if cal.find(t) is not None}
-    return Sensor(sid, label, w, h, K, dist)
+    lens = None
+    if skew != 0 or any(dist.values()):
+        lens = metashape_lens(w, h, fx, fy, cx, cy, {**dist, "b2": skew})
+    return Sensor(sid, label, w, h, K, dist, skew, lens)
 
 
 def _index_images(images_dir: Path) -> dict[str, Path]:
@@ -202,13 +209,10 @@ def load_views(xml: Path, images_dir: Path, *, undistorted: bool = False,
                              "<sensors>; export the cameras again.")
         if isinstance(sensor, str):
             raise InputError(sensor)
-        bad = {k: v for k, v in sensor.distortion.items() if v != 0}
-        if bad and not undistorted:
-            raise InputError(f"{xml}: sensor '{sensor.label}' has lens distortion ("
-                             + ", ".join(f"{k}={v:g}" for k, v in bad.items())
-                             + "); export undistorted photos (Convert Images with 'Remove distortion', principal "
-                             "point and pixel aspect kept) and pass --images-undistorted to use them with this "
-                             "calibration.")
+        if undistorted and sensor.skew != 0:
+            raise InputError(f"{xml}: sensor '{sensor.label}' has skew (b2 = {sensor.skew:g}), which photos used "
+                             "as they are (--images-undistorted) cannot have; leave out --images-undistorted to "
+                             "undistort the original photos here, or re-align with b2 fixed to 0.")
         path = _match_image(label, index)
         if path is None:
             missing.append(label)
@@ -225,7 +229,7 @@ def load_views(xml: Path, images_dir: Path, *, undistorted: bool = False,
     if not found:
         raise InputError(f"{xml}: no aligned camera has a photo in {images_dir} "
                          f"({len(missing)} without photo, {len(unposed)} not aligned); pass --images DIR with "
-                         "the undistorted photos named like the camera labels.")
+                         "the photos named like the camera labels.")
     if missing:
         notes.append(f"{len(missing)} aligned camera(s) have no photo in {images_dir.name}/ and were skipped "
                      f"(e.g. {missing[0]}).")
@@ -251,7 +255,8 @@ def load_views(xml: Path, images_dir: Path, *, undistorted: bool = False,
         if scene_frame == "chunk":       # identity for the (single) chunk transform: exact poses
             to_world = Similarity() if to_world.same_as(chunk_to_world) else chunk_to_world.inverse() @ to_world
         views.append(SourceView(name, path, Camera(sensor.width, sensor.height, sensor.K,
-                                                   _pose(to_world, Rc, tc), name)))
+                                                   _pose(to_world, Rc, tc), name),
+                                lens=None if undistorted else sensor.lens))
     return views, chunk_to_world, notes
 
 
@@ -283,14 +288,16 @@ def find_xml(src: Path) -> Path:
 def convert_metashape(src: str | Path, dst: str | Path, *, downsample: int = 1, copy_images: bool = True,
                       xml: str | Path | None = None, images: str | Path | None = None,
                       mesh: str | Path | None = None, mesh_frame: str = "world", scene_frame: str = "world",
-                      undistorted: bool = False) -> dict:
+                      undistorted: bool = False, undistort: bool = True) -> dict:
     """Metashape export -> MVSNet scene at `dst`. Returns a summary dict.
 
-    src: a folder holding cams.xml, images/ (undistorted photos) and the exported mesh, or the XML
-    file itself. mesh_frame: the frame the mesh file is in - "world" (Metashape's model export) or
+    src: a folder holding cams.xml, images/ (the original photos, undistorted here, or photos
+    Metashape undistorted with --images-undistorted) and the exported mesh, or the XML file
+    itself. mesh_frame: the frame the mesh file is in - "world" (Metashape's model export) or
     "chunk" (the chunk's internal frame). scene_frame: the frame to write - "world", or "chunk" to
     keep small coordinates for georeferenced (geocentric) projects. undistorted: the photos were
     undistorted by Metashape with this calibration, so its distortion terms are ignored.
+    undistort=False: raise NeedsBackend instead of undistorting (see write_scene).
     """
     src = Path(src)
     if not src.exists():
@@ -299,7 +306,7 @@ def convert_metashape(src: str | Path, dst: str | Path, *, downsample: int = 1, 
     base = src if src.is_dir() else xml_path.parent
     images_dir = Path(images) if images else base / "images"
     if not images_dir.is_dir():
-        raise InputError(f"{images_dir}: image folder not found; pass --images DIR with the undistorted photos.")
+        raise InputError(f"{images_dir}: image folder not found; pass --images DIR with the photos.")
     mesh_path = Path(mesh) if mesh else find_single_mesh([base])
     if mesh_frame not in ("world", "chunk"):
         raise InputError(f"--mesh-frame {mesh_frame}: choose 'world' or 'chunk'.")
@@ -315,4 +322,4 @@ def convert_metashape(src: str | Path, dst: str | Path, *, downsample: int = 1, 
     source = {"kind": "metashape", "xml": str(xml_path), "images": str(images_dir), "mesh": str(mesh_path),
               "mesh_frame": mesh_frame, "scene_frame": scene_frame, "undistorted": bool(undistorted)}
     return write_scene(views, mesh_path, dst, downsample=downsample, copy_images=copy_images,
-                       mesh_transform=mesh_T, source=source, notes=notes)
+                       mesh_transform=mesh_T, source=source, notes=notes, undistort=undistort)

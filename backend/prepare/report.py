@@ -3,10 +3,12 @@
 Per view: resolution, intrinsics, mesh coverage (fraction of pixels the mesh covers, measured by
 rasterizing at a reduced resolution), fraction of mesh vertices in front of the camera and inside
 the image, and whether the mesh centre projects into the image. Scene-wide: views the mesh does
-not reach, and hints when cameras and mesh look like they are in different frames.
+not reach, and hints when cameras and mesh look like they are in different frames; when prepare
+undistorted the photos (its prepare.json says so), by which lens model and the largest pixel shift.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,7 @@ def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: i
                         "and cameras may use different units or scales.")
 
     fsize = scene.mesh_path.stat().st_size
+    img_dir = scene.views[0].image_path.parent if scene.views else None
     return {
         "scene": str(scene.root), "status": "error" if errors else ("warning" if warnings else "ok"),
         "errors": errors, "warnings": warnings,
@@ -120,8 +123,23 @@ def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: i
         if coverage and views else None,
         "views_not_reached": not_reached, "views_low_coverage": low,
         "views_seeing_mesh_centre": int(centre_views),
+        "views_with_mask": sum(v.mask_path is not None for v in scene.views),
+        "undistortion": _undistortion(scene.root, img_dir),
         "views": views,
     }
+
+
+def _undistortion(root: Path, img_dir: Path | None) -> dict | None:
+    """prepare.json's record of the undistortion of this level's photos (None: not undistorted
+    by prepare)."""
+    if img_dir is None or not img_dir.name.startswith("images_"):
+        return None
+    try:
+        entry = json.loads((root / "prepare.json").read_text())["levels"][img_dir.name[len("images_"):]]
+        rec = entry.get("undistortion")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _mb(n: int) -> str:
@@ -139,6 +157,14 @@ def format_report(r: dict, max_rows: int = 40) -> str:
     if r["coverage_measured"]:
         lines.append(f"  mesh coverage (at <= {r['coverage_max_side']} px): mean {r['coverage_mean']:.1%}")
     lines.append(f"  views that see the mesh centre: {r['views_seeing_mesh_centre']} of {r['n_views']}")
+    u = r.get("undistortion")
+    if u:
+        lines.append(f"  photos undistorted by prepare: {u.get('views', '?')} view(s), lens model "
+                     + "; ".join(u.get("models") or ["?"])
+                     + f"; largest pixel shift {float(u.get('max_shift_px', 0.0)):.2f} px (full resolution)")
+    if r.get("views_with_mask"):
+        lines.append(f"  views with a validity mask (invalid pixels are left out of training and metrics): "
+                     f"{r['views_with_mask']} of {r['n_views']}")
     if r["views_not_reached"]:
         shown = r["views_not_reached"][:10]
         more = len(r["views_not_reached"]) - len(shown)

@@ -1,16 +1,23 @@
 """Write an MVSNet scene folder from converted views (shared by every source kind).
 
 Layout written under DST for downsampling factor k (the layout the reference code reads):
-    images_{k}/NAME.jpg|png    photos (copied, linked, or resized by k with an area filter)
+    images_{k}/NAME.jpg|png    photos (copied, linked, undistorted, or resized by k with an area filter)
     cams_{k}/NAME_cam.txt      world_to_camera + K of the photo as written
-    mesh.obj|ply               the scene mesh, in the cameras' world frame
+    masks_{k}/NAME.png         validity mask (8-bit, 255 valid, 0 invalid) of photos that have
+                               invalid pixels (undistorted photos); no file: every pixel is valid
+    mesh.obj|ply               the scene mesh, in the cameras' world frame (never modified)
     prepare.json               what was converted, from where, and with which options
+
+Photos are written by a pool of threads (decoding, OpenCV's remap and encoding leave the GIL), each
+file atomically; undistorted photos already written by an interrupted run with the same inputs
+are skipped (masks_{k}/.undistort.json).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +28,8 @@ from ..cameras import Camera, write_mvsnet_cam
 from ..errors import InputError
 from ..meshio import Mesh, load_mesh, write_ply
 from ..scene import IMAGE_EXTS, image_size
-from .downsample import crop_size, downsample_camera, resize_image_file
+from .downsample import block_all, crop_size, downsample_camera, resize_image_file
+from .lens import Canvas, Lens, pinhole_canvas
 
 MESH_NAMES = ("1.obj", "mesh.obj", "mesh.ply")   # backend.scene.find_mesh looks in this order
 _KEEP_EXTS = {".png", ".jpg", ".jpeg"}
@@ -30,8 +38,11 @@ _KEEP_EXTS = {".png", ".jpg", ".jpeg"}
 @dataclass
 class SourceView:
     name: str            # output name: images_k/NAME.ext and cams_k/NAME_cam.txt
-    image: Path          # source photo (undistorted, full resolution)
-    camera: Camera       # camera of the source photo, in the output world frame
+    image: Path          # source photo (full resolution)
+    camera: Camera       # camera of the source photo, in the output world frame (with a lens: its
+                         # size and pose; K is replaced by the undistorted photo's)
+    lens: Lens | None = None     # lens distortion to remove; None for a pinhole photo
+    mask: Path | None = None     # validity mask of the source photo (MVSNet scenes), None: all valid
 
 
 def image_size_any(path: Path) -> tuple[int, int]:
@@ -165,15 +176,24 @@ def _previous_outputs(dst: Path) -> set[str]:
     return {str(m) for m in meshes} if isinstance(meshes, list) else set()
 
 
+def _workers(n: int) -> int:
+    return max(1, min(n, 8, os.cpu_count() or 1))
+
+
 def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, downsample: int = 1,
                 copy_images: bool = True, mesh_transform: np.ndarray | None = None,
-                source: dict | None = None, notes: list[str] | None = None, level: int | None = None) -> dict:
-    """Write images_{level}/, cams_{level}/ and the mesh under `dst`; returns a summary dict.
-    `level` (default: the factor k) is the total downsampling relative to the original photos.
+                source: dict | None = None, notes: list[str] | None = None, level: int | None = None,
+                undistort: bool = True, undistortion: dict | None = None) -> dict:
+    """Write images_{level}/, cams_{level}/, masks_{level}/ and the mesh under `dst`; returns a
+    summary dict. `level` (default: the factor k) is the total downsampling relative to the
+    original photos.
 
     copy_images=False hard-links the photos instead of copying them (same drive only, else
-    copied); photos are always re-written when resized or when they are not PNG/JPEG.
+    copied); photos are always re-written when resized, undistorted or not PNG/JPEG.
     mesh_transform (4x4 similarity) maps the mesh file's coordinates to the cameras' world.
+    undistort=False raises NeedsBackend (before writing anything) when a photo needs undistorting:
+    the Blender import converts in Blender's Python, which has no OpenCV. `undistortion` is the
+    record of an earlier undistortion of these photos (re-levelled MVSNet scenes).
     """
     k = int(downsample)
     if k < 1 or k != downsample:
@@ -181,6 +201,14 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
     if not views:
         raise InputError(f"{mesh_src.parent}: no views to write (no camera has both a pose and a photo).")
     _check_names(views)
+    lenses = [v.lens for v in views if v.lens is not None and not v.lens.is_pinhole]
+    if lenses:
+        from .undistort import NeedsBackend, require_libraries
+        if not undistort:
+            raise NeedsBackend(f"{views[0].image.parent}: the photos have lens distortion "
+                               f"({lenses[0].describe()}) and are undistorted in the backend environment "
+                               "(OpenCV): run 'python -m backend prepare' there.")
+        require_libraries()
     notes = list(notes or [])
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
@@ -197,35 +225,50 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
     img_dir, cam_dir = dst / f"images_{level}", dst / f"cams_{level}"
     img_dir.mkdir(exist_ok=True)
     cam_dir.mkdir(exist_ok=True)
-    progress = events.Progress("prepare", len(views))
-    cropped: dict[str, list[int]] = {}
-    out_views = []
-    for i, v in enumerate(views):
-        cam = v.camera
-        w, h = image_size_any(v.image)
-        if (w, h) != (cam.width, cam.height):
-            raise InputError(f"{v.image}: the photo is {w}x{h} but its camera says {cam.width}x{cam.height}; "
-                             "use the undistorted photos exported with these cameras (same size).")
-        ext = v.image.suffix if v.image.suffix.lower() in _KEEP_EXTS else ".png"
-        if ext not in IMAGE_EXTS:
-            ext = ext.lower()
-        out_img = img_dir / (v.name + ext)
-        if k == 1 and v.image.suffix.lower() in _KEEP_EXTS:
-            if out_img.resolve() != v.image.resolve():
-                atomic_copy(v.image, out_img, link=not copy_images)
-            out_cam = Camera(cam.width, cam.height, cam.K, cam.world_to_camera, v.name)
-        else:
-            cw, ch = crop_size(w, h, k)
-            if (cw, ch) != (w, h):
-                cropped[v.name] = [w - cw, h - ch]
-            resize_image_file(v.image, out_img, k, (cw, ch))
-            out_cam = downsample_camera(cam, k)
-            out_cam.name = v.name
-        out_cam.depth_range = depth_range(out_cam, verts)
-        write_mvsnet_cam(cam_dir / f"{v.name}_cam.txt", out_cam)
-        out_views.append(out_cam)
-        progress.update(i + 1, view=v.name)
+    from .undistort import masks_dir_for
+    mask_dir = masks_dir_for(img_dir)
+    job = _Job(k, copy_images, img_dir, cam_dir, mask_dir, verts)
+    if lenses:
+        from .undistort import MapCache, read_manifest
+        for lens in dict.fromkeys(lenses):
+            job.canvases[lens] = c = pinhole_canvas(lens, k)
+            if c.outline_lost > 0:
+                notes.append(f"the {lens.describe()} lens folds over inside the {lens.width}x{lens.height} photo: "
+                             f"{c.outline_lost:.0%} of its border lies beyond where the distortion can be inverted "
+                             "and is left out (marked invalid); the calibration is suspect there.")
+        job.done_before = read_manifest(mask_dir)
+        uses: dict[Lens, int] = {}
+        for lens in lenses:
+            uses[lens] = uses.get(lens, 0) + 1
+        job.maps = MapCache(uses, job.canvases)
+    if lenses or any(v.mask is not None for v in views):
+        mask_dir.mkdir(exist_ok=True)
 
+    # Photos of one lens together: its map is built once and freed when they are done.
+    rank = {lens: r for r, lens in enumerate(dict.fromkeys(lenses))}
+    order = sorted(range(len(views)), key=lambda i: (rank.get(views[i].lens, len(rank)), i))
+    progress = events.Progress("prepare", len(views))
+    results: list[_Written | None] = [None] * len(views)
+    manifest = dict(job.done_before)
+    n_undistorted = 0
+    pool = ThreadPoolExecutor(_workers(len(views)))
+    try:
+        futures = {pool.submit(job.write, views[i]): i for i in order}
+        for n, fut in enumerate(as_completed(futures), 1):
+            i = futures[fut]
+            res = results[i] = fut.result()
+            if res.key is not None:              # undistorted: record it so a rerun can skip it
+                from .undistort import write_manifest
+                manifest[views[i].name] = {"key": res.key, "max_shift_px": res.shift}
+                write_manifest(mask_dir, manifest)
+                n_undistorted += 1
+            progress.update(n, view=views[i].name, undistorted=n_undistorted)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    written = [r for r in results if r is not None]
+    out_views = [r.camera for r in written]
+
+    cropped = {r.camera.name: r.cropped for r in written if r.cropped}
     if cropped:
         sizes = sorted({tuple(c) for c in cropped.values()})
         notes.append(f"{len(cropped)} photo(s) were cropped on the right/bottom by "
@@ -237,6 +280,22 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
         p.unlink()              # cams of photos not in this conversion would be loaded as views
     if stale:
         notes.append(f"removed {len(stale)} camera file(s) left in {cam_dir.name}/ by an earlier run.")
+    _clean_masks(mask_dir, {r.camera.name for r in written if r.masked},
+                 {views[i].name for i, r in enumerate(results) if r is not None and r.key is not None}, manifest)
+
+    record = undistortion
+    undistorted = [(v, r) for v, r in zip(views, results) if r is not None and r.key is not None]
+    if undistorted:
+        models = sorted({v.lens.describe() for v, _ in undistorted})
+        shift = max(r.shift for _, r in undistorted)
+        resumed = sum(r.skipped for _, r in undistorted)
+        record = {"views": len(undistorted), "models": models, "max_shift_px": shift,
+                  "masks_dir": str(mask_dir), "skipped_already_written": resumed,
+                  "canvas": _resolutions([r.camera for _, r in undistorted])}
+        notes.append(f"{len(undistorted)} photo(s) undistorted ({'; '.join(models)}): largest pixel shift "
+                     f"{shift:.2f} px at full resolution; pixels outside the source photos are marked invalid "
+                     f"in {mask_dir.name}/" + (f" ({resumed} already written by an earlier run)" if resumed else "")
+                     + ".")
 
     if write_mesh:
         if mesh_transform is not None:
@@ -248,7 +307,8 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
         "scene": str(dst), "source": source or {}, "downsample": k, "level": level, "views": len(out_views),
         "images_dir": str(img_dir), "cams_dir": str(cam_dir), "mesh": str(mesh_out),
         "mesh_vertices": int(len(mesh.vertices)), "mesh_faces": int(len(mesh.faces)),
-        "resolutions": _resolutions(out_views), "cropped": cropped, "notes": notes,
+        "resolutions": _resolutions(out_views), "cropped": cropped, "undistortion": record,
+        "masks": sum(r.masked for r in written), "notes": notes,
     }
     # One prepare.json per scene folder, one entry per level (several k can share a folder).
     info = _read_info(dst)
@@ -260,6 +320,102 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
     for n in notes:
         events.log(n)
     return summary
+
+
+@dataclass
+class _Written:
+    camera: Camera                  # camera of the photo as written
+    cropped: list[int] | None = None
+    masked: bool = False            # a mask was written for it
+    key: str | None = None          # undistorted photos: fingerprint of its inputs
+    shift: float = 0.0              # undistorted photos: largest pixel shift
+    skipped: bool = False           # undistorted photos: already written by an earlier run
+
+
+class _Job:
+    """Writes one view's photo, mask and camera file (runs in the worker threads)."""
+
+    def __init__(self, k: int, copy_images: bool, img_dir: Path, cam_dir: Path, mask_dir: Path, verts: np.ndarray):
+        self.k, self.copy_images, self.verts = k, copy_images, verts
+        self.img_dir, self.cam_dir, self.mask_dir = img_dir, cam_dir, mask_dir
+        self.canvases: dict[Lens, Canvas] = {}
+        self.done_before: dict[str, dict] = {}
+        self.maps = None
+
+    def write(self, v: SourceView) -> _Written:
+        cam, k = v.camera, self.k
+        w, h = image_size_any(v.image)
+        if (w, h) != (cam.width, cam.height):
+            raise InputError(f"{v.image}: the photo is {w}x{h} but its camera says {cam.width}x{cam.height}; "
+                             "use the photos exported with these cameras (same size).")
+        ext = v.image.suffix if v.image.suffix.lower() in _KEEP_EXTS else ".png"
+        if ext not in IMAGE_EXTS:
+            ext = ext.lower()
+        out_img = self.img_dir / (v.name + ext)
+        out_mask = self.mask_dir / f"{v.name}.png"
+        if v.lens is not None and not v.lens.is_pinhole:
+            res = self._undistort(v, out_img, out_mask)
+        elif k == 1 and v.image.suffix.lower() in _KEEP_EXTS:
+            if out_img.resolve() != v.image.resolve():
+                atomic_copy(v.image, out_img, link=not self.copy_images)
+            res = _Written(Camera(cam.width, cam.height, cam.K, cam.world_to_camera, v.name))
+            if v.mask is not None:
+                if out_mask.resolve() != v.mask.resolve():
+                    atomic_copy(v.mask, out_mask, link=not self.copy_images)
+                res.masked = True
+        else:
+            cw, ch = crop_size(w, h, k)
+            resize_image_file(v.image, out_img, k, (cw, ch))
+            out_cam = downsample_camera(cam, k)
+            out_cam.name = v.name
+            res = _Written(out_cam, [w - cw, h - ch] if (cw, ch) != (w, h) else None)
+            if v.mask is not None:
+                from ..imageio import read_mask
+                from .undistort import save_mask
+                save_mask(block_all(read_mask(v.mask, w, h)[:ch, :cw], k), out_mask)
+                res.masked = True
+        res.camera.depth_range = depth_range(res.camera, self.verts)
+        write_mvsnet_cam(self.cam_dir / f"{v.name}_cam.txt", res.camera)
+        return res
+
+    def _undistort(self, v: SourceView, out_img: Path, out_mask: Path) -> _Written:
+        from .undistort import undistort_photo, view_key
+        lens, k = v.lens, self.k
+        canvas = self.canvases[lens]
+        K = canvas.K.copy()
+        K[:2] /= k
+        out_cam = Camera(canvas.width // k, canvas.height // k, K, v.camera.world_to_camera, v.name)
+        key = view_key(v.image, lens, canvas, k, out_img.name)
+        before = self.done_before.get(v.name)
+        if isinstance(before, dict) and before.get("key") == key and out_img.is_file() and out_mask.is_file():
+            self.maps.release(lens)
+            return _Written(out_cam, masked=True, key=key, shift=float(before.get("max_shift_px", 0.0)),
+                            skipped=True)
+        try:
+            maps = self.maps.get(lens)
+            undistort_photo(v.image, lens, maps, k, out_img, out_mask)
+        finally:
+            self.maps.release(lens)
+        return _Written(out_cam, masked=True, key=key, shift=maps[3])
+
+
+def _clean_masks(mask_dir: Path, masked: set[str], undistorted: set[str], manifest: dict) -> None:
+    """Remove masks (and manifest entries) an earlier run left for photos that have none now:
+    the scene loader would apply them."""
+    if not mask_dir.is_dir():
+        return
+    for p in mask_dir.glob("*.png"):
+        if p.stem not in masked:
+            p.unlink()
+    from .undistort import MANIFEST, write_manifest
+    kept = {n: e for n, e in manifest.items() if n in undistorted}
+    if kept:
+        if kept != manifest:
+            write_manifest(mask_dir, kept)
+    else:
+        (mask_dir / MANIFEST).unlink(missing_ok=True)
+    if not any(mask_dir.iterdir()):
+        mask_dir.rmdir()
 
 
 def _resolutions(cams: list[Camera]) -> dict[str, int]:
