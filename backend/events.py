@@ -9,7 +9,8 @@ import json
 import math
 import sys
 import time
-from typing import Any, TextIO
+from contextlib import contextmanager
+from typing import Any, Iterator, TextIO
 
 _stream: TextIO = sys.stdout
 _quiet = False
@@ -18,6 +19,20 @@ _quiet = False
 def set_stream(stream: TextIO, quiet: bool = False) -> None:
     global _stream, _quiet
     _stream, _quiet = stream, quiet
+
+
+@contextmanager
+def silenced() -> Iterator[None]:
+    """No events inside the block, then the previous setting again: for callers that run
+    backend code in their own process and report on their own (the Blender add-on's scene check
+    and conversion), where nobody reads the JSON lines."""
+    global _quiet
+    saved = _quiet
+    _quiet = True
+    try:
+        yield
+    finally:
+        _quiet = saved
 
 
 def _clean(v: Any) -> Any:
