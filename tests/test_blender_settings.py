@@ -57,3 +57,15 @@ def test_import_options_match_config(addon, bpy_module):
         assert p["test_every"].hard_min == config.TEST_EVERY.min
     assert bpy_module.ops.import_scene.xscale_mvsnet.get_rna_type().properties["level"].default == -1
 
+
+def test_strip_alpha_follows_format(blank, bpy_module, tmp_path):
+    """EXR frames are premultiplied, PNG frames straight (config.FORMATS)."""
+    from xscale_blender import sequencer
+    bpy = bpy_module
+    img = bpy.data.images.new("frame", 8, 6, alpha=True, float_buffer=True)
+    img.pixels[:] = [0.25, 0.5, 0.1, 0.5] * 48
+    img.filepath_raw, img.file_format = str(tmp_path / "frame_000001.exr"), "OPEN_EXR"
+    img.save()
+    strip = sequencer.add_image_strip(blank, str(tmp_path), ["frame_000001.exr"], name="XScale exr",
+                                      channel=2, frame_start=1, fmt="exr")
+    assert not config.FORMATS["exr"].straight_alpha and strip.alpha_mode == "PREMUL"

@@ -442,7 +442,7 @@ def add_render_strip(scene: bpy.types.Scene, out_dir: str, numbers: list[int], e
                                 f"e.g. {os.path.join(out_dir, missing[0])}")
     start = numbers[0] if s.strip_use_path_start else s.strip_frame_start
     return sequencer.add_image_strip(scene, out_dir, files, name=name, channel=s.strip_channel,
-                                     frame_start=start, exr=(ext == "exr"))
+                                     frame_start=start, fmt=ext)
 
 
 class XSCALE_OT_render_path(bpy.types.Operator):
