@@ -58,6 +58,27 @@ def test_import_options_match_config(addon, bpy_module):
     assert bpy_module.ops.import_scene.xscale_mvsnet.get_rna_type().properties["level"].default == -1
 
 
+def test_settings_become_backend_flags(props, blank, tmp_path):
+    from xscale_blender import render_ops, train_ops
+    s = blank.xscale
+    s.scene_dir, s.run_dir = str(tmp_path / "scene"), str(tmp_path / "run")
+    args = train_ops.fit_arguments(s, resume=False)
+    opts = dict(zip(args[::2], args[1::2]))
+    assert opts[config.SS.flag] == str(config.SS.default)
+    assert opts[config.TEST_EVERY.flag] == str(config.TEST_EVERY.default)
+    assert opts[config.DEVICE.flag] == config.DEVICE.default and opts[config.PRESET.flag] == config.PRESET.default
+    assert config.LEVEL.flag not in opts and config.ITERS.flag not in opts      # unset: the backend decides
+    s.level, s.iterations = 1, 50
+    args = train_ops.fit_arguments(s, resume=True)
+    assert args[args.index("--level") + 1] == "1" and args[args.index("--iters") + 1] == "50"
+    assert args.count("--resume") == 1
+    s.level, s.iterations = -1, 0
+    assert props.option_arguments(s, render_ops.RENDER_SETTINGS) == ["--format", "png", "--exposure", "mean"]
+    s.render_format, s.render_supersample, s.exposure = "exr", 3, ""
+    assert props.option_arguments(s, render_ops.RENDER_SETTINGS) == ["--format", "exr", "--ss", "3"]
+    s.render_format, s.render_supersample, s.exposure = "png", 0, "mean"
+
+
 def test_strip_alpha_follows_format(blank, bpy_module, tmp_path):
     """EXR frames are premultiplied, PNG frames straight (config.FORMATS)."""
     from xscale_blender import sequencer
