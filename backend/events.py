@@ -23,6 +23,20 @@ def set_stream(stream: TextIO, quiet: bool = False) -> None:
     _stream, _quiet = stream, quiet
 
 
+@contextmanager
+def silenced() -> Iterator[None]:
+    """No events inside the block, then the previous setting again: for callers that run
+    backend code in their own process and report on their own (the Blender add-on's scene check
+    and conversion), where nobody reads the JSON lines."""
+    global _quiet
+    saved = _quiet
+    _quiet = True
+    try:
+        yield
+    finally:
+        _quiet = saved
+
+
 def _clean(v: Any) -> Any:
     if isinstance(v, float):
         return round(v, 6) if math.isfinite(v) else None

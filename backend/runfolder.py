@@ -21,6 +21,7 @@ class RunFolder:
     eval_json = property(lambda s: s.root / "eval.json")
     eval_dir = property(lambda s: s.root / "eval")
     log = property(lambda s: s.root / "log.jsonl")                 # a copy of the commands' events
+    renders = property(lambda s: s.root / "renders")           # the Blender add-on's default render output
 
     @contextmanager
     def exclusive(self, what: str) -> Iterator[None]:

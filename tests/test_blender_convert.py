@@ -75,10 +75,10 @@ def cameras_of(coll):
 
 
 def test_menu_entry_and_operator_registered(addon, bpy_module):
-    from xscale_blender import operators
+    from xscale_blender import import_ops
     bpy = bpy_module
     assert hasattr(bpy.ops.import_scene, "xscale_convert")
-    assert operators.menu_import in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
+    assert import_ops.menu_import in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
     props = bpy.ops.import_scene.xscale_convert.get_rna_type().properties
     for name in ("directory", "output_dir", "source", "downsample", "import_mesh", "show_photos",
                  "test_every", "set_active", "check_scene"):

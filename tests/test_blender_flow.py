@@ -78,13 +78,13 @@ def test_stop_saves_checkpoint_then_resume(blank, bpy_module, real_backend, tiny
     """Stop = SIGTERM: the real trainer saves a checkpoint and exits 0; Resume continues it."""
     import time
 
-    from xscale_blender import jobs, operators
+    from xscale_blender import job_runner, jobs, train_ops
     bpy = bpy_module
     bpy.ops.import_scene.xscale_mvsnet(directory=str(tiny_scene), show_photos=False)
     s = blank.xscale
     s.run_dir = str(tmp_path / "run")
     s.iterations, s.device, s.preset = 10000, "cpu", "small"
-    job = operators.backend_job("fit", operators.fit_arguments(s, resume=False), "train").start()
+    job = job_runner.backend_job("fit", train_ops.fit_arguments(s, resume=False), "train").start()
     t_end = time.monotonic() + 120
     while not (job.state.stage == "train" and job.state.step >= 1) and not job.finished \
             and time.monotonic() < t_end:

@@ -227,18 +227,18 @@ def test_check_backend_headless(addon, bpy_module, fake_python):
 
 def test_ui_timer_polls_until_done(addon, fake_python, tmp_path, capsys):
     """The function registered with bpy.app.timers in the UI (timers never fire in bpy)."""
-    from xscale_blender import operators
+    from xscale_blender import job_runner
     job = run_fake(fake_python, "ok", "fit", "--run", str(tmp_path / "run"), label="train")
     jobs.set_active(job)
     intervals = []
     t_end = time.monotonic() + 30
     while time.monotonic() < t_end:
-        nxt = operators._ui_tick()
+        nxt = job_runner._ui_tick()
         intervals.append(nxt)
         if nxt is None:
             break
         time.sleep(nxt)
-    assert intervals[-1] is None and all(i == operators.POLL_INTERVAL_S for i in intervals[:-1])
+    assert intervals[-1] is None and all(i == job_runner.POLL_INTERVAL_S for i in intervals[:-1])
     assert job.state.status == jobs.DONE
     assert "train: finished (train 10/10" in capsys.readouterr().out
     jobs.set_active(None)
@@ -263,17 +263,17 @@ def test_train_operator_ui_path(blank, bpy_module, tiny_scene, fake_python, tmp_
     """With a UI the operator returns at once and a bpy.app.timers callback follows the job."""
     import bpy
 
-    from xscale_blender import operators
-    monkeypatch.setattr(operators, "_blocking", lambda wait: False)
+    from xscale_blender import job_runner
+    monkeypatch.setattr(job_runner, "_blocking", lambda wait: False)
     blank.xscale.scene_dir, blank.xscale.run_dir = str(tiny_scene), str(tmp_path / "run")
     t0 = time.monotonic()
     assert bpy.ops.xscale.train() == {"FINISHED"}
     assert time.monotonic() - t0 < 1.0
-    assert bpy.app.timers.is_registered(operators._ui_tick) and jobs.busy()
+    assert bpy.app.timers.is_registered(job_runner._ui_tick) and jobs.busy()
     with pytest.raises(RuntimeError, match="already running"):
         bpy.ops.xscale.train()
     t_end = time.monotonic() + 30
-    while operators._ui_tick() is not None and time.monotonic() < t_end:
+    while job_runner._ui_tick() is not None and time.monotonic() < t_end:
         time.sleep(0.05)
-    bpy.app.timers.unregister(operators._ui_tick)
+    bpy.app.timers.unregister(job_runner._ui_tick)
     assert jobs.active().state.status == jobs.DONE and not jobs.busy()

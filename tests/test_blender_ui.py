@@ -113,12 +113,12 @@ def test_preferences_draw(addon, bpy_module, monkeypatch):
 
 
 def test_gpus_setting_launches_through_torchrun(blank, bpy_module, tmp_path):
-    from xscale_blender import operators
+    from xscale_blender import train_ops
     s = bpy_module.context.scene.xscale
     s.scene_dir, s.run_dir = str(tmp_path / "scene"), str(tmp_path / "run")
-    assert "--nproc" not in operators.fit_arguments(s, resume=False)
+    assert "--nproc" not in train_ops.fit_arguments(s, resume=False)
     s.gpus = 4
-    args = operators.fit_arguments(s, resume=False)
+    args = train_ops.fit_arguments(s, resume=False)
     if sys.platform.startswith("linux"):
         assert args[args.index("--nproc") + 1] == "4"
     s.gpus = 1

@@ -2,15 +2,24 @@
 background process, render camera paths into the Video Sequence Editor.
 
 Metadata lives in blender_manifest.toml (Blender 4.2+ extension). This side never imports
-torch: the backend runs as `python -m backend` in the interpreter set in the preferences.
+torch: the backend runs as `python -m backend` in the interpreter set in the preferences, and
+the backend code the add-on uses in-process comes through backend_link.
 Submodules that need bpy are imported in register(), so the pure ones (camera_convert, jobs)
 can be used and tested without Blender.
+
+Layout, by feature: import_ops (File > Import, conversion, scene check), train_ops (Cache +
+Train, Resume), render_ops (camera path render, its sequencer strip, path export, photo cameras),
+backend_ops (Check Backend); job_runner runs their backend processes (timer in the UI, blocking
+in background mode, Stop) and reporting tells the user; properties holds the scene settings,
+built from backend.config's options; panels and preferences draw them.
 """
 from __future__ import annotations
 
 import importlib
 
-_MODULE_NAMES = ("preferences", "properties", "operators", "panels", "importer")
+# Registration order: settings and helpers first, the panels that use them last.
+_MODULE_NAMES = ("preferences", "properties", "reporting", "job_runner", "import_ops", "train_ops",
+                 "render_ops", "backend_ops", "panels", "importer")
 
 
 def _modules() -> list:

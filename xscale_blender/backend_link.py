@@ -1,9 +1,10 @@
-"""Where the backend package lives.
+"""The add-on's one door to the backend package.
 
 In the built extension, backend/ sits inside the extension folder next to this file; in a
-source checkout it sits at the repository root next to xscale_blender/. Only its numpy-only
-modules (cameras, scene, campath) are imported here; training runs as `python -m backend`
-in another interpreter with `pythonpath()` on PYTHONPATH.
+source checkout it sits at the repository root next to xscale_blender/. Every module of the
+add-on that needs backend code gets it from here. Only modules that never import torch are
+loaded (standard library and numpy: settings, file formats, scene preparation); training and
+rendering run as `python -m backend` in another interpreter with `pythonpath()` on PYTHONPATH.
 """
 from __future__ import annotations
 
@@ -19,11 +20,24 @@ except ImportError:
         sys.path.insert(0, _root)
     import backend  # type: ignore[no-redef]
 
-# numpy-only modules (importing them never pulls in torch)
-cameras = importlib.import_module(backend.__name__ + ".cameras")
-campath = importlib.import_module(backend.__name__ + ".campath")
-scene = importlib.import_module(backend.__name__ + ".scene")
-errors = importlib.import_module(backend.__name__ + ".errors")
+
+def _load(name: str):
+    return importlib.import_module(f"{backend.__name__}.{name}")
+
+
+config = _load("config")        # options (defaults, limits, choices), presets, output formats
+errors = _load("errors")
+cameras = _load("cameras")
+campath = _load("campath")
+scene = _load("scene")
+prepare = _load("prepare")      # COLMAP / Metashape conversion and the scene check
+_events = _load("events")
+_runfolder = _load("runfolder")
+
+InputError = errors.InputError
+RunFolder = _runfolder.RunFolder
+# Context manager: no JSON progress lines while backend code runs in Blender's own Python.
+silenced_events = _events.silenced
 
 
 def pythonpath() -> str:

@@ -9,7 +9,7 @@ import numpy as np
 from mathutils import Matrix
 
 from . import camera_convert as cc
-from .backend_link import errors, scene as scene_io
+from .backend_link import config, errors, scene as scene_io
 
 # Custom properties on imported camera objects (read back by apply_camera_settings).
 P_VIEW = "xscale_view"
@@ -127,8 +127,8 @@ def _child_collection(parent: bpy.types.Collection, name: str, color: str) -> bp
 
 
 def import_scene(context: bpy.types.Context, scene_dir: str, *, mesh: bool = True,
-                 photos: bool = True, test_every: int = 8, level: Optional[int] = None,
-                 set_active: bool = True) -> bpy.types.Collection:
+                 photos: bool = True, test_every: int = config.TEST_EVERY.default,
+                 level: Optional[int] = None, set_active: bool = True) -> bpy.types.Collection:
     """Import an MVSNet scene folder; raises InputError with a user-facing message."""
     root = Path(bpy.path.abspath(scene_dir)).resolve()
     sc = scene_io.load_scene(root, level=level)

@@ -1,28 +1,113 @@
-"""Per-scene settings (saved in the .blend, so headless runs of that file use them).
+"""Per-scene settings (saved in the .blend, so headless runs of that file use them) and the paths
+they name.
+
+Settings the backend has too (supersampling, hold-out, device, preset, iterations, output format,
+...) are built from backend.config's Options: default, limits, description and choices come from
+there, so the panel cannot offer what the command line refuses. A Blender property cannot be
+None, so where an option's default is decided later (the finest image level, the preset's steps,
+the cache's supersampling) an `unset` value stands for it and is not passed to the backend.
 
 No `from __future__ import annotations` in modules with bpy properties: Blender reads the
-annotations as property definitions."""
+annotations as property definitions (here they are built when the classes are created).
+"""
+
+import os
+import re
+from typing import Any, NamedTuple, Optional
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
 
-DEVICE_ITEMS = [
-    ("auto", "Auto", "CUDA when available, else CPU"),
-    ("cuda", "CUDA", "NVIDIA GPU"),
-    ("cpu", "CPU", "Slow; for small tests"),
-]
-PRESET_ITEMS = [
-    ("auto", "Auto", "Reference on a CUDA GPU, Small on the CPU"),
-    ("reference", "Reference", "Settings of the paper (16 levels, 2^22 entries per level)"),
-    ("small", "Small", "A smaller model that trains fast; for previews and small GPUs"),
-]
-FORMAT_ITEMS = [
-    ("png", "PNG", "8-bit sRGB with alpha"),
-    ("exr", "OpenEXR", "Linear RGB, alpha and depth"),
-]
+from .backend_link import RunFolder, config
 
 
-class XScaleSceneSettings(bpy.types.PropertyGroup):
+def _description(opt, unset: Any, note: str) -> str:
+    """The option's help as a tooltip; its '(default: X)' becomes '(UNSET: X)'."""
+    text = opt.help[:1].upper() + opt.help[1:]
+    if unset is not None:
+        shown = f"'{unset}'" if isinstance(unset, str) else str(unset)
+        text = re.sub(r"\(default: ", f"({shown}: ", text)
+    return f"{text}; {note}" if note else text
+
+
+def option_property(opt, label: str, *, unset: Any = None, soft_max: Optional[float] = None,
+                    note: str = ""):
+    """A Blender property for a backend.config Option: an EnumProperty for choices, else an Int-,
+    Float- or StringProperty with the option's default and limits. With `unset`, that value is the
+    default when the option has none and is allowed below the option's minimum."""
+    desc = _description(opt, unset, note)
+    if opt.choices:
+        return EnumProperty(name=label, description=desc, items=list(opt.choices), default=opt.default)
+    default = opt.default if opt.default is not None else unset
+    if opt.kind is str:
+        return StringProperty(name=label, description=desc, default=default or "")
+    prop = {int: IntProperty, float: FloatProperty}[opt.kind]
+    kw: dict[str, Any] = {}
+    lo = opt.min
+    if unset is not None:
+        lo = unset if lo is None else min(lo, unset)
+    if lo is not None:
+        kw["min"] = opt.kind(lo)
+    if opt.max is not None:
+        kw["max"] = opt.kind(opt.max)
+    if soft_max is not None:
+        kw["soft_max"] = opt.kind(soft_max)
+    return prop(name=label, description=desc, default=opt.kind(default), **kw)
+
+
+class OptionSetting(NamedTuple):
+    """A scene setting that is a backend option."""
+    option: Any            # backend.config.Option
+    label: str
+    unset: Any = None      # the property value that leaves the option to the backend's default
+    soft_max: Optional[float] = None
+    note: str = ""         # added to the option's help in the tooltip
+
+    def property(self):
+        return option_property(self.option, self.label, unset=self.unset, soft_max=self.soft_max,
+                               note=self.note)
+
+    def value(self, prop_value: Any) -> Any:
+        """What the backend gets: None for the unset value."""
+        return None if self.unset is not None and prop_value == self.unset else prop_value
+
+    def arguments(self, prop_value: Any) -> list[str]:
+        value = self.value(prop_value)
+        return [] if value is None else [self.option.flag, str(value)]
+
+
+SCENE_OPTIONS: dict[str, OptionSetting] = {
+    # cache
+    "level": OptionSetting(config.LEVEL, "Image Level", unset=-1),
+    "supersample": OptionSetting(config.SS, "Supersampling"),
+    "test_every": OptionSetting(config.TEST_EVERY, "Hold Out Every"),
+    "device": OptionSetting(config.DEVICE, "Device"),
+    "gpus": OptionSetting(config.NPROC, "GPUs", soft_max=8, note="Linux only (NCCL)"),
+    # train
+    "preset": OptionSetting(config.PRESET, "Model"),
+    "iterations": OptionSetting(config.ITERS, "Iterations", unset=0, soft_max=200000),
+    # render
+    "render_format": OptionSetting(config.FORMAT, "Format"),
+    "exposure": OptionSetting(config.EXPOSURE, "Exposure", unset=""),
+    "render_supersample": OptionSetting(config.RENDER_SS, "Supersampling", unset=0),
+}
+
+
+def option_arguments(settings, names) -> list[str]:
+    """Backend flags for the named scene settings (unset ones left out)."""
+    args: list[str] = []
+    for name in names:
+        args += SCENE_OPTIONS[name].arguments(getattr(settings, name))
+    return args
+
+
+class _BackendOptions:
+    """The settings built from backend.config (SCENE_OPTIONS)."""
+    __annotations__ = {name: setting.property() for name, setting in SCENE_OPTIONS.items()}
+
+
+class XScaleSceneSettings(_BackendOptions, bpy.types.PropertyGroup):
     # scene and run
     scene_dir: StringProperty(name="Scene Folder", subtype="DIR_PATH",
                               description="MVSNet scene: images/, cams/ and the mesh")
@@ -30,28 +115,7 @@ class XScaleSceneSettings(bpy.types.PropertyGroup):
                             description="Where the backend writes the cache, checkpoints and renders")
     mesh_path: StringProperty(name="Mesh", subtype="FILE_PATH",
                               description="Mesh file to use instead of the one found in the scene folder")
-    # cache
-    level: IntProperty(name="Image Level", default=-1, min=-1, max=8,
-                       description="Use images_k/ and cams_k/ (-1: the finest level found)")
-    supersample: IntProperty(name="Supersampling", default=2, min=1, max=8,
-                             description="Sub-samples per pixel side when rasterizing the mesh")
-    test_every: IntProperty(name="Hold Out Every", default=8, min=0, max=1000,
-                            description="Every n-th photo is held out for evaluation (0: use all)")
-    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto")
-    gpus: IntProperty(name="GPUs", default=1, min=1, soft_max=8,
-                      description="One backend process per GPU; more than 1 launches through torchrun "
-                                  "(Linux, NCCL)")
-    # train
-    preset: EnumProperty(name="Model", items=PRESET_ITEMS, default="auto")
-    iterations: IntProperty(name="Iterations", default=0, min=0, soft_max=200000,
-                            description="Training steps (0: the preset's default)")
     # render
-    render_format: EnumProperty(name="Format", items=FORMAT_ITEMS, default="png")
-    exposure: StringProperty(name="Exposure", default="mean",
-                             description="'mean' of the training photos, or a photo name to match its exposure")
-    render_supersample: IntProperty(name="Supersampling", default=0, min=0, max=8,
-                                    description="Sub-samples per pixel side for anti-aliasing "
-                                                "(0: the same as for training)")
     render_dir: StringProperty(name="Output Folder", subtype="DIR_PATH",
                                description="Frames go here (empty: RUN/renders/CAMERA)")
     strip_channel: IntProperty(name="Channel", default=2, min=1, max=128,
@@ -64,6 +128,17 @@ class XScaleSceneSettings(bpy.types.PropertyGroup):
 
 def settings(scene: bpy.types.Scene) -> XScaleSceneSettings:
     return scene.xscale
+
+
+def abspath(path: str) -> str:
+    """A path setting or operator property ('//' = next to the .blend) as an absolute path."""
+    return os.path.normpath(bpy.path.abspath(path)) if path else ""
+
+
+def run_folder(s: XScaleSceneSettings) -> Optional[RunFolder]:
+    """The run folder the settings name, or None when none is set."""
+    root = abspath(s.run_dir)
+    return RunFolder(root) if root else None
 
 
 CLASSES = (XScaleSceneSettings,)

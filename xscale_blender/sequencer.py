@@ -10,6 +10,8 @@ from typing import Sequence
 
 import bpy
 
+from .backend_link import config
+
 
 def top_level_strips(scene: bpy.types.Scene):
     """The editor's top-level strip collection (creates the editor when missing)."""
@@ -26,14 +28,17 @@ def all_strips(scene: bpy.types.Scene) -> list:
 
 def add_image_strip(scene: bpy.types.Scene, directory: str, filenames: Sequence[str], *,
                     name: str, channel: int, frame_start: int, replace: bool = True,
-                    exr: bool = False):
-    """One image strip showing `filenames` (inside `directory`) on consecutive frames.
+                    fmt: str = "png"):
+    """One image strip showing `filenames` (inside `directory`) on consecutive frames, files of
+    output format `fmt` (a key of config.FORMATS).
 
     A strip of the same name (an earlier render of the same path) is replaced, so rendering
     again updates the edit instead of stacking strips. Alpha is kept: the strip is composited
-    over lower channels (PNG frames carry straight alpha; EXR frames are premultiplied and
-    linear, which Blender assumes for EXR by itself).
+    over lower channels, with the format's alpha (straight or premultiplied). The colour space is
+    left to Blender: it reads 8-bit files as sRGB and float files (EXR) as the linear values they
+    hold; naming a linear space on an EXR strip would convert them a second time.
     """
+    out = config.FORMATS[fmt]
     if not filenames:
         raise ValueError("no frames to add")
     strips = top_level_strips(scene)
@@ -48,6 +53,5 @@ def add_image_strip(scene: bpy.types.Scene, directory: str, filenames: Sequence[
     # new_image() sizes the strip for the first image; make it span every element.
     strip.frame_final_duration = len(filenames)
     strip.blend_type = "ALPHA_OVER"
-    if not exr:
-        strip.alpha_mode = "STRAIGHT"
+    strip.alpha_mode = "STRAIGHT" if out.straight_alpha else "PREMUL"
     return strip

@@ -1,0 +1,119 @@
+"""Running backend jobs from operators: the command line, start, follow, stop.
+
+A job is a separate `python -m backend COMMAND` process (jobs.Job). In the UI a bpy.app.timers
+callback polls it and the operator returns at once; in background mode (blender -b, the bpy
+module) timers never fire, so the operator blocks and drives the same `Job.poll()` through
+`Job.wait()`, printing progress lines. One job at a time: `jobs.active()`.
+"""
+
+import sys
+from typing import Callable, Optional
+
+import bpy
+
+from . import jobs, preferences, reporting
+from .backend_link import config, pythonpath
+
+POLL_INTERVAL_S = 0.25
+
+
+def backend_job(command: str, args: list[str], label: str,
+                on_finish: Optional[Callable[[jobs.Job], None]] = None, **kw) -> jobs.Job:
+    """An unstarted `python -m backend COMMAND ARGS` job with the configured interpreter
+    (raises preferences.BackendNotConfigured)."""
+    python = preferences.backend_python()
+    return jobs.Job(jobs.backend_argv(python, command, *args), env=jobs.backend_env(pythonpath()),
+                    label=label, on_finish=on_finish, **kw)
+
+
+def nproc_arguments(s) -> list[str]:
+    """`--nproc N` for several GPUs (the backend re-launches itself through torchrun; NCCL needs Linux)."""
+    return [config.NPROC.flag, str(s.gpus)] if s.gpus > 1 and sys.platform.startswith("linux") else []
+
+
+def start_backend(op: bpy.types.Operator, command: str, args: list[str], label: str,
+                  wait: bool, on_finish: Optional[Callable[[jobs.Job], None]] = None) -> set[str]:
+    """An operator's backend job: refused while another runs, else started (and, when blocking,
+    waited for); returns the operator's result."""
+    if jobs.busy():
+        op.report({"ERROR"}, "An XScale job is already running; stop it first.")
+        return {"CANCELLED"}
+    try:
+        job = backend_job(command, args, label, on_finish)
+    except preferences.BackendNotConfigured as e:
+        op.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
+    return run_job(op, job, _blocking(wait))
+
+
+def _blocking(wait: bool) -> bool:
+    return wait or bpy.app.background
+
+
+def run_job(op: bpy.types.Operator, job: jobs.Job, blocking: bool) -> set[str]:
+    """Start `job`; in blocking mode wait for it and turn its outcome into the operator's."""
+    jobs.set_active(job)
+    job.start()
+    if not blocking:
+        if not bpy.app.timers.is_registered(_ui_tick):
+            bpy.app.timers.register(_ui_tick, first_interval=POLL_INTERVAL_S, persistent=True)
+        op.report({"INFO"}, f"XScale: {job.label} started")
+        return {"FINISHED"}
+    print(f"XScale {job.label}: {' '.join(job.argv)}", flush=True)
+    state = job.wait(on_event=reporting.print_event(job))
+    reporting.report_end(job, lambda level, msg: op.report({level}, msg))
+    return {"CANCELLED"} if state.status == jobs.FAILED else {"FINISHED"}
+
+
+def _ui_tick() -> Optional[float]:
+    """bpy.app.timers callback: apply new events, redraw, report the end once."""
+    job = jobs.active()
+    if job is None:
+        return None
+    job.poll()   # errors are reported once, with the final status
+    reporting.redraw_ui()
+    if not job.finished:
+        return POLL_INTERVAL_S
+    reporting.report_end(job, reporting.report)
+    return None
+
+
+class XSCALE_OT_stop(bpy.types.Operator):
+    """Stop the running job; training saves a checkpoint first (press again to kill it)"""
+    bl_idname = "xscale.stop"
+    bl_label = "Stop"
+
+    @classmethod
+    def poll(cls, context):
+        return jobs.busy()
+
+    def execute(self, context):
+        job = jobs.active()
+        if job is None or job.finished:
+            return {"CANCELLED"}
+        if job.stopping:
+            job.kill()
+            self.report({"WARNING"}, "XScale: job killed (no checkpoint written)")
+        else:
+            job.stop()
+            self.report({"INFO"}, "XScale: stopping (saving a checkpoint)")
+        return {"FINISHED"}
+
+
+CLASSES = (XSCALE_OT_stop,)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    if bpy.app.timers.is_registered(_ui_tick):
+        bpy.app.timers.unregister(_ui_tick)
+    job = jobs.active()
+    if job is not None and not job.finished:
+        job.stop()   # do not leave an orphan trainer behind when the add-on goes away
+    jobs.set_active(None)
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
