@@ -12,8 +12,9 @@ what a photogrammetry capture would give it:
   electrons of read noise; ISO log-uniform in `iso`), the sRGB transfer curve (clipped to
   [0, 1]), 8 bits, and JPEG (Pillow, quality uniform in `jpeg_quality`, chroma subsampled as
   cameras do, `jpeg_subsampling`);
-* unmodelled occluders: in a fraction `occluded_fraction` of the photos a pole or a box stands
-  between the camera and the scene (geometry present in that photo only, never in the mesh);
+* unmodelled occluders: in a fraction `occluded_fraction` of the photos (one of them held out) a
+  pole or a box (alternately) stands between the camera and the scene, at 35-60 % of the way
+  (geometry present in that photo only, never in the mesh);
 * cameras (cams/*_cam.txt): the true poses perturbed (a small rotation and camera-centre shift,
   random direction) so that the RMS reprojection error of the visible surface points is
   `reproj_rms_px` pixels at the photo resolution over the whole set (per photo it varies by
@@ -102,7 +103,7 @@ class CaptureParams:
     blobs: int = 5
     blob_radius: tuple[float, float] = (0.03, 0.06)
     blob_offset: tuple[float, float] = (0.06, 0.15)
-    occluded_fraction: float = 0.25
+    occluded_fraction: float = 0.2
     magnified_points: int = 4
     magnified_factors: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
 
@@ -293,11 +294,11 @@ def make_occluder(cam: Camera, points: np.ndarray, depth: np.ndarray, kind: str,
     z = frac * depth[k]
     px = z / cam.fx                                             # world size of one pixel there
     if kind == "pole":
-        w = rng.uniform(0.05, 0.09) * cam.width * px
+        w = rng.uniform(0.04, 0.07) * cam.width * px
         length = 2.0 * cam.height * z / cam.fy + 2.0
         mesh = closed_box(q, (w, w, length), rng.uniform(0, math.pi))
     else:
-        s = rng.uniform(0.15, 0.28) * cam.width * px
+        s = rng.uniform(0.10, 0.20) * cam.width * px
         mesh = closed_box(q, (s, s * rng.uniform(0.7, 1.3), s * rng.uniform(0.7, 1.3)), rng.uniform(0, math.pi))
     return mesh, {"kind": kind, "centre": q.tolist(), "depth_fraction": float(frac)}
 
@@ -758,8 +759,12 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
     targets = p.reproj_rms_px * np.exp(p.reproj_spread * rng.standard_normal(n))
     targets *= p.reproj_rms_px / np.sqrt(np.mean(targets ** 2))
     n_occ = int(round(p.occluded_fraction * n))
-    occluded = set(rng.choice(n, n_occ, replace=False).tolist()) if n_occ else set()
-    kinds = {i: ("pole", "box")[int(rng.integers(2))] for i in sorted(occluded)}
+    # One held-out photo among them (when there are two or more): its ground truth must not show it.
+    occluded = set(rng.choice(np.nonzero(held)[0], 1).tolist()) if n_occ >= 2 else set()
+    rest = [i for i in range(n) if i not in occluded]
+    occluded |= set(rng.choice(rest, n_occ - len(occluded), replace=False).tolist())
+    first = int(rng.integers(2))                                # poles and boxes alternate
+    kinds = {i: ("pole", "box")[(first + k) % 2] for k, i in enumerate(sorted(occluded))}
     mesh, mesh_stats = degrade_mesh(spec, p, np.random.default_rng([seed, 3]))
     eyes = np.stack([cam.center for cam in cams])
     for b in mesh_stats["blobs"]:                              # photos that see each blob's centre

@@ -192,10 +192,11 @@ def test_mesh_is_simplified_displaced_holed_and_has_blobs(scene, truth, spec, pa
         assert len(b["seen_by"]) >= 1
 
 
-def test_occluders_are_in_their_photos_only(scene, truth, spec):
+def test_occluders_are_in_their_photos_only(scene, truth, spec, params):
     views = truth.info["views"]
     occluded = [v for v in views if v["occluder"]]
-    assert len(occluded) == round(0.25 * len(views))
+    assert len(occluded) == round(params.occluded_fraction * len(views))
+    assert {v["occluder"]["kind"] for v in occluded} == {"pole", "box"}
     assert any(v["held_out"] for v in occluded)
     gt_held = {v.name: v for v in truth.heldout}
     for v in occluded:
