@@ -12,9 +12,9 @@ what a photogrammetry capture would give it:
   electrons of read noise; ISO log-uniform in `iso`), the sRGB transfer curve (clipped to
   [0, 1]), 8 bits, and JPEG (Pillow, quality uniform in `jpeg_quality`, chroma subsampled as
   cameras do, `jpeg_subsampling`);
-* unmodelled occluders: in a fraction `occluded_fraction` of the photos (one of them held out) a
-  pole or a box (alternately) stands between the camera and the scene, at 35-60 % of the way
-  (geometry present in that photo only, never in the mesh);
+* unmodelled occluders: in a fraction `occluded_fraction` of the photos (one held-out photo, the
+  others training photos) a pole or a box (alternately) stands between the camera and the scene,
+  at 35-60 % of the way (geometry present in that photo only, never in the mesh);
 * cameras (cams/*_cam.txt): the true poses perturbed (a small rotation and camera-centre shift,
   random direction) so that the RMS reprojection error of the visible surface points is
   `reproj_rms_px` pixels at the photo resolution over the whole set (per photo it varies by
@@ -759,10 +759,10 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
     targets = p.reproj_rms_px * np.exp(p.reproj_spread * rng.standard_normal(n))
     targets *= p.reproj_rms_px / np.sqrt(np.mean(targets ** 2))
     n_occ = int(round(p.occluded_fraction * n))
-    # One held-out photo among them (when there are two or more): its ground truth must not show it.
+    # One held-out photo among them (when there are two or more; its ground truth must not show
+    # the occluder), the others among the training photos.
     occluded = set(rng.choice(np.nonzero(held)[0], 1).tolist()) if n_occ >= 2 else set()
-    rest = [i for i in range(n) if i not in occluded]
-    occluded |= set(rng.choice(rest, n_occ - len(occluded), replace=False).tolist())
+    occluded |= set(rng.choice(train, min(n_occ - len(occluded), len(train)), replace=False).tolist())
     first = int(rng.integers(2))                                # poles and boxes alternate
     kinds = {i: ("pole", "box")[(first + k) % 2] for k, i in enumerate(sorted(occluded))}
     mesh, mesh_stats = degrade_mesh(spec, p, np.random.default_rng([seed, 3]))

@@ -260,8 +260,9 @@ def score_clean(run_dir: str | Path, truth: Truth, dev: torch.device) -> dict:
 class Scorer:
     """Scored views of one scene, every method's metrics, and the crop sheets."""
 
-    def __init__(self, label: str, views: list[EvalView], sheets: list[Sheet]):
+    def __init__(self, label: str, views: list[EvalView], sheets: list[Sheet], device: torch.device | None = None):
         self.label, self.views, self.sheets = label, views, sheets
+        self.device = device or torch.device("cpu")           # where PSNR and SSIM are computed
         self.by_name = {v.name: v for v in views}
         self.records: list[dict] = []
         self.lpips_ok = True
@@ -284,9 +285,10 @@ class Scorer:
             pred = np.asarray(render(v.cam), np.float32)
             dt = time.perf_counter() - t0
             m = v.mask
+            p_, g_, m_ = (torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in (pred, v.gt, m))
             rec = {"scene": self.label, "view": v.name, "group": v.group, "method": method,
                    "covered": float(m.mean()), "train_s": train_s, "render_ms": 1e3 * dt,
-                   "psnr": psnr(pred, v.gt, m), "ssim": ssim(pred, v.gt, m), "lpips": None,
+                   "psnr": psnr(p_, g_, m_), "ssim": ssim(p_, g_, m_), "lpips": None,
                    "speckle": speckle_fraction(pred, m)}
             if self.lpips_ok:
                 lp = lpips_or_none(pred * m[..., None], v.gt * m[..., None])
@@ -368,7 +370,7 @@ def run_scene(label: str, scene: Path, mode: Mode, dev: torch.device, gs_reason:
                 close = [v.name for v in views if v.group == "close"]
                 sheets = [Sheet(f"crops_{label}_{name}", [("", name)])
                           for name in (close[:3] if close else [v.name for v in views[:2]])]
-            scorer = Scorer(label, views, sheets)
+            scorer = Scorer(label, views, sheets, dev)
             log(f"{label}: {n} views, {len(cfg['test_views'])} held out (every {te}th from {te // 2}); scored: "
                 + ", ".join(f"{g} {sum(v.group == g for v in views)}" for g in dict.fromkeys(v.group for v in views)))
         model, _ = load_model(RunFolder(runs[ss]), dev)
