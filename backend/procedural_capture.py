@@ -111,7 +111,7 @@ class CaptureParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, d: dict) -> "CaptureParams":
+    def from_json(cls, d: dict) -> CaptureParams:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -504,8 +504,8 @@ def degrade_mesh(spec: P.SceneSpec, p: CaptureParams, rng: np.random.Generator) 
     # Deviation of the body from the true surface (a sample of its vertices).
     sample = rng.choice(n_body_v, min(n_body_v, 3000), replace=False)
     dev = point_mesh_distance(body.vertices[sample], true)
-    stats = {"true_triangles": int(len(true.faces)), "simplified_triangles": int(len(simple.faces)),
-             "triangles": int(len(mesh.faces)), "body_vertices": n_body_v, "body_triangles": n_body_f,
+    stats = {"true_triangles": len(true.faces), "simplified_triangles": len(simple.faces),
+             "triangles": len(mesh.faces), "body_vertices": n_body_v, "body_triangles": n_body_f,
              "boundary_edges_before_holes": boundary_before, "boundary_edges": boundary_after,
              "holes": holes, "blobs": blobs,
              "displacement_max": float(np.abs(disp).max()), "displacement_rms": float(np.sqrt(np.mean(disp ** 2))),
@@ -735,7 +735,8 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
     1.obj (the degraded mesh), truth/ (ground truth) and views.json (settings, close-up and
     held-out flags; written last). Returns the folder. `workers` > 1 renders in processes.
     `reuse`: keep OUT as it is when it already holds this scene (capture_matches)."""
-    kw = dict(variant=variant, n_views=n_views, width=width, height=height, ss_ref=ss_ref, seed=seed, params=params)
+    kw = {"variant": variant, "n_views": n_views, "width": width, "height": height, "ss_ref": ss_ref,
+          "seed": seed, "params": params}
     out = Path(out_dir)
     if reuse and capture_matches(out, **kw):
         return out
@@ -758,7 +759,7 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
     photo = photometric_params(n, ~held, p, rng)
     targets = p.reproj_rms_px * np.exp(p.reproj_spread * rng.standard_normal(n))
     targets *= p.reproj_rms_px / np.sqrt(np.mean(targets ** 2))
-    n_occ = int(round(p.occluded_fraction * n))
+    n_occ = round(p.occluded_fraction * n)
     # One held-out photo among them (when there are two or more; its ground truth must not show
     # the occluder), the others among the training photos.
     occluded = set(rng.choice(np.nonzero(held)[0], 1).tolist()) if n_occ >= 2 else set()
@@ -817,7 +818,8 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
     info = {"generator": GENERATOR, "version": VERSION, "seed": seed, "detail": DETAIL, "layout": "multiscale",
             "ss_ref": ss_ref, "width": W, "height": H, "variant": variant, "test_every": test_every,
             "background_linear": spec.background.tolist(), "settings": st,
-            "views": [{"name": c.name, "closeup": bool(cl), "held_out": bool(h)} for c, cl, h in zip(cams, close, held)]}
+            "views": [{"name": c.name, "closeup": bool(cl), "held_out": bool(h)}
+                      for c, cl, h in zip(cams, close, held)]}
     tmp = out / (P.VIEWS_JSON + ".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(out / P.VIEWS_JSON)
@@ -874,7 +876,8 @@ def load_truth(scene_dir: str | Path) -> Truth | None:
     for v in info["views"]:
         if v["held_out"]:
             tr.heldout.append(TruthView(v["name"], "close" if v["closeup"] else "far",
-                                        Camera.from_dict(v["true_camera"]), root / TRUTH / "heldout" / f"{v['name']}.npz",
+                                        Camera.from_dict(v["true_camera"]),
+                                        root / TRUTH / "heldout" / f"{v['name']}.npz",
                                         photo=str(root / "images" / f"{v['name']}.jpg")))
     _, cams, _ = read_camera_path(root / TRUTH / "magnified.json")
     for m, cam in zip(info["magnified"], cams):

@@ -305,7 +305,8 @@ class Scorer:
     def write_crops(self, out: Path) -> list[str]:
         files = []
         for sh in self.sheets:
-            save_sheet(out / f"{sh.stem}.png", [(label, sh.panels[name], self.by_name[name]) for label, name in sh.rows])
+            rows = [(label, sh.panels[name], self.by_name[name]) for label, name in sh.rows]
+            save_sheet(out / f"{sh.stem}.png", rows)
             files.append(f"{sh.stem}.png")
         return files
 

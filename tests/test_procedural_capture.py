@@ -262,6 +262,7 @@ def test_magnified_cameras_are_2_4_8_times_closer_than_the_nearest_photo(scene, 
     g = C.read_gt(tv.path)
     lin, alpha = C.render_clean(spec, tv.camera, SS)
     assert np.abs(g["srgb"] - linear_to_srgb(lin)).max() < 2 / 65535
+    assert np.abs(g["alpha"] - alpha).max() < 2 / 65535
     assert g["photo_valid"].mean() > 0.5 and g["photo"].shape == (H, W, 3)
 
 
@@ -333,7 +334,7 @@ def test_benchmark_scores_every_group_against_the_clean_reference(scene, truth, 
     assert list(dict.fromkeys(r["group"] for r in rows)) == groups
     got = {(r["group"], r["method"]): r for r in rows}
     for g in groups:
-        assert set(m for gg, m in got if gg == g) == {bq.TRUTH, bq.OURS, bq.VC}
+        assert {m for gg, m in got if gg == g} == {bq.TRUTH, bq.OURS, bq.VC}
         assert np.isfinite(got[g, bq.TRUTH]["speckle"]) and got[g, bq.TRUTH]["psnr"] is None
         assert got[g, bq.OURS]["psnr"] > 60                      # the reference is the clean render
         assert got[g, bq.OURS]["speckle"] == pytest.approx(got[g, bq.TRUTH]["speckle"], abs=1e-9)
