@@ -52,7 +52,15 @@ uint16 with the coverage alpha. The benchmark renders held-out views at their tr
 written held-out cameras carry pose noise like every other photo's, so that the pipeline's own
 `eval` sees a realistic input.
 
-Everything is seeded: the same arguments give byte-identical folders, whatever `workers`.
+Magnified points are chosen within 60 degrees of the normal of the photos that see them, away
+from the mesh's holes and with no blob in front of the nearest photo.
+
+Everything is seeded: the same arguments give byte-identical folders whatever `workers` (only
+the timings in capture.json differ). Usage:
+
+    from backend.procedural_capture import load_truth, make_capture
+    scene = make_capture("capture_dense", "dense", workers=16)      # or width=, height=, params=
+    truth = load_truth(scene)                                        # held-out and magnified views
 """
 from __future__ import annotations
 
