@@ -13,6 +13,12 @@ SSIM definition used here (documented because masked SSIM has no single standard
   3. the map is averaged over the covered pixels where it is defined.
 With a full mask this is the usual full-image SSIM. Windows that straddle the mask boundary
 see the zeroed pixels in both images alike, so identical images still score exactly 1.
+
+Speckle fraction (speckle_fraction; no reference image): the fraction of covered pixels whose
+luma (Rec. 709 weights on the sRGB values) differs from the median luma of their 3x3
+neighbourhood by more than 0.15, the median taken over the covered pixels of the window only
+(see median3x3). It counts isolated outliers, e.g. the grain of an under-trained hash grid on a
+magnified view; compare it with the same measure on the ground truth.
 """
 from __future__ import annotations
 
@@ -99,6 +105,50 @@ def ssim(pred, gt, mask=None) -> float:
     if not bool(m.any()):
         return float("nan")
     return float(s[m].double().mean())
+
+
+SPECKLE_THRESHOLD = 0.15
+LUMA_709 = (0.2126, 0.7152, 0.0722)
+
+
+def luma(img) -> np.ndarray:
+    """Rec. 709 luma of an (H, W, 3) image, computed on the values as given (sRGB in [0, 1])."""
+    a = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img, np.float64)
+    return a[..., :3] @ np.array(LUMA_709)
+
+
+def median3x3(y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per pixel, the median of `y` over the covered pixels of its 3x3 window (the pixel itself
+    included; pixels outside the image or not covered are left out; with an even number of
+    values, the mean of the two middle ones). nan at uncovered pixels."""
+    H, W = y.shape
+    m = np.ones((H, W), bool) if mask is None else np.asarray(mask, bool)
+    pad = np.full((H + 2, W + 2), np.nan)
+    pad[1:-1, 1:-1] = np.where(m, y, np.nan)
+    win = np.stack([pad[dy:dy + H, dx:dx + W] for dy in range(3) for dx in range(3)], -1)
+    win = np.sort(win, -1)                                      # nan (left out) sorts last
+    n = np.maximum((~np.isnan(win)).sum(-1), 1)
+    lo = np.take_along_axis(win, ((n - 1) // 2)[..., None], -1)[..., 0]
+    hi = np.take_along_axis(win, (n // 2)[..., None], -1)[..., 0]
+    return np.where(m, (lo + hi) / 2, np.nan)
+
+
+def speckle_fraction(img, mask=None, threshold: float = SPECKLE_THRESHOLD) -> float:
+    """Fraction of covered pixels whose luma (luma()) differs from the median of their 3x3
+    window (median3x3: over covered pixels only, image borders and uncovered pixels left out)
+    by more than `threshold`. Isolated outliers count one each; so does any feature that a 3x3
+    median removes (one-pixel lines, 2x2 dots, the corner pixel of a sharp convex corner).
+    nan when nothing is covered."""
+    y = luma(img)
+    m = np.ones(y.shape, bool) if mask is None else np.asarray(
+        mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, bool)
+    if m.shape != y.shape:
+        raise ValueError(f"mask shape {m.shape} does not match image {y.shape}")
+    n = int(m.sum())
+    if n == 0:
+        return float("nan")
+    med = median3x3(y, m)
+    return float((np.abs(y - med)[m] > threshold).sum() / n)
 
 
 _lpips_model = None

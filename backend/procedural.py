@@ -139,12 +139,15 @@ def _cylinder(centre_xy, r: float, height: float, nseg: int):
     return v, _orient(v, np.concatenate([fs, fc]), np.array([*centre_xy, height / 2]))
 
 
-def _geometry() -> tuple[Mesh, np.ndarray]:
+def _geometry(detail: int = 1) -> tuple[Mesh, np.ndarray]:
+    """The four objects; `detail` multiplies the tessellation along each direction (detail**2
+    times the triangles): the same shapes, curved ones closer to their analytic surfaces."""
+    d = int(detail)
     parts = [
-        _plane(2.5, 10),                                          # object 0: ground
-        _box((-1.15, -0.45, 0.5), (1.0, 0.9, 1.0), math.radians(25), 3),   # 1: box
-        _sphere((1.05, -0.5, 0.66), 0.65, 24, 12),               # 2: sphere
-        _cylinder((0.05, 1.15), 0.45, 1.3, 24),                  # 3: cylinder
+        _plane(2.5, 10 * d),                                      # object 0: ground
+        _box((-1.15, -0.45, 0.5), (1.0, 0.9, 1.0), math.radians(25), 3 * d),   # 1: box
+        _sphere((1.05, -0.5, 0.66), 0.65, 24 * d, 12 * d),       # 2: sphere
+        _cylinder((0.05, 1.15), 0.45, 1.3, 24 * d),              # 3: cylinder
     ]
     vs, fs, ids, off = [], [], [], 0
     for k, (v, f) in enumerate(parts):
@@ -156,9 +159,10 @@ def _geometry() -> tuple[Mesh, np.ndarray]:
     return mesh, np.concatenate(ids)
 
 
-def make_spec(seed: int = 0) -> SceneSpec:
-    """The scene for a seed: fixed shapes, seeded texture (directions, frequencies, phases)."""
-    mesh, face_object = _geometry()
+def make_spec(seed: int = 0, detail: int = 1) -> SceneSpec:
+    """The scene for a seed: fixed shapes, seeded texture (directions, frequencies, phases).
+    `detail` > 1 tessellates the same shapes finer (see _geometry); the texture is the same."""
+    mesh, face_object = _geometry(detail)
     rng = np.random.default_rng(seed)
     k = 8
     dirs = rng.normal(size=(k, 3))
@@ -376,10 +380,27 @@ def make_scene(out_dir: str | Path, n_views: int = 24, width: int = 160, height:
     return out
 
 
+def pick_test_every(close: list[bool]) -> int:
+    """Largest held-out stride (8 down to 3; Scene.split holds out i % k == k // 2) whose held-out
+    views include at least two far and two close-up views, else one of each."""
+    n = len(close)
+    for need in (2, 1):
+        for k in range(8, 2, -1):
+            test = [i for i in range(n) if i % k == k // 2]
+            c = sum(close[i] for i in test)
+            if c >= need and len(test) - c >= need:
+                return k
+    raise ValueError("the scene needs at least one far and one close-up view to hold out")
+
+
+GENERATORS = ("backend.procedural", "backend.procedural_capture")
+
+
 def load_spec(scene_dir: str | Path) -> SceneSpec:
-    """The SceneSpec of a folder written by make_scene (from the seed in its views.json)."""
+    """The true SceneSpec of a folder written by make_scene or procedural_capture.make_capture
+    (from the seed and tessellation detail in its views.json)."""
     path = Path(scene_dir) / VIEWS_JSON
     info = json.loads(path.read_text())
-    if info.get("generator") != "backend.procedural":
+    if info.get("generator") not in GENERATORS:
         raise ValueError(f"{path}: not a procedural scene")
-    return make_spec(int(info["seed"]))
+    return make_spec(int(info["seed"]), int(info.get("detail", 1)))

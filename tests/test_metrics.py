@@ -105,3 +105,74 @@ def test_lpips_is_offline_only():
     a = _img(6, 64, 64)
     v = metrics.lpips_or_none(a, a)
     assert v is None or (isinstance(v, float) and abs(v) < 1e-4)
+
+
+# --- speckle fraction -------------------------------------------------------------------------
+
+def _smooth(h: int = 40, w: int = 48) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([0.3 + 0.4 * xx / w, 0.5 + 0.2 * np.sin(yy / 6.0), 0.4 + 0.3 * yy / h], -1)
+
+
+def test_speckle_clean_image_is_zero_and_isolated_pixels_count_one_each():
+    img = _smooth()
+    mask = np.ones(img.shape[:2], bool)
+    mask[:, :5] = False                                         # some uncovered pixels
+    assert metrics.speckle_fraction(img, mask) == 0.0
+    # k isolated bright pixels (one at a corner, one next to the uncovered band) -> k / covered.
+    spots = [(0, 47), (10, 5), (20, 20), (30, 33), (39, 12)]
+    for j, i in spots:
+        img[j, i] = 1.0
+    assert metrics.speckle_fraction(img, mask) == pytest.approx(len(spots) / mask.sum(), abs=1e-12)
+    # Dark isolated pixels count too; an outlier under the threshold does not.
+    img[5, 40] = 0.0
+    img[25, 25] += 0.12
+    assert metrics.speckle_fraction(img, mask) == pytest.approx((len(spots) + 1) / mask.sum(), abs=1e-12)
+    # Uncovered pixels never count, whatever they hold.
+    img[:, :5] = np.random.default_rng(0).random((40, 5, 3))
+    assert metrics.speckle_fraction(img, mask) == pytest.approx((len(spots) + 1) / mask.sum(), abs=1e-12)
+
+
+def test_speckle_threshold_luma_weights_and_edges():
+    img = np.full((9, 9, 3), 0.5)
+    # Rec. 709 luma: +0.2 in green alone moves luma by 0.143 (< 0.15), in red by 0.0425.
+    img[4, 4] = [0.5, 0.7, 0.5]
+    assert metrics.speckle_fraction(img) == 0.0
+    img[4, 4] = [0.5, 0.72, 0.5]                               # 0.1573 > 0.15
+    assert metrics.speckle_fraction(img) == pytest.approx(1 / 81)
+    # A straight edge between two flat regions is no speckle (the median keeps edges).
+    edge = np.zeros((12, 12, 3))
+    edge[:, 6:] = 1.0
+    assert metrics.speckle_fraction(edge) == 0.0
+    # A one-pixel line is (the 3x3 median removes it): 12 of 144 pixels.
+    line = np.zeros((12, 12, 3))
+    line[:, 6] = 1.0
+    assert metrics.speckle_fraction(line) == pytest.approx(12 / 144)
+    # Median over covered neighbours only: a pixel with a single covered neighbour is compared
+    # with the mean of the two (differs by half the step).
+    pair = np.zeros((3, 3, 3))
+    pair[1, 1] = 0.4
+    m = np.zeros((3, 3), bool)
+    m[1, 1] = m[1, 2] = True
+    assert metrics.speckle_fraction(pair, m) == pytest.approx(1.0)       # 0.2 > 0.15 for both
+    pair[1, 1] = 0.25
+    assert metrics.speckle_fraction(pair, m) == 0.0                      # 0.125 < 0.15
+    assert math.isnan(metrics.speckle_fraction(pair, np.zeros((3, 3), bool)))
+    # Torch inputs give the same answer.
+    assert metrics.speckle_fraction(torch.from_numpy(line), torch.ones(12, 12, dtype=torch.bool)) \
+        == pytest.approx(12 / 144)
+
+
+def test_median3x3_matches_a_direct_computation():
+    rng = np.random.default_rng(1)
+    y = rng.random((7, 8))
+    m = rng.random((7, 8)) > 0.3
+    med = metrics.median3x3(y, m)
+    for j in range(7):
+        for i in range(8):
+            if not m[j, i]:
+                assert np.isnan(med[j, i])
+                continue
+            win = [y[b, a] for b in range(max(0, j - 1), min(7, j + 2)) for a in range(max(0, i - 1), min(8, i + 2))
+                   if m[b, a]]
+            assert med[j, i] == pytest.approx(float(np.median(win)), abs=1e-12)

@@ -1,0 +1,896 @@
+"""A procedural scene that behaves like a real photo set ("capture" mode), with exact ground truth.
+
+The true scene is backend.procedural's (same shapes, texture and shading) tessellated finer
+(`DETAIL`), so that curved surfaces are close to their analytic shapes. What the pipeline gets is
+what a photogrammetry capture would give it:
+
+* photos: rendered from the TRUE poses with `procedural.reference_render` (linear light), then
+  per-photo exposure (2**ev, ev uniform in +-`exposure_ev`, shifted so that the log-mean over the
+  training photos is 0) and white-balance gains (red and blue: log gain ~ N(0, `wb_sigma`), also
+  log-mean 0 over the training photos; green 1), sensor noise in linear light (shot noise with
+  `full_well_e` electrons at linear 1.0 and ISO 100, divided by ISO / 100, plus `read_noise_e`
+  electrons of read noise; ISO log-uniform in `iso`), the sRGB transfer curve (clipped to
+  [0, 1]), 8 bits, and JPEG (Pillow, quality uniform in `jpeg_quality`, chroma subsampled as
+  cameras do, `jpeg_subsampling`);
+* unmodelled occluders: in a fraction `occluded_fraction` of the photos (one held-out photo, the
+  others training photos) a pole or a box (alternately) stands between the camera and the scene,
+  at 35-60 % of the way (geometry present in that photo only, never in the mesh);
+* cameras (cams/*_cam.txt): the true poses perturbed (a small rotation and camera-centre shift,
+  random direction) so that the RMS reprojection error of the visible surface points is
+  `reproj_rms_px` pixels at the photo resolution over the whole set (per photo it varies by
+  a log-normal factor of spread `reproj_spread`); the achieved values are measured and stored;
+* mesh (1.obj): the true mesh simplified by vertex clustering (cells of `cluster_cell`, each
+  cluster's vertex at the point that best fits its faces' planes, clamped to the cluster's
+  vertices' bounding box; fewer triangles, sharp edges kept, slight chord error on curved
+  parts), displaced along its normals by a smooth field of at most `displacement` world units
+  (three sinusoids of about `displacement_freq` cycles per unit), with `holes` small holes
+  (faces within about `hole_radius` of a point on the surface deleted) and `blobs` floating blobs
+  (small closed lumpy spheres of radius in `blob_radius`, `blob_offset` in front of a wall).
+
+Scale, for choosing parameters: the far photos are ~6 units from the scene with a 55 degree
+horizontal field of view, so one pixel spans ~6.5e-3 units at 960 px wide (9.8e-3 at 640 px,
+0.065 at 96 px); close-ups are 8x nearer. The default displacement (6e-3) is ~0.9 px at the far
+photos of the 960 px sparse set, ~0.6 px at the 640 px dense set, and about a tenth of the finest
+texture period (0.05 units).
+
+Layout: `procedural.make_cameras` "multiscale" (every third photo is a close-up 8x nearer than
+the far orbit), every `test_every`-th photo held out (procedural.pick_test_every: at least two far
+and two close-up held-out photos when possible). Variants: `sparse` (16 photos of which 12 train,
+960x720 by default) and `dense` (120 photos of which 105 train, 640x480).
+
+Ground truth (SCENE/truth/, read by load_truth): capture.json (every setting, per-photo exposure,
+white balance, ISO, JPEG quality, occluder, true and written camera, reprojection error; mesh
+statistics; the magnified views), true.obj (the true mesh; also make_spec(seed, detail)),
+heldout/NAME.npz (the clean render of every held-out photo at its TRUE pose: true mesh, no
+occluder, neutral exposure and white balance, no noise, no JPEG), occluders/NAME.png (the
+occluder's pixels), magnified.json (camera path, backend.campath format) with magnified/NAME.npz:
+for a few surface points seen by at least two training photos, cameras 1x, 2x, 4x and 8x closer
+than the nearest training photo that sees the point (on the line from the point to that photo's
+centre, looking at the point, the photos' intrinsics), their clean renders and the nearest photo
+resampled into the view (for side-by-side crops). Ground-truth images are sRGB in [0, 1] stored as
+uint16 with the coverage alpha. The benchmark renders held-out views at their true cameras: the
+written held-out cameras carry pose noise like every other photo's, so that the pipeline's own
+`eval` sees a realistic input.
+
+Magnified points are chosen within 60 degrees of the normal of the photos that see them, away
+from the mesh's holes and with no blob in front of the nearest photo.
+
+Everything is seeded: the same arguments give byte-identical folders whatever `workers` (only
+the timings in capture.json differ). Usage:
+
+    from backend.procedural_capture import load_truth, make_capture
+    scene = make_capture("capture_dense", "dense", workers=16)      # or width=, height=, params=
+    truth = load_truth(scene)                                        # held-out and magnified views
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import procedural as P
+from .cameras import Camera, look_at, write_mvsnet_cam
+from .campath import read_camera_path, write_camera_path
+from .colour import linear_to_srgb
+from .imageio import write_png
+from .meshio import Mesh, write_obj
+from .raster_cpu import NEAR, interpolate, rasterize
+
+GENERATOR = "backend.procedural_capture"
+VERSION = 1
+DETAIL = 4                       # tessellation of the true scene (13,952 triangles)
+VARIANTS = {"sparse": (16, 960, 720), "dense": (120, 640, 480)}
+TRUTH = "truth"
+OCCLUDER_ID = 4                  # object id of an occluder in a photo's scene
+OCCLUDER_COLOURS = {"pole": ([0.70, 0.70, 0.66], [0.20, 0.20, 0.22]),
+                    "box": ([0.55, 0.12, 0.45], [0.10, 0.35, 0.12])}
+
+
+@dataclass
+class CaptureParams:
+    """The degradations (documented in the module docstring). Defaults are realistic ones."""
+    exposure_ev: float = 0.5
+    wb_sigma: float = 0.03
+    iso: tuple[float, float] = (100.0, 800.0)
+    full_well_e: float = 20000.0
+    read_noise_e: float = 3.0
+    jpeg_quality: tuple[int, int] = (85, 95)
+    jpeg_subsampling: str = "4:2:0"
+    reproj_rms_px: float = 0.3
+    reproj_spread: float = 0.3
+    cluster_cell: float = 0.09
+    displacement: float = 6e-3
+    displacement_freq: float = 1.2
+    holes: int = 4
+    hole_radius: float = 0.1
+    blobs: int = 5
+    blob_radius: tuple[float, float] = (0.03, 0.06)
+    blob_offset: tuple[float, float] = (0.06, 0.15)
+    occluded_fraction: float = 0.2
+    magnified_points: int = 4
+    magnified_factors: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> CaptureParams:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# --- rendering helpers -----------------------------------------------------------------------
+
+def frustum_faces(mesh: Mesh, cam: Camera, margin: float = 2.0) -> np.ndarray:
+    """Bool (F,): triangles not entirely outside one of the camera's frustum planes (image
+    borders widened by `margin` pixels, and the near plane). The others can hit no sample, so
+    dropping them changes no pixel; it spares the CPU rasterizer full-image passes for
+    triangles that cross the camera plane beside the view (close-ups over the ground)."""
+    V = cam.to_camera(mesh.vertices.astype(np.float64))
+    x, y, z = V[:, 0], V[:, 1], V[:, 2]
+    outside = [z <= NEAR,
+               cam.fx * x < (-margin - cam.cx) * z, cam.fx * x > (cam.width + margin - cam.cx) * z,
+               cam.fy * y < (-margin - cam.cy) * z, cam.fy * y > (cam.height + margin - cam.cy) * z]
+    keep = np.ones(len(mesh.faces), bool)
+    for o in outside:
+        keep &= ~o[mesh.faces].all(1)
+    return keep
+
+
+def culled(spec: P.SceneSpec, cam: Camera) -> P.SceneSpec:
+    k = frustum_faces(spec.mesh, cam)
+    return replace(spec, mesh=Mesh(spec.mesh.vertices, spec.mesh.faces[k]), face_object=spec.face_object[k])
+
+
+def render_clean(spec: P.SceneSpec, cam: Camera, ss: int) -> tuple[np.ndarray, np.ndarray]:
+    """procedural.reference_render (linear RGB, alpha), the same pixels, faster on close views."""
+    return P.reference_render(culled(spec, cam), cam, ss)
+
+
+def surface_samples(spec: P.SceneSpec, cam: Camera, max_side: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Surface points (N, 3) visible at the pixel centres of a low-resolution copy of `cam`, and
+    those pixels' camera depth (N,)."""
+    f = min(1.0, max_side / max(cam.width, cam.height))
+    small = cam.scaled(f)
+    c = culled(spec, small)
+    r = rasterize(c.mesh, small)
+    x = interpolate(r, c.mesh.faces, c.mesh.vertices)[r.mask]
+    return x, r.depth[r.mask].astype(np.float64)
+
+
+def with_mesh(spec: P.SceneSpec, mesh: Mesh, colour_a, colour_b) -> P.SceneSpec:
+    """spec plus an extra object (id OCCLUDER_ID) with its own colours and sharp normals."""
+    n0 = len(spec.mesh.vertices)
+    ca = np.concatenate([spec.colour_a[:OCCLUDER_ID], [colour_a]])
+    cb = np.concatenate([spec.colour_b[:OCCLUDER_ID], [colour_b]])
+    return replace(spec, mesh=Mesh(np.concatenate([spec.mesh.vertices, mesh.vertices]).astype(np.float32),
+                                   np.concatenate([spec.mesh.faces, mesh.faces + n0]).astype(np.int32)),
+                   normals=np.concatenate([spec.normals, mesh.vertex_normals().astype(np.float64)]),
+                   face_object=np.concatenate([spec.face_object, np.full(len(mesh.faces), OCCLUDER_ID, np.int32)]),
+                   colour_a=ca, colour_b=cb)
+
+
+# --- photometric degradations ----------------------------------------------------------------
+
+def photometric_params(n: int, train: np.ndarray, p: CaptureParams, rng: np.random.Generator) -> dict:
+    """Per-photo exposure (EV), white-balance gains (n, 3), ISO and JPEG quality. Exposure and
+    the log white-balance gains have mean 0 over the training photos."""
+    ev = rng.uniform(-p.exposure_ev, p.exposure_ev, n)
+    ev -= ev[train].mean()
+    logwb = np.zeros((n, 3))
+    logwb[:, [0, 2]] = rng.normal(0.0, p.wb_sigma, (n, 2))
+    logwb -= logwb[train].mean(0)
+    iso = np.exp(rng.uniform(math.log(p.iso[0]), math.log(p.iso[1]), n))
+    quality = rng.integers(p.jpeg_quality[0], p.jpeg_quality[1] + 1, n)
+    return {"ev": ev, "wb": np.exp(logwb), "iso": iso, "quality": quality}
+
+
+def sensor(linear: np.ndarray, ev: float, wb: np.ndarray, iso: float, p: CaptureParams,
+           rng: np.random.Generator) -> np.ndarray:
+    """Exposure and white balance in linear light, then shot + read noise (Gaussian with the
+    Poisson variance), clipped to the sensor's range [0, 1]: linear (H, W, 3) float32."""
+    full = p.full_well_e * 100.0 / iso                          # electrons at linear 1.0
+    x = np.asarray(linear, np.float64) * (2.0 ** ev) * np.asarray(wb)
+    sigma = np.sqrt(np.maximum(x, 0.0) / full + (p.read_noise_e / full) ** 2)
+    return np.clip(x + sigma * rng.standard_normal(x.shape), 0.0, 1.0).astype(np.float32)
+
+
+def noise_sigma(linear: np.ndarray, iso: float, p: CaptureParams) -> np.ndarray:
+    """Standard deviation of the sensor noise at exposed linear values (for tests and notes)."""
+    full = p.full_well_e * 100.0 / iso
+    return np.sqrt(np.maximum(linear, 0.0) / full + (p.read_noise_e / full) ** 2)
+
+
+JPEG_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+
+
+def jpeg_bytes(srgb8: np.ndarray, quality: int, subsampling: str = "4:2:0") -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(srgb8).save(buf, "JPEG", quality=int(quality), subsampling=JPEG_SUBSAMPLING[subsampling])
+    return buf.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+# --- cameras: pose noise ---------------------------------------------------------------------
+
+def _rotation(w: np.ndarray) -> np.ndarray:
+    """Rodrigues: rotation matrix of the rotation vector w (radians)."""
+    a = float(np.linalg.norm(w))
+    if a < 1e-300:
+        return np.eye(3)
+    k = w / a
+    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(a) * Kx + (1 - math.cos(a)) * Kx @ Kx
+
+
+def moved_camera(cam: Camera, rot: np.ndarray, shift: np.ndarray) -> Camera:
+    """cam rotated by the rotation vector `rot` (world frame, about its centre) and its centre
+    moved by `shift`."""
+    R = cam.R @ _rotation(rot).T
+    c = cam.center + shift
+    E = np.eye(4)
+    E[:3, :3], E[:3, 3] = R, -R @ c
+    return Camera(cam.width, cam.height, cam.K.copy(), E, cam.name, cam.depth_range)
+
+
+def reprojection_errors(true_cam: Camera, cam: Camera, points: np.ndarray) -> np.ndarray:
+    """Pixel distance (N,) between the projections of world points through the two cameras."""
+    a, _ = true_cam.project(points)
+    b, _ = cam.project(points)
+    return np.linalg.norm(a - b, axis=1)
+
+
+def perturb_pose(cam: Camera, points: np.ndarray, depth: float, target_px: float,
+                 rng: np.random.Generator) -> Camera:
+    """cam with a random pose error scaled so that the RMS reprojection error of `points` is
+    target_px (the error is linear in the perturbation's size at this scale; one correction)."""
+    v = rng.standard_normal(6)
+    rot, shift = v[:3], v[3:] * depth                           # equal weight in pixels, roughly
+    s = 1e-4
+    for _ in range(3):
+        rms = float(np.sqrt(np.mean(reprojection_errors(cam, moved_camera(cam, s * rot, s * shift), points) ** 2)))
+        if rms <= 0:
+            break
+        s *= target_px / rms
+    return moved_camera(cam, s * rot, s * shift)
+
+
+# --- occluders -------------------------------------------------------------------------------
+
+def closed_box(centre, size, angle: float = 0.0) -> Mesh:
+    """Six-sided box rotated about z; faces have their own vertices (sharp normals)."""
+    c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    h = np.asarray(size, float) / 2
+    vs, fs, off = [], [], 0
+    for ax in range(3):
+        for sign in (-1.0, 1.0):
+            o = -h.copy()
+            o[ax] = sign * h[ax]
+            ea, eb = np.zeros(3), np.zeros(3)
+            ea[(ax + 1) % 3] = 2 * h[(ax + 1) % 3]
+            eb[(ax + 2) % 3] = 2 * h[(ax + 2) % 3]
+            v, f = P._patch(o, ea, eb, 1)
+            vs.append(v)
+            fs.append(f + off)
+            off += len(v)
+    v = np.concatenate(vs)
+    f = P._orient(v, np.concatenate(fs), np.zeros(3))
+    return Mesh((v @ rot.T + np.asarray(centre, float)).astype(np.float32), f.astype(np.int32))
+
+
+def make_occluder(cam: Camera, points: np.ndarray, depth: np.ndarray, kind: str,
+                  rng: np.random.Generator) -> tuple[Mesh, dict]:
+    """A pole (vertical, spanning the frame) or a floating box between the camera and the scene,
+    at 35-60 % of the depth of a surface point seen near the middle of the photo."""
+    uv, _ = cam.project(points)
+    central = (np.abs(uv[:, 0] / cam.width - 0.5) < 0.3) & (np.abs(uv[:, 1] / cam.height - 0.5) < 0.25)
+    idx = np.nonzero(central)[0] if central.any() else np.arange(len(points))
+    k = int(rng.choice(idx))
+    frac = rng.uniform(0.35, 0.6)
+    q = cam.center + frac * (points[k] - cam.center)
+    z = frac * depth[k]
+    px = z / cam.fx                                             # world size of one pixel there
+    if kind == "pole":
+        w = rng.uniform(0.04, 0.07) * cam.width * px
+        length = 2.0 * cam.height * z / cam.fy + 2.0
+        mesh = closed_box(q, (w, w, length), rng.uniform(0, math.pi))
+    else:
+        s = rng.uniform(0.10, 0.20) * cam.width * px
+        mesh = closed_box(q, (s, s * rng.uniform(0.7, 1.3), s * rng.uniform(0.7, 1.3)), rng.uniform(0, math.pi))
+    return mesh, {"kind": kind, "centre": q.tolist(), "depth_fraction": float(frac)}
+
+
+# --- mesh degradations -----------------------------------------------------------------------
+
+def weld(mesh: Mesh, tol: float = 1e-6) -> Mesh:
+    """Merge vertices closer than `tol` (the procedural objects have per-face vertices)."""
+    key = np.round(mesh.vertices.astype(np.float64) / tol).astype(np.int64)
+    _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    f = inv.reshape(-1)[mesh.faces]
+    ok = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])
+    return Mesh(mesh.vertices[first], f[ok].astype(np.int32))
+
+
+def compact(v: np.ndarray, f: np.ndarray) -> Mesh:
+    """Drop degenerate and repeated triangles and unused vertices."""
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
+    _, first = np.unique(np.sort(f, 1), axis=0, return_index=True)
+    f = f[np.sort(first)]
+    used, inv = np.unique(f, return_inverse=True)
+    return Mesh(np.asarray(v)[used].astype(np.float32), inv.reshape(f.shape).astype(np.int32))
+
+
+def cluster_simplify(mesh: Mesh, cell: float, offset: np.ndarray) -> Mesh:
+    """Vertex clustering on a grid of `cell` (shifted by `offset`): all vertices of a cell merge
+    into one at the point minimising the summed squared distances to their faces' planes
+    (area-weighted quadrics, lightly regularised to the cluster mean, clamped to the cluster's
+    bounding box), so flat parts stay flat and sharp edges stay sharp."""
+    v = mesh.vertices.astype(np.float64)
+    f = mesh.faces
+    _, cl = np.unique(np.floor((v - offset) / cell).astype(np.int64), axis=0, return_inverse=True)
+    cl = cl.reshape(-1)
+    nc = int(cl.max()) + 1
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    area = np.linalg.norm(n, axis=1) / 2
+    nu = n / np.maximum(2 * area, 1e-300)[:, None]
+    d = np.einsum("ij,ij->i", nu, v[f[:, 0]])
+    Af = area[:, None, None] * nu[:, :, None] * nu[:, None, :]
+    bf = (area * d)[:, None] * nu
+    A = np.zeros((nc, 3, 3))
+    b = np.zeros((nc, 3))
+    for k in range(3):
+        np.add.at(A, cl[f[:, k]], Af)
+        np.add.at(b, cl[f[:, k]], bf)
+    cnt = np.bincount(cl, minlength=nc).astype(np.float64)
+    mean = np.zeros((nc, 3))
+    np.add.at(mean, cl, v)
+    mean /= cnt[:, None]
+    lo = np.full((nc, 3), np.inf)
+    hi = np.full((nc, 3), -np.inf)
+    np.minimum.at(lo, cl, v)
+    np.maximum.at(hi, cl, v)
+    lam = 1e-3 * np.trace(A, axis1=1, axis2=2) / 3 + 1e-12
+    x = np.linalg.solve(A + lam[:, None, None] * np.eye(3), (b + lam[:, None] * mean)[..., None])[..., 0]
+    x = np.clip(x, lo, hi)
+    return compact(x, cl[f])
+
+
+def edge_use(faces: np.ndarray) -> np.ndarray:
+    """How many triangles use each undirected edge (one entry per distinct edge)."""
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
+    return np.unique(e, axis=0, return_counts=True)[1]
+
+
+def boundary_edges(mesh: Mesh) -> int:
+    return int((edge_use(mesh.faces) == 1).sum())
+
+
+def smooth_field(points: np.ndarray, freq: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth scalar field in [-1, 1]: the mean of three sinusoids of about `freq` cycles per
+    unit in random directions."""
+    dirs = rng.normal(size=(3, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    fr = freq * rng.uniform(0.7, 1.3, 3)
+    ph = rng.uniform(0, 2 * math.pi, 3)
+    return np.sin(2 * math.pi * (points @ dirs.T) * fr + ph).mean(1)
+
+
+def _seg_dist(p, a, b):
+    ab = b - a
+    t = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-300), 0, 1)
+    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
+
+
+def point_triangle_distance(p, a, b, c) -> np.ndarray:
+    """Exact distance from points p (N, 3) to triangles (a, b, c) (N, 3 each)."""
+    n = np.cross(b - a, c - a)
+    nn = np.einsum("ij,ij->i", n, n)
+    s1 = np.einsum("ij,ij->i", np.cross(b - a, p - a), n)
+    s2 = np.einsum("ij,ij->i", np.cross(c - b, p - b), n)
+    s3 = np.einsum("ij,ij->i", np.cross(a - c, p - c), n)
+    inside = (s1 >= 0) & (s2 >= 0) & (s3 >= 0) & (nn > 0)
+    plane = np.abs(np.einsum("ij,ij->i", p - a, n)) / np.sqrt(np.maximum(nn, 1e-300))
+    edges = np.minimum(np.minimum(_seg_dist(p, a, b), _seg_dist(p, b, c)), _seg_dist(p, c, a))
+    return np.where(inside, plane, edges)
+
+
+def point_mesh_distance(points: np.ndarray, mesh: Mesh, chunk: int = 256) -> np.ndarray:
+    """Exact distance (N,) from points to the nearest triangle of `mesh` (bounding-sphere
+    pruning, then exact point-triangle distances)."""
+    v = mesh.vertices.astype(np.float64)
+    A, B, C = v[mesh.faces[:, 0]], v[mesh.faces[:, 1]], v[mesh.faces[:, 2]]
+    cen = (A + B + C) / 3
+    rad = np.sqrt(np.max([((X - cen) ** 2).sum(1) for X in (A, B, C)], axis=0))
+    pts = np.asarray(points, np.float64)
+    out = np.empty(len(pts))
+    c2 = (cen ** 2).sum(1)
+    for i in range(0, len(pts), chunk):
+        p = pts[i:i + chunk]
+        D = np.sqrt(np.maximum((p ** 2).sum(1)[:, None] + c2[None] - 2 * p @ cen.T, 0.0))
+        ub = (D + rad).min(1)
+        pi, fi = np.nonzero(D - rad <= ub[:, None] + 1e-12)
+        d = point_triangle_distance(p[pi], A[fi], B[fi], C[fi])
+        res = np.full(len(p), np.inf)
+        np.minimum.at(res, pi, d)
+        out[i:i + chunk] = res
+    return out
+
+
+def _surface_points(mesh: Mesh, faces: np.ndarray, n: int, rng: np.random.Generator):
+    """n random points, area-weighted over the given faces: (points, face ids)."""
+    v = mesh.vertices.astype(np.float64)
+    f = mesh.faces[faces]
+    area = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
+    pick = rng.choice(len(faces), n, p=area / area.sum())
+    b = rng.dirichlet(np.ones(3), n)
+    return np.einsum("nk,nkc->nc", b, v[f[pick]]), faces[pick]
+
+
+def lumpy_sphere(centre, r: float, rng: np.random.Generator) -> Mesh:
+    v, f = P._sphere(np.zeros(3), 1.0, 8, 5)
+    v = v * (r * rng.uniform(0.75, 1.25, len(v)))[:, None] + np.asarray(centre)
+    return Mesh(v.astype(np.float32), P._orient(v, f, np.asarray(centre)).astype(np.int32))
+
+
+def _in_frame(cam: Camera, points: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Bool (N,): in front of the camera and inside the image, `margin` (a fraction of the size)
+    away from its borders."""
+    uv, z = cam.project(points)
+    return (z > 0) & (uv[:, 0] > margin * cam.width) & (uv[:, 0] < (1 - margin) * cam.width) \
+        & (uv[:, 1] > margin * cam.height) & (uv[:, 1] < (1 - margin) * cam.height)
+
+
+def _visible_region(points: np.ndarray) -> np.ndarray:
+    """Points of the part of the scene the photos look at (the ground's rim is rarely seen)."""
+    return np.abs(points[:, :2]).max(1) < 1.8
+
+
+def degrade_mesh(spec: P.SceneSpec, p: CaptureParams, rng: np.random.Generator) -> tuple[Mesh, dict]:
+    """The photogrammetry-like mesh of the true scene and statistics of what was done."""
+    true = spec.mesh
+    welded = weld(true)
+    simple = cluster_simplify(welded, p.cluster_cell, rng.uniform(0, p.cluster_cell, 3))
+    v = simple.vertices.astype(np.float64)
+    disp = p.displacement * smooth_field(v, p.displacement_freq, rng)
+    v = v + disp[:, None] * simple.vertex_normals().astype(np.float64)
+    faces = simple.faces
+    boundary_before = boundary_edges(Mesh(v.astype(np.float32), faces))
+    # Holes: faces whose centroid lies within ~hole_radius of points on the objects' surfaces.
+    objects = np.nonzero(spec.face_object > 0)[0]
+    centroids = v[faces].mean(1)
+    holes, keep = [], np.ones(len(faces), bool)
+    for _ in range(1000 * max(p.holes, 1)):
+        if len(holes) >= p.holes:
+            break
+        c, _ = _surface_points(true, objects, 1, rng)
+        r = p.hole_radius * rng.uniform(0.7, 1.3)
+        cut = np.linalg.norm(centroids - c[0], axis=1) < r
+        if cut.sum() >= 2 and (cut & keep).sum() == cut.sum():
+            keep &= ~cut
+            holes.append({"centre": c[0].tolist(), "radius": float(r), "faces": int(cut.sum())})
+    faces = faces[keep]
+    body = compact(v, faces)
+    boundary_after = boundary_edges(body)
+    # Blobs: small closed shapes hovering in front of the walls (normals mostly horizontal).
+    normals = spec.normals
+    walls = objects[np.abs(normals[true.faces[objects]].mean(1)[:, 2]) < 0.6]
+    blobs, parts = [], [body]
+    for _ in range(1000 * max(p.blobs, 1)):
+        if len(blobs) >= p.blobs:
+            break
+        c, fid = _surface_points(true, walls, 1, rng)
+        if not _visible_region(c)[0]:
+            continue
+        n = normals[true.faces[fid[0]]].mean(0)
+        n /= np.linalg.norm(n)
+        r = rng.uniform(*p.blob_radius)
+        centre = c[0] + n * (r + rng.uniform(*p.blob_offset))
+        if centre[2] < 1.3 * r or point_mesh_distance(centre[None], true)[0] < r * 1.25 + 0.02:
+            continue
+        if any(np.linalg.norm(centre - np.array(b["centre"])) < 0.3 for b in blobs):
+            continue
+        blobs.append({"centre": centre.tolist(), "radius": float(r)})
+        parts.append(lumpy_sphere(centre, r, rng))
+    n_body_v, n_body_f = len(body.vertices), len(body.faces)
+    off, vs, fs = 0, [], []
+    for m in parts:
+        vs.append(m.vertices)
+        fs.append(m.faces + off)
+        off += len(m.vertices)
+    mesh = Mesh(np.concatenate(vs).astype(np.float32), np.concatenate(fs).astype(np.int32))
+    # Deviation of the body from the true surface (a sample of its vertices).
+    sample = rng.choice(n_body_v, min(n_body_v, 3000), replace=False)
+    dev = point_mesh_distance(body.vertices[sample], true)
+    stats = {"true_triangles": len(true.faces), "simplified_triangles": len(simple.faces),
+             "triangles": len(mesh.faces), "body_vertices": n_body_v, "body_triangles": n_body_f,
+             "boundary_edges_before_holes": boundary_before, "boundary_edges": boundary_after,
+             "holes": holes, "blobs": blobs,
+             "displacement_max": float(np.abs(disp).max()), "displacement_rms": float(np.sqrt(np.mean(disp ** 2))),
+             "deviation_rms": float(np.sqrt(np.mean(dev ** 2))), "deviation_p99": float(np.quantile(dev, 0.99)),
+             "deviation_max": float(dev.max())}
+    return mesh, stats
+
+
+# --- visibility (magnified views) ------------------------------------------------------------
+
+def segments_blocked(origins: np.ndarray, ends: np.ndarray, mesh: Mesh, tol: float = 0.02,
+                     pairs: int = 1 << 20) -> np.ndarray:
+    """Bool (N,): the segment origin -> end hits a triangle more than `tol` before its end."""
+    v = mesh.vertices.astype(np.float64)
+    P0 = v[mesh.faces[:, 0]]
+    E1, E2 = v[mesh.faces[:, 1]] - P0, v[mesh.faces[:, 2]] - P0
+    d = ends - origins
+    L = np.linalg.norm(d, axis=1)
+    d = d / L[:, None]
+    out = np.zeros(len(origins), bool)
+    step = max(1, pairs // max(len(P0), 1))
+    for i in range(0, len(origins), step):
+        o, r, lim = origins[i:i + step, None], d[i:i + step, None], L[i:i + step, None]
+        p = np.cross(r, E2[None])
+        det = np.einsum("nfk,nfk->nf", np.broadcast_to(E1[None], p.shape), p)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = 1.0 / det
+            tv = o - P0[None]
+            b1 = np.einsum("nfk,nfk->nf", tv, p) * inv
+            q = np.cross(tv, E1[None])
+            b2 = np.einsum("nfk,nfk->nf", np.broadcast_to(r, q.shape), q) * inv
+            t = np.einsum("nfk,nfk->nf", np.broadcast_to(E2[None], q.shape), q) * inv
+            hit = (np.abs(det) > 1e-14) & (b1 >= 0) & (b2 >= 0) & (b1 + b2 <= 1) & (t > 1e-6) & (t < lim - tol)
+        out[i:i + step] = hit.any(1)
+    return out
+
+
+def choose_magnified(coarse: P.SceneSpec, true: P.SceneSpec, degraded: Mesh, blob_mesh: Mesh | None,
+                     cams: list[Camera], close: list[bool], train: list[int], p: CaptureParams,
+                     rng: np.random.Generator, n_candidates: int = 300) -> list[dict]:
+    """Surface points seen by >= 2 training photos (in frame, within 60 degrees of their normal,
+    unobstructed), about half of them nearest to a close-up photo, away from holes and blobs;
+    for each, the nearest training photo that sees it and its distance."""
+    objects = np.nonzero(true.face_object >= 0)[0]
+    pts, fid = _surface_points(true.mesh, objects, n_candidates, rng)
+    ok = _visible_region(pts)
+    pts, fid = pts[ok], fid[ok]
+    nrm = true.normals[true.mesh.faces[fid]].mean(1)
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    dist = np.full((len(pts), len(train)), np.inf)
+    pi, ci = [], []
+    for k, i in enumerate(train):
+        cam = cams[i]
+        to_cam = cam.center - pts
+        dd = np.linalg.norm(to_cam, axis=1)
+        seen = _in_frame(cam, pts, 0.08) & (np.einsum("ij,ij->i", nrm, to_cam) > 0.5 * dd)
+        idx = np.nonzero(seen)[0]
+        pi.append(idx)
+        ci.append(np.full(len(idx), k))
+        dist[idx, k] = dd[idx]
+    pi, ci = np.concatenate(pi), np.concatenate(ci)
+    centres = np.stack([cams[i].center for i in train])
+    blocked = segments_blocked(centres[ci], pts[pi], coarse.mesh)
+    dist[pi[blocked], ci[blocked]] = np.inf
+    n_seen = np.isfinite(dist).sum(1)
+    nearest = dist.argmin(1)
+    good = n_seen >= 2
+    good &= point_mesh_distance(pts, degraded) < 0.3 * p.hole_radius           # not in a hole
+    if blob_mesh is not None and good.any():                                     # nor behind a blob
+        g = np.nonzero(good)[0]
+        near_c = centres[nearest[g]]
+        good[g[segments_blocked(near_c, pts[g], blob_mesh, tol=0.0)]] = False
+    cand = {True: [], False: []}
+    for j in rng.permutation(np.nonzero(good)[0]):
+        cand[bool(close[train[nearest[j]]])].append(int(j))
+    chosen: list[int] = []
+    for want in [True, False] * p.magnified_points:
+        pool = cand[want] or cand[not want]
+        while pool and any(np.linalg.norm(pts[pool[0]] - pts[c]) < 0.4 for c in chosen):
+            pool.pop(0)
+        if pool and len(chosen) < p.magnified_points:
+            chosen.append(pool.pop(0))
+    return [{"point": pts[j].tolist(), "normal": nrm[j].tolist(), "nearest_photo": cams[train[nearest[j]]].name,
+             "nearest_distance": float(dist[j, nearest[j]]), "nearest_is_closeup": bool(close[train[nearest[j]]]),
+             "seen_by": int(n_seen[j])} for j in chosen]
+
+
+def magnified_camera(point, nearest_centre, factor: float, K: np.ndarray, width: int, height: int,
+                     name: str) -> Camera:
+    p, c = np.asarray(point, float), np.asarray(nearest_centre, float)
+    eye = p + (c - p) / factor
+    return Camera(width, height, K.copy(), look_at(eye, p), name)
+
+
+# --- per-view work (run in worker processes) -------------------------------------------------
+
+def _u16(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0, 1) * 65535).astype(np.uint16)
+
+
+def save_gt(path: Path, srgb: np.ndarray, alpha: np.ndarray, **extra) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, srgb=_u16(srgb), alpha=_u16(alpha), **extra)
+    tmp.replace(path)
+    write_png(path.with_suffix(".png"), srgb)
+
+
+def read_gt(path: str | Path) -> dict[str, np.ndarray]:
+    """A ground-truth file: srgb (H, W, 3) and alpha (H, W) float32 in [0, 1], and for
+    magnified views the resampled nearest photo (photo, photo_valid)."""
+    with np.load(path) as z:
+        out = {k: z[k] for k in z.files}
+    for k in ("srgb", "alpha", "photo"):
+        if k in out:
+            out[k] = out[k].astype(np.float32) / 65535.0
+    return out
+
+
+def _photo_task(job: dict) -> dict:
+    out, spec, cam, p = job["out"], job["spec"], job["cam"], job["params"]
+    rng = np.random.default_rng([job["seed"], 7, job["index"]])
+    pts, depth = surface_samples(spec, cam)
+    rec = {"name": cam.name, "closeup": job["closeup"], "held_out": job["held_out"], "ev": job["ev"],
+           "wb": list(job["wb"]), "iso": job["iso"], "jpeg_quality": job["quality"], "occluder": None,
+           "true_camera": cam.to_dict()}
+    scene = spec
+    if job["occluder"]:
+        occ, info = make_occluder(cam, pts, depth, job["occluder"], rng)
+        scene = with_mesh(spec, occ, *OCCLUDER_COLOURS[job["occluder"]])
+        c = culled(scene, cam)
+        r = rasterize(c.mesh, cam)
+        occ_px = r.mask & (c.face_object[np.maximum(r.tri, 0)] == OCCLUDER_ID)
+        info["pixels"] = float(occ_px.mean())
+        rec["occluder"] = info
+        write_png(out / TRUTH / "occluders" / f"{cam.name}.png", np.repeat(occ_px[..., None], 3, 2).astype(np.float32))
+    lin, alpha = render_clean(scene, cam, job["ss_ref"])
+    raw = sensor(lin, job["ev"], np.asarray(job["wb"]), job["iso"], p, rng)
+    srgb8 = np.round(linear_to_srgb(raw) * 255).astype(np.uint8)
+    _write_bytes(out / "images" / f"{cam.name}.jpg", jpeg_bytes(srgb8, job["quality"], p.jpeg_subsampling))
+    # The written camera: pose noise measured on visible surface points (equal count per photo).
+    sample = pts[rng.choice(len(pts), 600, replace=True)] if len(pts) else pts
+    written = perturb_pose(cam, sample, float(np.median(depth)) if len(depth) else 1.0, job["reproj_target"], rng) \
+        if len(pts) else cam
+    P._with_depth(spec, written)
+    write_mvsnet_cam(out / "cams" / f"{cam.name}_cam.txt", written)
+    err = reprojection_errors(cam, written, sample)
+    rec["reproj_rms_px"] = float(np.sqrt(np.mean(err ** 2))) if len(err) else 0.0
+    rec["reproj_target_px"] = job["reproj_target"]
+    rec["camera"] = written.to_dict()
+    if job["held_out"]:
+        if scene is not spec:
+            lin, alpha = render_clean(spec, cam, job["ss_ref"])
+        save_gt(out / TRUTH / "heldout" / f"{cam.name}.npz", linear_to_srgb(lin), alpha)
+    return rec
+
+
+def bilinear(img: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample img (H, W, C) at continuous coords uv (N, 2) (pixel centres at +0.5): values and
+    whether the point is inside the image."""
+    H, W = img.shape[:2]
+    x, y = uv[:, 0] - 0.5, uv[:, 1] - 0.5
+    valid = (uv[:, 0] >= 0) & (uv[:, 0] <= W) & (uv[:, 1] >= 0) & (uv[:, 1] <= H)
+    x, y = np.clip(x, 0, W - 1), np.clip(y, 0, H - 1)
+    x0, y0 = np.minimum(np.floor(x).astype(int), W - 2), np.minimum(np.floor(y).astype(int), H - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    v = (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
+         + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+    return v, valid
+
+
+def _magnified_task(job: dict) -> None:
+    from PIL import Image
+    out, spec, cam, photo_cam = job["out"], job["spec"], job["cam"], job["photo_cam"]
+    lin, alpha = render_clean(spec, cam, job["ss_ref"])
+    c = culled(spec, cam)
+    r = rasterize(c.mesh, cam)
+    x = interpolate(r, c.mesh.faces, c.mesh.vertices)[r.mask]
+    with Image.open(out / "images" / f"{photo_cam.name}.jpg") as im:
+        photo = np.asarray(im.convert("RGB"), np.float32) / 255.0
+    uv, z = photo_cam.project(x)
+    vals, valid = bilinear(photo, uv)
+    warp = np.zeros((cam.height, cam.width, 3), np.float32)
+    ok = np.zeros((cam.height, cam.width), bool)
+    warp[r.mask] = vals
+    ok[r.mask] = valid & (z > 0)
+    save_gt(out / TRUTH / "magnified" / f"{cam.name}.npz", linear_to_srgb(lin), alpha,
+            photo=_u16(warp * ok[..., None]), photo_valid=ok)
+
+
+def _run(fn, jobs: list[dict], workers: int) -> list:
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            return list(pool.map(fn, jobs))
+    return [fn(j) for j in jobs]
+
+
+# --- the scene folder ------------------------------------------------------------------------
+
+def settings(variant: str = "sparse", n_views: int | None = None, width: int | None = None,
+             height: int | None = None, ss_ref: int = 2, seed: int = 0,
+             params: CaptureParams | None = None) -> dict:
+    """The complete generator settings (variant sizes filled in), as stored in views.json."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown capture variant {variant!r}; use one of {sorted(VARIANTS)}")
+    dv, dw, dh = VARIANTS[variant]
+    return {"variant": variant, "n_views": int(n_views or dv), "width": int(width or dw),
+            "height": int(height or dh), "ss_ref": int(ss_ref), "seed": int(seed), "detail": DETAIL,
+            "params": (params or CaptureParams()).to_json()}
+
+
+def capture_matches(out_dir: str | Path, **kw) -> bool:
+    """True when OUT holds a complete capture scene (views.json is written last) made with
+    these settings (keyword arguments of make_capture)."""
+    try:
+        info = json.loads((Path(out_dir) / P.VIEWS_JSON).read_text())
+        return info.get("generator") == GENERATOR and info.get("version") == VERSION \
+            and info["settings"] == settings(**kw)
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | None = None,
+                 width: int | None = None, height: int | None = None, ss_ref: int = 2, seed: int = 0,
+                 params: CaptureParams | None = None, workers: int = 1, reuse: bool = False) -> Path:
+    """Write a capture scene (module docstring): images/*.jpg, cams/*_cam.txt (perturbed poses),
+    1.obj (the degraded mesh), truth/ (ground truth) and views.json (settings, close-up and
+    held-out flags; written last). Returns the folder. `workers` > 1 renders in processes.
+    `reuse`: keep OUT as it is when it already holds this scene (capture_matches)."""
+    kw = {"variant": variant, "n_views": n_views, "width": width, "height": height, "ss_ref": ss_ref,
+          "seed": seed, "params": params}
+    out = Path(out_dir)
+    if reuse and capture_matches(out, **kw):
+        return out
+    st = settings(**kw)
+    p = params or CaptureParams()
+    n, W, H = st["n_views"], st["width"], st["height"]
+    t0 = time.perf_counter()
+    (out / P.VIEWS_JSON).unlink(missing_ok=True)
+    for d in ("images", "cams", f"{TRUTH}/heldout", f"{TRUTH}/occluders", f"{TRUTH}/magnified"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+        for old in (out / d).iterdir():                        # a different earlier scene
+            old.unlink()
+    coarse = P.make_spec(seed)
+    spec = P.make_spec(seed, DETAIL)
+    cams, close = P.make_cameras(coarse, n, W, H, "multiscale", seed)
+    test_every = P.pick_test_every(close)
+    held = np.array([i % test_every == test_every // 2 for i in range(n)])
+    train = [i for i in range(n) if not held[i]]
+    rng = np.random.default_rng([seed, 2])
+    photo = photometric_params(n, ~held, p, rng)
+    targets = p.reproj_rms_px * np.exp(p.reproj_spread * rng.standard_normal(n))
+    targets *= p.reproj_rms_px / np.sqrt(np.mean(targets ** 2))
+    n_occ = round(p.occluded_fraction * n)
+    # One held-out photo among them (when there are two or more; its ground truth must not show
+    # the occluder), the others among the training photos.
+    occluded = set(rng.choice(np.nonzero(held)[0], 1).tolist()) if n_occ >= 2 else set()
+    occluded |= set(rng.choice(train, min(n_occ - len(occluded), len(train)), replace=False).tolist())
+    first = int(rng.integers(2))                                # poles and boxes alternate
+    kinds = {i: ("pole", "box")[(first + k) % 2] for k, i in enumerate(sorted(occluded))}
+    mesh, mesh_stats = degrade_mesh(spec, p, np.random.default_rng([seed, 3]))
+    eyes = np.stack([cam.center for cam in cams])
+    for b in mesh_stats["blobs"]:                              # photos that see each blob's centre
+        c = np.array(b["centre"])
+        idx = [i for i, cam in enumerate(cams) if _in_frame(cam, c[None])[0]]
+        hidden = segments_blocked(eyes[idx], np.repeat(c[None], len(idx), 0), coarse.mesh, tol=0.0)
+        b["seen_by"] = [cams[i].name for i, h in zip(idx, hidden) if not h]
+    write_obj(out / "1.obj", mesh)
+    write_obj(out / TRUTH / "true.obj", spec.mesh)
+    t_mesh = time.perf_counter() - t0
+
+    jobs = [{"out": out, "spec": spec, "cam": cams[i], "params": p, "seed": seed, "index": i,
+             "ss_ref": ss_ref, "closeup": bool(close[i]), "held_out": bool(held[i]),
+             "ev": float(photo["ev"][i]), "wb": photo["wb"][i].tolist(), "iso": float(photo["iso"][i]),
+             "quality": int(photo["quality"][i]), "reproj_target": float(targets[i]),
+             "occluder": kinds.get(i)} for i in range(n)]
+    views = _run(_photo_task, jobs, workers)
+    t_photos = time.perf_counter() - t0 - t_mesh
+
+    # Magnified views: 1x..8x closer than the nearest training photo that sees the point.
+    nb = mesh_stats["body_vertices"]
+    blob_faces = mesh.faces[mesh_stats["body_triangles"]:]
+    blob_mesh = Mesh(mesh.vertices, blob_faces) if len(blob_faces) else None
+    body = Mesh(mesh.vertices[:nb], mesh.faces[:mesh_stats["body_triangles"]])
+    targets_m = choose_magnified(coarse, spec, body, blob_mesh, cams, close, train, p,
+                                 np.random.default_rng([seed, 5]))
+    by_name = {c.name: c for c in cams}
+    mag, mjobs = [], []
+    for t, tg in enumerate(targets_m):
+        near = by_name[tg["nearest_photo"]]
+        for fct in p.magnified_factors:
+            name = f"m{t}_{fct:g}x"
+            cam = magnified_camera(tg["point"], near.center, fct, near.K, W, H, name)
+            mag.append({"name": name, "target": t, "factor": float(fct), "camera": cam.to_dict(),
+                        "distance": float(np.linalg.norm(cam.center - np.array(tg["point"])))})
+            mjobs.append({"out": out, "spec": spec, "cam": cam, "photo_cam": near, "ss_ref": ss_ref})
+    _run(_magnified_task, mjobs, workers)
+    write_camera_path(out / TRUTH / "magnified.json", list(range(len(mag))),
+                      [Camera.from_dict(m["camera"]) for m in mag])
+    t_mag = time.perf_counter() - t0 - t_mesh - t_photos
+
+    per = np.array([v["reproj_rms_px"] for v in views])
+    truth = {"generator": GENERATOR, "version": VERSION, "settings": st, "test_every": test_every,
+             "held_out": [c.name for c, h in zip(cams, held) if h],
+             "reproj_rms_px": float(np.sqrt(np.mean(per ** 2))),
+             "mesh": mesh_stats, "views": views, "magnified_targets": targets_m, "magnified": mag,
+             "background_linear": spec.background.tolist(),
+             "seconds": {"mesh": t_mesh, "photos": t_photos, "magnified": t_mag, "workers": workers}}
+    (out / TRUTH / "capture.json").write_text(json.dumps(truth, indent=1))
+    info = {"generator": GENERATOR, "version": VERSION, "seed": seed, "detail": DETAIL, "layout": "multiscale",
+            "ss_ref": ss_ref, "width": W, "height": H, "variant": variant, "test_every": test_every,
+            "background_linear": spec.background.tolist(), "settings": st,
+            "views": [{"name": c.name, "closeup": bool(cl), "held_out": bool(h)}
+                      for c, cl, h in zip(cams, close, held)]}
+    tmp = out / (P.VIEWS_JSON + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(out / P.VIEWS_JSON)
+    return out
+
+
+# --- reading the ground truth ----------------------------------------------------------------
+
+@dataclass
+class TruthView:
+    name: str
+    group: str                  # "far", "close" (held-out photos) or "mag 2x" ...
+    camera: Camera              # the TRUE camera
+    path: Path                  # ground-truth .npz
+    target: int | None = None   # magnified views: index of the target point
+    factor: float | None = None
+    photo: str | None = None    # held-out views: the photo file; magnified: the nearest photo's name
+
+
+@dataclass
+class Truth:
+    root: Path
+    info: dict
+    heldout: list[TruthView] = field(default_factory=list)
+    magnified: list[TruthView] = field(default_factory=list)
+
+    @property
+    def test_every(self) -> int:
+        return int(self.info["test_every"])
+
+    @property
+    def views(self) -> list[TruthView]:
+        return self.heldout + self.magnified
+
+
+def mag_group(factor: float) -> str:
+    return f"mag {factor:g}x"
+
+
+def is_capture(scene_dir: str | Path) -> bool:
+    try:
+        return json.loads((Path(scene_dir) / P.VIEWS_JSON).read_text()).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_truth(scene_dir: str | Path) -> Truth | None:
+    """The ground truth of a capture scene, or None for any other scene."""
+    root = Path(scene_dir)
+    if not is_capture(root):
+        return None
+    info = json.loads((root / TRUTH / "capture.json").read_text())
+    tr = Truth(root, info)
+    for v in info["views"]:
+        if v["held_out"]:
+            tr.heldout.append(TruthView(v["name"], "close" if v["closeup"] else "far",
+                                        Camera.from_dict(v["true_camera"]),
+                                        root / TRUTH / "heldout" / f"{v['name']}.npz",
+                                        photo=str(root / "images" / f"{v['name']}.jpg")))
+    _, cams, _ = read_camera_path(root / TRUTH / "magnified.json")
+    for m, cam in zip(info["magnified"], cams):
+        cam.name = m["name"]
+        tr.magnified.append(TruthView(m["name"], mag_group(m["factor"]), cam,
+                                      root / TRUTH / "magnified" / f"{m['name']}.npz", m["target"], m["factor"],
+                                      info["magnified_targets"][m["target"]]["nearest_photo"]))
+    return tr
