@@ -33,6 +33,7 @@ def model_config(ckpt: dict) -> ModelConfig:
     # Checkpoints from before a setting existed behave as they were trained.
     d.setdefault("omega_dir", d.get("omega0", 30.0))
     d.setdefault("level_fade", 0.0)
+    d.setdefault("photo_gains", False)
     d.setdefault("omega_feat", d.get("omega0", 30.0))
     return from_dict(ModelConfig, d)
 

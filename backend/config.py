@@ -58,6 +58,10 @@ class ModelConfig:
     # finer levels (> 0) or coarser ones (< 0).
     level_fade: float = 1.0
     level_bias: float = 0.0
+    # Per-photo colour gains (3 log-gains, mean zero over the photos) multiplying the linear RGB
+    # output in training: exposure and white balance of each photo, kept out of the surface. The
+    # paper's exposure codes modulate hidden features instead and learn slowly at its rates.
+    photo_gains: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class OptimConfig:
     lr: float = 2e-4                    # decoder and codes (reference)
     grid_lr: float = 1e-2               # hash table (Instant-NGP's rate; 2e-4 barely moves 1e-4-sized entries)
     lr_final_ratio: float = 0.1         # at the last step, as a fraction of the first
+    gain_lr: float = 1e-2               # per-photo colour gains (ModelConfig.photo_gains)
     # Regularisers, as gradients of loss terms: grid_decay * sum over levels of the mean square of
     # the level's table (Zip-NeRF's normalised weight decay: coarse levels, with fewer entries,
     # are held harder per entry), and exposure_decay * the mean square of the per-photo codes.

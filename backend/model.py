@@ -120,13 +120,18 @@ class Manifold(nn.Module):
         self.cfg = cfg
         self.grid = HashGrid(cfg.grid, aabb_min, aabb_max, backend=grid_backend)
         self.decoder = Decoder(cfg, n_views)
+        # Per-photo log colour gains (ModelConfig.photo_gains), applied to the linear output.
+        self.log_gain = nn.Parameter(torch.zeros(n_views, 3)) if cfg.photo_gains else None
         self.field = FootprintField()        # the finest footprints the photos saw (renders clamp to it)
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
         """Adam groups: the hash table ("grid": its own rate, eps small enough for 1e-4-sized
         entries, sparse gradients) and everything else ("decoder": MLP, lighting, exposure codes)."""
-        return [{"name": "grid", "params": [self.grid.table], "lr": optim.grid_lr, "eps": 1e-15},
-                {"name": "decoder", "params": list(self.decoder.parameters()), "lr": optim.lr}]
+        groups = [{"name": "grid", "params": [self.grid.table], "lr": optim.grid_lr, "eps": 1e-15},
+                  {"name": "decoder", "params": list(self.decoder.parameters()), "lr": optim.lr}]
+        if self.log_gain is not None:
+            groups.append({"name": "gains", "params": [self.log_gain], "lr": optim.gain_lr})
+        return groups
 
     @torch.no_grad()
     def add_regulariser_grads(self, optim: OptimConfig) -> None:
@@ -168,14 +173,26 @@ class Manifold(nn.Module):
             return codes.mean(0)
         return codes[int(which)]
 
+    def gain(self, view: torch.Tensor | None = None, which: str | int = "mean") -> torch.Tensor | None:
+        """Linear colour gains of the rays' photos (N, 3) or of one photo (3,) ("mean": 1)."""
+        if self.log_gain is None or (view is None and which == "mean"):
+            return None
+        g = self.log_gain - self.log_gain.mean(0)
+        return torch.exp(g[view] if view is not None else g[int(which)])
+
     def forward(self, xyz, mask, dirs, view=None, exposure: str | int = "mean", linear: bool = False,
                 footprint: torch.Tensor | None = None):
-        """Training: sRGB (N, 3) (or linear) of rays with their views' exposure codes."""
+        """Training: sRGB (N, 3) (or linear) of rays with their views' exposure codes and gains."""
         code = self.exposure_code(view, exposure)
         feat = self.features(xyz, mask, footprint)
         if code.dim() == 1 and not torch.is_grad_enabled():
-            return self.decoder.infer(feat, dirs, code, linear)
-        return self.decoder(feat, dirs, code, linear)
+            rgb = self.decoder.infer(feat, dirs, code, linear=True)
+        else:
+            rgb = self.decoder(feat, dirs, code, linear=True)
+        gain = self.gain(view, exposure)
+        if gain is not None:
+            rgb = rgb * gain
+        return rgb if linear else linear_to_srgb(rgb)
 
     @torch.no_grad()
     def render(self, xyz: torch.Tensor, mask: torch.Tensor, dirs: torch.Tensor,
@@ -185,5 +202,7 @@ class Manifold(nn.Module):
         footprint (N, S): the frame's sub-sample footprints, clamped to the observed field."""
         code = self.exposure_code(None, exposure)
         feat = self.features(xyz, mask, footprint, clamp=True, coherent=True)
-        return self.decoder.infer(feat, dirs, code, linear=True)
+        rgb = self.decoder.infer(feat, dirs, code, linear=True)
+        gain = self.gain(None, exposure)
+        return rgb if gain is None else rgb.mul_(gain)
 

@@ -74,7 +74,7 @@ class Trainer:
         self.reducer = None
         if ctx.world > 1:
             distributed.broadcast_module(self.model)
-            self.reducer = GradReducer(groups[0]["params"][0], groups[1]["params"])
+            self.reducer = GradReducer(groups[0]["params"][0], [p for g in groups[1:] for p in g["params"]])
         batch = tc.optim.batch_rays
         self.loader = RayLoader(run.root, dev, batch, tc.seed, loader_state,
                                 part=batch_part(batch, ctx.rank, ctx.world))

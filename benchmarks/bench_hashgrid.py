@@ -185,7 +185,7 @@ def main() -> None:
         L = ht.Launch
         variants = [L(128, 4), L(128, 8), L(64, 4), L(128, 16), L(128, 4, per_level=False),
                     L(128, 8, per_level=False)]
-        half = table.detach().half()
+        half_sweep = table.detach().half()
         sweep = []
         for v in variants:
             row = {"launch": str(v)}
@@ -194,11 +194,10 @@ def main() -> None:
                 k = x.shape[0]
                 row[f"fwd_{name}"] = mpts(bench_ms(lambda: ht.forward(x, table.detach(), cfg, v)), k)
                 row[f"bwd_{name}"] = mpts(bench_ms(lambda: ht.backward(x, gout[:k], cfg, v)), k)
-            row["fwd_random_half_table"] = mpts(bench_ms(lambda: ht.forward(x_rand, half, cfg, v)))
+            row["fwd_random_half_table"] = mpts(bench_ms(lambda: ht.forward(x_rand, half_sweep, cfg, v)))
             print("sweep", row, flush=True)
             sweep.append(row)
         res["sweep_Mpts"] = sweep
-        del half
 
     for name, x in inputs.items():
         k = x.shape[0]
@@ -209,10 +208,25 @@ def main() -> None:
             log(f"triton_fwd_bwd_{key}_Mpts",
                 mpts(bench_ms(fwd_bwd(x, gout[:k], ht.encode_triton, coherent=coh),
                               grad_to_none=[table]), k))
+    # Training at supersampling 2: 4 sub-samples per ray reduced on the chip, with footprint level
+    # weights (Mrays/s; each ray is 4 encoded points). Against the per-point path of before.
+    from backend.encoding.layout import log2_cells
+    rays = n // 4
+    xs = inputs["random"][: rays * 4].reshape(rays, 4, 3)
+    w4 = torch.full((rays, 4), 0.25, device=DEV)
+    lc = torch.from_numpy(log2_cells(cfg)).to(DEV)
+    lf = lc[6] + (lc[-1] - lc[6]) * torch.rand(rays, 4, device=DEV)     # footprints between levels 6 and 15
+    g_pix = gout[:rays]
+    for label, wts in (("plain", ht.Weights(w=w4)), ("footprint", ht.Weights(w=w4, log2_footprint=lf))):
+        log(f"triton_pixels_S4_{label}_fwd_bwd_Mrays",
+            mpts(bench_ms(lambda: ht.encode_pixels_triton(xs, table, cfg, wts).backward(g_pix),
+                          grad_to_none=[table]), rays))
+    log("triton_per_point_S4_fwd_bwd_Mrays (before)",
+        mpts(bench_ms(lambda: (ht.encode_triton(xs.reshape(-1, 3), table, cfg).reshape(rays, 4, -1)
+                               * w4[..., None]).sum(1).backward(g_pix), grad_to_none=[table]), rays))
     half = table.detach().half()  # half-precision storage, fp32 accumulate (forward only)
     log("triton_fwd_random_half_table_Mpts",
         mpts(bench_ms(lambda: ht.forward(x_rand, half, cfg, ht.FWD_LAUNCH))))
-    del half
 
     # PyTorch reference on fewer points (it needs ~1 GB of temporaries per level at 2^22).
     m = min(n, 1 << 20)
