@@ -144,6 +144,17 @@ def test_info(server, trained_run):
     assert info["run"] == str(trained_run) and len(info["views"]) == 6 and info["triangles"] == 162
 
 
+def test_recycled_reply_buffer(server):
+    cam = odd_camera(24, 16)
+    args = (cam.width, cam.height, cam.K, cam.world_to_camera)
+    ref = server.render(*args)
+    a = server.render(*args, recycle=True)
+    rgba_a = a.rgba.copy()
+    b = server.render(*args, recycle=True, passes=["rgba"], background=(1, 0, 0))
+    assert np.shares_memory(a.rgba, b.rgba) and not np.shares_memory(ref.rgba, b.rgba)
+    assert np.array_equal(rgba_a, ref.rgba) and (b.rgba[..., 3] == 1).all()
+
+
 def test_abandoned_reply_is_drained(server):
     """A caller that stops waiting (Esc) leaves its reply in the pipe; the next request reads and
     drops it first and gets its own answer."""

@@ -128,11 +128,11 @@ class XScaleRenderEngine(bpy.types.RenderEngine):
             options = frame_options(scene, SCENE_OPTIONS["render_supersample"].value(scene.xscale.render_supersample))
             if render_server.current() is None or render_server.current().key != key:
                 self.update_stats("", "XScale-NVS: starting the render server")
-            frame = render_server.call(
-                key, argv, lambda srv: srv.render(cam.width, cam.height, cam.K, cam.world_to_camera,
-                                                  passes=passes, depth_miss=DEPTH_MISS, abort=self.test_break,
-                                                  **options),
-                abort=self.test_break, timeout=SERVER_START_TIMEOUT_S)
+
+            def request(srv):       # the frame is copied into the result before the next request
+                return srv.render(cam.width, cam.height, cam.K, cam.world_to_camera, passes=passes,
+                                  depth_miss=DEPTH_MISS, abort=self.test_break, recycle=True, **options)
+            frame = render_server.call(key, argv, request, abort=self.test_break, timeout=SERVER_START_TIMEOUT_S)
         except render_server.Cancelled:
             return
         except (EngineError, preferences.BackendNotConfigured, render_server.ServerError) as e:

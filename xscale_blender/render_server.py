@@ -63,6 +63,7 @@ class RenderServer:
         self._next_id = 1
         self._unanswered: list[int] = []     # ids of requests whose replies are still to be read
         self._closed = False
+        self._spare: Optional[np.ndarray] = None      # the recycled reply buffer
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self, abort: Optional[Callable[[], bool]] = None, timeout: Optional[float] = None) -> "RenderServer":
@@ -163,8 +164,10 @@ class RenderServer:
 
     # --- requests ----------------------------------------------------------------------------
     def request(self, kind: int, meta: Optional[dict] = None, abort: Optional[Callable[[], bool]] = None,
-                timeout: Optional[float] = None) -> sp.Message:
-        """Send one request and return its reply (never an ERROR: that raises ServerError)."""
+                timeout: Optional[float] = None, recycle: bool = False) -> sp.Message:
+        """Send one request and return its reply (never an ERROR: that raises ServerError). With
+        `recycle` the reply's data is read into a buffer this server keeps for the next recycling
+        request (no fresh memory to fault in for every frame): valid until that request."""
         with self._lock:
             if not self.alive:
                 raise ServerDied(f"the render server is not running ({self.death_reason()})")
@@ -176,28 +179,33 @@ class RenderServer:
             except OSError:
                 raise ServerDied(f"the render server died ({self.death_reason()})") from None
             self._unanswered.append(msg_id)
-            msg = self._receive(msg_id, abort, timeout)
+            msg = self._receive(msg_id, abort, timeout, self._recycled if recycle else None)
         if msg.kind == sp.ERROR:
             raise ServerError(msg.meta.get("message") or "the render server reported an error")
         return msg
 
     def render(self, width: int, height: int, K, world_to_camera, *, abort=None, timeout=None,
-               **options) -> Frame:
+               recycle: bool = False, **options) -> Frame:
         """One frame; `options` as serve_protocol.render_request (ss, exposure, passes, alpha,
-        background, rows, depth_miss)."""
+        background, rows, depth_miss); `recycle` as in request()."""
         meta = sp.render_request(width, height, np.asarray(K).tolist(), np.asarray(world_to_camera).tolist(),
                                  **options)
-        msg = self.request(sp.RENDER, meta, abort, timeout)
+        msg = self.request(sp.RENDER, meta, abort, timeout, recycle)
         out = {"rgba": None, "depth": None}
         for name, shape, offset, size in sp.pass_layout(msg.meta):
             out[name] = msg.data[offset:offset + size].view(np.float32).reshape(shape)
         return Frame(out["rgba"], out["depth"], msg.meta)
 
-    def _receive(self, msg_id: int, abort, timeout) -> sp.Message:
+    def _recycled(self, n: int) -> np.ndarray:
+        if self._spare is None or self._spare.nbytes < n:
+            self._spare = np.empty(n, np.uint8)
+        return self._spare[:n]
+
+    def _receive(self, msg_id: int, abort, timeout, alloc=None) -> sp.Message:
         """The reply to `msg_id` (the oldest unanswered request); with the lock held."""
         self._wait_readable(abort, timeout)
         try:
-            msg = sp.read_message(self.proc.stdout, alloc=lambda n: np.empty(n, np.uint8))
+            msg = sp.read_message(self.proc.stdout, alloc=alloc or (lambda n: np.empty(n, np.uint8)))
         except (sp.ConnectionClosed, sp.ProtocolError, OSError):
             self._wait_exit()
             self._closed = True
