@@ -285,6 +285,32 @@ def test_acquire_reuses_replaces_and_restarts(trained_run, run, tmp_path):
     assert rs.current() is None and gone(last.pid)
 
 
+def test_ui_calls_never_wait_for_a_starting_server():
+    """While a server starts (seconds; minutes for a first nvdiffrast build) the UI thread's calls
+    return at once, and shutting down kills the starting process."""
+    slow = lambda: ([sys.executable, "-c", "import time; time.sleep(60)"], None)  # noqa: E731
+    errors = []
+
+    def start():
+        try:
+            rs.acquire("slow", slow)
+        except rs.ServerDied as e:
+            errors.append(str(e))
+    t = threading.Thread(target=start)
+    t.start()
+    t_end = time.monotonic() + 10
+    while not rs.starting() and time.monotonic() < t_end:
+        time.sleep(0.01)
+    assert rs.starting()
+    t0 = time.perf_counter()
+    rs.notice("hello")
+    assert rs.take_notices() == ["hello"] and rs.current() is None
+    rs.shutdown()
+    assert time.perf_counter() - t0 < 2.0
+    t.join(10)
+    assert not t.is_alive() and errors and not rs.starting()
+
+
 # --- the viewport's thread -------------------------------------------------------------------
 
 def test_preview_renders_reduced_while_moving_then_full():

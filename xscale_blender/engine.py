@@ -230,9 +230,9 @@ def _hashable(v):
 
 def _progress(preview: Preview, shown) -> str:
     if shown is None:
-        return "starting the render server" if render_server.current() is None else "rendering"
+        return "starting the render server" if render_server.starting() else "rendering"
     if preview.busy:
-        return "rendering"
+        return "starting the render server" if render_server.starting() else "rendering"
     res = "full resolution" if shown.divisor == 1 else f"1/{shown.divisor} resolution"
     return f"{res}, {1000 * shown.seconds:.0f} ms"
 
@@ -274,10 +274,11 @@ class RENDER_PT_xscale(XScaleRenderPanel, bpy.types.Panel):
         col.prop(s, "run_dir")
         col.prop(s, "device")
         col.prop(s, "exposure")
-        col.prop(s, "render_supersample", text="Render Supersampling")
-        col.prop(s, "preview_supersample", text="Viewport Supersampling")
-        col.prop(s, "preview_divisor")
-        col.prop(scene.render, "film_transparent", text="Transparent Film")
+        col = layout.column(heading="Supersampling", align=True)
+        col.prop(s, "render_supersample", text="Render")
+        col.prop(s, "preview_supersample", text="Viewport")
+        layout.prop(s, "preview_divisor", text="Moving 1/N")
+        layout.column(heading="Film").prop(scene.render, "film_transparent", text="Transparent")
 
 
 class RENDER_PT_xscale_server(XScaleRenderPanel, bpy.types.Panel):

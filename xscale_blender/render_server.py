@@ -80,6 +80,9 @@ class RenderServer:
         except OSError as e:
             raise ServerDied(f"cannot start the render server ({self.argv[0]}): {e.strerror or e}") from None
         threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True).start()
+        if self._closed:                                     # shut down before it got going
+            self.kill()
+            raise ServerDied("the render server was stopped while starting")
         with self._lock:
             self._unanswered.append(0)                       # READY (or ERROR) comes unasked
             msg = self._receive(0, abort, timeout)
@@ -134,6 +137,8 @@ class RenderServer:
         self._close_pipes()
 
     def _close_pipes(self) -> None:
+        if self.proc is None:
+            return
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
@@ -239,25 +244,33 @@ class RenderServer:
 
 
 # --- the one server of this Blender session ---------------------------------------------------
+# The UI thread only ever takes _state_lock (held for a few statements), never _start_lock (held
+# while a server starts, which may take minutes): drawing never waits for a server.
 
-_lock = threading.RLock()
+_state_lock = threading.Lock()     # _current, _starting, _notices, starts
+_start_lock = threading.Lock()     # one start (or replacement) at a time
 _current: Optional[RenderServer] = None
-starts = 0                       # servers started in this session (tests, the panel)
-_notices: list[str] = []         # what the UI should tell the user (a dead server, a restart)
+_starting: Optional[RenderServer] = None
+starts = 0                         # servers started in this session (tests, the panel)
+_notices: list[str] = []           # what the UI should tell the user (a dead server, a restart)
 
 
 def current() -> Optional[RenderServer]:
     return _current
 
 
+def starting() -> bool:
+    return _starting is not None
+
+
 def notice(message: str) -> None:
-    with _lock:
+    with _state_lock:
         _notices.append(message)
 
 
 def take_notices() -> list[str]:
     """Messages for the user since the last call (each is reported once)."""
-    with _lock:
+    with _state_lock:
         out, _notices[:] = list(_notices), []
         return out
 
@@ -266,50 +279,57 @@ def acquire(key, argv: Callable[[], tuple[list[str], dict]], abort=None, timeout
     """The running server for `key`, else a new one (the old one, for another key, is stopped).
     `argv()` gives the command line and environment, only called when a process starts. A server
     of the same key that died is reported (take_notices) and replaced."""
-    global _current, starts
-    with _lock:
-        srv = _current
-        if srv is not None and srv.key == key and srv.alive:
-            return srv
-        if srv is not None:
-            if srv.key == key and srv.proc is not None:
-                notice(f"the render server had stopped ({srv.death_reason()}); started a new one")
-            srv.stop()
+    global _current, _starting, starts
+    with _start_lock:
+        with _state_lock:
+            old = _current
+            if old is not None and old.key == key and old.alive:
+                return old
             _current = None
+        if old is not None:
+            if old.key == key:
+                notice(f"the render server had stopped ({old.death_reason()}); started a new one")
+            old.stop()
         cmd, env = argv()
         srv = RenderServer(cmd, env, key)
-        starts += 1
-        srv.start(abort, timeout)
-        _current = srv
+        with _state_lock:
+            _starting, starts = srv, starts + 1
+        try:
+            srv.start(abort, timeout)
+        finally:
+            with _state_lock:
+                _starting = None
+        with _state_lock:
+            if srv._closed:                       # shut down while it was starting
+                raise ServerDied("the render server was stopped while starting")
+            _current = srv
         return srv
 
 
 def call(key, argv, fn: Callable[[RenderServer], object], abort=None, timeout=None):
     """fn(server) with the server for `key`; when the server dies on the way, that is reported
     and the call is tried once more with a new server."""
+    global _current
     srv = acquire(key, argv, abort, timeout)
     try:
         return fn(srv)
     except ServerDied as e:
         notice(f"{e}; restarting it")
-        with _lock:
+        with _state_lock:
             if _current is srv:
-                _discard()
+                _current = None
+        srv.kill()
     return fn(acquire(key, argv, abort, timeout))
 
 
-def _discard() -> None:
-    global _current
-    if _current is not None:
-        _current.kill()
-        _current = None
-
-
 def shutdown() -> None:
-    """Stop the server (run changed, file closed, add-on disabled, Blender quitting)."""
+    """Stop the server (run changed, file closed, add-on disabled, Blender quitting); one that is
+    still starting is killed."""
     global _current
-    with _lock:
-        srv, _current = _current, None
+    with _state_lock:
+        srv, _current, pending = _current, None, _starting
+    if pending is not None:
+        pending.kill()
     if srv is not None:
         srv.stop()
 
