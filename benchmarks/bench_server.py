@@ -188,8 +188,9 @@ def main() -> None:
         else:
             report(rows, {"metric": "Blender result write 1920x1080 (Combined+Depth)", "value": bw["total"],
                           "unit": "ms"})
-            report(rows, {"metric": "F12 with the result write, median", "value": results["F12"]["median"] + bw["total"],
-                          "unit": "ms", "target": TARGET_MS[FINAL] if scale == 1 else None, "higher_is_better": False})
+            f12 = results["F12"]["median"] + bw["total"]
+            report(rows, {"metric": "F12 with the result write, median", "value": f12, "unit": "ms",
+                          "target": TARGET_MS[FINAL] if scale == 1 else None, "higher_is_better": False})
     print_table(rows, "XScale-NVS render server round trip")
     write_json(a.out, rows, args=vars(a))
 

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from backend import serve_protocol as sp
 from conftest import ROOT, cli

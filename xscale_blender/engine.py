@@ -14,6 +14,8 @@ preview.Preview thread and draws the latest frame it has; the thread talks to th
 asks for a redraw when a frame arrives, so the UI never waits for the GPU.
 """
 
+import threading
+import time
 import weakref
 from typing import Callable, Optional
 
@@ -30,6 +32,7 @@ from .properties import SCENE_OPTIONS, run_folder
 ENGINE_ID = "XSCALE_NVS"
 DEPTH_MISS = 1.0e10          # Z of uncovered pixels (Cycles' background depth)
 SERVER_START_TIMEOUT_S = 900.0   # a first start on a new machine compiles nvdiffrast
+NOTICE_S = 8.0               # how long the viewport shows a notice (a restarted server)
 
 
 class EngineError(Exception):
@@ -179,8 +182,12 @@ class XScaleRenderEngine(bpy.types.RenderEngine):
             self._draw(scene, shown, region.width, region.height)
         notices = render_server.take_notices()
         if notices:
-            self._notice = notices[-1]
-        status = problem or preview.status or getattr(self, "_notice", "") or _progress(preview, shown)
+            self._xs_notice = (time.monotonic() + NOTICE_S, notices[-1])
+            _redraw_later(self, self._xs_notice[0])
+        until, notice = getattr(self, "_xs_notice", (0.0, ""))
+        if time.monotonic() > until:
+            notice = ""
+        status = problem or preview.status or notice or _progress(preview, shown)
         self.update_stats("", f"XScale-NVS: {status}" if status else "XScale-NVS")
 
     def _preview(self, s) -> Preview:
@@ -218,6 +225,22 @@ class XScaleRenderEngine(bpy.types.RenderEngine):
             return
         if p is not None:
             p.close()
+
+
+def _redraw_later(engine, when: float) -> None:
+    """Redraw once `when` has passed (a notice then leaves the viewport's status line)."""
+    ref = weakref.ref(engine)
+
+    def redraw():
+        e = ref()
+        if e is not None:
+            try:
+                e.tag_redraw()
+            except ReferenceError:
+                pass
+    t = threading.Timer(max(0.0, when - time.monotonic()) + 0.05, redraw)
+    t.daemon = True
+    t.start()
 
 
 def _tuple(m) -> tuple:
