@@ -14,6 +14,7 @@ fine); without bpy that row is left out.
 
     python benchmarks/bench_server.py                        # GPU machine: prints the table
     python benchmarks/bench_server.py --blender-only         # where bpy is installed
+    blender -b --python benchmarks/bench_server.py -- --blender-only     # in a Blender
 """
 from __future__ import annotations
 
@@ -130,7 +131,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="a check that the script runs (CPU): small preset, 1/8 of the sizes, few frames")
     ap.add_argument("--out", default="benchmarks/results/server.json")
-    a = ap.parse_args()
+    # inside Blender (`blender -b --python bench_server.py -- --blender-only`) the arguments follow "--"
+    a = ap.parse_args(sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else None)
     scale, preset_name = (8, "small") if a.quick else (1, "reference")
     if a.quick:
         a.frames, a.warmup, a.subdivide = min(a.frames, 3), min(a.warmup, 1), min(a.subdivide, 1)
