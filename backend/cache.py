@@ -28,13 +28,16 @@ import torch
 from . import events
 from .cameras import Camera
 from .config import SS, TEST_EVERY
+from .encoding.layout import normalisation
 from .errors import InputError
+from .footprint import FieldBuilder, camera_rows, footprints
 from .imageio import read_mask
 from .meshio import load_mesh
 from .raster import Rasterizer, pixel_directions, resolve_device
 from .runfolder import RunFolder, read_json, write_json
 from .scene import load_scene
 
+FIELD_FILE = "footprint.npy"    # RUN/cache/: the finest log2 footprints seen (backend.footprint)
 FIELDS = {"xyz": np.float32, "mask": np.uint16, "normal": np.float16, "dir": np.float16,
           "rgb": np.uint8, "view": np.int32}
 CACHE_VERSION = 1
@@ -126,11 +129,13 @@ def _to_host(t: torch.Tensor, dtype) -> np.ndarray:
     return t.numpy().view(dtype)
 
 
-def _gather_rows(a: np.ndarray, idx: torch.Tensor) -> np.ndarray:
-    """a[idx] computed on idx's device: a random gather is memory-latency bound, numpy's
-    single-threaded one took 1 s per 4M-ray shard, the GPU's (or torch's threads') much less."""
-    src = a.view(np.int16) if a.dtype == np.uint16 else a
-    return _to_host(torch.from_numpy(src).to(idx.device)[idx], a.dtype)
+def unpack_mask(bits: torch.Tensor, S: int) -> torch.Tensor:
+    """The `mask` field's bits (N,) -> (N, S) bool: sub-sample k hits the mesh."""
+    return ((bits.to(torch.int32)[:, None] >> torch.arange(S, device=bits.device, dtype=torch.int32)) & 1).bool()
+
+
+def _on_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(a.view(np.int16) if a.dtype == np.uint16 else a).to(device)
 
 
 def bucket_parts(rec: dict[str, torch.Tensor], bucket: np.ndarray, n_buckets: int):
@@ -190,6 +195,9 @@ class CacheBuild:
                     "seed": seed, "train_views": self.train_ids}
         self.done, self.coverage, self.total = 0, {}, 0
         self.clock = PhaseClock()
+        self.camera_rows = camera_rows([v.camera for v in views])
+        lo, hi = self.mesh.bounds
+        self.field = FieldBuilder(*normalisation(lo, hi), self.dev)
 
     def start_or_resume(self) -> None:
         """Resume an interrupted build of the same inputs (dropping bytes written after its last
@@ -271,13 +279,15 @@ class CacheBuild:
     def write_shards(self) -> list[dict]:
         """Shuffle each bucket into a shard of .npy files (a shard written before an interruption
         is kept); bucket files are deleted as they are used."""
-        tmp, clock, S = self.tmp, self.clock, self.ss * self.ss
+        tmp, clock, S, dev = self.tmp, self.clock, self.ss * self.ss, self.rast.device
         shards, deletes, deleter = [], [], ThreadPoolExecutor(1)
         for b in range(self.n_buckets):
             # Each shuffle seeds from (seed, bucket), so a resumed run rebuilds identical shards.
             name = f"shard_{b:05d}"
             if (tmp / name).is_dir():                          # written before an interruption
-                shards.append({"name": name, "n": int(np.load(tmp / name / "view.npy", mmap_mode="r").shape[0])})
+                old = {k: np.load(tmp / name / f"{k}.npy") for k in ("xyz", "mask", "view")}
+                self._add_to_field({k: _on_device(v, dev) for k, v in old.items()})
+                shards.append({"name": name, "n": len(old["view"])})
                 continue
             with clock("shuffle_read"):
                 data = {k: np.fromfile(_bucket_file(tmp, b, k), dtype=dt) for k, dt in FIELDS.items()}
@@ -286,8 +296,12 @@ class CacheBuild:
                 continue
             data = {k: v.reshape(n, *row_shape(k, S)) for k, v in data.items()}
             with clock("shuffle"):
-                perm = torch.from_numpy(np.random.default_rng([self.seed, b]).permutation(n)).to(self.rast.device)
-                data = {k: _gather_rows(v, perm) for k, v in data.items()}
+                # The random gather on the GPU (numpy's single-threaded one took 1 s per 4M-ray
+                # shard: memory latency); the footprint field from the same copies.
+                rows = {k: _on_device(v, dev) for k, v in data.items()}
+                self._add_to_field(rows)
+                perm = torch.from_numpy(np.random.default_rng([self.seed, b]).permutation(n)).to(dev)
+                data = {k: _to_host(rows[k][perm], FIELDS[k]) for k in FIELDS}
             part = tmp / (name + ".part")
             shutil.rmtree(part, ignore_errors=True)
             part.mkdir()
@@ -306,6 +320,13 @@ class CacheBuild:
         self.progress.unlink()
         return shards
 
+    def _add_to_field(self, rows: dict[str, torch.Tensor]) -> None:
+        """The finest footprint of every hit sub-sample of these rays, per field cell."""
+        with self.clock("footprints"):
+            hit = unpack_mask(rows["mask"], self.ss * self.ss)
+            fp = footprints(rows["xyz"], self.camera_rows.to(hit.device)[rows["view"].long()], self.ss)
+            self.field.add(rows["xyz"], hit, fp)
+
     def finish(self, shards: list[dict]) -> dict:
         """RUN/cache.tmp -> RUN/cache, then RUN/config.json (scene, split, cameras, AABB)."""
         scene, run, tmp = self.scene, self.run, self.tmp
@@ -318,6 +339,7 @@ class CacheBuild:
                   "train_views": self.train_ids, "test_views": self.test_ids}
         meta = {"version": CACHE_VERSION, "ss": self.ss, "n_rays": int(self.total), "shards": shards,
                 "coverage": self.coverage, "seconds": self.clock.seconds}   # this run's, not a resumed one's
+        np.save(tmp / FIELD_FILE, self.field.finish())
         write_json(tmp / "meta.json", meta)
         shutil.rmtree(run.cache, ignore_errors=True)
         tmp.replace(run.cache)

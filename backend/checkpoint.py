@@ -30,8 +30,18 @@ def load_checkpoint(run: RunFolder, device: torch.device) -> dict:
 
 def model_config(ckpt: dict) -> ModelConfig:
     d = dict(ckpt["model_config"])
-    d.setdefault("omega_dir", d.get("omega0", 30.0))   # checkpoints from before the field existed
+    # Checkpoints from before a setting existed behave as they were trained.
+    d.setdefault("omega_dir", d.get("omega0", 30.0))
+    d.setdefault("level_fade", 0.0)
+    d.setdefault("omega_feat", d.get("omega0", 30.0))
     return from_dict(ModelConfig, d)
+
+
+def model_state(ckpt: dict) -> dict:
+    """The checkpoint's model state; models from before the footprint field have none."""
+    state = dict(ckpt["model"])
+    state.setdefault("field._extra_state", torch.zeros(0, 0, 0))
+    return state
 
 
 def load_model(run: RunFolder, device: torch.device, grid_backend: str = "auto") -> tuple[Manifold, dict]:
@@ -39,6 +49,6 @@ def load_model(run: RunFolder, device: torch.device, grid_backend: str = "auto")
     ckpt = load_checkpoint(run, device)
     aabb = ckpt["aabb"]
     model = Manifold(model_config(ckpt), aabb[0], aabb[1], ckpt["n_views"], grid_backend).to(device)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(model_state(ckpt))
     model.eval()
     return model, ckpt

@@ -45,11 +45,19 @@ class ModelConfig:
     width: int = 64
     light_dim: int = 32
     exposure_dim: int = 4
-    omega0: float = 30.0
+    omega0: float = 30.0                # SIREN frequency of the hidden layers
+    omega_feat: float = 30.0            # first layer of the feature branch, sin(omega * (W f + b))
     # First-layer frequency of the view-direction SIREN. 30 (SIREN's default) over-fits the
     # directions of the training photos: on held-out close-ups of the multiscale procedural
     # scene 3 gave +3.9 dB (far views +1.5 dB) over 30 (CPU, small preset, 300 steps, one seed).
     omega_dir: float = 3.0
+    # Scale-aware levels (DESIGN, "Scale"): each sub-sample weights level l by how well its
+    # footprint on the surface resolves the level's cells: 1 where a cell is at least the
+    # footprint, fading to 0 over `level_fade` octaves below it (0 switches the weighting off:
+    # every level at weight 1, as in the paper). `level_bias` (octaves) moves the fade towards
+    # finer levels (> 0) or coarser ones (< 0).
+    level_fade: float = 1.0
+    level_bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,11 @@ class OptimConfig:
     lr: float = 2e-4                    # decoder and codes (reference)
     grid_lr: float = 1e-2               # hash table (Instant-NGP's rate; 2e-4 barely moves 1e-4-sized entries)
     lr_final_ratio: float = 0.1         # at the last step, as a fraction of the first
+    # Regularisers, as gradients of loss terms: grid_decay * sum over levels of the mean square of
+    # the level's table (Zip-NeRF's normalised weight decay: coarse levels, with fewer entries,
+    # are held harder per entry), and exposure_decay * the mean square of the per-photo codes.
+    grid_decay: float = 0.0
+    exposure_decay: float = 0.0
 
 
 @dataclass(frozen=True)

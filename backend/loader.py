@@ -7,8 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .cache import ShardReader
-from .model import unpack_mask
+from .cache import ShardReader, unpack_mask
 
 
 # --- the data split between ranks -------------------------------------------------------------

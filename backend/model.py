@@ -14,6 +14,8 @@ from torch import nn
 from .colour import linear_to_srgb
 from .config import ModelConfig, OptimConfig
 from .encoding import HashGrid
+from .encoding.layout import levels
+from .footprint import FootprintField
 
 
 class FiLMSiren(nn.Module):
@@ -50,7 +52,7 @@ class Decoder(nn.Module):
         super().__init__()
         w = cfg.width
         self.light = nn.Parameter(torch.randn(cfg.light_dim) * 0.1)   # global learned lighting code
-        self.f1 = FiLMSiren(cfg.grid.out_dim, w, cfg.omega0, first=True)
+        self.f1 = FiLMSiren(cfg.grid.out_dim, w, cfg.omega_feat, first=True)
         self.f2 = FiLMSiren(w, w, cfg.omega0, first=False)
         self.film1, self.film2 = FiLM(cfg.light_dim, w), FiLM(cfg.light_dim, w)
         self.exposure = nn.Parameter(torch.zeros(n_views, cfg.exposure_dim))  # per-image codes
@@ -118,6 +120,7 @@ class Manifold(nn.Module):
         self.cfg = cfg
         self.grid = HashGrid(cfg.grid, aabb_min, aabb_max, backend=grid_backend)
         self.decoder = Decoder(cfg, n_views)
+        self.field = FootprintField()        # the finest footprints the photos saw (renders clamp to it)
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
         """Adam groups: the hash table ("grid": its own rate, eps small enough for 1e-4-sized
@@ -125,13 +128,37 @@ class Manifold(nn.Module):
         return [{"name": "grid", "params": [self.grid.table], "lr": optim.grid_lr, "eps": 1e-15},
                 {"name": "decoder", "params": list(self.decoder.parameters()), "lr": optim.lr}]
 
-    def features(self, xyz: torch.Tensor, mask: torch.Tensor, coherent: bool = False) -> torch.Tensor:
-        """xyz (N, S, 3), mask (N, S) bool -> per-pixel feature (N, D) averaged over hit sub-samples."""
-        N, S, _ = xyz.shape
-        if S == 1:
-            return self.grid(xyz[:, 0], coherent)
+    @torch.no_grad()
+    def add_regulariser_grads(self, optim: OptimConfig) -> None:
+        """Add the gradients of the regularisers (OptimConfig.grid_decay, exposure_decay) to the
+        parameters' gradients, in place (after any reduction over ranks: they are the same on
+        every rank)."""
+        if optim.grid_decay > 0:
+            t = self.grid.table
+            g = t.grad if t.grad is not None else torch.zeros_like(t)
+            for lv in levels(self.cfg.grid):
+                rows = slice(lv.offset, lv.offset + lv.size)
+                g[rows].add_(t[rows], alpha=2.0 * optim.grid_decay / (lv.size * t.shape[1]))
+            t.grad = g
+        if optim.exposure_decay > 0:
+            e = self.decoder.exposure
+            g = e.grad if e.grad is not None else torch.zeros_like(e)
+            e.grad = g.add_(e, alpha=2.0 * optim.exposure_decay / e.numel())
+
+    def features(self, xyz: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor | None = None,
+                 clamp: bool = False, coherent: bool = False) -> torch.Tensor:
+        """xyz (N, S, 3), mask (N, S) bool, footprint (N, S) world units or None -> per-pixel
+        feature (N, D): the mean over hit sub-samples of their level-weighted features (levels at
+        weight 1 without footprints or with `level_fade` 0). `clamp`: footprints no finer than the
+        photos observed there (rendering)."""
         w = mask.float()
-        return self.grid.mean(xyz, w / w.sum(1, keepdim=True).clamp_min(1.0), coherent)
+        w = w / w.sum(1, keepdim=True).clamp_min(1.0)
+        lf = None
+        if footprint is not None and self.cfg.level_fade > 0:
+            lf = self.grid.log2_footprint(footprint)
+            if clamp:
+                lf = self.field.clamp(self.grid.normalise(xyz.float()), lf)
+        return self.grid.pixels(xyz, w, lf, self.cfg.level_fade, self.cfg.level_bias, coherent)
 
     def exposure_code(self, view: torch.Tensor | None = None, which: str | int = "mean") -> torch.Tensor:
         codes = self.decoder.exposure
@@ -141,20 +168,22 @@ class Manifold(nn.Module):
             return codes.mean(0)
         return codes[int(which)]
 
-    def forward(self, xyz, mask, dirs, view=None, exposure: str | int = "mean", linear: bool = False):
+    def forward(self, xyz, mask, dirs, view=None, exposure: str | int = "mean", linear: bool = False,
+                footprint: torch.Tensor | None = None):
+        """Training: sRGB (N, 3) (or linear) of rays with their views' exposure codes."""
         code = self.exposure_code(view, exposure)
+        feat = self.features(xyz, mask, footprint)
         if code.dim() == 1 and not torch.is_grad_enabled():
-            return self.decoder.infer(self.features(xyz, mask), dirs, code, linear)
-        return self.decoder(self.features(xyz, mask), dirs, code, linear)
+            return self.decoder.infer(feat, dirs, code, linear)
+        return self.decoder(feat, dirs, code, linear)
 
     @torch.no_grad()
     def render(self, xyz: torch.Tensor, mask: torch.Tensor, dirs: torch.Tensor,
-               exposure: str | int = "mean") -> torch.Tensor:
+               exposure: str | int = "mean", footprint: torch.Tensor | None = None) -> torch.Tensor:
         """Linear RGB (N, 3) of a frame's covered pixels, given in pixel order (the grid's
-        frame-order launch), with one exposure code ("mean" or a training view's index)."""
+        frame-order launch), with one exposure code ("mean" or a training view's index).
+        footprint (N, S): the frame's sub-sample footprints, clamped to the observed field."""
         code = self.exposure_code(None, exposure)
-        return self.decoder.infer(self.features(xyz, mask, coherent=True), dirs, code, linear=True)
+        feat = self.features(xyz, mask, footprint, clamp=True, coherent=True)
+        return self.decoder.infer(feat, dirs, code, linear=True)
 
-
-def unpack_mask(bits: torch.Tensor, S: int) -> torch.Tensor:
-    return ((bits.to(torch.int32)[:, None] >> torch.arange(S, device=bits.device, dtype=torch.int32)) & 1).bool()

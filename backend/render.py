@@ -22,6 +22,7 @@ from .campath import frame_filename, read_camera_path
 from .checkpoint import load_model
 from .config import FORMAT
 from .errors import InputError
+from .footprint import camera_rows, footprints
 from .frame_files import frame_buffers, write_buffers
 from .meshio import load_mesh
 from .model import Manifold
@@ -49,8 +50,10 @@ def render_tensors(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, expo
     if len(jj):
         dirs = pixel_directions(cam, ii, jj).to(dev)
         xyz, m = s.xyz[covered].to(dev), s.mask[covered].to(dev)
+        row = camera_rows([cam])[0]
         with record_function("render.model"):
-            out = torch.cat([model.render(xyz[k:k + chunk], m[k:k + chunk], dirs[k:k + chunk], exposure)
+            out = torch.cat([model.render(xyz[k:k + chunk], m[k:k + chunk], dirs[k:k + chunk], exposure,
+                                          footprints(xyz[k:k + chunk], row, ss))
                              for k in range(0, len(jj), chunk)])
         rgb[jj.to(dev), ii.to(dev)] = out
     return rgb, s.mask.float().mean(-1).to(dev), s.depth.to(dev)

@@ -6,16 +6,21 @@ optimiser, ray stream and reducer, restored from the checkpoint when resuming; `
 `save`), and `train`'s loop (stops, progress, periodic checkpoints)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 from . import distributed, events
-from .checkpoint import load_checkpoint, save_atomic
+from .cache import FIELD_FILE
+from .cameras import Camera
+from .checkpoint import load_checkpoint, model_config, model_state, save_atomic
 from .config import TrainConfig, apply_overrides, preset as preset_config, to_dict, train_config_from_dict, with_value
 from .errors import InputError
+from .footprint import camera_rows, footprints
 from .grad_reduce import GradReducer
 from .loader import RayLoader, batch_part
 from .model import Manifold
@@ -30,8 +35,8 @@ def psnr_from_mse(mse: float) -> float:
 def resolve_config(run: RunFolder, ckpt: dict | None, iters: int | None, preset: str,
                    overrides: dict | None, device: torch.device) -> TrainConfig:
     """The checkpoint's settings when resuming, else the preset with the overrides; `iters` wins."""
-    if ckpt is not None:
-        tc = train_config_from_dict(ckpt["train_config"])
+    if ckpt is not None:     # the model as it was trained (settings it predates keep their old values)
+        tc = dataclasses.replace(train_config_from_dict(ckpt["train_config"]), model=model_config(ckpt))
     else:
         tc = apply_overrides(preset_config(preset, device.type), overrides or {})
     return with_value(tc, "iters", iters) if iters is not None else tc
@@ -48,6 +53,12 @@ class Trainer:
         self.aabb, self.n_views = cfg_run["aabb"], len(cfg_run["views"])
         torch.manual_seed(tc.seed)
         self.model = Manifold(tc.model, *self.aabb, self.n_views, grid_backend).to(dev)
+        # Each ray's footprint comes from its photo's camera (footprint.py); the field of the finest
+        # footprints seen travels with the model for rendering.
+        self.ss = cfg_run["ss"]
+        self.camera_rows = camera_rows([Camera.from_dict(v["camera"]) for v in cfg_run["views"]]).to(dev)
+        if (run.cache / FIELD_FILE).is_file():
+            self.model.field.set(np.load(run.cache / FIELD_FILE))
         groups = self.model.param_groups(tc.optim)
         self.base_lrs = [g["lr"] for g in groups]
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99),
@@ -55,7 +66,7 @@ class Trainer:
         self.step_n = 0
         loader_state = None
         if ckpt is not None:
-            self.model.load_state_dict(ckpt["model"])
+            self.model.load_state_dict(model_state(ckpt))
             self.opt.load_state_dict(ckpt["optimizer"])
             self.step_n = ckpt["step"]
             loader_state = ckpt["loader"]
@@ -77,7 +88,8 @@ class Trainer:
         for g, lr0 in zip(self.opt.param_groups, self.base_lrs):
             g["lr"] = lr0 * tc.optim.lr_final_ratio ** frac
         b = self.loader.next()
-        pred = self.model(b["xyz"], b["mask"], b["dir"], view=b["view"])
+        fp = footprints(b["xyz"], self.camera_rows[b["view"]], self.ss)
+        pred = self.model(b["xyz"], b["mask"], b["dir"], view=b["view"], footprint=fp)
         err = pred - b["rgb"]
         share = len(pred) / tc.optim.batch_rays     # this rank's part of the global mean (1 alone)
         loss = err.abs().mean() * share
@@ -86,6 +98,7 @@ class Trainer:
         stats = torch.stack([loss.detach(), (err.detach() ** 2).mean() * share])
         if self.reducer is not None:      # sum of the ranks' gradients = the whole batch's gradient
             stats = self.reducer(stats)
+        self.model.add_regulariser_grads(tc.optim)
         self.opt.step()
         self.step_n += 1
         return stats[0], stats[1]

@@ -11,8 +11,8 @@ from torch import nn
 
 from ..config import HashGridConfig
 from ..errors import DeviceError
-from .layout import n_params
-from .reference import encode_reference
+from .layout import log2_cells, n_params, normalisation
+from .reference import encode_pixels_reference, encode_reference, level_weights
 
 BACKENDS = ("auto", "torch", "triton", "tcnn")
 
@@ -48,11 +48,9 @@ class HashGrid(nn.Module):
     def __init__(self, cfg: HashGridConfig, aabb_min, aabb_max, backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
-        lo = torch.as_tensor(aabb_min, dtype=torch.float32)
-        hi = torch.as_tensor(aabb_max, dtype=torch.float32)
-        pad = (hi - lo).clamp_min(1e-6) * 0.01           # keep surface points strictly inside
-        self.register_buffer("lo", lo - pad)
-        self.register_buffer("inv_extent", 1.0 / (hi - lo + 2 * pad))
+        lo, inv_extent = normalisation(aabb_min, aabb_max)
+        self.register_buffer("lo", torch.from_numpy(lo))
+        self.register_buffer("inv_extent", torch.from_numpy(inv_extent))
         # Instant-NGP initialisation: uniform in [-1e-4, 1e-4].
         self.table = nn.Parameter(torch.empty(n_params(cfg), cfg.n_features).uniform_(-1e-4, 1e-4))
         self.backend = backend
@@ -72,15 +70,32 @@ class HashGrid(nn.Module):
             return kernels.encode_triton(x, self.table, self.cfg, coherent=coherent)
         return encode_reference(x, self.table, self.cfg)
 
-    def mean(self, x_world: torch.Tensor, w: torch.Tensor, coherent: bool = False) -> torch.Tensor:
-        """x_world (N, S, 3), w (N, S) -> (N, D): per row, the w-weighted sum of the S points'
-        features (sub-samples of a pixel). Fused on CUDA when no gradient is needed."""
+    def log2_footprint(self, footprint_world: torch.Tensor) -> torch.Tensor:
+        """World-space footprints -> log2 in normalised units (the geometric mean of the three
+        axes' scales: the normalisation is per axis)."""
+        return torch.log2(footprint_world) + torch.log2(self.inv_extent).mean()
+
+    def pixels(self, x_world: torch.Tensor, w: torch.Tensor, log2_footprint: torch.Tensor | None = None,
+               fade: float = 1.0, bias: float = 0.0, coherent: bool = False) -> torch.Tensor:
+        """Per pixel, the w-weighted sum of its sub-samples' features, each level weighted by the
+        sub-sample's footprint (reference.encode_pixels_reference): x_world (N, S, 3), w (N, S),
+        log2_footprint (N, S) normalised (see log2_footprint) or None (all levels at weight 1)
+        -> (N, L*F). Fused on CUDA (forward and backward) for S a power of two."""
         N, S, _ = x_world.shape
-        kernels = self._kernels(x_world) if self.backend != "tcnn" else None
-        if kernels is not None and S & (S - 1) == 0 and not torch.is_grad_enabled():
-            return kernels.forward_mean(self.normalise(x_world.float()), w, self.table, self.cfg)
-        f = self(x_world.reshape(N * S, 3), coherent).reshape(N, S, -1)
-        return (f * w[..., None].to(f.dtype)).sum(1)
+        x = self.normalise(x_world.float())
+        kernels = self._kernels(x)
+        if self.backend != "tcnn" and kernels is not None and kernels.supports(S, kernels.FWD_LAUNCH):
+            weights = kernels.Weights(w=w, log2_footprint=log2_footprint, fade=fade, bias=bias)
+            return kernels.encode_pixels_triton(x, self.table, self.cfg, weights, coherent)
+        if self.backend != "tcnn" and kernels is None:
+            return encode_pixels_reference(x, w, self.table, self.cfg, log2_footprint, fade, bias)
+        # tiny-cuda-nn, or a sub-sample count the fused kernels do not reduce: per point, then weights.
+        f = self(x_world.reshape(N * S, 3), coherent).reshape(N, S, self.cfg.n_levels, -1)
+        scale = w.to(f.dtype)[..., None].expand(N, S, self.cfg.n_levels)
+        if log2_footprint is not None:
+            lc = torch.from_numpy(log2_cells(self.cfg)).to(f.device)
+            scale = scale * level_weights(log2_footprint.float(), lc, fade, bias)
+        return (f * scale[..., None]).sum(1).reshape(N, -1)
 
     def _kernels(self, x: torch.Tensor):
         """The Triton kernels when this call should use them (CUDA tensors, backend auto/triton)."""

@@ -58,3 +58,17 @@ def n_params(cfg: HashGridConfig) -> int:
     """Rows of the flat table (all levels)."""
     last = levels(cfg)[-1]
     return last.offset + last.size
+
+
+def normalisation(aabb_min, aabb_max) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, inv_extent): a world point x maps to (x - lo) * inv_extent in [0, 1]^3. The mesh AABB is
+    padded by 1 % per side so that surface points lie strictly inside."""
+    lo = np.asarray(aabb_min, np.float32)
+    hi = np.asarray(aabb_max, np.float32)
+    pad = np.maximum(hi - lo, np.float32(1e-6)) * np.float32(0.01)
+    return lo - pad, np.float32(1.0) / (hi - lo + 2 * pad)
+
+
+def log2_cells(cfg: HashGridConfig) -> np.ndarray:
+    """(L,) log2 of each level's cell size in normalised units (1 / scale)."""
+    return -np.log2(np.array([lv.scale for lv in levels(cfg)], np.float64)).astype(np.float32)

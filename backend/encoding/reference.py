@@ -102,3 +102,31 @@ def encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
+
+
+def level_weights(log2_footprint: torch.Tensor, log2_cell: torch.Tensor, fade: float, bias: float) -> torch.Tensor:
+    """Weight of every level for sub-samples of the given footprints (normalised units, log2):
+    t = log2(cell) - log2(footprint) + bias octaves; 1 for t >= 0 (the footprint resolves the
+    level's cells), smoothstep down to 0 at t = -fade; the coarsest level always 1 (a view
+    can be no coarser than the whole scene). (..., ) -> (..., L)."""
+    t = log2_cell.to(log2_footprint) - log2_footprint[..., None] + bias
+    t[..., 0] = 0.0
+    u = (1.0 + t * (1.0 / fade)).clamp(0.0, 1.0)      # as the kernels: times float32(1 / fade)
+    return u * u * (3.0 - 2.0 * u)
+
+
+def encode_pixels_reference(x: torch.Tensor, w: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+                            log2_footprint: torch.Tensor | None = None, fade: float = 1.0,
+                            bias: float = 0.0) -> torch.Tensor:
+    """Per pixel, the w-weighted sum over its S sub-samples of their level-weighted features:
+    x (N, S, 3) normalised points, w (N, S), log2_footprint (N, S) or None (every level at
+    weight 1) -> (N, L*F). Differentiable w.r.t. the table."""
+    N, S, _ = x.shape
+    L, F = cfg.n_levels, cfg.n_features
+    f = encode_reference(x.reshape(N * S, 3), table, cfg).reshape(N, S, L, F)
+    scale = w.to(f.dtype)[..., None].expand(N, S, L)
+    if log2_footprint is not None:
+        from .layout import log2_cells
+        lw = level_weights(log2_footprint.float(), torch.from_numpy(log2_cells(cfg)), fade, bias)
+        scale = scale * lw.to(f.dtype)
+    return (f * scale[..., None]).sum(1).reshape(N, L * F)

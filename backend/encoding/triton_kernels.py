@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..config import HashGridConfig
-from .layout import levels, n_params
+from .layout import levels, log2_cells, n_params
 
 # Hash primes of tiny-cuda-nn (uint32 arithmetic), as in layout.PRIMES.
 _P1: tl.constexpr = tl.constexpr(2654435761)
@@ -98,56 +98,75 @@ def _level_features(lvl, x, y, z, rows, mask, table_ptr, scale_ptr, meta_ptr,
 
 
 @triton.jit
-def _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr):
-    acc = _level_features(lvl, x, y, z, rows, mask, table_ptr, scale_ptr, meta_ptr, F, SMOOTH)
-    feat = tl.arange(0, F)
-    out = out_ptr + rows.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :]
-    tl.store(out, acc, mask=mask[:, None])
+def _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, FOOT: tl.constexpr):
+    """Per point: its sub-sample weight times, with footprints, the level weight (reference.level_weights)."""
+    if FOOT:
+        t = tl.load(lcell_ptr + lvl) - lf + bias
+        t = tl.where(lvl == 0, 0.0, t)          # the coarsest level is always on
+        u = tl.minimum(tl.maximum(1.0 + t * fade_inv, 0.0), 1.0)
+        return wt * (u * u * (3.0 - 2.0 * u))
+    else:
+        return wt
 
 
 @triton.jit
-def _fwd_mean_kernel(x_ptr, w_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, NPIX,
-                     S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
-                     SMOOTH: tl.constexpr):
-    """Per pixel, the weighted sum of its S sub-samples' features (points p*S .. p*S+S-1):
-    the features of all sub-samples never leave the chip (S x fewer bytes written)."""
+def _load_points(x_ptr, w_ptr, lf_ptr, rows, mask, HAS_W: tl.constexpr, FOOT: tl.constexpr):
+    x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
+    y = tl.load(x_ptr + rows * 3 + 1, mask=mask, other=0.0)
+    z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
+    if HAS_W:
+        wt = tl.load(w_ptr + rows, mask=mask, other=0.0)
+    else:
+        wt = tl.full(rows.shape, 1.0, tl.float32)
+    if FOOT:
+        lf = tl.load(lf_ptr + rows, mask=mask, other=0.0)
+    else:
+        lf = tl.zeros(rows.shape, tl.float32)
+    return x, y, z, wt, lf
+
+
+@triton.jit
+def _level_fwd(lvl, x, y, z, wt, lf, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr, lcell_ptr,
+               NPIX, fade_inv, bias, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+               BLOCK: tl.constexpr, SMOOTH: tl.constexpr, FOOT: tl.constexpr):
+    s = _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, FOOT)
+    # Points at weight 0 (levels finer than their footprint) read nothing from the table.
+    acc = _level_features(lvl, x, y, z, rows, mask & (s != 0.0), table_ptr, scale_ptr, meta_ptr, F, SMOOTH)
+    feat = tl.arange(0, F)
+    if S == 1:
+        red = acc * s[:, None]
+        pix = rows
+    else:   # the S sub-samples of a pixel are consecutive rows: sum them on the chip
+        red = tl.sum(tl.reshape(acc * s[:, None], (BLOCK // S, S, F)), axis=1)
+        pix = tl.program_id(0) * (BLOCK // S) + tl.arange(0, BLOCK // S)
+    out = out_ptr + pix.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :]
+    tl.store(out, red, mask=(pix < NPIX)[:, None])
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, w_ptr, lf_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, lcell_ptr, NPIX,
+                fade_inv, bias, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+                SMOOTH: tl.constexpr, PER_LEVEL: tl.constexpr, HAS_W: tl.constexpr, FOOT: tl.constexpr):
+    """Per pixel, the sum over its S sub-samples (rows p*S .. p*S+S-1) of w * level weight *
+    features: the sub-samples' features never leave the chip (S x fewer bytes written)."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = rows < NPIX * S
-    x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
-    y = tl.load(x_ptr + rows * 3 + 1, mask=mask, other=0.0)
-    z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
-    wt = tl.load(w_ptr + rows, mask=mask, other=0.0)
-    pix = tl.program_id(0) * (BLOCK // S) + tl.arange(0, BLOCK // S)
-    feat = tl.arange(0, F)
-    for lvl in range(L):
-        acc = _level_features(lvl, x, y, z, rows, mask, table_ptr, scale_ptr, meta_ptr, F, SMOOTH)
-        red = tl.sum(tl.reshape(acc * wt[:, None], (BLOCK // S, S, F)), axis=1)
-        out = out_ptr + pix.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :]
-        tl.store(out, red, mask=(pix < NPIX)[:, None])
-
-
-@triton.jit
-def _fwd_kernel(x_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, N,
-                F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, SMOOTH: tl.constexpr,
-                PER_LEVEL: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = rows < N
-    x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
-    y = tl.load(x_ptr + rows * 3 + 1, mask=mask, other=0.0)
-    z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
+    x, y, z, wt, lf = _load_points(x_ptr, w_ptr, lf_ptr, rows, mask, HAS_W, FOOT)
     if PER_LEVEL:
-        _level_fwd(tl.program_id(1), x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-                   F, L, SMOOTH)
+        _level_fwd(tl.program_id(1), x, y, z, wt, lf, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
+                   lcell_ptr, NPIX, fade_inv, bias, S, F, L, BLOCK, SMOOTH, FOOT)
     else:
         for lvl in range(L):
-            _level_fwd(lvl, x, y, z, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-                       F, L, SMOOTH)
+            _level_fwd(lvl, x, y, z, wt, lf, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
+                       lcell_ptr, NPIX, fade_inv, bias, S, F, L, BLOCK, SMOOTH, FOOT)
 
 
 @triton.jit
-def _level_bwd(lvl, x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
-               F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr):
+def _level_bwd(lvl, x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, lcell_ptr,
+               fade_inv, bias, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr,
+               FOOT: tl.constexpr):
+    s = _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, FOOT)
+    m = mask & (s != 0.0)
     scale = tl.load(scale_ptr + lvl)
     res = tl.load(meta_ptr + lvl * 4 + 0).to(tl.int32)
     size = tl.load(meta_ptr + lvl * 4 + 1).to(tl.int32)
@@ -155,38 +174,40 @@ def _level_bwd(lvl, x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_p
     hashed = tl.load(meta_ptr + lvl * 4 + 3) != 0
     ix, iy, iz, fx, fy, fz = _level_corners(x, y, z, scale, SMOOTH)
     feat = tl.arange(0, F)
-    g = tl.load(gout_ptr + rows.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :],
-                mask=mask[:, None], other=0.0).to(tl.float32)
+    pix = rows // S
+    g = tl.load(gout_ptr + pix.to(tl.int64)[:, None] * (L * F) + lvl * F + feat[None, :],
+                mask=m[:, None], other=0.0).to(tl.float32) * s[:, None]
     for c in tl.static_range(8):
         row, w = _corner(c, ix, iy, iz, fx, fy, fz, res, size, offset, hashed)
         # Relaxed: the sums need atomicity only, no ordering; result unused -> red.v4.f32.
         tl.atomic_add(gtable_ptr + row[:, None] * F + feat[None, :], g * w[:, None],
-                      mask=mask[:, None], sem="relaxed")
+                      mask=m[:, None], sem="relaxed")
 
 
 @triton.jit
-def _bwd_kernel(x_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, N,
-                F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr, SMOOTH: tl.constexpr,
-                PER_LEVEL: tl.constexpr):
+def _bwd_kernel(x_ptr, w_ptr, lf_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, lcell_ptr, N,
+                fade_inv, bias, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+                SMOOTH: tl.constexpr, PER_LEVEL: tl.constexpr, HAS_W: tl.constexpr, FOOT: tl.constexpr):
+    """Gradient of the forward's output w.r.t. the table: every sub-sample scatters its pixel's
+    output gradient times its weights into the 8 corner rows of each level."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = rows < N
-    x = tl.load(x_ptr + rows * 3 + 0, mask=mask, other=0.0)
-    y = tl.load(x_ptr + rows * 3 + 1, mask=mask, other=0.0)
-    z = tl.load(x_ptr + rows * 3 + 2, mask=mask, other=0.0)
+    x, y, z, wt, lf = _load_points(x_ptr, w_ptr, lf_ptr, rows, mask, HAS_W, FOOT)
     if PER_LEVEL:
-        _level_bwd(tl.program_id(1), x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr,
-                   meta_ptr, F, L, SMOOTH)
+        _level_bwd(tl.program_id(1), x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr,
+                   meta_ptr, lcell_ptr, fade_inv, bias, S, F, L, SMOOTH, FOOT)
     else:
         for lvl in range(L):
-            _level_bwd(lvl, x, y, z, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
-                       F, L, SMOOTH)
+            _level_bwd(lvl, x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
+                       lcell_ptr, fade_inv, bias, S, F, L, SMOOTH, FOOT)
 
 
-_META_CACHE: dict[tuple[HashGridConfig, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+_META_CACHE: dict[tuple[HashGridConfig, torch.device], tuple[torch.Tensor, ...]] = {}
 
 
-def level_tensors(cfg: HashGridConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-level float32 scale (L,) and int64 (res, size, offset, hashed) rows (L, 4)."""
+def level_tensors(cfg: HashGridConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-level float32 scale (L,), int64 (res, size, offset, hashed) rows (L, 4) and float32
+    log2 cell size (L,) (layout.log2_cells)."""
     key = (cfg, device)
     if key not in _META_CACHE:
         scales, meta = [], []
@@ -194,7 +215,8 @@ def level_tensors(cfg: HashGridConfig, device: torch.device) -> tuple[torch.Tens
             scales.append(lv.scale)
             meta.append((lv.res, lv.size, lv.offset, int(lv.hashed)))
         _META_CACHE[key] = (torch.tensor(scales, dtype=torch.float32, device=device),
-                            torch.tensor(meta, dtype=torch.int64, device=device))
+                            torch.tensor(meta, dtype=torch.int64, device=device),
+                            torch.from_numpy(log2_cells(cfg)).to(device))
     return _META_CACHE[key]
 
 
@@ -219,64 +241,93 @@ def _grid(n: int, cfg: HashGridConfig, launch: Launch) -> tuple[int, ...]:
     return (nb, cfg.n_levels) if launch.per_level else (nb,)
 
 
-def forward(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
-            launch: Launch = FWD_LAUNCH) -> torch.Tensor:
-    """Encode x (N, 3) -> (N, L*F) float32; no autograd."""
-    _check(x, table, cfg)
-    x, table = x.contiguous(), table.contiguous()
-    n = x.shape[0]
+@dataclass(frozen=True)
+class Weights:
+    """Optional per-sub-sample inputs of the pixel encoding: w (N, S) sub-sample weights, log2
+    footprint (N, S) in normalised units with the level fade (octaves) and bias (reference.py)."""
+    w: torch.Tensor | None = None
+    log2_footprint: torch.Tensor | None = None
+    fade: float = 1.0
+    bias: float = 0.0
+
+    def args(self, n: int, device) -> tuple:
+        """Kernel arguments: w, lf pointers (a dummy where absent), fade_inv, bias, HAS_W, FOOT."""
+        dummy = torch.empty(1, dtype=torch.float32, device=device)
+        w = self.w.float().contiguous().reshape(-1) if self.w is not None else dummy
+        lf = self.log2_footprint.float().contiguous().reshape(-1) if self.log2_footprint is not None else dummy
+        return (w, lf, float(1.0 / self.fade), float(self.bias), self.w is not None,
+                self.log2_footprint is not None)
+
+
+def supports(S: int, launch: Launch) -> bool:
+    """The pixel kernels reduce S sub-samples on the chip: S a power of two dividing the block."""
+    return S & (S - 1) == 0 and launch.block % S == 0
+
+
+def forward_pixels(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
+                   launch: Launch = FWD_LAUNCH) -> torch.Tensor:
+    """x (N, S, 3) normalised points -> (N, L*F): per pixel, the sum over its S sub-samples of
+    w * level weight * encode(x) (reference.encode_pixels_reference); no autograd."""
+    n, S, _ = x.shape
+    if not supports(S, launch):
+        raise ValueError(f"{S} sub-samples per pixel: the fused kernels need a power of two <= {launch.block}")
+    _check(x.reshape(-1, 3), table, cfg)
     out = torch.empty(n, cfg.out_dim, dtype=torch.float32, device=x.device)
     if n == 0:
         return out
-    scale, meta = level_tensors(cfg, x.device)
-    _fwd_kernel[_grid(n, cfg, launch)](
-        x, table, out, scale, meta, n, F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block,
-        SMOOTH=cfg.smoothstep, PER_LEVEL=launch.per_level, num_warps=launch.num_warps,
+    scale, meta, lcell = level_tensors(cfg, x.device)
+    w, lf, fade_inv, bias, has_w, foot = weights.args(n, x.device)
+    _fwd_kernel[_grid(n * S, cfg, launch)](
+        x.contiguous(), w, lf, table.contiguous(), out, scale, meta, lcell, n, fade_inv, bias, S=S,
+        F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
+        PER_LEVEL=launch.per_level, HAS_W=has_w, FOOT=foot, num_warps=launch.num_warps,
         enable_fp_fusion=False)
     return out
+
+
+def backward_pixels(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
+                    launch: Launch = BWD_LAUNCH) -> torch.Tensor:
+    """Gradient of sum(forward_pixels(x) * grad_out) w.r.t. the table: (P, F) float32."""
+    n, S, _ = x.shape
+    gtable = torch.zeros(n_params(cfg), cfg.n_features, dtype=torch.float32, device=x.device)
+    if n == 0:
+        return gtable
+    scale, meta, lcell = level_tensors(cfg, x.device)
+    w, lf, fade_inv, bias, has_w, foot = weights.args(n, x.device)
+    _bwd_kernel[_grid(n * S, cfg, launch)](
+        x.contiguous(), w, lf, grad_out.contiguous(), gtable, scale, meta, lcell, n * S, fade_inv, bias,
+        S=S, F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
+        PER_LEVEL=launch.per_level, HAS_W=has_w, FOOT=foot, num_warps=launch.num_warps,
+        enable_fp_fusion=False)
+    return gtable
+
+
+def forward(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+            launch: Launch = FWD_LAUNCH) -> torch.Tensor:
+    """Encode x (N, 3) -> (N, L*F) float32; no autograd."""
+    return forward_pixels(x.reshape(-1, 1, 3), table, cfg, Weights(), launch)
 
 
 def forward_mean(x: torch.Tensor, w: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
                  launch: Launch = COHERENT_LAUNCH) -> torch.Tensor:
     """x (N, S, 3) normalised points, w (N, S) weights -> (N, L*F) sum over S of w * encode(x);
     S a power of two (sub-samples of ss = 1, 2, 4); no autograd."""
-    n, S, _ = x.shape
-    assert S & (S - 1) == 0 and launch.block % S == 0
-    _check(x.reshape(-1, 3), table, cfg)
-    out = torch.empty(n, cfg.out_dim, dtype=torch.float32, device=x.device)
-    if n == 0:
-        return out
-    scale, meta = level_tensors(cfg, x.device)
-    _fwd_mean_kernel[(triton.cdiv(n * S, launch.block),)](
-        x.contiguous(), w.float().contiguous(), table.contiguous(), out, scale, meta, n, S=S,
-        F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
-        num_warps=launch.num_warps, enable_fp_fusion=False)
-    return out
+    return forward_pixels(x, table, cfg, Weights(w=w), launch)
 
 
 def backward(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig,
              launch: Launch = BWD_LAUNCH) -> torch.Tensor:
     """Gradient of sum(encode(x) * grad_out) w.r.t. the table: (P, F) float32."""
-    x, grad_out = x.contiguous(), grad_out.contiguous()
-    n = x.shape[0]
-    gtable = torch.zeros(n_params(cfg), cfg.n_features, dtype=torch.float32, device=x.device)
-    if n == 0:
-        return gtable
-    scale, meta = level_tensors(cfg, x.device)
-    _bwd_kernel[_grid(n, cfg, launch)](
-        x, grad_out, gtable, scale, meta, n, F=cfg.n_features, L=cfg.n_levels,
-        BLOCK=launch.block, SMOOTH=cfg.smoothstep, PER_LEVEL=launch.per_level,
-        num_warps=launch.num_warps, enable_fp_fusion=False)
-    return gtable
+    return backward_pixels(x.reshape(-1, 1, 3), grad_out, cfg, Weights(), launch)
 
 
-class _Encode(torch.autograd.Function):
+class _EncodePixels(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+    def forward(ctx, x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, weights: Weights,
                 coherent: bool) -> torch.Tensor:
-        ctx.cfg, ctx.coherent, ctx.table_dtype = cfg, coherent, table.dtype
+        ctx.cfg, ctx.weights, ctx.coherent, ctx.table_dtype = cfg, weights, coherent, table.dtype
         ctx.save_for_backward(x)
-        return forward(x, table, cfg, COHERENT_LAUNCH if coherent else FWD_LAUNCH)
+        return forward_pixels(x, table, cfg, weights, COHERENT_LAUNCH if coherent else FWD_LAUNCH)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -284,15 +335,20 @@ class _Encode(torch.autograd.Function):
         gtable = None
         if ctx.needs_input_grad[1]:
             launch = COHERENT_LAUNCH if ctx.coherent else BWD_LAUNCH
-            gtable = backward(x, grad_out.float(), ctx.cfg, launch).to(ctx.table_dtype)
-        # No gradient w.r.t. positions: the surface points are fixed inputs.
-        return None, gtable, None, None
+            gtable = backward_pixels(x, grad_out.float(), ctx.cfg, ctx.weights, launch).to(ctx.table_dtype)
+        # No gradient w.r.t. positions or weights: surface points and footprints are fixed inputs.
+        return None, gtable, None, None, None
+
+
+def encode_pixels_triton(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
+                         coherent: bool = False) -> torch.Tensor:
+    """Fused, differentiable pixel encoding: x (N, S, 3) normalised -> (N, L*F) float32 (see
+    forward_pixels). coherent=True picks the launch for spatially ordered points (a frame's pixels
+    in raster order): all levels per program, reading x once and writing whole output rows."""
+    return _EncodePixels.apply(x, table, cfg, weights, coherent)
 
 
 def encode_triton(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
                   coherent: bool = False) -> torch.Tensor:
-    """Fused encoding of normalised points x (N, 3) in [0, 1] -> (N, L*F) float32.
-
-    coherent=True picks the launch for spatially ordered points (a frame's pixels in raster
-    order): all levels per program, reading x once and writing whole output rows."""
-    return _Encode.apply(x, table, cfg, coherent)
+    """Fused encoding of normalised points x (N, 3) in [0, 1] -> (N, L*F) float32."""
+    return encode_pixels_triton(x.reshape(-1, 1, 3), table, cfg, Weights(), coherent)
