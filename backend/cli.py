@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add(p, config.NPROC)
 
+    p = sub.add_parser("serve", help="render server: answer camera requests on stdin/stdout (binary)")
+    p.add_argument("--run", required=True)
+    _add_device(p)
+
     p = sub.add_parser("eval", help="metrics on the held-out views")
     p.add_argument("--run", required=True)
     _add_device(p)
@@ -131,6 +135,9 @@ def run_command(a: argparse.Namespace) -> int:
     elif a.command == "render":
         from .render import render_path
         render_path(a.run, a.path, a.out, a.format, a.exposure, a.ss, a.device, grid_backend)
+    elif a.command == "serve":
+        from .serve import serve
+        return serve(a.run, a.device, grid_backend)
     elif a.command == "eval":
         from .evaluate import evaluate
         evaluate(a.run, a.device, grid_backend=grid_backend)

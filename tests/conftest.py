@@ -58,6 +58,19 @@ def run(scene, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="session")
+def trained_run(run, tmp_path_factory):
+    """The `run` fixture trained for a few steps (small preset): a checkpoint to render from."""
+    import shutil
+    from backend import events
+    from backend.train import train
+    r = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(run, r)
+    with events.silenced():
+        train(str(r), iters=3, device="cpu", preset="small", overrides=TINY)
+    return r
+
+
 def cli(*args, **kw) -> subprocess.CompletedProcess:
     """`python -m backend ARGS` in a child process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -9,9 +9,11 @@ can be used and tested without Blender.
 
 Layout, by feature: import_ops (File > Import, conversion, scene check), train_ops (Cache +
 Train, Resume), render_ops (camera path render, its sequencer strip, path export, photo cameras),
-backend_ops (Check Backend); job_runner runs their backend processes (timer in the UI, blocking
-in background mode, Stop) and reporting tells the user; properties holds the scene settings,
-built from backend.config's options; panels and preferences draw them.
+backend_ops (Check Backend), engine (the XScale-NVS render engine: F12, animation, viewport; on
+the render server client render_server and the viewport thread preview); job_runner runs their
+backend processes (timer in the UI, blocking in background mode, Stop) and reporting tells the
+user; properties holds the scene settings, built from backend.config's options; panels and
+preferences draw them.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import importlib
 
 # Registration order: settings and helpers first, the panels that use them last.
 _MODULE_NAMES = ("preferences", "properties", "reporting", "job_runner", "import_ops", "train_ops",
-                 "render_ops", "backend_ops", "panels", "importer")
+                 "render_ops", "backend_ops", "engine", "panels", "importer")
 
 
 def _modules() -> list:

@@ -31,6 +31,7 @@ cameras = _load("cameras")
 campath = _load("campath")
 scene = _load("scene")
 prepare = _load("prepare")      # COLMAP / Metashape conversion and the scene check
+serve_protocol = _load("serve_protocol")   # the render server's message format
 _events = _load("events")
 _runfolder = _load("runfolder")
 

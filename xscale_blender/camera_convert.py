@@ -124,3 +124,26 @@ def blender_to_opencv(cam: BlenderCamera) -> tuple[np.ndarray, np.ndarray]:
 def render_size(resolution_x: int, resolution_y: int, percentage: int) -> tuple[int, int]:
     """Pixels Blender actually renders (it truncates the scaled size)."""
     return resolution_x * percentage // 100, resolution_y * percentage // 100
+
+
+def view_to_opencv(view_matrix: np.ndarray, window_matrix: np.ndarray, width: int,
+                   height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K, world_to_camera) of a 3D viewport region of `width` x `height` pixels, from its
+    RegionView3D.view_matrix (world to view: Blender camera axes) and window_matrix (OpenGL
+    projection). In camera view the window matrix already maps the camera's frame (lens, shift,
+    sensor fit, zoom and offset of the frame in the region) onto the region.
+
+    A perspective projection maps view-space (x, y, z) to NDC x = -(P00 x + P02 z) / z and
+    y = -(P11 y + P12 z) / z; the region spans NDC [-1, 1] with image row 0 at NDC y = +1, so
+    u = W/2 (1 + ndc_x) and v = H/2 (1 - ndc_y) give fx = P00 W/2, cx = W/2 (1 - P02),
+    fy = P11 H/2, cy = H/2 (1 + P12) in OpenCV axes (y down, z forward)."""
+    P = np.asarray(window_matrix, dtype=np.float64).reshape(4, 4)
+    if abs(P[3, 3]) > 1e-9 or abs(P[3, 2] + 1.0) > 1e-6:
+        raise ValueError("orthographic views cannot be rendered: switch the view to perspective "
+                         "(Numpad 5) or use a perspective camera")
+    W, H = float(width), float(height)
+    K = np.array([[P[0, 0] * W / 2.0, 0.0, W / 2.0 * (1.0 - P[0, 2])],
+                  [0.0, P[1, 1] * H / 2.0, H / 2.0 * (1.0 + P[1, 2])],
+                  [0.0, 0.0, 1.0]])
+    V = np.asarray(view_matrix, dtype=np.float64).reshape(4, 4)
+    return K, world_to_camera_from_matrix_world(np.linalg.inv(V))

@@ -124,6 +124,14 @@ class XScaleSceneSettings(_BackendOptions, bpy.types.PropertyGroup):
                                        description="Place the strip at the first frame of the path")
     strip_frame_start: IntProperty(name="Strip Start", default=1,
                                    description="Sequencer frame where the strip starts")
+    # the XScale-NVS render engine's viewport (Rendered shading)
+    preview_supersample: IntProperty(
+        name="Viewport Supersampling", default=1, min=int(config.RENDER_SS.min), max=int(config.RENDER_SS.max),
+        description="Sub-samples per pixel side in the viewport's Rendered shading")
+    preview_divisor: IntProperty(
+        name="Resolution While Moving", default=4, min=1, max=16,
+        description="While the view moves, the viewport renders at 1/N of its resolution, then at full "
+                    "resolution once it rests (1: always full; skipped when full frames come fast enough)")
 
 
 def settings(scene: bpy.types.Scene) -> XScaleSceneSettings:

@@ -1,0 +1,247 @@
+"""The render server (`python -m backend serve --run R`): one process that loads a trained run
+once (model, mesh, rasterizer on the device) and answers camera requests with linear RGBA and
+depth until it is told to stop, its stdin closes, or its parent process goes away.
+
+Messages (backend/serve_protocol.py) are read from stdin and written to stdout, both binary; the
+process's own fd 1 is pointed at stderr first, so library prints, JIT build logs and progress
+events can never land inside the binary stream. Every request is answered, an error included
+(a bad camera, out of GPU memory): the server keeps serving. It is single-threaded; pixels are
+rendered by backend.render.render_tensors, exactly as `backend render` renders them, packed on
+the device and copied to host memory in one copy per frame (into a reused pinned buffer on CUDA).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+
+import numpy as np
+import torch
+
+from . import events
+from . import serve_protocol as sp
+from .cameras import Camera
+from .config import RENDER_SS
+from .errors import DeviceError, InputError
+from .runfolder import RunFolder, read_json
+
+PARENT_CHECK_S = 1.0     # how often the watchdog thread looks for a dead parent
+
+
+class Server:
+    """A loaded run and its render requests (no I/O: `serve` does the framing)."""
+
+    def __init__(self, run_dir: str, device: str = "auto", grid_backend: str = "auto"):
+        from .checkpoint import load_model
+        from .meshio import load_mesh
+        from .raster import Rasterizer, resolve_device
+        t0 = time.monotonic()
+        self.run = RunFolder(run_dir)
+        if not self.run.config.is_file():
+            raise InputError(f"{self.run.root}: not a run folder (no config.json); train a model first.")
+        cfg = read_json(self.run.config)
+        self.device = resolve_device(device)
+        self.model, ckpt = load_model(self.run, self.device, grid_backend)
+        self.views = [v["name"] for v in cfg["views"]]
+        self.default_ss = int(cfg.get("ss", 1))
+        self.mesh = load_mesh(cfg["mesh"])
+        self.rast = Rasterizer(self.mesh, self.device)
+        self.step = ckpt.get("step")
+        self.load_s = time.monotonic() - t0
+        self._host: torch.Tensor | None = None     # pinned staging buffer, grown as needed
+
+    def info(self) -> dict:
+        dev = str(self.device)
+        if self.device.type == "cuda":
+            dev += f" ({torch.cuda.get_device_name(self.device)})"
+        return {"protocol": sp.VERSION, "pid": os.getpid(), "run": str(self.run.root), "device": dev,
+                "views": self.views, "ss": self.default_ss, "triangles": int(len(self.mesh.faces)),
+                "step": self.step, "load_s": self.load_s, "passes": sorted(sp.PASSES)}
+
+    # --- requests --------------------------------------------------------------------------
+    def camera(self, req: dict) -> Camera:
+        try:
+            w, h = int(req["width"]), int(req["height"])
+            K = np.asarray(req["K"], dtype=np.float64)
+            E = np.asarray(req["world_to_camera"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"render request: bad camera ({e}); it needs width, height, K (3x3) and "
+                             "world_to_camera (4x4).") from None
+        if not (1 <= w <= sp.MAX_SIDE and 1 <= h <= sp.MAX_SIDE):
+            raise InputError(f"render request: image size {w}x{h} (each side 1 to {sp.MAX_SIDE}).")
+        if K.shape != (3, 3) or E.shape != (4, 4) or not (np.isfinite(K).all() and np.isfinite(E).all()):
+            raise InputError("render request: K must be 3x3 and world_to_camera 4x4, all finite.")
+        if K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise InputError("render request: the focal lengths must be positive.")
+        return Camera(w, h, K, E)
+
+    def render(self, req: dict) -> tuple[dict, list]:
+        """FRAME meta and its data buffers for a RENDER request."""
+        from .render import parse_exposure, render_tensors
+        cam = self.camera(req)
+        ss = req.get("ss") or self.default_ss
+        RENDER_SS.check(ss)
+        expo = parse_exposure(str(req.get("exposure") or "mean"), len(self.views), self.views)
+        passes = list(req.get("passes") or ("rgba", "depth"))
+        for name in passes:
+            if name not in sp.PASSES:
+                raise InputError(f"render request: unknown pass {name!r} (choose {', '.join(sp.PASSES)}).")
+        rows, alpha = req.get("rows", "top_down"), req.get("alpha", "straight")
+        if rows not in sp.ROWS or alpha not in sp.ALPHA:
+            raise InputError(f"render request: rows must be one of {sp.ROWS}, alpha one of {sp.ALPHA}.")
+        bg = req.get("background")
+        miss = req.get("depth_miss")
+
+        t0 = time.perf_counter()
+        rgb, cov, depth = render_tensors(self.model, self.rast, cam, ss, expo)
+        self._sync()
+        t1 = time.perf_counter()
+        flat = []
+        for name in passes:
+            if name == "rgba":
+                a = cov[..., None]
+                if bg is not None:
+                    c = rgb * a + torch.as_tensor(bg, dtype=rgb.dtype, device=rgb.device) * (1 - a)
+                    a = torch.ones_like(a)
+                else:
+                    c = rgb * a if alpha == "premultiplied" else rgb
+                img = torch.cat([c, a], -1)
+            else:
+                img = depth if miss is None else torch.where(torch.isinf(depth), float(miss), depth)
+            if rows == "bottom_up":
+                img = img.flip(0)
+            flat.append(img.reshape(-1).float())
+        host = self._to_host(torch.cat(flat) if len(flat) > 1 else flat[0])
+        t2 = time.perf_counter()
+        shapes = {"rgba": [cam.height, cam.width, 4], "depth": [cam.height, cam.width]}
+        meta = {"width": cam.width, "height": cam.height, "ss": ss, "rows": rows,
+                "passes": [{"name": n, "dtype": "float32", "shape": shapes[n]} for n in passes],
+                "seconds": {"render": t1 - t0, "pack_copy": t2 - t1}}
+        return meta, [host]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _to_host(self, flat: torch.Tensor) -> memoryview:
+        """The frame's bytes in host memory: one device-to-host copy (into a pinned buffer kept
+        between requests on CUDA); on the CPU the tensor's own memory."""
+        if flat.device.type != "cuda":
+            return memoryview(flat.contiguous().numpy()).cast("B")
+        n = flat.numel()
+        if self._host is None or self._host.numel() < n:
+            self._host = torch.empty(int(n * 1.25), dtype=torch.float32, pin_memory=True)
+        dst = self._host[:n]
+        dst.copy_(flat)
+        return memoryview(dst.numpy()).cast("B")
+
+
+# --- the process -----------------------------------------------------------------------------
+
+def _protocol_streams():
+    """(binary stdin, binary stdout) for the messages; fd 1 itself then points at stderr, so that
+    anything else printed by this process goes to the log stream, never into the pixels."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)                       # nothing else may read the requests
+    os.close(devnull)
+    events.set_stream(sys.stderr)
+    _grow_pipe(out.fileno())
+    return inp, out
+
+
+def _grow_pipe(fd: int) -> None:
+    """Larger pipe buffer (Linux): fewer context switches per frame. Best effort."""
+    try:
+        import fcntl
+        size = int(open("/proc/sys/fs/pipe-max-size").read())
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), min(size, 1 << 20))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+def _exit_with_parent(ppid: int) -> None:
+    """Watchdog thread: end the process when its parent (Blender) is gone, even in the middle of
+    a long render. A closed stdin already ends the serve loop; this also covers a server still
+    loading or rendering when the parent dies."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != ppid:
+            os._exit(0)
+
+
+def _error_meta(e: BaseException) -> dict:
+    return {"message": str(e) or type(e).__name__, "type": type(e).__name__}
+
+
+def serve(run_dir: str, device: str = "auto", grid_backend: str = "auto", inp=None, out=None) -> int:
+    """Serve requests until STOP or the end of the input stream (exit code 0). With `inp`/`out`
+    None: the process's stdin/stdout."""
+    if inp is None or out is None:
+        inp, out = _protocol_streams()
+    if os.name == "posix":
+        threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    try:
+        server = Server(run_dir, device, grid_backend)
+    except (InputError, DeviceError) as e:
+        _send(out, sp.ERROR, 0, _error_meta(e))
+        raise
+    except Exception as e:
+        _send(out, sp.ERROR, 0, {"message": f"internal error: {type(e).__name__}: {e}", "type": type(e).__name__})
+        raise
+    info = server.info()
+    events.log(f"render server ready: {info['device']}, {info['triangles']} triangles, "
+               f"{len(info['views'])} views, loaded in {info['load_s']:.1f} s")
+    if not _send(out, sp.READY, 0, info):
+        return 0
+    return _loop(server, inp, out)
+
+
+def _send(out, kind: int, msg_id: int, meta: dict | None = None, data=()) -> bool:
+    """False when the client has gone (broken pipe)."""
+    try:
+        sp.write_message(out, kind, msg_id, meta, data)
+        return True
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+
+
+def _loop(server: Server, inp, out) -> int:
+    while True:
+        try:
+            msg = sp.read_message(inp)
+        except sp.ConnectionClosed:
+            return 0                          # the client (Blender) closed our stdin or died
+        except sp.ProtocolError as e:
+            _send(out, sp.ERROR, 0, _error_meta(e))
+            print(f"error: render server: {e}", file=sys.stderr)
+            return 2                          # the stream cannot be trusted any more
+        if msg.kind == sp.STOP:
+            _send(out, sp.BYE, msg.id)
+            return 0
+        try:
+            if msg.kind == sp.INFO:
+                reply = (sp.INFO_REPLY, server.info(), [])
+            elif msg.kind == sp.RENDER:
+                meta, data = server.render(msg.meta)
+                reply = (sp.FRAME, meta, data)
+            else:
+                raise InputError(f"unknown request kind {msg.kind}")
+        except (InputError, DeviceError) as e:
+            reply = (sp.ERROR, _error_meta(e), [])
+        except torch.cuda.OutOfMemoryError as e:
+            if server.device.type == "cuda":
+                torch.cuda.empty_cache()
+            reply = (sp.ERROR, {"message": f"out of memory rendering {msg.meta.get('width')}x"
+                                f"{msg.meta.get('height')}: lower the resolution or the supersampling "
+                                f"({str(e).splitlines()[0]})", "type": "OutOfMemoryError"}, [])
+        except Exception as e:  # unexpected: keep the traceback in the log, keep serving
+            traceback.print_exc()
+            reply = (sp.ERROR, {"message": f"internal error: {type(e).__name__}: {e}", "type": type(e).__name__}, [])
+        if not _send(out, reply[0], msg.id, reply[1], reply[2]):
+            return 0
