@@ -33,6 +33,7 @@ from .meshio import load_mesh
 from .raster import Rasterizer, pixel_directions, resolve_device
 from .runfolder import RunFolder, read_json, write_json
 from .scene import load_scene
+from .stopflag import StopFlag
 
 FIELDS = {"xyz": np.float32, "mask": np.uint16, "normal": np.float16, "dir": np.float16,
           "rgb": np.uint8, "view": np.int32}
@@ -144,24 +145,25 @@ def bucket_parts(rec: dict[str, torch.Tensor], bucket: np.ndarray, n_buckets: in
 def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: int | None = None,
                 ss: int = SS.default, test_every: int = TEST_EVERY.default, device: str = "auto",
                 shard_rays: int = 1 << 22, seed: int = 0) -> dict:
-    SS.check(ss)
-    TEST_EVERY.check(test_every)
+    """The ray cache of SCENE in RUN/cache (see the module doc). Returns RUN/config.json's
+    content, or {"stopped": True} after a requested stop (the build continues from there when
+    run again)."""
     # Inputs are read and checked before the run folder is created or locked.
-    build = CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed)
-    with build.run.exclusive("the ray cache"):
-        build.start_or_resume()
-        build.write_views()
-        shards = build.write_shards()
-        return build.finish(shards)
+    return CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed).build()
 
 
 class CacheBuild:
     """One ray cache build, in its phases: `start_or_resume` (RUN/cache.tmp, or its state after an
     interruption), `write_views` (every training view's rays appended to random bucket files),
     `write_shards` (each bucket shuffled into a shard), `finish` (RUN/cache replaced atomically,
-    RUN/config.json)."""
+    RUN/config.json). Constructing it reads and checks every input (nothing is written); `build`
+    runs the phases. A stop (SIGINT/SIGTERM) is honoured between views and between shards: the
+    build ends with a `stopped` event and continues from there when run again."""
 
-    def __init__(self, scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed):
+    def __init__(self, scene_dir, run_dir, mesh=None, level=None, ss=SS.default, test_every=TEST_EVERY.default,
+                 device="auto", shard_rays=1 << 22, seed=0):
+        SS.check(ss)
+        TEST_EVERY.check(test_every)
         self.dev = resolve_device(device)
         self.scene = load_scene(scene_dir, mesh, level)
         self.mesh = load_mesh(self.scene.mesh_path)
@@ -184,6 +186,27 @@ class CacheBuild:
                     "seed": seed, "train_views": self.train_ids}
         self.done, self.coverage, self.total = 0, {}, 0
         self.clock = PhaseClock()
+        self.flag: StopFlag | None = None
+
+    def build(self) -> dict:
+        with StopFlag() as self.flag, self.run.exclusive("the ray cache"):
+            self.start_or_resume()
+            if not self.write_views():
+                return self._stopped("views", self.done, len(self.train_ids))
+            shards = self.write_shards()
+            if shards is None:
+                return self._stopped("shards", self._shards_done(), self.n_buckets)
+            return self.finish(shards)
+
+    def _stopped(self, phase: str, step: int, total: int) -> dict:
+        events.emit("stopped", stage="cache", phase=phase, step=step, total=total, run=str(self.run.root))
+        return {"stopped": True, "phase": phase, "step": step, "total": total}
+
+    def _stop_requested(self) -> bool:
+        return self.flag is not None and self.flag.stop
+
+    def _shards_done(self) -> int:
+        return sum((self.tmp / f"shard_{b:05d}").is_dir() for b in range(self.n_buckets))
 
     def start_or_resume(self) -> None:
         """Resume an interrupted build of the same inputs (dropping bytes written after its last
@@ -207,9 +230,10 @@ class CacheBuild:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "buckets").mkdir(parents=True)
 
-    def write_views(self) -> None:
+    def write_views(self) -> bool:
         """Rasterize every remaining training view and append its rays to random buckets; the
-        progress file is written after each view (the resume point)."""
+        progress file is written after each view (the resume point). False when a stop ended it
+        before the last view."""
         scene, train_ids, clock, tmp = self.scene, self.train_ids, self.clock, self.tmp
         prog = events.Progress("cache", len(train_ids), start_step=self.done)
         per_ray = ray_bytes(self.ss)
@@ -224,6 +248,8 @@ class CacheBuild:
         nxt = load(self.done)
         try:
             for n in range(self.done, len(train_ids)):
+                if self._stop_requested():
+                    return False
                 i = train_ids[n]
                 v = scene.views[i]
                 check_disk(tmp, v.camera.width * v.camera.height * per_ray, len(train_ids) - n, n)
@@ -243,6 +269,7 @@ class CacheBuild:
                 write_json(self.progress, {"key": self.key, "done": n + 1, "coverage": self.coverage,
                                            "total": self.total, "rng": self.rng.bit_generator.state,
                                            "sizes": self.sizes.tolist()})
+                self.done = n + 1
                 prog.update(n + 1, view=v.name, rays=self.total)
         finally:
             pool.shutdown(cancel_futures=True)
@@ -250,6 +277,7 @@ class CacheBuild:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InputError(f"{scene.mesh_path}: no training camera sees the mesh; check that the mesh "
                              "and the cameras are in the same world frame (no axis change on export).")
+        return True
 
     def _append(self, rec: dict[str, torch.Tensor], cnt: int) -> None:
         bucket = self.rng.integers(0, self.n_buckets, cnt, dtype=np.int32)
@@ -261,43 +289,54 @@ class CacheBuild:
                     part.tofile(fh)
                 self.sizes[b, c] += part.nbytes
 
-    def write_shards(self) -> list[dict]:
+    def write_shards(self) -> list[dict] | None:
         """Shuffle each bucket into a shard of .npy files (a shard written before an interruption
-        is kept); bucket files are deleted as they are used."""
+        is kept); bucket files are deleted as they are used. None when a stop ended it before
+        the last shard."""
         tmp, clock, S = self.tmp, self.clock, self.ss * self.ss
         shards, deletes, deleter = [], [], ThreadPoolExecutor(1)
-        for b in range(self.n_buckets):
-            # Each shuffle seeds from (seed, bucket), so a resumed run rebuilds identical shards.
-            name = f"shard_{b:05d}"
-            if (tmp / name).is_dir():                          # written before an interruption
-                shards.append({"name": name, "n": int(np.load(tmp / name / "view.npy", mmap_mode="r").shape[0])})
-                continue
-            with clock("shuffle_read"):
-                data = {k: np.fromfile(_bucket_file(tmp, b, k), dtype=dt) for k, dt in FIELDS.items()}
-            n = len(data["view"])
-            if n == 0:
-                continue
-            data = {k: v.reshape(n, *row_shape(k, S)) for k, v in data.items()}
-            with clock("shuffle"):
-                perm = torch.from_numpy(np.random.default_rng([self.seed, b]).permutation(n)).to(self.rast.device)
-                data = {k: _gather_rows(v, perm) for k, v in data.items()}
-            part = tmp / (name + ".part")
-            shutil.rmtree(part, ignore_errors=True)
-            part.mkdir()
-            with clock("shuffle_write"):
-                for k in FIELDS:
-                    np.save(part / f"{k}.npy", data[k])
-            part.replace(tmp / name)
-            # Free the disk as we go, in a thread: unlinking a large file takes ~10 ms.
-            deletes += [deleter.submit(_bucket_file(tmp, b, k).unlink) for k in FIELDS]
-            shards.append({"name": name, "n": int(n)})
-        with clock("free_disk"):
-            deleter.shutdown()
-            for d in deletes:
-                d.result()                                     # re-raise a failed delete
+        try:
+            for b in range(self.n_buckets):
+                if self._stop_requested():
+                    return None
+                shard = self._write_shard(b, S, deletes, deleter)
+                if shard is not None:
+                    shards.append(shard)
+        finally:
+            with clock("free_disk"):
+                deleter.shutdown()
+                for d in deletes:
+                    d.result()                                 # re-raise a failed delete
         shutil.rmtree(tmp / "buckets")
         self.progress.unlink()
         return shards
+
+    def _write_shard(self, b: int, S: int, deletes: list, deleter: ThreadPoolExecutor) -> dict | None:
+        """Bucket `b` shuffled into shard_{b}/ (None for an empty bucket)."""
+        tmp, clock = self.tmp, self.clock
+        # Each shuffle seeds from (seed, bucket), so a resumed run rebuilds identical shards.
+        name = f"shard_{b:05d}"
+        if (tmp / name).is_dir():                          # written before an interruption
+            return {"name": name, "n": int(np.load(tmp / name / "view.npy", mmap_mode="r").shape[0])}
+        with clock("shuffle_read"):
+            data = {k: np.fromfile(_bucket_file(tmp, b, k), dtype=dt) for k, dt in FIELDS.items()}
+        n = len(data["view"])
+        if n == 0:
+            return None
+        data = {k: v.reshape(n, *row_shape(k, S)) for k, v in data.items()}
+        with clock("shuffle"):
+            perm = torch.from_numpy(np.random.default_rng([self.seed, b]).permutation(n)).to(self.rast.device)
+            data = {k: _gather_rows(v, perm) for k, v in data.items()}
+        part = tmp / (name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir()
+        with clock("shuffle_write"):
+            for k in FIELDS:
+                np.save(part / f"{k}.npy", data[k])
+        part.replace(tmp / name)
+        # Free the disk as we go, in a thread: unlinking a large file takes ~10 ms.
+        deletes += [deleter.submit(_bucket_file(tmp, b, k).unlink) for k in FIELDS]
+        return {"name": name, "n": int(n)}
 
     def finish(self, shards: list[dict]) -> dict:
         """RUN/cache.tmp -> RUN/cache, then RUN/config.json (scene, split, cameras, AABB)."""

@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_reporting_errors(a: argparse.Namespace, multi: bool) -> int:
+    """Run the command; errors become an `error` event plus one line on stderr (a reader that
+    went away is not an error, see backend.events)."""
     try:
         rc = run_command(a)
         if multi:
@@ -167,12 +169,12 @@ def _run_reporting_errors(a: argparse.Namespace, multi: bool) -> int:
         return rc
     except (InputError, DeviceError) as e:
         events.emit("error", message=str(e))
-        print(f"error: {e}", file=sys.stderr)
+        events.write_safely(f"error: {e}\n", sys.stderr)
         return 2
     except KeyboardInterrupt:
         events.emit("error", message="interrupted")
         return 130
     except Exception as e:  # unexpected: keep the traceback for bug reports, still emit an event
-        traceback.print_exc()
+        events.write_safely(traceback.format_exc(), sys.stderr)
         events.emit("error", message=f"internal error: {type(e).__name__}: {e}")
         return 1

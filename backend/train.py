@@ -133,7 +133,8 @@ def _loop(t: Trainer, stop_at: int | None) -> dict:
         while t.step_n < tc.iters:
             if distributed.any_rank(flag.stop) or (stop_at is not None and t.step_n >= stop_at):
                 t.save()
-                events.emit("stopped", stage="train", step=t.step_n, checkpoint=str(t.run.latest))
+                events.emit("stopped", stage="train", step=t.step_n, total=tc.iters,
+                            checkpoint=str(t.run.latest))
                 return {"step": t.step_n, "stopped": True}
             loss, mse = t.step()
             n_rays += tc.optim.batch_rays

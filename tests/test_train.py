@@ -95,3 +95,42 @@ def test_commands_keep_a_log_of_their_events_in_the_run_folder(run, tmp_path):
     assert logged == printed and logged[-1]["event"] == "done" and logged[-1]["stage"] == "train"
     res = cli("train", "--run", str(tmp_path / "missing"), "--device", "cpu")
     assert res.returncode == 2 and not (tmp_path / "missing" / "log.jsonl").exists()
+
+
+def _start_training(r, *extra, stderr=subprocess.PIPE):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "backend", "train", "--run", str(r), "--iters", "100000",
+                             "--device", "cpu", "--preset", "small", "--batch-rays", "256", "--log2-table", "12",
+                             *extra], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+
+
+def _wait_for_step(p, step):
+    for line in p.stdout:
+        if '"progress"' in line and json.loads(line)["step"] >= step:
+            return
+
+
+@pytest.mark.parametrize("how", ["pipe closed", "pipes closed and SIGTERM"])
+def test_closed_stdout_stops_training_with_a_checkpoint(run, tmp_path, how):
+    """Blender quits during training: its end of the pipes goes away (and it may send SIGTERM).
+    The job must not die on the broken pipe: it stops, saves, logs `stopped` and exits 0."""
+    import shutil
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    (r / "log.jsonl").unlink(missing_ok=True)
+    p = _start_training(r)
+    _wait_for_step(p, 2)
+    p.stdout.close()                           # the reader is gone; the backend writes on
+    if how == "pipe closed":
+        err = p.stderr.read()
+    else:
+        p.stderr.close()
+        p.send_signal(signal.SIGTERM)
+        err = ""
+    assert p.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    logged = [json.loads(x) for x in (r / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["event"] == "stopped" and logged[-1]["stage"] == "train"
+    ck = torch.load(r / "checkpoints/latest.pt", weights_only=False)
+    assert ck["step"] == logged[-1]["step"] >= 2
+
