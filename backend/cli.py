@@ -21,6 +21,9 @@ def _add(p: argparse.ArgumentParser, opt: Option, **kw) -> None:
     naming the flag), not by argparse (a usage message the add-on cannot show)."""
     if opt.choices:
         help_ = f"{opt.help}: " + ", ".join(c[0] for c in opt.choices) + f" (default {opt.default})"
+    elif opt.kind is bool:
+        p.add_argument(opt.flag, action="store_true", help=opt.help, **kw)
+        return
     else:
         help_ = opt.help + (f" (default {opt.default})" if opt.default is not None else "")
     p.add_argument(opt.flag, type=opt.kind, default=opt.default, help=help_, **kw)
@@ -40,7 +43,8 @@ def _add_cache_opts(p) -> None:
 
 
 def _add_train_opts(p) -> None:
-    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    for opt in config.START_OPTIONS:
+        _add(p, opt)
     _add(p, config.PRESET)
     for opt in config.TRAIN_OPTIONS:
         _add(p, opt)
@@ -102,6 +106,8 @@ def _check_limits(a: argparse.Namespace) -> None:
             opt.check(getattr(a, opt.name))
     if a.command == "render":
         config.RENDER_SS.check(a.ss)
+    if getattr(a, "resume", False) and getattr(a, "overwrite", False):
+        raise InputError("--resume and --overwrite: choose one (continue the run's training, or start it over).")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
@@ -122,12 +128,13 @@ def run_command(a: argparse.Namespace) -> int:
         build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
     elif a.command == "train":
         from .train import train
-        train(a.run, a.iters, a.resume, a.device, a.preset, _train_overrides(a), grid_backend=grid_backend)
+        train(a.run, a.iters, a.resume, a.device, a.preset, _train_overrides(a), grid_backend=grid_backend,
+              overwrite=a.overwrite)
     elif a.command == "fit":
         from .fit import fit
         fit(a.scene, a.run, mesh=a.mesh, level=a.level, ss=a.ss, test_every=a.test_every, iters=a.iters,
-            resume=a.resume, device=a.device, preset=a.preset, overrides=_train_overrides(a),
-            grid_backend=grid_backend)
+            resume=a.resume, overwrite=a.overwrite, device=a.device, preset=a.preset,
+            overrides=_train_overrides(a), grid_backend=grid_backend)
     elif a.command == "render":
         from .render import render_path
         render_path(a.run, a.path, a.out, a.format, a.exposure, a.ss, a.device, grid_backend)

@@ -30,7 +30,9 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
         events.log(f"building the procedural scene in {scene}")
         make_scene(scene, plan["views"], *size, workers=min(16, os.cpu_count() or 1))
     run = out_p / "run"
-    result = fit(str(scene), str(run), iters=iters if iters is not None else plan["iters"], device=device)
+    # A demo run starts over every time (the scene is reused when it matches).
+    result = fit(str(scene), str(run), iters=iters if iters is not None else plan["iters"], device=device,
+                 overwrite=True)
     if result.get("stopped"):
         return result
     ev = evaluate(str(run), device=device)

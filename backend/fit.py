@@ -12,17 +12,18 @@ from .config import SS, TEST_EVERY
 from .errors import InputError
 from .runfolder import RunFolder
 from .stopflag import StopFlag
-from .train import train
+from .train import refuse_to_replace, train
 
 
 def fit(scene: str, run: str, *, mesh: str | None = None, level: int | None = None, ss: int = SS.default,
         test_every: int = TEST_EVERY.default, iters: int | None = None, resume: bool = False,
-        device: str = "auto", preset: str = "auto", overrides: dict | None = None,
+        overwrite: bool = False, device: str = "auto", preset: str = "auto", overrides: dict | None = None,
         grid_backend: str = "auto", stop_at: int | None = None) -> dict:
     """Cache SCENE into RUN, then train (see backend.train.train).
 
     Without `resume`: the cache is skipped when RUN holds a complete cache of the same inputs and
-    settings (an interrupted one is continued). With `resume`: RUN's complete cache is used as it is (an
+    settings (an interrupted one is continued), and a run that already holds a trained model is
+    refused unless `overwrite`. With `resume`: RUN's complete cache is used as it is (an
     interrupted or missing one is built, continuing where it stopped), then training continues
     from the checkpoint, or starts when there is none yet."""
     ctx = distributed.setup(device)
@@ -30,17 +31,18 @@ def fit(scene: str, run: str, *, mesh: str | None = None, level: int | None = No
     with StopFlag():                    # a stop between the cache and training is seen by training
         stopped = False
         if ctx.main:
-            stopped = _cache_step(folder, scene, mesh, level, ss, test_every, device, resume)
+            stopped = _cache_step(folder, scene, mesh, level, ss, test_every, device, resume, overwrite)
         distributed.barrier()
         if distributed.any_rank(stopped):
             return {"stopped": True, "stage": "cache"}
         resume_training = resume and folder.latest.is_file()
         if resume and not resume_training:
             events.log("no checkpoint in the run folder yet: training starts")
-        return train(run, iters, resume_training, device, preset, overrides, stop_at, grid_backend)
+        return train(run, iters, resume_training, device, preset, overrides, stop_at, grid_backend,
+                     overwrite=overwrite)
 
 
-def _cache_step(folder: RunFolder, scene, mesh, level, ss, test_every, device, resume) -> bool:
+def _cache_step(folder: RunFolder, scene, mesh, level, ss, test_every, device, resume, overwrite) -> bool:
     """Build (or continue) the ray cache when it is needed; True when a stop ended it early."""
     if resume and _complete_cache(folder):
         events.log("using the run folder's ray cache")
@@ -48,7 +50,10 @@ def _cache_step(folder: RunFolder, scene, mesh, level, ss, test_every, device, r
     if not resume and cache_matches(str(folder.root), scene, ss, test_every, level, mesh):
         events.log("ray cache is up to date; skipping the cache step")
         return False
-    return bool(CacheBuild(scene, str(folder.root), mesh, level, ss, test_every, device).build().get("stopped"))
+    build = CacheBuild(scene, str(folder.root), mesh, level, ss, test_every, device)   # checks the inputs
+    if not resume:
+        refuse_to_replace(folder, overwrite)            # before the cache of a trained run is replaced
+    return bool(build.build().get("stopped"))
 
 
 def _complete_cache(folder: RunFolder) -> bool:

@@ -86,7 +86,8 @@ def main() -> None:
     stops = list(range(a.eval_every, a.iters, a.eval_every)) if a.eval_every else []
     for k, stop in enumerate(stops + [None]):
         with Timer() as t:
-            train(str(run), iters=a.iters, resume=k > 0, device=a.device, preset=a.preset, stop_at=stop)
+            train(str(run), iters=a.iters, resume=k > 0, overwrite=k == 0, device=a.device,
+                  preset=a.preset, stop_at=stop)
         train_s += t.s                          # includes checkpoint save + resume: an upper bound
         if a.eval_every:
             psnr = evaluate(str(run), device=a.device, write_images=False)["mean"]["psnr"]

@@ -134,3 +134,25 @@ def test_closed_stdout_stops_training_with_a_checkpoint(run, tmp_path, how):
     ck = torch.load(r / "checkpoints/latest.pt", weights_only=False)
     assert ck["step"] == logged[-1]["step"] >= 2
 
+
+def test_a_trained_run_is_not_replaced_without_overwrite(scene, run, tmp_path):
+    """`fit`/`train` without --resume on a trained run folder: a one-line error naming --resume
+    and --overwrite, nothing touched; --overwrite starts over."""
+    import shutil
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    train(str(r), iters=4, device="cpu", preset="small", overrides=TINY)
+    before = (r / "checkpoints/latest.pt").read_bytes()
+    cache_before = sorted((p.name, p.stat().st_mtime_ns) for p in (r / "cache").rglob("*"))
+    tiny = ["--device", "cpu", "--batch-rays", "256", "--log2-table", "12"]
+    expect_error(cli("train", "--run", str(r), "--iters", "2", *tiny), str(r), "--resume", "--overwrite")
+    expect_error(cli("fit", "--scene", str(scene), "--run", str(r), "--iters", "2", "--ss", "2",
+                     "--test-every", "3", *tiny), "--resume", "--overwrite")
+    other = shutil.copytree(scene, tmp_path / "other_scene")        # a new cache would be built
+    expect_error(cli("fit", "--scene", str(other), "--run", str(r), "--iters", "2", *tiny), "--overwrite")
+    expect_error(cli("train", "--run", str(r), "--resume", "--overwrite", *tiny), "--resume", "--overwrite")
+    assert (r / "checkpoints/latest.pt").read_bytes() == before
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (r / "cache").rglob("*")) == cache_before
+    res = cli("train", "--run", str(r), "--iters", "2", "--overwrite", *tiny)
+    assert res.returncode == 0, res.stderr
+    assert torch.load(r / "checkpoints/latest.pt", weights_only=False)["step"] == 2
