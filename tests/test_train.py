@@ -156,3 +156,28 @@ def test_a_trained_run_is_not_replaced_without_overwrite(scene, run, tmp_path):
     res = cli("train", "--run", str(r), "--iters", "2", "--overwrite", *tiny)
     assert res.returncode == 0, res.stderr
     assert torch.load(r / "checkpoints/latest.pt", weights_only=False)["step"] == 2
+
+
+class _RunsCode:
+    """Unpickling this calls exec: what a tampered checkpoint could carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_nothing_runs(run, tmp_path):
+    import shutil
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    train(str(r), iters=2, device="cpu", preset="small", overrides=TINY)
+    ck = torch.load(r / "checkpoints/latest.pt", weights_only=True)      # what we write loads safely
+    marker = tmp_path / "marker"
+    ck["loader"]["payload"] = _RunsCode(marker)
+    torch.save(ck, r / "checkpoints/latest.pt")
+    for res in (cli("eval", "--run", str(r), "--device", "cpu"),
+                cli("train", "--run", str(r), "--resume", "--iters", "3", "--device", "cpu")):
+        expect_error(res, str(r / "checkpoints" / "latest.pt"), "contains code", "refused")
+    assert not marker.exists()
