@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from . import events
 from .raster import resolve_device
+from .runfolder import make_dir
 
 # Scene size and training steps per device type: minutes on a 2-core CPU, seconds on a GPU.
 SIZES = {"cuda": dict(size=(640, 480), views=48, iters=300, frames=24),
@@ -23,7 +23,7 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
     dev = resolve_device(device)
     plan = SIZES["cuda" if dev.type == "cuda" else "cpu"]
     size = plan["size"]
-    out_p = Path(out)
+    out_p = make_dir(out, "demo --out")
     t0 = time.monotonic()
     scene = out_p / "scene"
     if not scene_matches(scene, plan["views"], *size):

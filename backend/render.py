@@ -26,7 +26,7 @@ from .frame_files import frame_buffers, write_buffers
 from .meshio import load_mesh
 from .model import Manifold
 from .raster import Rasterizer, pixel_directions
-from .runfolder import RunFolder
+from .runfolder import RunFolder, make_dir
 
 
 @dataclass
@@ -163,8 +163,7 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = FORMAT.de
     expo = parse_exposure(exposure, len(names), names)
     rast = Rasterizer(load_mesh(cfg["mesh"]), dev)
     ss = ss or cfg["ss"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir, "--out")
     todo = list(zip(numbers, cams))[ctx.rank::ctx.world]    # under torchrun: every W-th frame
     prog = events.Progress("render", len(todo))
     writer = FrameWriter(fmt)
