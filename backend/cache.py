@@ -32,6 +32,7 @@ from .errors import InputError
 from .meshio import load_mesh
 from .raster import Rasterizer, pixel_directions, resolve_device
 from .runfolder import RunFolder, read_json, write_json
+from .photos import check_photos, load_rgb8
 from .scene import load_scene
 from .stopflag import StopFlag
 
@@ -75,23 +76,6 @@ def check_disk(folder: Path, need: int, views_left: int, done: int) -> None:
             f"{need / 1e9:.1f} GB (plus {DISK_RESERVE / 1e9:.1f} GB kept free) and {views_left} "
             f"views are left. Free some space or use a run folder on a larger disk, then run "
             f"again: the ray cache resumes after view {done}.")
-
-
-def load_rgb8(path: Path, cam: Camera) -> np.ndarray:
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            if im.mode == "I;16" or im.mode.startswith("I;16"):
-                a = (np.asarray(im, dtype=np.float32) / 257.0).round().astype(np.uint8)
-                a = np.repeat(a[..., None], 3, -1)
-            else:
-                a = np.array(im.convert("RGB"))      # writable: handed to torch
-    except OSError as e:
-        raise InputError(f"{path}: cannot decode the image ({e}); re-export it as PNG or JPEG.") from None
-    if a.shape[:2] != (cam.height, cam.width):
-        raise InputError(f"{path}: image is {a.shape[1]}x{a.shape[0]} but its camera expects "
-                         f"{cam.width}x{cam.height}.")
-    return a
 
 
 def view_rays(rast: Rasterizer, cam: Camera, rgb8: np.ndarray, ss: int, view_id: int) -> dict[str, torch.Tensor]:
@@ -187,6 +171,8 @@ class CacheBuild:
         self.done, self.coverage, self.total = 0, {}, 0
         self.clock = PhaseClock()
         self.flag: StopFlag | None = None
+        # Held-out photos are otherwise decoded only by `eval`, after the training time.
+        check_photos([views[i] for i in self.test_ids], "held-out")
 
     def build(self) -> dict:
         with StopFlag() as self.flag, self.run.exclusive("the ray cache"):

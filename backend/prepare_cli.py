@@ -80,7 +80,7 @@ def add_parsers(subparsers) -> None:
 def _report(scene: str | Path, level: int | None, mesh: str | None, max_side: int, coverage: bool,
             as_json: bool) -> dict:
     from .prepare import check_scene, format_report
-    report = check_scene(scene, mesh=mesh, level=level, max_side=max_side, coverage=coverage)
+    report = check_scene(scene, mesh=mesh, level=level, max_side=max_side, coverage=coverage, decode=True)
     if as_json:
         print(json.dumps(report, indent=2), flush=True)
     else:
