@@ -115,3 +115,31 @@ def test_render_refuses_camera_paths_with_impossible_cameras(run, tmp_path):
               "--out", str(out), "--device", "cpu")
     expect_error(res, "scaled.json", "frame 2", "rigid")
     assert not out.exists()
+
+
+def test_sigterm_during_render_stops_between_frames(run, tmp_path):
+    """Blender's Stop while rendering: the frames written so far are complete files, a `stopped`
+    event names them, exit 0."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT, events_of
+    r = shutil.copytree(run, tmp_path / "r")
+    train(str(r), iters=2, device="cpu", preset="small", overrides=TINY)
+    cams = [odd_camera(96, 64, eye=(2.2 * np.cos(a), 2.2 * np.sin(a), 1.5)) for a in np.linspace(0, 6, 400)]
+    write_camera_path(tmp_path / "path.json", list(range(1, 401)), cams)
+    p = subprocess.Popen([sys.executable, "-m", "backend", "render", "--run", str(r), "--path", str(tmp_path / "path.json"),
+                          "--out", str(tmp_path / "out"), "--device", "cpu"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    first = p.stdout.readline()
+    while '"progress"' not in first:
+        first = p.stdout.readline()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    stopped = events_of(first + out)[-1]
+    assert stopped["event"] == "stopped" and stopped["stage"] == "render" and 1 <= stopped["step"] < 400
+    files = sorted(x.name for x in (tmp_path / "out").iterdir())
+    assert files == sorted(stopped["files"]) and len(files) == stopped["step"]
