@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from contextlib import nullcontext
@@ -94,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .prepare_cli import add_parsers
     add_parsers(sub)
+    for p in sub.choices.values():
+        if not any("--json" in a.option_strings for a in p._actions):
+            p.add_argument("--json", action="store_true",
+                           help="print the JSON-line events (docs/protocol.md) also in a terminal")
     return ap
 
 
@@ -153,21 +158,65 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     multi = getattr(a, "nproc", 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if multi:
-        from . import distributed
-        if not distributed.launched():
-            from .launch import relaunch
-            return relaunch(argv, a.nproc)
-        if a.command not in ("train", "fit", "render") and distributed.env_rank() != 0:
-            return 0    # one-process commands run once, on rank 0
-    # Every command on a run folder also appends its events to RUN/log.jsonl.
-    with events.copied_to(RunFolder(a.run).log) if getattr(a, "run", None) else nullcontext():
-        return _run_reporting_errors(a, multi)
+    view = _terminal_view(a, argv)
+    try:
+        if multi:
+            from . import distributed
+            if not distributed.launched():
+                from .launch import relaunch
+                return relaunch(argv, a.nproc)
+            if a.command not in ("train", "fit", "render") and distributed.env_rank() != 0:
+                return 0    # one-process commands run once, on rank 0
+        # Every command on a run folder also appends its events to RUN/log.jsonl.
+        with events.copied_to(RunFolder(a.run).log) if getattr(a, "run", None) else nullcontext():
+            return _run_reporting_errors(a, multi, quiet_stderr=view is not None)
+    finally:
+        if view is not None:
+            events.set_view(None)
+            try:
+                view.close()
+            except (OSError, ValueError):
+                events.lose_output()
 
 
-def _run_reporting_errors(a: argparse.Namespace, multi: bool) -> int:
-    """Run the command; errors become an `error` event plus one line on stderr (a reader that
-    went away is not an error, see backend.events)."""
+def _terminal_view(a: argparse.Namespace, argv: list[str]):
+    """The terminal view of the events (backend.terminal) when stdout is a terminal, --json is
+    not given and this is not a worker process under torchrun; None: JSON lines."""
+    if a.json or os.environ.get("WORLD_SIZE") or not _isatty(sys.stdout):
+        return None
+    try:
+        from .terminal import TerminalView
+    except ImportError:      # rich missing: JSON lines are still the whole output
+        return None
+    view = TerminalView(resume_hint=_resume_hint(a, argv))
+    events.set_view(view)
+    return view
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _resume_hint(a: argparse.Namespace, argv: list[str]) -> str | None:
+    """The command that continues this one after a stop (train, fit: with --resume; cache: again)."""
+    if a.command not in ("train", "fit", "cache"):
+        return None
+    args = [x for x in argv if x != "--overwrite"]
+    if a.command in ("train", "fit") and "--resume" not in args:
+        args.append("--resume")
+    prog = "xscale-nvs" if os.path.basename(sys.argv[0]) == "xscale-nvs" else "python -m backend"
+    return f"{prog} {shlex.join(args)}"
+
+
+def _run_reporting_errors(a: argparse.Namespace, multi: bool, quiet_stderr: bool = False) -> int:
+    """Run the command; errors become an `error` event plus one line on stderr (the terminal view
+    already shows it in red when stderr is the same terminal)."""
+    def to_stderr(text: str) -> None:
+        if not (quiet_stderr and _isatty(sys.stderr)):
+            events.write_safely(text, sys.stderr)
     try:
         rc = run_command(a)
         if multi:
@@ -176,7 +225,7 @@ def _run_reporting_errors(a: argparse.Namespace, multi: bool) -> int:
         return rc
     except (InputError, DeviceError) as e:
         events.emit("error", message=str(e))
-        events.write_safely(f"error: {e}\n", sys.stderr)
+        to_stderr(f"error: {e}\n")
         return 2
     except KeyboardInterrupt:
         events.emit("error", message="interrupted")

@@ -46,7 +46,7 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
                "psnr": ev["mean"].get("psnr"), "ssim": ev["mean"].get("ssim"),
                "seconds": time.monotonic() - t0}
     events.emit("done", stage="demo", **summary)
-    print(f"\nDemo finished in {summary['seconds']:.0f} s. Held-out PSNR {summary['psnr']:.2f} dB, "
-          f"SSIM {summary['ssim']:.3f}.\n  comparisons (photo | render | error x4): {summary['eval_images']}"
-          f"\n  flythrough frames: {frames}\n  metrics: {summary['eval']}", flush=True)
+    events.text(f"\nDemo finished in {summary['seconds']:.0f} s. Held-out PSNR {summary['psnr']:.2f} dB, "
+                f"SSIM {summary['ssim']:.3f}.\n  comparisons (photo | render | error x4): {summary['eval_images']}"
+                f"\n  flythrough frames: {frames}\n  metrics: {summary['eval']}")
     return summary

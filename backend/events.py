@@ -6,7 +6,8 @@ Event kinds: "progress" (stage, step, total, plus stage-specific numbers),
 A reader that goes away (Blender quit: the pipe is closed) never ends the job: the first write
 that fails turns the output off (the file descriptor is pointed at the null device, so Python's
 own flush at exit cannot fail either) and requests a stop, so a running job saves and exits 0.
-The copy in RUN/log.jsonl is still written.
+The copy in RUN/log.jsonl is still written. `set_view` replaces the JSON lines by another
+presentation of the same events (the terminal view, backend.terminal).
 """
 from __future__ import annotations
 
@@ -25,11 +26,19 @@ _stream: TextIO = sys.stdout
 _quiet = False
 _log_file: Path | None = None
 _lost = False                                    # the reader of _stream is gone
+_view: Any = None        # shows events instead of writing JSON lines (backend.terminal.TerminalView)
 
 
 def set_stream(stream: TextIO, quiet: bool = False) -> None:
     global _stream, _quiet, _lost
     _stream, _quiet, _lost = stream, quiet, False
+
+
+def set_view(view: Any) -> None:
+    """Show every event with `view.event(obj)`, and text with `view.text(message)`, instead of
+    writing JSON lines (None: JSON lines)."""
+    global _view
+    _view = view
 
 
 def output_lost() -> bool:
@@ -81,8 +90,15 @@ def write_safely(text: str, stream: Any = None) -> None:
 def text(message: str) -> None:
     """Plain text for a person (reports, summaries): printed on stdout in every mode (JSON readers
     ignore lines that are not JSON objects)."""
-    if not _quiet and not _lost:
+    if _quiet or _lost:
+        return
+    if _view is None:
         write_safely(message.rstrip("\n") + "\n", _stream)
+        return
+    try:
+        _view.text(message)
+    except (OSError, ValueError):
+        lose_output()
 
 
 def _clean(v: Any) -> Any:
@@ -116,8 +132,11 @@ def emit(event: str, **fields: Any) -> None:
     line = json.dumps(obj) + "\n"
     if not _lost:
         try:
-            _stream.write(line)
-            _stream.flush()
+            if _view is not None:
+                _view.event(obj)
+            else:
+                _stream.write(line)
+                _stream.flush()
         except (OSError, ValueError):   # BrokenPipeError, EIO of a closed terminal, a closed file
             lose_output()
     if _log_file is not None and _log_file.parent.is_dir():
@@ -149,3 +168,21 @@ class Progress:
         emit("progress", stage=self.stage, step=step, total=self.total,
              elapsed_s=elapsed, eta_s=eta, **fields)
 
+
+def forward_line(line: str) -> None:
+    """A line another backend process printed (the `--nproc` relay): shown like this process's
+    own events (an event object goes to the view), anything else as it is."""
+    if _view is not None:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("event"), str):
+            if not _lost:
+                try:
+                    _view.event(obj)
+                except (OSError, ValueError):
+                    lose_output()
+            return
+    if not _quiet and not _lost:
+        write_safely(line, _stream)

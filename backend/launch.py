@@ -54,7 +54,7 @@ def relaunch(argv: list[str], nproc: int) -> int:
                 bad_input = bad_input or not message.startswith(("internal error", "interrupted"))
             stopped = stopped or kind == "stopped"
             lost = events.output_lost()
-            events.write_safely(line)
+            events.forward_line(line)       # as JSON, or to the terminal view
             if events.output_lost() and not lost:   # nobody reads us any more: stop the job cleanly
                 forward(signal.SIGTERM, None)
         rc = proc.wait()
