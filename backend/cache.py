@@ -175,14 +175,20 @@ class CacheBuild:
         check_photos([views[i] for i in self.test_ids], "held-out")
 
     def build(self) -> dict:
-        with StopFlag() as self.flag, self.run.exclusive("the ray cache"):
-            self.start_or_resume()
-            if not self.write_views():
-                return self._stopped("views", self.done, len(self.train_ids))
-            shards = self.write_shards()
-            if shards is None:
-                return self._stopped("shards", self._shards_done(), self.n_buckets)
-            return self.finish(shards)
+        with StopFlag() as self.flag:
+            if self.flag.stop:          # asked to stop while the inputs were read: nothing written
+                return self._stopped("views", 0, len(self.train_ids))
+            with self.run.exclusive("the ray cache"):
+                return self._build()
+
+    def _build(self) -> dict:
+        self.start_or_resume()
+        if not self.write_views():
+            return self._stopped("views", self.done, len(self.train_ids))
+        shards = self.write_shards()
+        if shards is None:
+            return self._stopped("shards", self._shards_done(), self.n_buckets)
+        return self.finish(shards)
 
     def _stopped(self, phase: str, step: int, total: int) -> dict:
         events.emit("stopped", stage="cache", phase=phase, step=step, total=total, run=str(self.run.root))

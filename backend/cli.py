@@ -15,6 +15,9 @@ from . import config, events
 from .config import Option
 from .errors import DeviceError, InputError
 from .runfolder import RunFolder
+from .stopflag import StopFlag
+
+STOPPABLE = ("cache", "train", "fit", "render", "demo")
 
 
 def _add(p: argparse.ArgumentParser, opt: Option, **kw) -> None:
@@ -218,7 +221,10 @@ def _run_reporting_errors(a: argparse.Namespace, multi: bool, quiet_stderr: bool
         if not (quiet_stderr and _isatty(sys.stderr)):
             events.write_safely(text, sys.stderr)
     try:
-        rc = run_command(a)
+        # Jobs that honour a stop do so from the start: a stop while inputs are still being read
+        # ends the job at its first check (a `stopped` event, exit 0), not with a kill.
+        with StopFlag() if a.command in STOPPABLE else nullcontext():
+            rc = run_command(a)
         if multi:
             from . import distributed
             distributed.shutdown()

@@ -255,3 +255,32 @@ def test_stop_while_writing_shards_resumes_to_identical_shards(scene, tmp_path, 
     monkeypatch.setattr(CacheBuild, "_write_shard", real)
     build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
     _assert_same_shards(ref, run)
+
+
+def test_stop_while_the_inputs_are_read_creates_nothing(scene, tmp_path):
+    """Blender's Stop right after Start (the scene and mesh still loading): exit 0 with a
+    `stopped` event of the cache, and no run folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    slow_load = ("import sys, time, backend.cache as C\n"
+                 "real = C.load_scene\n"
+                 "def slow(*a, **k):\n"
+                 "    print('loading', flush=True)\n"
+                 "    time.sleep(1.0)\n"
+                 "    return real(*a, **k)\n"
+                 "C.load_scene = slow\n"
+                 "from backend.cli import main\n"
+                 "sys.exit(main(sys.argv[1:]))\n")
+    r = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-c", slow_load, "fit", "--scene", str(scene), "--run", str(r),
+                          "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.stdout.readline().strip() == "loading"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    evs = events_of(out)
+    assert evs[-1]["event"] == "stopped" and evs[-1]["stage"] == "cache" and evs[-1]["step"] == 0
+    assert not r.exists()
