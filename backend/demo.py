@@ -11,8 +11,9 @@ from .runfolder import make_dir
 # Scene size and training per device type. CPU: 400 steps of 2,048 rays (the small preset's
 # 4,096 rays and 600 steps gave 36.7 dB held-out PSNR for 2.7x the training time; this gives
 # 35.2 dB). Measured with one thread (an upper bound for two idle cores): training 0.33 s/step,
-# everything else ~30 s, so about 3 minutes in all; a machine busy with other programs takes
-# longer (the README promises under 10 minutes). CUDA: 0.05 s per reference step from the
+# everything else ~30 s, so about 3 minutes in all (a whole run: 180 CPU-s). A machine busy
+# with other programs takes longer: 8 min 46 s at a load average of ~7 on 2 cores, with
+# OMP_WAIT_POLICY=PASSIVE (backend/cli.py; without it the same run was on course for ~17 min). CUDA: 0.05 s per reference step from the
 # training rate in benchmarks/NOTES.md; not timed end to end. `fixed_s` and `step_s` give the
 # estimate the demo prints at its start.
 SIZES = {"cuda": dict(size=(640, 480), views=48, iters=300, frames=24, batch_rays=None, fixed_s=40.0, step_s=0.05),

@@ -27,3 +27,24 @@ def test_demo_prints_the_expected_duration_first_and_stops_cleanly(tmp_path):
     assert "400 training steps" in evs[0]["message"]
     assert p.returncode == 0, err
     assert evs[-1]["event"] == "stopped" and not any(e["event"] == "error" for e in evs)
+
+
+def test_openmp_threads_sleep_when_idle_for_every_command():
+    """OMP_WAIT_POLICY=PASSIVE is in the environment when torch (and its OpenMP runtime) loads,
+    so a CPU run does not burn the cores that other programs need; a user's setting wins."""
+    probe = ("import os, sys\n"
+             "class Spy:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch' and 'seen' not in os.environ:\n"
+             "            os.environ['seen'] = os.environ.get('OMP_WAIT_POLICY', 'unset')\n"
+             "            print('torch loads with', os.environ['seen'], file=sys.stderr)\n"
+             "sys.meta_path.insert(0, Spy())\n"
+             "from backend.cli import main\n"
+             "main(sys.argv[1:])\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("OMP_WAIT_POLICY", None)
+    res = subprocess.run([sys.executable, "-c", probe, "doctor", "--json"], env=env, capture_output=True, text=True)
+    assert "torch loads with PASSIVE" in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, "-c", probe, "doctor", "--json"], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
+                         capture_output=True, text=True)
+    assert "torch loads with ACTIVE" in res.stderr, res.stderr
