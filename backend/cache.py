@@ -35,7 +35,9 @@ from .imageio import read_mask
 from .meshio import load_mesh
 from .raster import Rasterizer, pixel_directions, resolve_device
 from .runfolder import RunFolder, read_json, write_json
+from .photos import check_photos, load_rgb8
 from .scene import load_scene
+from .stopflag import StopFlag
 
 FIELD_FILE = "footprint.npy"    # RUN/cache/: the finest log2 footprints seen (backend.footprint)
 FIELDS = {"xyz": np.float32, "mask": np.uint16, "normal": np.float16, "dir": np.float16,
@@ -78,23 +80,6 @@ def check_disk(folder: Path, need: int, views_left: int, done: int) -> None:
             f"{need / 1e9:.1f} GB (plus {DISK_RESERVE / 1e9:.1f} GB kept free) and {views_left} "
             f"views are left. Free some space or use a run folder on a larger disk, then run "
             f"again: the ray cache resumes after view {done}.")
-
-
-def load_rgb8(path: Path, cam: Camera) -> np.ndarray:
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            if im.mode == "I;16" or im.mode.startswith("I;16"):
-                a = (np.asarray(im, dtype=np.float32) / 257.0).round().astype(np.uint8)
-                a = np.repeat(a[..., None], 3, -1)
-            else:
-                a = np.array(im.convert("RGB"))      # writable: handed to torch
-    except OSError as e:
-        raise InputError(f"{path}: cannot decode the image ({e}); re-export it as PNG or JPEG.") from None
-    if a.shape[:2] != (cam.height, cam.width):
-        raise InputError(f"{path}: image is {a.shape[1]}x{a.shape[0]} but its camera expects "
-                         f"{cam.width}x{cam.height}.")
-    return a
 
 
 def view_rays(rast: Rasterizer, cam: Camera, rgb8: np.ndarray, ss: int, view_id: int,
@@ -155,24 +140,25 @@ def bucket_parts(rec: dict[str, torch.Tensor], bucket: np.ndarray, n_buckets: in
 def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: int | None = None,
                 ss: int = SS.default, test_every: int = TEST_EVERY.default, device: str = "auto",
                 shard_rays: int = 1 << 22, seed: int = 0) -> dict:
-    SS.check(ss)
-    TEST_EVERY.check(test_every)
+    """The ray cache of SCENE in RUN/cache (see the module doc). Returns RUN/config.json's
+    content, or {"stopped": True} after a requested stop (the build continues from there when
+    run again)."""
     # Inputs are read and checked before the run folder is created or locked.
-    build = CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed)
-    with build.run.exclusive("the ray cache"):
-        build.start_or_resume()
-        build.write_views()
-        shards = build.write_shards()
-        return build.finish(shards)
+    return CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed).build()
 
 
 class CacheBuild:
     """One ray cache build, in its phases: `start_or_resume` (RUN/cache.tmp, or its state after an
     interruption), `write_views` (every training view's rays appended to random bucket files),
     `write_shards` (each bucket shuffled into a shard), `finish` (RUN/cache replaced atomically,
-    RUN/config.json)."""
+    RUN/config.json). Constructing it reads and checks every input (nothing is written); `build`
+    runs the phases. A stop (SIGINT/SIGTERM) is honoured between views and between shards: the
+    build ends with a `stopped` event and continues from there when run again."""
 
-    def __init__(self, scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed):
+    def __init__(self, scene_dir, run_dir, mesh=None, level=None, ss=SS.default, test_every=TEST_EVERY.default,
+                 device="auto", shard_rays=1 << 22, seed=0):
+        SS.check(ss)
+        TEST_EVERY.check(test_every)
         self.dev = resolve_device(device)
         self.scene = load_scene(scene_dir, mesh, level)
         self.mesh = load_mesh(self.scene.mesh_path)
@@ -198,6 +184,35 @@ class CacheBuild:
         self.camera_rows = camera_rows([v.camera for v in views])
         lo, hi = self.mesh.bounds
         self.field = FieldBuilder(*normalisation(lo, hi), self.dev)
+        self.flag: StopFlag | None = None
+        # Held-out photos are otherwise decoded only by `eval`, after the training time.
+        check_photos([views[i] for i in self.test_ids], "held-out")
+
+    def build(self) -> dict:
+        with StopFlag() as self.flag:
+            if self.flag.stop:          # asked to stop while the inputs were read: nothing written
+                return self._stopped("views", 0, len(self.train_ids))
+            with self.run.exclusive("the ray cache"):
+                return self._build()
+
+    def _build(self) -> dict:
+        self.start_or_resume()
+        if not self.write_views():
+            return self._stopped("views", self.done, len(self.train_ids))
+        shards = self.write_shards()
+        if shards is None:
+            return self._stopped("shards", self._shards_done(), self.n_buckets)
+        return self.finish(shards)
+
+    def _stopped(self, phase: str, step: int, total: int) -> dict:
+        events.emit("stopped", stage="cache", phase=phase, step=step, total=total, run=str(self.run.root))
+        return {"stopped": True, "phase": phase, "step": step, "total": total}
+
+    def _stop_requested(self) -> bool:
+        return self.flag is not None and self.flag.stop
+
+    def _shards_done(self) -> int:
+        return sum((self.tmp / f"shard_{b:05d}").is_dir() for b in range(self.n_buckets))
 
     def start_or_resume(self) -> None:
         """Resume an interrupted build of the same inputs (dropping bytes written after its last
@@ -221,9 +236,10 @@ class CacheBuild:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "buckets").mkdir(parents=True)
 
-    def write_views(self) -> None:
+    def write_views(self) -> bool:
         """Rasterize every remaining training view and append its rays to random buckets; the
-        progress file is written after each view (the resume point)."""
+        progress file is written after each view (the resume point). False when a stop ended it
+        before the last view."""
         scene, train_ids, clock, tmp = self.scene, self.train_ids, self.clock, self.tmp
         prog = events.Progress("cache", len(train_ids), start_step=self.done)
         per_ray = ray_bytes(self.ss)
@@ -239,6 +255,8 @@ class CacheBuild:
         nxt = load(self.done)
         try:
             for n in range(self.done, len(train_ids)):
+                if self._stop_requested():
+                    return False
                 i = train_ids[n]
                 v = scene.views[i]
                 check_disk(tmp, v.camera.width * v.camera.height * per_ray, len(train_ids) - n, n)
@@ -258,6 +276,7 @@ class CacheBuild:
                 write_json(self.progress, {"key": self.key, "done": n + 1, "coverage": self.coverage,
                                            "total": self.total, "rng": self.rng.bit_generator.state,
                                            "sizes": self.sizes.tolist()})
+                self.done = n + 1
                 prog.update(n + 1, view=v.name, rays=self.total)
         finally:
             pool.shutdown(cancel_futures=True)
@@ -265,6 +284,7 @@ class CacheBuild:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InputError(f"{scene.mesh_path}: no training camera sees the mesh; check that the mesh "
                              "and the cameras are in the same world frame (no axis change on export).")
+        return True
 
     def _append(self, rec: dict[str, torch.Tensor], cnt: int) -> None:
         bucket = self.rng.integers(0, self.n_buckets, cnt, dtype=np.int32)
@@ -276,49 +296,61 @@ class CacheBuild:
                     part.tofile(fh)
                 self.sizes[b, c] += part.nbytes
 
-    def write_shards(self) -> list[dict]:
+    def write_shards(self) -> list[dict] | None:
         """Shuffle each bucket into a shard of .npy files (a shard written before an interruption
-        is kept); bucket files are deleted as they are used."""
-        tmp, clock, S, dev = self.tmp, self.clock, self.ss * self.ss, self.rast.device
+        is kept); bucket files are deleted as they are used. None when a stop ended it before
+        the last shard."""
+        tmp, clock, S = self.tmp, self.clock, self.ss * self.ss
         shards, deletes, deleter = [], [], ThreadPoolExecutor(1)
-        for b in range(self.n_buckets):
-            # Each shuffle seeds from (seed, bucket), so a resumed run rebuilds identical shards.
-            name = f"shard_{b:05d}"
-            if (tmp / name).is_dir():                          # written before an interruption
-                old = {k: np.load(tmp / name / f"{k}.npy") for k in ("xyz", "mask", "view")}
-                self._add_to_field({k: _on_device(v, dev) for k, v in old.items()})
-                shards.append({"name": name, "n": len(old["view"])})
-                continue
-            with clock("shuffle_read"):
-                data = {k: np.fromfile(_bucket_file(tmp, b, k), dtype=dt) for k, dt in FIELDS.items()}
-            n = len(data["view"])
-            if n == 0:
-                continue
-            data = {k: v.reshape(n, *row_shape(k, S)) for k, v in data.items()}
-            with clock("shuffle"):
-                # The random gather on the GPU (numpy's single-threaded one took 1 s per 4M-ray
-                # shard: memory latency); the footprint field from the same copies.
-                rows = {k: _on_device(v, dev) for k, v in data.items()}
-                self._add_to_field(rows)
-                perm = torch.from_numpy(np.random.default_rng([self.seed, b]).permutation(n)).to(dev)
-                data = {k: _to_host(rows[k][perm], FIELDS[k]) for k in FIELDS}
-            part = tmp / (name + ".part")
-            shutil.rmtree(part, ignore_errors=True)
-            part.mkdir()
-            with clock("shuffle_write"):
-                for k in FIELDS:
-                    np.save(part / f"{k}.npy", data[k])
-            part.replace(tmp / name)
-            # Free the disk as we go, in a thread: unlinking a large file takes ~10 ms.
-            deletes += [deleter.submit(_bucket_file(tmp, b, k).unlink) for k in FIELDS]
-            shards.append({"name": name, "n": int(n)})
-        with clock("free_disk"):
-            deleter.shutdown()
-            for d in deletes:
-                d.result()                                     # re-raise a failed delete
+        try:
+            for b in range(self.n_buckets):
+                if self._stop_requested():
+                    return None
+                shard = self._write_shard(b, S, deletes, deleter)
+                if shard is not None:
+                    shards.append(shard)
+        finally:
+            with clock("free_disk"):
+                deleter.shutdown()
+                for d in deletes:
+                    d.result()                                 # re-raise a failed delete
         shutil.rmtree(tmp / "buckets")
         self.progress.unlink()
         return shards
+
+    def _write_shard(self, b: int, S: int, deletes: list, deleter: ThreadPoolExecutor) -> dict | None:
+        """Bucket `b` shuffled into shard_{b}/ (None for an empty bucket)."""
+        tmp, clock = self.tmp, self.clock
+        # Each shuffle seeds from (seed, bucket), so a resumed run rebuilds identical shards.
+        name = f"shard_{b:05d}"
+        dev = self.rast.device
+        if (tmp / name).is_dir():                          # written before an interruption
+            old = {k: np.load(tmp / name / f"{k}.npy") for k in ("xyz", "mask", "view")}
+            self._add_to_field({k: _on_device(v, dev) for k, v in old.items()})
+            return {"name": name, "n": len(old["view"])}
+        with clock("shuffle_read"):
+            data = {k: np.fromfile(_bucket_file(tmp, b, k), dtype=dt) for k, dt in FIELDS.items()}
+        n = len(data["view"])
+        if n == 0:
+            return None
+        data = {k: v.reshape(n, *row_shape(k, S)) for k, v in data.items()}
+        with clock("shuffle"):
+            # The random gather on the GPU (numpy's single-threaded one took 1 s per 4M-ray
+            # shard: memory latency); the footprint field from the same copies.
+            rows = {k: _on_device(v, dev) for k, v in data.items()}
+            self._add_to_field(rows)
+            perm = torch.from_numpy(np.random.default_rng([self.seed, b]).permutation(n)).to(dev)
+            data = {k: _to_host(rows[k][perm], FIELDS[k]) for k in FIELDS}
+        part = tmp / (name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir()
+        with clock("shuffle_write"):
+            for k in FIELDS:
+                np.save(part / f"{k}.npy", data[k])
+        part.replace(tmp / name)
+        # Free the disk as we go, in a thread: unlinking a large file takes ~10 ms.
+        deletes += [deleter.submit(_bucket_file(tmp, b, k).unlink) for k in FIELDS]
+        return {"name": name, "n": int(n)}
 
     def _add_to_field(self, rows: dict[str, torch.Tensor]) -> None:
         """The finest footprint of every hit sub-sample of these rays, per field cell."""

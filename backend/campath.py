@@ -32,17 +32,47 @@ def read_camera_path(path: str | Path) -> tuple[list[int], list[Camera], float]:
         raise InputError(f"{path}: camera path has no 'frames'; export it again from Blender.")
     numbers, cams = [], []
     for k, f in enumerate(frames):
-        try:
-            cam = Camera(f["width"], f["height"], np.array(f["K"], float), np.array(f["world_to_camera"], float),
-                         name=f"frame_{int(f.get('frame', k)):06d}")
-        except (KeyError, ValueError, TypeError) as e:
-            raise InputError(f"{path}: frame {k} is malformed ({e}); each frame needs width, height, "
-                             "K (3x3) and world_to_camera (4x4).") from None
-        if cam.width <= 0 or cam.height <= 0 or cam.fx <= 0 or cam.fy <= 0:
-            raise InputError(f"{path}: frame {k} has a non-positive size or focal length.")
+        cam = _frame_camera(path, k, f)
         numbers.append(int(f.get("frame", k)))
         cams.append(cam)
     return numbers, cams, float(data.get("fps", 24.0))
+
+
+RIGID_TOL = 1e-4      # rotation rows orthonormal and det +1 within this (float32 exports: ~1e-7)
+
+
+def _frame_camera(path: Path, k: int, f) -> Camera:
+    """The camera of frame entry `k`, after checking it (InputError naming the file and frame):
+    positive integer size, finite K with positive focal lengths and no skew, finite rigid
+    world_to_camera (rotation orthonormal with determinant +1, last row 0 0 0 1)."""
+    label = f"frame {f['frame']}" if isinstance(f, dict) and "frame" in f else f"frame entry {k}"
+    where = f"{path}: {label}"
+    try:
+        w, h = f["width"], f["height"]
+        K = np.array(f["K"], float).reshape(3, 3)
+        E = np.array(f["world_to_camera"], float).reshape(4, 4)
+        number = int(f.get("frame", k))
+    except (KeyError, ValueError, TypeError) as e:
+        raise InputError(f"{where} is malformed ({e}); each frame needs width, height, "
+                         "K (3x3) and world_to_camera (4x4).") from None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and float(x) == int(x) and x > 0
+               for x in (w, h)):
+        raise InputError(f"{where} has size {w}x{h}; width and height must be positive whole numbers of pixels.")
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(f"{where}: K must have finite entries and positive focal lengths fx, fy "
+                         f"(got fx={K[0, 0]:g}, fy={K[1, 1]:g}).")
+    if K[0, 1] != 0 or K[1, 0] != 0 or not np.allclose(K[2], [0, 0, 1]):
+        raise InputError(f"{where}: K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew).")
+    if not np.isfinite(E).all():
+        raise InputError(f"{where}: world_to_camera has NaN or infinite entries.")
+    R = E[:3, :3]
+    ortho = float(np.abs(R @ R.T - np.eye(3)).max())
+    det = float(np.linalg.det(R))
+    if ortho > RIGID_TOL or abs(det - 1) > RIGID_TOL or np.abs(E[3] - [0, 0, 0, 1]).max() > RIGID_TOL:
+        raise InputError(f"{where}: world_to_camera is not a rigid camera pose (rotation not orthonormal "
+                         f"with determinant +1: off by {ortho:.2g}, determinant {det:.4g}); export the "
+                         "camera without scale or shear.")
+    return Camera(int(w), int(h), K, E, name=f"frame_{number:06d}")
 
 
 def write_camera_path(path: str | Path, numbers: list[int], cams: list[Camera], fps: float = 24.0) -> None:

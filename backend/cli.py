@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from contextlib import nullcontext
@@ -14,6 +15,9 @@ from . import config, events
 from .config import Option
 from .errors import DeviceError, InputError
 from .runfolder import RunFolder
+from .stopflag import StopFlag
+
+STOPPABLE = ("cache", "train", "fit", "render", "demo")
 
 
 def _add(p: argparse.ArgumentParser, opt: Option, **kw) -> None:
@@ -21,6 +25,9 @@ def _add(p: argparse.ArgumentParser, opt: Option, **kw) -> None:
     naming the flag), not by argparse (a usage message the add-on cannot show)."""
     if opt.choices:
         help_ = f"{opt.help}: " + ", ".join(c[0] for c in opt.choices) + f" (default {opt.default})"
+    elif opt.kind is bool:
+        p.add_argument(opt.flag, action="store_true", help=opt.help, **kw)
+        return
     else:
         help_ = opt.help + (f" (default {opt.default})" if opt.default is not None else "")
     p.add_argument(opt.flag, type=opt.kind, default=opt.default, help=help_, **kw)
@@ -40,7 +47,8 @@ def _add_cache_opts(p) -> None:
 
 
 def _add_train_opts(p) -> None:
-    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    for opt in config.START_OPTIONS:
+        _add(p, opt)
     _add(p, config.PRESET)
     for opt in config.TRAIN_OPTIONS:
         _add(p, opt)
@@ -94,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .prepare_cli import add_parsers
     add_parsers(sub)
+    for p in sub.choices.values():
+        if not any("--json" in a.option_strings for a in p._actions):
+            p.add_argument("--json", action="store_true",
+                           help="print the JSON-line events (docs/protocol.md) also in a terminal")
     return ap
 
 
@@ -106,6 +118,8 @@ def _check_limits(a: argparse.Namespace) -> None:
             opt.check(getattr(a, opt.name))
     if a.command == "render":
         config.RENDER_SS.check(a.ss)
+    if getattr(a, "resume", False) and getattr(a, "overwrite", False):
+        raise InputError("--resume and --overwrite: choose one (continue the run's training, or start it over).")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
@@ -126,12 +140,13 @@ def run_command(a: argparse.Namespace) -> int:
         build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
     elif a.command == "train":
         from .train import train
-        train(a.run, a.iters, a.resume, a.device, a.preset, _train_overrides(a), grid_backend=grid_backend)
+        train(a.run, a.iters, a.resume, a.device, a.preset, _train_overrides(a), grid_backend=grid_backend,
+              overwrite=a.overwrite)
     elif a.command == "fit":
         from .fit import fit
         fit(a.scene, a.run, mesh=a.mesh, level=a.level, ss=a.ss, test_every=a.test_every, iters=a.iters,
-            resume=a.resume, device=a.device, preset=a.preset, overrides=_train_overrides(a),
-            grid_backend=grid_backend)
+            resume=a.resume, overwrite=a.overwrite, device=a.device, preset=a.preset,
+            overrides=_train_overrides(a), grid_backend=grid_backend)
     elif a.command == "render":
         from .render import render_path
         render_path(a.run, a.path, a.out, a.format, a.exposure, a.ss, a.device, grid_backend)
@@ -151,35 +166,89 @@ def run_command(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # OpenMP threads that wait for work by sleeping, not spinning (read when torch loads, below).
+    # Spinning threads burn the cores other programs need and lose theirs: on a 2-core machine
+    # kept busy by other programs the CPU demo trained 2.5x faster with PASSIVE (400 steps in
+    # ~6 min instead of ~15), at the same CPU time per step as one thread. Set it to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     a = build_parser().parse_args(argv)
     multi = getattr(a, "nproc", 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if multi:
-        from . import distributed
-        if not distributed.launched():
-            from .launch import relaunch
-            return relaunch(argv, a.nproc)
-        if a.command not in ("train", "fit", "render") and distributed.env_rank() != 0:
-            return 0    # one-process commands run once, on rank 0
-    # Every command on a run folder also appends its events to RUN/log.jsonl.
-    with events.copied_to(RunFolder(a.run).log) if getattr(a, "run", None) else nullcontext():
-        return _run_reporting_errors(a, multi)
-
-
-def _run_reporting_errors(a: argparse.Namespace, multi: bool) -> int:
+    view = _terminal_view(a, argv)
     try:
-        rc = run_command(a)
+        if multi:
+            from . import distributed
+            if not distributed.launched():
+                from .launch import relaunch
+                return relaunch(argv, a.nproc)
+            if a.command not in ("train", "fit", "render") and distributed.env_rank() != 0:
+                return 0    # one-process commands run once, on rank 0
+        # Every command on a run folder also appends its events to RUN/log.jsonl.
+        with events.copied_to(RunFolder(a.run).log) if getattr(a, "run", None) else nullcontext():
+            return _run_reporting_errors(a, multi, quiet_stderr=view is not None)
+    finally:
+        if view is not None:
+            events.set_view(None)
+            try:
+                view.close()
+            except (OSError, ValueError):
+                events.lose_output()
+
+
+def _terminal_view(a: argparse.Namespace, argv: list[str]):
+    """The terminal view of the events (backend.terminal) when stdout is a terminal, --json is
+    not given and this is not a worker process under torchrun; None: JSON lines."""
+    if a.json or os.environ.get("WORLD_SIZE") or not _isatty(sys.stdout):
+        return None
+    try:
+        from .terminal import TerminalView
+    except ImportError:      # rich missing: JSON lines are still the whole output
+        return None
+    view = TerminalView(resume_hint=_resume_hint(a, argv))
+    events.set_view(view)
+    return view
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _resume_hint(a: argparse.Namespace, argv: list[str]) -> str | None:
+    """The command that continues this one after a stop (train, fit: with --resume; cache: again)."""
+    if a.command not in ("train", "fit", "cache"):
+        return None
+    args = [x for x in argv if x != "--overwrite"]
+    if a.command in ("train", "fit") and "--resume" not in args:
+        args.append("--resume")
+    prog = "xscale-nvs" if os.path.basename(sys.argv[0]) == "xscale-nvs" else "python -m backend"
+    return f"{prog} {shlex.join(args)}"
+
+
+def _run_reporting_errors(a: argparse.Namespace, multi: bool, quiet_stderr: bool = False) -> int:
+    """Run the command; errors become an `error` event plus one line on stderr (the terminal view
+    already shows it in red when stderr is the same terminal)."""
+    def to_stderr(text: str) -> None:
+        if not (quiet_stderr and _isatty(sys.stderr)):
+            events.write_safely(text, sys.stderr)
+    try:
+        # Jobs that honour a stop do so from the start: a stop while inputs are still being read
+        # ends the job at its first check (a `stopped` event, exit 0), not with a kill.
+        with StopFlag() if a.command in STOPPABLE else nullcontext():
+            rc = run_command(a)
         if multi:
             from . import distributed
             distributed.shutdown()
         return rc
     except (InputError, DeviceError) as e:
         events.emit("error", message=str(e))
-        print(f"error: {e}", file=sys.stderr)
+        to_stderr(f"error: {e}\n")
         return 2
     except KeyboardInterrupt:
         events.emit("error", message="interrupted")
         return 130
     except Exception as e:  # unexpected: keep the traceback for bug reports, still emit an event
-        traceback.print_exc()
+        events.write_safely(traceback.format_exc(), sys.stderr)
         events.emit("error", message=f"internal error: {type(e).__name__}: {e}")
         return 1

@@ -236,6 +236,12 @@ TEST_EVERY = Option("test_every", int, 8, "hold out every k-th photo for evaluat
 LEVEL = Option("level", int, None, "use images_k/ and cams_k/ (default: the finest level found)", min=0)
 CACHE_OPTIONS = (SS, TEST_EVERY, LEVEL)
 
+# How training starts on a run folder that already holds a checkpoint: neither (refused), one or
+# the other (not both).
+RESUME = Option("resume", bool, False, "continue from the run's checkpoint (fit: and an interrupted ray cache)")
+OVERWRITE = Option("overwrite", bool, False, "start over on a trained run folder, replacing its checkpoint")
+START_OPTIONS = (RESUME, OVERWRITE)
+
 PRESET = Option("preset", str, "auto", "model and training settings",
                 choices=(("auto", "Auto", "Reference on a CUDA GPU, Small on the CPU"),)
                 + tuple((k, p.label, p.description) for k, p in PRESETS.items()))

@@ -6,6 +6,7 @@ import json
 import platform
 import shutil
 import sys
+from pathlib import Path
 
 
 def report(path: str = ".") -> dict:
@@ -35,7 +36,10 @@ def report(path: str = ".") -> dict:
         ok, msg = self_check()
         r["tinycudann"] = msg
         r["tinycudann_ok"] = ok
-    du = shutil.disk_usage(path)
+    where = Path(path).resolve()
+    while not where.exists() and where != where.parent:     # a run folder not made yet: its disk
+        where = where.parent
+    du = shutil.disk_usage(where)
     r["disk_free_gb"] = round(du.free / 1e9, 1)
     r["ready"] = bool(r["torch"])
     r["rasterizer"] = "nvdiffrast (CUDA)" if r.get("cuda_available") and r["nvdiffrast"] else "software (CPU)"

@@ -1,26 +1,104 @@
 """Progress events: one JSON object per line on stdout (the Blender side parses them).
 
 Event kinds: "progress" (stage, step, total, plus stage-specific numbers),
-"log" (message), "done" (stage, plus outputs), "error" (message).
+"log" (message), "done" (stage, plus outputs), "stopped" (stage, step), "error" (message).
+
+A reader that goes away (Blender quit: the pipe is closed) never ends the job: the first write
+that fails turns the output off (the file descriptor is pointed at the null device, so Python's
+own flush at exit cannot fail either) and requests a stop, so a running job saves and exits 0.
+The copy in RUN/log.jsonl is still written. `set_view` replaces the JSON lines by another
+presentation of the same events (the terminal view, backend.terminal).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
+from . import stopflag
+
 _stream: TextIO = sys.stdout
 _quiet = False
 _log_file: Path | None = None
+_lost = False                                    # the reader of _stream is gone
+_view: Any = None        # shows events instead of writing JSON lines (backend.terminal.TerminalView)
 
 
 def set_stream(stream: TextIO, quiet: bool = False) -> None:
-    global _stream, _quiet
-    _stream, _quiet = stream, quiet
+    global _stream, _quiet, _lost
+    _stream, _quiet, _lost = stream, quiet, False
+
+
+def set_view(view: Any) -> None:
+    """Show every event with `view.event(obj)`, and text with `view.text(message)`, instead of
+    writing JSON lines (None: JSON lines)."""
+    global _view
+    _view = view
+
+
+def output_lost() -> bool:
+    return _lost
+
+
+def lose_output(stream: Any = None) -> None:
+    """The reader of `stream` (default: the event stream) is gone: stop writing to it, point its
+    file descriptor at the null device (later writes and the interpreter's exit flush then
+    succeed silently) and request a stop of the running job."""
+    global _lost
+    stream = _stream if stream is None else stream
+    if stream is _stream or _underlying(stream) is _underlying(_stream):
+        _lost = True
+    _to_devnull(stream)
+    stopflag.request_stop()
+
+
+def _underlying(stream: Any) -> Any:
+    """The stream a wrapper (e.g. distributed._ErrorsOnly) writes to."""
+    while hasattr(stream, "stream"):
+        stream = stream.stream
+    return stream
+
+
+def _to_devnull(stream: Any) -> None:
+    try:
+        fd = _underlying(stream).fileno()
+    except (AttributeError, OSError, ValueError):
+        return                      # not a file (a test's StringIO): nothing outlives us
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def write_safely(text: str, stream: Any = None) -> None:
+    """Write `text` to `stream` (default: stdout) and flush; a reader that went away is not an
+    error (see lose_output)."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):   # BrokenPipeError, EIO of a closed terminal, a closed file
+        lose_output(stream)
+
+
+def text(message: str) -> None:
+    """Plain text for a person (reports, summaries): printed on stdout in every mode (JSON readers
+    ignore lines that are not JSON objects)."""
+    if _quiet or _lost:
+        return
+    if _view is None:
+        write_safely(message.rstrip("\n") + "\n", _stream)
+        return
+    try:
+        _view.text(message)
+    except (OSError, ValueError):
+        lose_output()
 
 
 @contextmanager
@@ -64,9 +142,17 @@ def copied_to(path: Path) -> Iterator[None]:
 def emit(event: str, **fields: Any) -> None:
     if _quiet:
         return
-    line = json.dumps({"event": event, **_clean(fields)}) + "\n"
-    _stream.write(line)
-    _stream.flush()
+    obj = {"event": event, **_clean(fields)}
+    line = json.dumps(obj) + "\n"
+    if not _lost:
+        try:
+            if _view is not None:
+                _view.event(obj)
+            else:
+                _stream.write(line)
+                _stream.flush()
+        except (OSError, ValueError):   # BrokenPipeError, EIO of a closed terminal, a closed file
+            lose_output()
     if _log_file is not None and _log_file.parent.is_dir():
         with open(_log_file, "a", encoding="utf-8") as fh:
             fh.write(line)
@@ -95,3 +181,22 @@ class Progress:
         eta = elapsed / done * (self.total - step) if done > 0 else None
         emit("progress", stage=self.stage, step=step, total=self.total,
              elapsed_s=elapsed, eta_s=eta, **fields)
+
+
+def forward_line(line: str) -> None:
+    """A line another backend process printed (the `--nproc` relay): shown like this process's
+    own events (an event object goes to the view), anything else as it is."""
+    if _view is not None:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("event"), str):
+            if not _lost:
+                try:
+                    _view.event(obj)
+                except (OSError, ValueError):
+                    lose_output()
+            return
+    if not _quiet and not _lost:
+        write_safely(line, _stream)

@@ -13,6 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import events
+
+
 def relaunch(argv: list[str], nproc: int) -> int:
     """Run `python -m backend ARGV` as `nproc` processes under torchrun with this interpreter.
 
@@ -50,10 +53,9 @@ def relaunch(argv: list[str], nproc: int) -> int:
                 seen_errors.add(line)
                 bad_input = bad_input or not message.startswith(("internal error", "interrupted"))
             stopped = stopped or kind == "stopped"
-            try:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            except (BrokenPipeError, OSError):     # nobody reads us any more: stop the job cleanly
+            lost = events.output_lost()
+            events.forward_line(line)       # as JSON, or to the terminal view
+            if events.output_lost() and not lost:   # nobody reads us any more: stop the job cleanly
                 forward(signal.SIGTERM, None)
         rc = proc.wait()
     finally:

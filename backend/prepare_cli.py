@@ -82,11 +82,11 @@ def add_parsers(subparsers) -> None:
 def _report(scene: str | Path, level: int | None, mesh: str | None, max_side: int, coverage: bool,
             as_json: bool) -> dict:
     from .prepare import check_scene, format_report
-    report = check_scene(scene, mesh=mesh, level=level, max_side=max_side, coverage=coverage)
+    report = check_scene(scene, mesh=mesh, level=level, max_side=max_side, coverage=coverage, decode=True)
     if as_json:
-        print(json.dumps(report, indent=2), flush=True)
+        events.text(json.dumps(report, indent=2))
     else:
-        print(format_report(report), flush=True)
+        events.text(format_report(report))
     return report
 
 
@@ -113,10 +113,10 @@ def run_prepare(args: argparse.Namespace) -> int:
                       undistorted=args.undistorted, level=args.level)
     report = None
     if args.json:
-        print(json.dumps(summary, indent=2), flush=True)
+        events.text(json.dumps(summary, indent=2))
     else:
-        print(f"Wrote {summary['views']} view(s) to {summary['images_dir']} and {summary['cams_dir']}; "
-              f"mesh {summary['mesh']}.", flush=True)
+        events.text(f"Wrote {summary['views']} view(s) to {summary['images_dir']} and {summary['cams_dir']}; "
+                    f"mesh {summary['mesh']}.")
     if not args.no_check:
         report = _report(dst, summary["level"], summary["mesh"], args.max_side, True, args.json)
     events.emit("done", stage="prepare", scene=str(dst), level=summary["level"], views=summary["views"],

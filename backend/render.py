@@ -27,7 +27,8 @@ from .frame_files import frame_buffers, write_buffers
 from .meshio import load_mesh
 from .model import Manifold
 from .raster import Rasterizer, pixel_directions
-from .runfolder import RunFolder
+from .runfolder import RunFolder, make_dir
+from .stopflag import StopFlag
 
 
 @dataclass
@@ -166,19 +167,27 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = FORMAT.de
     expo = parse_exposure(exposure, len(names), names)
     rast = Rasterizer(load_mesh(cfg["mesh"]), dev)
     ss = ss or cfg["ss"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir, "--out")
     todo = list(zip(numbers, cams))[ctx.rank::ctx.world]    # under torchrun: every W-th frame
     prog = events.Progress("render", len(todo))
     writer = FrameWriter(fmt)
     t0 = time.monotonic()
-    try:
-        for k, (n, cam) in enumerate(todo):
-            writer.submit(out / frame_filename(n, fmt), *render_tensors(model, rast, cam, ss, expo))
-            prog.update(k + 1, frame=n)
-    finally:
-        writer.close()
-    distributed.barrier()     # every rank's frames are on disk before rank 0 reports them all
+    written = 0
+    with StopFlag() as flag:   # a stop (or the reader gone) ends it between frames
+        try:
+            for k, (n, cam) in enumerate(todo):
+                if flag.stop:
+                    break
+                writer.submit(out / frame_filename(n, fmt), *render_tensors(model, rast, cam, ss, expo))
+                written = k + 1
+                prog.update(k + 1, frame=n)
+        finally:
+            writer.close()
+        distributed.barrier()     # every rank's frames are on disk before rank 0 reports them all
+        if written < len(todo):
+            events.emit("stopped", stage="render", step=written, total=len(todo), out_dir=str(out),
+                        files=[frame_filename(n, fmt) for n, _ in todo[:written]])
+            return {"frames": written, "out_dir": str(out), "stopped": True}
     dt = time.monotonic() - t0
     events.emit("done", stage="render", frames=len(cams), out_dir=str(out), seconds=dt,
                 files=[frame_filename(n, fmt) for n in numbers])

@@ -48,6 +48,18 @@ class RunFolder:
         return read_json(self.config)
 
 
+def make_dir(path: str | Path, what: str) -> Path:
+    """Create the folder `path` (and its parents) for `what` ("--out"); InputError naming it when
+    that is impossible (a file in the way, no permission, a read-only disk)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{path}: cannot create the {what} folder ({e.strerror or e}); choose another "
+                         "folder.") from None
+    return path
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())

@@ -1,28 +1,56 @@
-"""Requested stops: SIGINT/SIGTERM become a flag that long loops check, so they save first."""
+"""Requested stops: SIGINT/SIGTERM (and a lost reader of the events, see backend.events) become
+a flag that long loops check between units of work, so they save before exiting.
+
+One flag per process: nested `StopFlag` blocks (fit -> cache, then fit -> train) share it, so a
+stop that arrives between two phases is seen by the next one. It is cleared when the outermost
+block ends (a library caller can run the next job in the same process)."""
 from __future__ import annotations
 
 import signal
 import threading
 
+_requested = False
+_depth = 0
+_old_handlers: dict = {}
+
+
+def request_stop() -> None:
+    """Ask the running job to stop at its next check (as SIGTERM does)."""
+    global _requested
+    _requested = True
+
+
+def stop_requested() -> bool:
+    return _requested
+
 
 class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks, so the run saves before exiting."""
+    """Within the block SIGINT/SIGTERM set the process's stop flag instead of ending it;
+    `flag.stop` is true once a stop was requested."""
 
-    def __init__(self):
-        self.stop = False
-        self._old = {}
+    @property
+    def stop(self) -> bool:
+        return _requested
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        global _depth
+        if _depth == 0 and threading.current_thread() is threading.main_thread():
             # SIGBREAK: what a Windows console parent (Blender's Stop) can send.
             for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
                 if sig is not None:
-                    self._old[sig] = signal.signal(sig, self._handle)
+                    _old_handlers[sig] = signal.signal(sig, _handle)
+        _depth += 1
         return self
 
-    def _handle(self, signum, frame):
-        self.stop = True
-
     def __exit__(self, *exc):
-        for sig, h in self._old.items():
-            signal.signal(sig, h)
+        global _depth, _requested
+        _depth -= 1
+        if _depth == 0:
+            for sig, h in _old_handlers.items():
+                signal.signal(sig, h)
+            _old_handlers.clear()
+            _requested = False
+
+
+def _handle(signum, frame):
+    request_stop()

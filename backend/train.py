@@ -112,21 +112,34 @@ class Trainer:
                      "rng_cpu": torch.get_rng_state()}, self.run.latest)
 
 
+def refuse_to_replace(run: RunFolder, overwrite: bool) -> None:
+    """A trained run folder is only started over on request (--overwrite): InputError otherwise."""
+    if run.latest.is_file() and not overwrite:
+        raise InputError(f"{run.root}: this run folder already holds a trained model ({run.latest}); "
+                         "continue its training with --resume, or start over with --overwrite "
+                         "(replaces the checkpoint).")
+
+
 def train(run_dir: str, iters: int | None = None, resume: bool = False, device: str = "auto",
           preset: str = "auto", overrides: dict | None = None, stop_at: int | None = None,
-          grid_backend: str = "auto") -> dict:
+          grid_backend: str = "auto", overwrite: bool = False) -> dict:
     """Train to `iters` steps (or resume to it). `overrides`: TRAIN_OPTIONS values by name (see
     backend.config). `stop_at` ends the run early at that step exactly as a requested stop does
-    (checkpoint, `stopped` event), leaving the schedule of `iters` intact."""
+    (checkpoint, `stopped` event), leaving the schedule of `iters` intact. A run folder that
+    already holds a checkpoint is refused unless `resume` or `overwrite` says what to do with it."""
     ctx = distributed.setup(device)     # one process, or this rank's place under torchrun
     run = RunFolder(run_dir)
     run.read_config()                   # a complete ray cache, before anything is written
+    if not resume:
+        refuse_to_replace(run, overwrite)
     with run.exclusive("training") if ctx.main else nullcontext():
         ckpt = None
         if resume:
             if not run.latest.is_file():
                 raise InputError(f"{run.latest}: nothing to resume; start without --resume.")
             ckpt = load_checkpoint(run, ctx.device)
+        elif ctx.main:
+            run.latest.unlink(missing_ok=True)      # --overwrite: no stale model next to new settings
         tc = resolve_config(run, ckpt, iters, preset, overrides, ctx.device)
         if tc.optim.batch_rays < ctx.world:
             raise InputError(f"--batch-rays {tc.optim.batch_rays}: fewer rays than the {ctx.world} "
@@ -146,7 +159,8 @@ def _loop(t: Trainer, stop_at: int | None) -> dict:
         while t.step_n < tc.iters:
             if distributed.any_rank(flag.stop) or (stop_at is not None and t.step_n >= stop_at):
                 t.save()
-                events.emit("stopped", stage="train", step=t.step_n, checkpoint=str(t.run.latest))
+                events.emit("stopped", stage="train", step=t.step_n, total=tc.iters,
+                            checkpoint=str(t.run.latest))
                 return {"step": t.step_n, "stopped": True}
             loss, mse = t.step()
             n_rays += tc.optim.batch_rays

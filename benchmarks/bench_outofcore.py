@@ -104,7 +104,7 @@ def main() -> None:
         rows.append({"metric": "peak GPU memory after caching", "value": torch.cuda.max_memory_allocated() / 2**30,
                      "target": 40.0, "higher_is_better": False, "unit": "GiB"})
     t0 = time.perf_counter()
-    train(str(work / "run"), iters=a.iters, device=a.device, preset=a.preset)
+    train(str(work / "run"), iters=a.iters, device=a.device, preset=a.preset, overwrite=True)
     rows.append({"metric": f"train {a.iters} iterations: seconds", "value": time.perf_counter() - t0, "unit": "s"})
     rows.append({"metric": "peak host memory after training", "value": peak_rss_gib(), "target": 32.0,
                  "higher_is_better": False, "unit": "GiB"})

@@ -147,7 +147,8 @@ def main() -> None:
     dev = torch.device(a.device)
     for k, stop in enumerate([*stops, None]):
         with Timer() as t:
-            train(str(run), iters=a.iters, resume=k > 0, device=a.device, preset=a.preset, stop_at=stop)
+            train(str(run), iters=a.iters, resume=k > 0, overwrite=k == 0, device=a.device,
+                  preset=a.preset, stop_at=stop)
         train_s += t.s                          # includes checkpoint save + resume: an upper bound
         if a.eval_every:
             point = {"train_s": train_s, "step": stop or a.iters,

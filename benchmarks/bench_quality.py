@@ -358,7 +358,8 @@ def run_scene(label: str, scene: Path, mode: Mode, dev: torch.device, gs_reason:
     for ss in ours_ss:
         t0 = time.perf_counter()
         cfg = build_cache(str(scene), str(runs[ss]), ss=ss, test_every=te, device=device)
-        train(str(runs[ss]), iters=mode.ours_iters, device=device, preset=mode.ours_preset, overrides=overrides)
+        train(str(runs[ss]), iters=mode.ours_iters, device=device, preset=mode.ours_preset, overrides=overrides,
+              overwrite=True)
         sync()
         train_s = time.perf_counter() - t0
         if scorer is None:

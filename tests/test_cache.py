@@ -9,7 +9,7 @@ import pytest
 
 from backend.cache import ShardReader, build_cache
 from backend.imageio import read_image
-from conftest import gpu
+from conftest import ROOT, cli, events_of, gpu
 
 
 def test_cache_records_match_photos_and_cameras(scene, run):
@@ -189,3 +189,98 @@ def test_cache_stops_before_the_disk_fills_and_resumes(scene, tmp_path, monkeypa
     monkeypatch.setattr(C.shutil, "disk_usage", real_usage)
     build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
     _assert_same_shards(ref, run)
+
+
+# The CLI in a child process whose views each take 0.3 s more to rasterize: time to stop it.
+SLOW_VIEWS = ("import sys, time, backend.cache as C\n"
+              "real = C.view_rays\n"
+              "def slow(*a, **k):\n"
+              "    time.sleep(0.3)\n"
+              "    return real(*a, **k)\n"
+              "C.view_rays = slow\n"
+              "from backend.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stop_during_the_cache_exits_0_and_fit_resume_continues(scene, tmp_path, sig):
+    """Blender's Stop (SIGTERM) or Ctrl-C during the cache: a `stopped` event, exit 0, the views
+    done so far kept; `fit --resume` continues the cache, then trains."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    r = tmp_path / "r"
+    args = ["fit", "--scene", str(scene), "--run", str(r), "--ss", "2", "--test-every", "3", "--iters", "2",
+            "--device", "cpu", "--batch-rays", "256", "--log2-table", "12"]
+    p = subprocess.Popen([sys.executable, "-c", SLOW_VIEWS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=tmp_path)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if '"progress"' in line and '"cache"' in line:
+            break
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=60)
+    evs = events_of("".join(lines) + out)
+    assert p.returncode == 0, err
+    assert evs[-1]["event"] == "stopped" and evs[-1]["stage"] == "cache", evs[-1]
+    assert not any(e["event"] in ("error", "done") for e in evs) and "Traceback" not in err
+    done = evs[-1]["step"]
+    assert 1 <= done < 4 and json.loads((r / "cache.tmp" / "progress.json").read_text())["done"] == done
+    if sig == "SIGTERM":
+        res = cli("fit", "--resume", *args[1:])
+        assert res.returncode == 0, res.stderr
+        evs = events_of(res.stdout)
+        assert any(f"resuming the ray cache after {done} of 4 views" in e.get("message", "") for e in evs)
+        assert [e["stage"] for e in evs if e["event"] == "done"] == ["cache", "train"]
+
+
+def test_stop_while_writing_shards_resumes_to_identical_shards(scene, tmp_path, monkeypatch):
+    from backend import stopflag
+    from backend.cache import CacheBuild
+    ref = tmp_path / "ref"
+    build_cache(str(scene), str(ref), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    real = CacheBuild._write_shard
+
+    def stop_after_one(self, b, *a):
+        shard = real(self, b, *a)
+        stopflag.request_stop()                  # as SIGTERM after the first shard
+        return shard
+
+    monkeypatch.setattr(CacheBuild, "_write_shard", stop_after_one)
+    run = tmp_path / "run"
+    res = build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    assert res["stopped"] and res["phase"] == "shards" and res["step"] == 1 and not (run / "cache").exists()
+    monkeypatch.setattr(CacheBuild, "_write_shard", real)
+    build_cache(str(scene), str(run), ss=2, test_every=3, device="cpu", shard_rays=2000)
+    _assert_same_shards(ref, run)
+
+
+def test_stop_while_the_inputs_are_read_creates_nothing(scene, tmp_path):
+    """Blender's Stop right after Start (the scene and mesh still loading): exit 0 with a
+    `stopped` event of the cache, and no run folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    slow_load = ("import sys, time, backend.cache as C\n"
+                 "real = C.load_scene\n"
+                 "def slow(*a, **k):\n"
+                 "    print('loading', flush=True)\n"
+                 "    time.sleep(1.0)\n"
+                 "    return real(*a, **k)\n"
+                 "C.load_scene = slow\n"
+                 "from backend.cli import main\n"
+                 "sys.exit(main(sys.argv[1:]))\n")
+    r = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-c", slow_load, "fit", "--scene", str(scene), "--run", str(r),
+                          "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.stdout.readline().strip() == "loading"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    evs = events_of(out)
+    assert evs[-1]["event"] == "stopped" and evs[-1]["stage"] == "cache" and evs[-1]["step"] == 0
+    assert not r.exists()

@@ -72,3 +72,36 @@ def test_error_train_without_cache(tmp_path):
 def test_error_tcnn_backend_unavailable(run):
     expect_error(cli("train", "--run", str(run), "--grid-backend", "tcnn", "--device", "cpu"),
                   "--grid-backend tcnn", "--grid-backend auto")
+
+
+def test_failed_commands_create_nothing(scene, run, tmp_path):
+    """Bad input to any command: exit 2 with one line, and no run folder, output folder or lock
+    left behind."""
+    import shutil
+    from backend.campath import write_camera_path
+    from backend.train import train
+    from conftest import TINY
+    from helpers import odd_camera
+    trained = shutil.copytree(run, tmp_path / "trained")
+    train(str(trained), iters=2, device="cpu", preset="small", overrides=TINY)
+    write_camera_path(tmp_path / "p.json", [1], [odd_camera(40, 30)])
+    (tmp_path / "afile").write_text("")
+    w = tmp_path / "work"
+    w.mkdir()
+    cpu = ("--device", "cpu")
+    cases = [(("fit", "--scene", str(w / "no_scene"), "--run", str(w / "r1"), *cpu), "scene folder not found"),
+             (("cache", "--scene", str(w / "no_scene"), "--run", str(w / "r2"), *cpu), "scene folder not found"),
+             (("train", "--run", str(w / "r3"), *cpu), "no complete ray cache"),
+             (("eval", "--run", str(w / "r4"), *cpu), "no complete ray cache"),
+             (("render", "--run", str(w / "r5"), "--path", str(tmp_path / "p.json"), "--out", str(w / "o5"), *cpu),
+              "no complete ray cache"),
+             (("render", "--run", str(trained), "--path", str(w / "no.json"), "--out", str(w / "o6"), *cpu),
+              "cannot read camera path"),
+             (("render", "--run", str(trained), "--path", str(tmp_path / "p.json"), "--out",
+               str(tmp_path / "afile" / "o7"), *cpu), "cannot create the --out folder"),
+             (("demo", "--out", str(tmp_path / "afile" / "d"), *cpu), "cannot create the demo --out folder")]
+    for args, needle in cases:
+        expect_error(cli(*args), needle)
+        assert sorted(w.iterdir()) == [], (args, list(w.iterdir()))
+    res = cli("doctor", "--json", "--path", str(w / "run_to_be"))      # the disk a new run folder would use
+    assert res.returncode in (0, 2) and "Traceback" not in res.stderr and list(w.iterdir()) == []

@@ -9,7 +9,7 @@ from backend.campath import write_camera_path
 from backend.imageio import read_exr
 from backend.render import render_path
 from backend.train import train
-from conftest import TINY, cli, gpu
+from conftest import TINY, cli, expect_error, gpu
 from helpers import odd_camera
 
 
@@ -77,3 +77,69 @@ def test_render_files_hold_the_rendered_frames(run, tmp_path, device):
         exr = read_exr(tmp_path / "exr" / frame_filename(n, "exr"))
         assert np.array_equal(exr["R"], fr.rgb_linear[..., 0]) and np.array_equal(exr["A"], fr.alpha)
         assert np.array_equal(exr["Z"], fr.depth)
+
+
+def _path_with(tmp_path, name, **frame2):
+    """A 3-frame camera path whose frame 2 has the given entries replaced."""
+    cams = [odd_camera(40, 30, eye=(2.2 * np.cos(a), 2.2 * np.sin(a), 1.5)) for a in (0.2, 0.5, 0.8)]
+    path = tmp_path / f"{name}.json"
+    write_camera_path(path, [1, 2, 3], cams)
+    data = json.loads(path.read_text())
+    data["frames"][1].update(frame2)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_render_refuses_camera_paths_with_impossible_cameras(run, tmp_path):
+    """All-zero, NaN or scaled (not rigid) world_to_camera and bad K: refused before any frame
+    is rendered, naming the file and the frame; a valid path passes."""
+    from backend.campath import read_camera_path
+    from backend.errors import InputError
+    cam = odd_camera(40, 30)
+    E, K = cam.world_to_camera, cam.K
+    bad = {"zeros": dict(world_to_camera=np.zeros((4, 4)).tolist()),
+           "nan": dict(world_to_camera=np.where(np.eye(4) == 1, np.nan, E).tolist()),
+           "scaled": dict(world_to_camera=(np.diag([1.3, 1.3, 1.3, 1.0]) @ E).tolist()),
+           "mirrored": dict(world_to_camera=(np.diag([-1.0, 1, 1, 1]) @ E).tolist()),
+           "sheared": dict(world_to_camera=(E + np.array([[0, 1e-3, 0, 0], [0] * 4, [0] * 4, [0] * 4])).tolist()),
+           "negative fx": dict(K=(K * [[-1], [1], [1]]).tolist()),
+           "K with inf": dict(K=np.where(np.eye(3) == 1, np.inf, K).tolist()),
+           "zero size": dict(width=0)}
+    for name, frame2 in bad.items():
+        path = _path_with(tmp_path, name.replace(" ", "_"), **frame2)
+        with pytest.raises(InputError, match=rf"{path}: frame 2\b"):
+            read_camera_path(path)
+    read_camera_path(_path_with(tmp_path, "ok", world_to_camera=(E + 1e-6).tolist()))   # float32 export noise
+    out = tmp_path / "frames"
+    res = cli("render", "--run", str(run), "--path", str(_path_with(tmp_path, "scaled", **bad["scaled"])),
+              "--out", str(out), "--device", "cpu")
+    expect_error(res, "scaled.json", "frame 2", "rigid")
+    assert not out.exists()
+
+
+def test_sigterm_during_render_stops_between_frames(run, tmp_path):
+    """Blender's Stop while rendering: the frames written so far are complete files, a `stopped`
+    event names them, exit 0."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT, events_of
+    r = shutil.copytree(run, tmp_path / "r")
+    train(str(r), iters=2, device="cpu", preset="small", overrides=TINY)
+    cams = [odd_camera(96, 64, eye=(2.2 * np.cos(a), 2.2 * np.sin(a), 1.5)) for a in np.linspace(0, 6, 400)]
+    write_camera_path(tmp_path / "path.json", list(range(1, 401)), cams)
+    p = subprocess.Popen([sys.executable, "-m", "backend", "render", "--run", str(r), "--path", str(tmp_path / "path.json"),
+                          "--out", str(tmp_path / "out"), "--device", "cpu"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    first = p.stdout.readline()
+    while '"progress"' not in first:
+        first = p.stdout.readline()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    stopped = events_of(first + out)[-1]
+    assert stopped["event"] == "stopped" and stopped["stage"] == "render" and 1 <= stopped["step"] < 400
+    files = sorted(x.name for x in (tmp_path / "out").iterdir())
+    assert files == sorted(stopped["files"]) and len(files) == stopped["step"]

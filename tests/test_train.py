@@ -95,3 +95,89 @@ def test_commands_keep_a_log_of_their_events_in_the_run_folder(run, tmp_path):
     assert logged == printed and logged[-1]["event"] == "done" and logged[-1]["stage"] == "train"
     res = cli("train", "--run", str(tmp_path / "missing"), "--device", "cpu")
     assert res.returncode == 2 and not (tmp_path / "missing" / "log.jsonl").exists()
+
+
+def _start_training(r, *extra, stderr=subprocess.PIPE):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "backend", "train", "--run", str(r), "--iters", "100000",
+                             "--device", "cpu", "--preset", "small", "--batch-rays", "256", "--log2-table", "12",
+                             *extra], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+
+
+def _wait_for_step(p, step):
+    for line in p.stdout:
+        if '"progress"' in line and json.loads(line)["step"] >= step:
+            return
+
+
+@pytest.mark.parametrize("how", ["pipe closed", "pipes closed and SIGTERM"])
+def test_closed_stdout_stops_training_with_a_checkpoint(run, tmp_path, how):
+    """Blender quits during training: its end of the pipes goes away (and it may send SIGTERM).
+    The job must not die on the broken pipe: it stops, saves, logs `stopped` and exits 0."""
+    import shutil
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    (r / "log.jsonl").unlink(missing_ok=True)
+    p = _start_training(r)
+    _wait_for_step(p, 2)
+    p.stdout.close()                           # the reader is gone; the backend writes on
+    if how == "pipe closed":
+        err = p.stderr.read()
+    else:
+        p.stderr.close()
+        p.send_signal(signal.SIGTERM)
+        err = ""
+    assert p.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    logged = [json.loads(x) for x in (r / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["event"] == "stopped" and logged[-1]["stage"] == "train"
+    ck = torch.load(r / "checkpoints/latest.pt", weights_only=False)
+    assert ck["step"] == logged[-1]["step"] >= 2
+
+
+def test_a_trained_run_is_not_replaced_without_overwrite(scene, run, tmp_path):
+    """`fit`/`train` without --resume on a trained run folder: a one-line error naming --resume
+    and --overwrite, nothing touched; --overwrite starts over."""
+    import shutil
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    train(str(r), iters=4, device="cpu", preset="small", overrides=TINY)
+    before = (r / "checkpoints/latest.pt").read_bytes()
+    cache_before = sorted((p.name, p.stat().st_mtime_ns) for p in (r / "cache").rglob("*"))
+    tiny = ["--device", "cpu", "--batch-rays", "256", "--log2-table", "12"]
+    expect_error(cli("train", "--run", str(r), "--iters", "2", *tiny), str(r), "--resume", "--overwrite")
+    expect_error(cli("fit", "--scene", str(scene), "--run", str(r), "--iters", "2", "--ss", "2",
+                     "--test-every", "3", *tiny), "--resume", "--overwrite")
+    other = shutil.copytree(scene, tmp_path / "other_scene")        # a new cache would be built
+    expect_error(cli("fit", "--scene", str(other), "--run", str(r), "--iters", "2", *tiny), "--overwrite")
+    expect_error(cli("train", "--run", str(r), "--resume", "--overwrite", *tiny), "--resume", "--overwrite")
+    assert (r / "checkpoints/latest.pt").read_bytes() == before
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (r / "cache").rglob("*")) == cache_before
+    res = cli("train", "--run", str(r), "--iters", "2", "--overwrite", *tiny)
+    assert res.returncode == 0, res.stderr
+    assert torch.load(r / "checkpoints/latest.pt", weights_only=False)["step"] == 2
+
+
+class _RunsCode:
+    """Unpickling this calls exec: what a tampered checkpoint could carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_nothing_runs(run, tmp_path):
+    import shutil
+    r = tmp_path / "r"
+    shutil.copytree(run, r)
+    train(str(r), iters=2, device="cpu", preset="small", overrides=TINY)
+    ck = torch.load(r / "checkpoints/latest.pt", weights_only=True)      # what we write loads safely
+    marker = tmp_path / "marker"
+    ck["loader"]["payload"] = _RunsCode(marker)
+    torch.save(ck, r / "checkpoints/latest.pt")
+    for res in (cli("eval", "--run", str(r), "--device", "cpu"),
+                cli("train", "--run", str(r), "--resume", "--iters", "3", "--device", "cpu")):
+        expect_error(res, str(r / "checkpoints" / "latest.pt"), "contains code", "refused")
+    assert not marker.exists()

@@ -1,6 +1,7 @@
 """`check`: validation report of an MVSNet scene (numpy only, so Blender can run it too).
 
-Per view: resolution, intrinsics, mesh coverage (fraction of pixels the mesh covers, measured by
+Photos: optionally decoded (truncated or corrupt files), and their sizes compared with their
+intrinsics and the rest of the capture. Per view: resolution, intrinsics, mesh coverage (fraction of pixels the mesh covers, measured by
 rasterizing at a reduced resolution), fraction of mesh vertices in front of the camera and inside
 the image, and whether the mesh centre projects into the image. Scene-wide: views the mesh does
 not reach, and hints when cameras and mesh look like they are in different frames; when prepare
@@ -16,6 +17,7 @@ import numpy as np
 from .. import events
 from ..cameras import Camera
 from ..meshio import load_mesh
+from ..photos import decode_problems, size_disagreements
 from ..raster_cpu import rasterize
 from ..scene import load_scene
 
@@ -32,13 +34,21 @@ def _inside(uv: np.ndarray, z: np.ndarray, cam: Camera) -> np.ndarray:
 
 
 def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: int | None = None,
-                max_side: int = 256, coverage: bool = True) -> dict:
+                max_side: int = 256, coverage: bool = True, decode: bool = False) -> dict:
     """Validation report of a scene folder (see module doc). JSON-serialisable.
 
     max_side: the long side, in pixels, at which coverage is rasterized (smaller is faster).
     coverage=False skips rasterization (vertex projections only).
+    decode=True decodes every photo (in threads; needs Pillow): truncated or corrupt files and
+    sizes other than their camera's are errors. Photo sizes are always compared with their
+    intrinsics and with the rest of the capture (warnings).
     """
     scene = load_scene(scene_path, mesh=mesh, level=level)
+    photo_problems: dict[str, str] = {}
+    if decode:
+        decoding = events.Progress("check", len(scene.views))
+        photo_problems = decode_problems(scene.views, lambda k: decoding.update(k, phase="photos"))
+    sizes_off = size_disagreements(scene.views)
     m = load_mesh(scene.mesh_path)
     V = m.vertices.astype(np.float64)
     lo, hi = V.min(0), V.max(0)
@@ -66,6 +76,7 @@ def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: i
             "coverage": cov, "vertices_in_front": front, "vertices_in_image": inside,
             "centre_in_image": bool(_inside(cuv, cz, cam)[0]),
             "distance_to_centre": float(np.linalg.norm(cam.center - centre)),
+            "photo_decoded": (v.name not in photo_problems) if decode else None,
         })
         progress.update(i + 1, view=v.name)
 
@@ -82,6 +93,11 @@ def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: i
     centre_views = sum(r["centre_in_image"] for r in views)
 
     errors, warnings = [], []
+    if photo_problems:
+        errors.append(f"{len(photo_problems)} photo(s) cannot be used: {next(iter(photo_problems.values()))}")
+    if sizes_off:
+        warnings.append(f"{len(sizes_off)} photo(s) have a size that disagrees with their camera: "
+                        f"{next(iter(sizes_off.values()))}")
     if skewed:
         errors.append(f"{len(skewed)} camera(s) have a skewed K (e.g. {skewed[0]}), which cannot be rendered; "
                       "re-export the cameras without skew.")
@@ -118,6 +134,7 @@ def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: i
         "mesh": {"path": str(scene.mesh_path), "vertices": int(len(m.vertices)), "faces": int(len(m.faces)),
                  "file_bytes": int(fsize), "bounds_min": lo.tolist(), "bounds_max": hi.tolist(),
                  "diagonal": diag},
+        "photos_decoded": bool(decode), "photos_unusable": photo_problems, "photo_sizes_off": sizes_off,
         "coverage_measured": bool(coverage), "coverage_max_side": int(max_side),
         "coverage_mean": float(np.mean([r["coverage"] for r in views if r["coverage"] is not None] or [0.0]))
         if coverage and views else None,
@@ -154,6 +171,10 @@ def format_report(r: dict, max_rows: int = 40) -> str:
              + ", ".join(f"{k} ({n})" for k, n in r["resolutions"].items()),
              f"  mesh: {mesh['path']}  {mesh['vertices']:,} vertices, {mesh['faces']:,} triangles, "
              f"{_mb(mesh['file_bytes'])}, bounding-box diagonal {mesh['diagonal']:.4g}"]
+    if r.get("photos_decoded"):
+        bad = len(r.get("photos_unusable") or {})
+        lines.append(f"  photos: {r['n_views'] - bad} of {r['n_views']} decode at their camera's size"
+                     + (f"; {bad} cannot be used" if bad else ""))
     if r["coverage_measured"]:
         lines.append(f"  mesh coverage (at <= {r['coverage_max_side']} px): mean {r['coverage_mean']:.1%}")
     lines.append(f"  views that see the mesh centre: {r['views_seeing_mesh_centre']} of {r['n_views']}")
