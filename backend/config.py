@@ -70,6 +70,9 @@ class OptimConfig:
     batch_rays: int = 32 * 49152        # reference: 32 views x 49,152 rays
     lr: float = 2e-4                    # decoder and codes (reference)
     grid_lr: float = 1e-2               # hash table (Instant-NGP's rate; 2e-4 barely moves 1e-4-sized entries)
+    # Adam's epsilon for the hash table (Instant-NGP: 1e-15). With so small an epsilon an entry that
+    # a few rays touch moves by about grid_lr per touch whatever its gradient's size.
+    grid_eps: float = 1e-15
     lr_final_ratio: float = 0.1         # at the last step, as a fraction of the first
     gain_lr: float = 1e-2               # per-photo colour gains (ModelConfig.photo_gains)
     # Regularisers, as gradients of loss terms: grid_decay * sum over levels of the mean square of

@@ -125,9 +125,9 @@ class Manifold(nn.Module):
         self.field = FootprintField()        # the finest footprints the photos saw (renders clamp to it)
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
-        """Adam groups: the hash table ("grid": its own rate, eps small enough for 1e-4-sized
-        entries, sparse gradients) and everything else ("decoder": MLP, lighting, exposure codes)."""
-        groups = [{"name": "grid", "params": [self.grid.table], "lr": optim.grid_lr, "eps": 1e-15},
+        """Adam groups: the hash table ("grid": its own rate and epsilon), the decoder ("decoder":
+        MLP, lighting, exposure codes) and the per-photo colour gains ("gains", when on)."""
+        groups = [{"name": "grid", "params": [self.grid.table], "lr": optim.grid_lr, "eps": optim.grid_eps},
                   {"name": "decoder", "params": list(self.decoder.parameters()), "lr": optim.lr}]
         if self.log_gain is not None:
             groups.append({"name": "gains", "params": [self.log_gain], "lr": optim.gain_lr})

@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--ss", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--prepare-only", action="store_true", help="make the scene and its cache, then stop")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="a named set of TrainConfig overrides (repeatable)")
     a = ap.parse_args()
@@ -79,6 +80,8 @@ def main() -> None:
     if not cache_matches(str(base), str(scene), a.ss, truth.test_every, None, None):
         build_cache(str(scene), str(base), ss=a.ss, test_every=truth.test_every, device=a.device)
     print(f"scene {scene} and cache ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    if a.prepare_only:
+        return
     ctx = distributed.setup(a.device)
     cfg = RunFolder(base).read_config()
     rast = Rasterizer(load_mesh(cfg["mesh"]), ctx.device)
