@@ -71,14 +71,15 @@ class OptimConfig:
     lr: float = 2e-4                    # decoder and codes (reference)
     grid_lr: float = 1e-2               # hash table (Instant-NGP's rate; 2e-4 barely moves 1e-4-sized entries)
     # Adam's epsilon for the hash table (Instant-NGP: 1e-15). With so small an epsilon an entry that
-    # a few rays touch moves by about grid_lr per touch whatever its gradient's size.
-    grid_eps: float = 1e-15
+    # a few rays touch moves by about grid_lr per touch whatever its gradient's size: rarely seen
+    # entries drift and light up as isolated bright pixels (capture scene, benchmarks/NOTES.md).
+    grid_eps: float = 1e-8
     lr_final_ratio: float = 0.1         # at the last step, as a fraction of the first
     gain_lr: float = 1e-2               # per-photo colour gains (ModelConfig.photo_gains)
     # Regularisers, as gradients of loss terms: grid_decay * sum over levels of the mean square of
     # the level's table (Zip-NeRF's normalised weight decay: coarse levels, with fewer entries,
     # are held harder per entry), and exposure_decay * the mean square of the per-photo codes.
-    grid_decay: float = 0.0
+    grid_decay: float = 1.0
     exposure_decay: float = 0.0
 
 
@@ -112,13 +113,16 @@ def from_dict(cls, d: dict):
 
 
 def train_config_from_dict(d: dict) -> TrainConfig:
-    """RUN/train.json or a checkpoint's settings; also the flat layout of version 0.1 runs."""
+    """RUN/train.json or a checkpoint's settings; also the flat layout of version 0.1 runs.
+    Settings a file predates keep the values it was trained with."""
     if "optim" not in d and "batch_rays" in d:
         d = dict(d)
         grid = {k: d.pop(k) for k in ("log2_table", "n_levels", "n_features", "base_res", "per_level_scale")
                 if k in d}
         optim = {k: d.pop(k) for k in ("batch_rays", "lr", "grid_lr", "lr_final_ratio") if k in d}
         d.update(optim=optim, model={"grid": grid})
+    d = dict(d)
+    d["optim"] = {"grid_eps": 1e-15, "grid_decay": 0.0, **d.get("optim", {})}
     return from_dict(TrainConfig, d)
 
 

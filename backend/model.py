@@ -120,8 +120,11 @@ class Manifold(nn.Module):
         self.cfg = cfg
         self.grid = HashGrid(cfg.grid, aabb_min, aabb_max, backend=grid_backend)
         self.decoder = Decoder(cfg, n_views)
-        # Per-photo log colour gains (ModelConfig.photo_gains), applied to the linear output.
+        # Per-photo log colour gains (ModelConfig.photo_gains), applied to the linear output; mean
+        # zero over the training photos (`gain_train`: held-out photos have none, so they stay out).
         self.log_gain = nn.Parameter(torch.zeros(n_views, 3)) if cfg.photo_gains else None
+        if cfg.photo_gains:
+            self.register_buffer("gain_train", torch.ones(n_views, dtype=torch.bool))
         self.field = FootprintField()        # the finest footprints the photos saw (renders clamp to it)
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
@@ -177,7 +180,7 @@ class Manifold(nn.Module):
         """Linear colour gains of the rays' photos (N, 3) or of one photo (3,) ("mean": 1)."""
         if self.log_gain is None or (view is None and which == "mean"):
             return None
-        g = self.log_gain - self.log_gain.mean(0)
+        g = self.log_gain - self.log_gain[self.gain_train].mean(0)
         return torch.exp(g[view] if view is not None else g[int(which)])
 
     def forward(self, xyz, mask, dirs, view=None, exposure: str | int = "mean", linear: bool = False,

@@ -59,6 +59,8 @@ class Trainer:
         self.camera_rows = camera_rows([Camera.from_dict(v["camera"]) for v in cfg_run["views"]]).to(dev)
         if (run.cache / FIELD_FILE).is_file():
             self.model.field.set(np.load(run.cache / FIELD_FILE))
+        if self.model.log_gain is not None:       # the photos whose gains average to one
+            self.model.gain_train.zero_()[cfg_run["train_views"]] = True
         groups = self.model.param_groups(tc.optim)
         self.base_lrs = [g["lr"] for g in groups]
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99),

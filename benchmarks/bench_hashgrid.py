@@ -26,6 +26,7 @@ from dataclasses import asdict  # noqa: E402
 
 from backend.config import HashGridConfig  # noqa: E402
 from backend.encoding import n_params  # noqa: E402
+from backend.encoding.layout import levels  # noqa: E402
 from backend.encoding import triton_kernels as ht  # noqa: E402
 from backend.encoding.reference import encode_reference  # noqa: E402
 
@@ -132,9 +133,9 @@ def main() -> None:
 
     # ---- device ceilings
     log("copy_GBps", round(copy_bandwidth() / 1e9, 1))
-    layout = cfg.level_layout()
-    sizes = sorted({size * cfg.n_features * 4 for _, _, size, _ in layout})
-    hashed = [size for _, r, size, _ in layout if r ** 3 > size]
+    layout = levels(cfg)
+    sizes = sorted({lv.size * cfg.n_features * 4 for lv in layout})
+    hashed = [lv.size for lv in layout if lv.hashed]
     sizes.append(sum(hashed) * cfg.n_features * 4)               # all hashed tables at once
     rate_rd, rate_at = {}, {}
     for b in sizes:
@@ -153,7 +154,7 @@ def main() -> None:
     # ---- floors (seconds for n points): output written once + 8 corner rows per point and level.
     bw = res["copy_GBps"] * 1e9                                   # bytes moved per second
     out_s = n * cfg.out_dim * 4 / bw
-    lvl_bytes = [size * cfg.n_features * 4 for _, _, size, _ in layout]
+    lvl_bytes = [lv.size * cfg.n_features * 4 for lv in layout]
     n_miss = sum(b > props.L2_cache_size for b in lvl_bytes)
     small = sizes[0]
     # (a) every level beyond L2 misses, all tables live at once (read rate over all hashed tables)

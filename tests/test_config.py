@@ -60,3 +60,13 @@ def test_config_module_needs_only_the_standard_library():
             "import backend.config as c; print(len(c.PRESETS))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_settings_a_run_predates_keep_their_old_values():
+    """A run trained before the regularisers existed resumes without them (its optimiser moved
+    the table with Instant-NGP's epsilon and no decay)."""
+    new = to_dict(TrainConfig())
+    del new["optim"]["grid_eps"], new["optim"]["grid_decay"]
+    tc = train_config_from_dict(new)
+    assert tc.optim.grid_eps == 1e-15 and tc.optim.grid_decay == 0.0
+    assert train_config_from_dict(to_dict(TrainConfig())) == TrainConfig()

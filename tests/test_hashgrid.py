@@ -163,6 +163,9 @@ for S, launch in ((4, ht.Launch(64, 2)), (4, ht.Launch(64, 2, per_level=False)),
     torch.testing.assert_close(ht.forward_pixels(x, tab.detach(), cfg, wts, launch), ref.detach(), rtol=1e-3, atol=5e-5)
     torch.testing.assert_close(ht.backward_pixels(x, gout, cfg, wts, launch), tab.grad, rtol=1e-3, atol=5e-5)
     assert (ref.reshape(37, cfg.n_levels, -1)[:, -1] == 0).any()    # the finest level was dropped somewhere
+# Weighting off (the paper's model: level_fade 0): sub-sample weights only, whatever the fade.
+torch.testing.assert_close(ht.forward_pixels(x, tab.detach(), cfg, ht.Weights(w=w[:, :1], fade=0.0), launch),
+                           encode_pixels_reference(x, w[:, :1], tab.detach(), cfg), rtol=1e-3, atol=5e-5)
 print("ok")
 """
 

@@ -255,8 +255,8 @@ class Weights:
         dummy = torch.empty(1, dtype=torch.float32, device=device)
         w = self.w.float().contiguous().reshape(-1) if self.w is not None else dummy
         lf = self.log2_footprint.float().contiguous().reshape(-1) if self.log2_footprint is not None else dummy
-        return (w, lf, float(1.0 / self.fade), float(self.bias), self.w is not None,
-                self.log2_footprint is not None)
+        foot = self.log2_footprint is not None
+        return (w, lf, float(1.0 / self.fade) if foot else 1.0, float(self.bias), self.w is not None, foot)
 
 
 def supports(S: int, launch: Launch) -> bool:
