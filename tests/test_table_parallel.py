@@ -1,0 +1,110 @@
+"""Level-parallel training pieces (backend/table_parallel.py) in one process: the split of the
+levels, the group sizes, the kernels on a level set (Triton interpreter) and the regulariser.
+Multi-process training with it is in test_distributed.py."""
+import pytest
+import torch
+
+from backend.config import HashGridConfig, OptimConfig, preset
+from backend.encoding.layout import levels
+from backend.errors import InputError
+from backend.table_parallel import assign_levels, group_size
+from conftest import needs_triton, run_triton_interpreted
+
+
+def test_levels_are_split_and_balanced():
+    lay = levels(HashGridConfig())              # reference: 6 dense levels, 10 hashed
+    for G in (2, 3, 4, 8):
+        parts = assign_levels(lay, G)
+        assert sorted(i for p in parts for i in p) == list(range(16))
+        assert all(p == sorted(p) and p for p in parts)
+        hashed = [sum(lay[i].hashed for i in p) for p in parts]
+        assert max(hashed) - min(hashed) <= 1             # the expensive levels dealt out evenly
+    assert [sum(lay[i].hashed for i in p) for p in assign_levels(lay, 4)] == [3, 3, 2, 2]
+
+
+def test_group_sizes():
+    assert group_size("auto", 2, 2, 16) == 2
+    assert group_size("auto", 4, 4, 16) == 4
+    assert group_size("auto", 8, 8, 16) == 4            # at most 4 per group: 2 groups
+    assert group_size("auto", 4, 2, 16) == 2            # groups stay within a machine
+    assert group_size("auto", 2, 1, 16) == 1            # one process per machine: data parallel
+    assert group_size("off", 4, 4, 16) == 1
+    assert group_size("2", 4, 4, 16) == 2
+    assert group_size("auto", 1, 1, 16) == 1
+    with pytest.raises(InputError, match="XSCALE_TABLE_PARALLEL=3"):
+        group_size("3", 4, 4, 16)
+
+
+def test_grid_decay_on_own_levels_matches_the_model():
+    """LevelParallel.add_grid_decay repeats Manifold.add_regulariser_grads level by level."""
+    from backend.model import Manifold
+    from backend.table_parallel import LevelParallel
+    tc = preset("small", "cpu")
+    torch.manual_seed(0)
+    model = Manifold(tc.model, [0, 0, 0], [1, 1, 1], 3)
+    model.grid.table.data.normal_()
+    decay = 0.37
+    model.grid.table.grad = None
+    model.add_regulariser_grads(OptimConfig(grid_decay=decay))
+    expect = model.grid.table.grad.clone()
+    lp = LevelParallel.__new__(LevelParallel)           # the pieces add_grid_decay uses
+    lp.F = tc.model.grid.n_features
+    lay = levels(tc.model.grid)
+    own = assign_levels(lay, 2)[1]
+    lp.own_levels = [lay[i] for i in own]
+    lp.params = [torch.nn.Parameter(model.grid.table.data[lv.offset:lv.offset + lv.size]) for lv in lp.own_levels]
+    for p in lp.params:
+        p.grad = torch.zeros_like(p)
+    lp.add_grid_decay(decay)
+    for p, lv in zip(lp.params, lp.own_levels):
+        assert torch.equal(p.grad, expect[lv.offset:lv.offset + lv.size])
+
+
+_LEVEL_SET_CHECK = """
+import torch
+from backend.config import HashGridConfig
+from backend.encoding import n_params
+from backend.encoding.layout import levels, log2_cells
+from backend.encoding.reference import encode_pixels_reference
+from backend.encoding import triton_kernels as ht
+cfg = HashGridConfig(n_levels=5, n_features=4, log2_table=11, base_res=4, per_level_scale=2.0)
+assert [lv.res ** 3 > lv.size for lv in levels(cfg)] == [False, False, True, True, True]
+torch.manual_seed(0)
+table = torch.randn(n_params(cfg), cfg.n_features)
+lc = torch.from_numpy(log2_cells(cfg))
+S, N, L, F = 4, 37, cfg.n_levels, cfg.n_features
+x = torch.rand(N, S, 3)
+w = (torch.rand(N, S) > 0.3).float()
+w = w / w.sum(1, keepdim=True).clamp_min(1)
+lf = lc[0] + (lc[-1] - lc[0] - 1.0) * torch.rand(N, S)     # from level 0's cell to beyond the finest
+for lfv in (lf, None):
+    tab = table.clone().requires_grad_()
+    ref = encode_pixels_reference(x, w, tab, cfg, lfv, fade=1.0, bias=0.25)
+    gout = torch.randn_like(ref)
+    ref.backward(gout)
+    wts = ht.Weights(w=w, log2_footprint=lfv, fade=1.0, bias=0.25)
+    for ids in ([1, 3], [0, 2, 4], [4], [0, 1, 2, 3, 4]):
+        for launch in (ht.Launch(64, 2), ht.Launch(64, 2, per_level=False)):
+            fwd = ht.level_set(cfg, ids, torch.device("cpu"), compact=False)
+            bwd = ht.level_set(cfg, ids, torch.device("cpu"), compact=True)
+            out = ht.forward_pixels(x, table, cfg, wts, launch, levels=fwd)
+            cols = ref.detach().view(N, L, F)[:, ids].reshape(N, -1)
+            torch.testing.assert_close(out, cols, rtol=1e-3, atol=5e-5)
+            # gradient of the set's rows only, from grad_out of its columns
+            g = ht.backward_pixels(x, gout.view(N, L, F)[:, ids].reshape(N, -1).contiguous(), cfg, wts,
+                                   launch, levels=bwd)
+            lay = levels(cfg)
+            rows = torch.cat([tab.grad[lay[i].offset:lay[i].offset + lay[i].size] for i in ids])
+            assert g.shape == rows.shape, (g.shape, rows.shape)
+            torch.testing.assert_close(g, rows, rtol=1e-3, atol=5e-5)
+print("ok")
+"""
+
+
+@needs_triton
+def test_kernels_on_a_level_set_in_interpreter():
+    """The fused pixel kernels restricted to some levels give those levels' columns of the full
+    encoding and their rows of its gradient (with footprints: the coarsest level stays always on
+    only where it is in the set)."""
+    r = run_triton_interpreted(["-c", _LEVEL_SET_CHECK], timeout=900)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
