@@ -171,6 +171,7 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = FORMAT.de
     todo = list(zip(numbers, cams))[ctx.rank::ctx.world]    # under torchrun: every W-th frame
     prog = events.Progress("render", len(todo))
     writer = FrameWriter(fmt)
+    distributed.barrier()     # every rank loaded the model: `seconds` times the frames alone
     t0 = time.monotonic()
     try:
         for k, (n, cam) in enumerate(todo):
