@@ -44,8 +44,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _assert_same_training(trained, r, result=None, evs=None):
-    """The checkpoint in r equals the one-process run's (up to float summation order)."""
+def _assert_same_training(trained, r, result=None, evs=None, atomics=False):
+    """The checkpoint in r equals the one-process run's (up to float summation order). `atomics`:
+    GPU runs, whose gradient sums are in no fixed order even on one GPU: table entries whose
+    gradient is near zero may take Adam steps of either sign (eps 1e-15), so a few may differ."""
     a = torch.load(trained / "checkpoints/latest.pt", weights_only=False)
     b = torch.load(r / "checkpoints/latest.pt", weights_only=False)
     assert a["step"] == b["step"] == STEPS and a["loader"] == b["loader"]
@@ -59,8 +61,11 @@ def _assert_same_training(trained, r, result=None, evs=None):
     # move by about lr * sign under Adam (eps 1e-15), so rounding shows there, at a small fraction
     # of one step's size (the grid lr, ~1e-2).
     for k, va in a["model"].items():
-        tol = 1e-4 if k == "grid.table" else 1e-6
-        assert (va.float() - b["model"][k].float()).abs().max() <= tol, k
+        diff = (va.float() - b["model"][k].float()).abs()
+        if atomics and k == "grid.table":
+            assert (diff > 1e-4).float().mean() <= 1e-3, k
+        else:
+            assert diff.max() <= (1e-4 if k == "grid.table" else 1e-5 if atomics else 1e-6), k
     if result is not None:
         assert evs[-1]["loss"] == pytest.approx(result["loss"], abs=1e-5)      # reduced over ranks
 
@@ -125,6 +130,25 @@ def test_two_processes_train_like_one(run, trained, tmp_path, split):
     assert mode == ["training on 2 processes (" + ("level parallel: 1 group(s) of 2 processes)"
                                                      if split == "auto" else "data parallel x2)")]
     _assert_same_training(trained, r, result, evs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+@pytest.mark.gpu
+@pytest.mark.parametrize("split", ["auto", "off"])
+def test_two_gpus_train_like_one(run, tmp_path, split):
+    """NCCL and the fused kernels on level sets: 2 GPUs (level parallel, data parallel) reach the
+    one-GPU parameters of the same steps."""
+    from backend.train import train
+    args = ["--device", "cuda", "--preset", "small", "--batch-rays", "999", "--log2-table", "12"]
+    one = tmp_path / "one"
+    shutil.copytree(run, one)
+    result = train(str(one), iters=STEPS, device="cuda", preset="small", overrides=TINY)
+    r = tmp_path / "two"
+    shutil.copytree(run, r)
+    res = torchrun("-m", "--", "backend", "train", "--run", str(r), "--iters", str(STEPS), *args,
+                   env={"XSCALE_TABLE_PARALLEL": split})
+    assert res.returncode == 0, res.stderr[-3000:]
+    _assert_same_training(one, r, result, events_of(res.stdout), atomics=True)
 
 
 def test_level_parallel_resumes_a_one_process_run(run, trained, tmp_path):
