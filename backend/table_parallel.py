@@ -129,7 +129,6 @@ class LevelParallel:
         self.own = self.levels_of[self.member]
         self.own_levels = [self.lay[i] for i in self.own]
         self.L, self.F = self.cfg.n_levels, self.cfg.n_features
-        self.Lm = max(len(ls) for ls in self.levels_of)
         self.P = -(-batch // world)          # rows per process, padded: the largest share
         self.kernels = _kernels_for(model, device, S)
         # Process groups: the G processes of each block (levels split), the D processes holding the
@@ -144,15 +143,15 @@ class LevelParallel:
                 g = dist.new_group([m + k * G for k in range(self.D)])
                 if m == self.member:
                     self.dp_group = g
-        # Column maps of the exchanges: block q of the all_to_all holds process q's levels, padded
-        # to Lm; index L is an all-zero column (padding).
-        send = [ls[j] if j < len(ls) else self.L for ls in self.levels_of for j in range(self.Lm)]
-        recv = [0] * self.L
-        for q, ls in enumerate(self.levels_of):
-            for j, lv in enumerate(ls):
-                recv[lv] = q * self.Lm + j
-        self.send_idx = torch.tensor(send, dtype=torch.int64, device=device)
-        self.recv_idx = torch.tensor(recv, dtype=torch.int64, device=device)
+        # The exchanges (all_to_all with uneven splits): process q's block holds its levels'
+        # columns for P rays. "Member order" lists the levels process by process.
+        member_order = [lv for ls in self.levels_of for lv in ls]
+        self.widths = [len(ls) for ls in self.levels_of]
+        self.splits = [self.P * w * self.F for w in self.widths]       # elements of each process's block
+        self.own_splits = [self.P * len(self.own) * self.F] * G
+        self.to_member_order = torch.tensor(member_order, dtype=torch.int64, device=device)
+        self.to_level_order = torch.tensor([member_order.index(lv) for lv in range(self.L)],
+                                           dtype=torch.int64, device=device)
         self.own_idx = torch.tensor(self.own, dtype=torch.int64, device=device)
         if self.kernels is not None:
             self.fwd_set = self.kernels.level_set(self.cfg, self.own, device, compact=False)
@@ -242,28 +241,28 @@ class LevelParallel:
         return torch.cat([tab.grad[lv.offset:lv.offset + lv.size] for lv in self.own_levels])
 
     def exchange_features(self, own: torch.Tensor) -> torch.Tensor:
-        """own (G*P, L_own*F) -> this process's rays' features of every level (P, L*F)."""
-        G, P, F, Lm = self.G, self.P, self.F, self.Lm
-        send = own
-        if len(self.own) < Lm:
-            send = own.new_zeros(G * P, Lm * F)
-            send[:, :own.shape[1]] = own
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)
-        r = recv.view(G, P, Lm, F).permute(1, 0, 2, 3).reshape(P, G * Lm, F)
-        return r.index_select(1, self.recv_idx).reshape(P, self.L * F)
+        """own (G*P, L_own*F), the group's rays in process order -> this process's rays' features
+        of every level (P, L*F)."""
+        P, F = self.P, self.F
+        recv = own.new_empty(P * self.L * F)
+        dist.all_to_all_single(recv, own.contiguous().reshape(-1), output_split_sizes=self.splits,
+                               input_split_sizes=self.own_splits, group=self.group)
+        blocks = [b.view(P, w, F) for b, w in zip(recv.split(self.splits), self.widths)]
+        return torch.cat(blocks, 1).index_select(1, self.to_level_order).reshape(P, self.L * F)
 
     def exchange_grads(self, grad: torch.Tensor) -> torch.Tensor:
         """grad (n, L*F) of this process's rays -> the own levels' gradients of the group's whole
         batch (G*P, L_own*F)."""
-        G, P, F, Lm, L = self.G, self.P, self.F, self.Lm, self.L
+        P, F, L = self.P, self.F, self.L
         n = grad.shape[0]
-        g = grad.new_zeros(P, L + 1, F)
-        g[:n, :L] = grad.reshape(n, L, F)
-        send = g.index_select(1, self.send_idx).view(P, G, Lm, F).permute(1, 0, 2, 3).contiguous()
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)
-        return recv[:, :, :len(self.own)].reshape(G * P, len(self.own) * F)
+        g = grad.reshape(n, L, F).index_select(1, self.to_member_order)
+        if n < P:
+            g = torch.cat([g, g.new_zeros(P - n, L, F)])
+        send = torch.cat([b.reshape(-1) for b in g.split(self.widths, 1)])
+        recv = send.new_empty(self.G * P * len(self.own) * F)
+        dist.all_to_all_single(recv, send, output_split_sizes=self.own_splits, input_split_sizes=self.splits,
+                               group=self.group)
+        return recv.view(self.G * P, len(self.own) * F)
 
     # --- checkpoints -------------------------------------------------------------------------
 

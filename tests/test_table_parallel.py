@@ -4,7 +4,7 @@ Multi-process training with it is in test_distributed.py."""
 import pytest
 import torch
 
-from backend.config import HashGridConfig, OptimConfig, preset
+from backend.config import HashGridConfig, ModelConfig, OptimConfig, preset
 from backend.encoding.layout import levels
 from backend.errors import InputError
 from backend.table_parallel import assign_levels, group_size
@@ -153,52 +153,50 @@ def test_level_parallel_encodes_with_the_kernels_as_with_the_reference():
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
 
-def test_exchange_maps_put_every_level_back_in_place():
-    """The all_to_all column maps, simulated without processes: features sent level-owner-wise
-    come back as the full (rays, levels) layout, and gradients go to their levels' owners."""
-    from backend.table_parallel import LevelParallel
+def _all_to_all(sends, splits_of):
+    """all_to_all_single of G processes simulated: process r sends `sends[r]` (flat) cut by its
+    input splits; process q receives the q-th piece of every process, in process order."""
+    def piece(r, q):
+        cuts = splits_of(r)
+        o = sum(cuts[:q])
+        return sends[r][o:o + cuts[q]]
+    return [torch.cat([piece(r, q) for r in range(len(sends))]) for q in range(len(sends))]
+
+
+def test_exchanges_put_every_level_back_in_place():
+    """The all_to_all layouts (uneven splits: processes own different numbers of levels),
+    simulated without processes: features come back as the full (rays, levels) layout, and the
+    gradients reach their levels' owners for every ray of the group."""
+    import backend.table_parallel as tp
     from backend.model import Manifold
-    tc = preset("small", "cpu")
-    model = Manifold(tc.model, [0, 0, 0], [1, 1, 1], 3)
+    model = Manifold(ModelConfig(grid=HashGridConfig(n_levels=7, log2_table=12)), [0, 0, 0], [1, 1, 1], 3)
     G, batch = 3, 10
-    lps = [LevelParallel(model, m, G, G, batch, 4, torch.device("cpu")) for m in range(G)]
+    lps = [tp.LevelParallel(model, m, G, G, batch, 4, torch.device("cpu")) for m in range(G)]
+    assert len({len(lp.own) for lp in lps}) > 1                 # uneven level counts
     L, F, P = lps[0].L, lps[0].F, lps[0].P
-    full = torch.randn(G * P, L, F)                       # every ray's true features (ray blocks by rank)
-    sends = [full[:, lp.own].reshape(G * P, -1) for lp in lps]
-    # all_to_all: process q receives from each r the rows of q's block of r's send (padded to Lm)
-    for q, lp in enumerate(lps):
-        def a2a(recv, send, group=None, _q=q):
-            blocks = []
-            for r, lr in enumerate(lps):
-                s = sends[r].view(G, P, -1)[_q]
-                pad = torch.zeros(P, lp.Lm * F)
-                pad[:, :s.shape[1]] = s
-                blocks.append(pad)
-            recv.copy_(torch.stack(blocks).reshape(recv.shape))
-        import backend.table_parallel as tp
-        old = tp.dist.all_to_all_single
-        tp.dist.all_to_all_single = a2a
-        try:
-            got = lp.exchange_features(sends[q])
-        finally:
-            tp.dist.all_to_all_single = old
-        assert torch.equal(got.view(P, L, F), full[q * P:(q + 1) * P])
-    # gradients: each process's (P, L*F) gradient; owners get their levels of every ray
-    grads = [torch.randn(P, L * F) for _ in range(G)]
-    for q, lp in enumerate(lps):
-        sent = {}
-        for r, lr in enumerate(lps):
-            g = torch.zeros(P, L + 1, F)
-            g[:, :L] = grads[r].view(P, L, F)
-            sent[r] = g.index_select(1, lr.send_idx).view(P, G, lr.Lm, F).permute(1, 0, 2, 3)
-        def a2a(recv, send, group=None, _q=q):
-            recv.copy_(torch.stack([sent[r][_q] for r in range(G)]).reshape(recv.shape))
-        import backend.table_parallel as tp
-        old = tp.dist.all_to_all_single
-        tp.dist.all_to_all_single = a2a
-        try:
+    full = torch.randn(G * P, L, F)                             # every ray's features, rays by process
+    sends = [full[:, lp.own].reshape(G * P, -1).reshape(-1) for lp in lps]
+    recvs = _all_to_all(sends, lambda r: lps[r].own_splits)
+    old = tp.dist.all_to_all_single
+    try:
+        for q, lp in enumerate(lps):
+            tp.dist.all_to_all_single = lambda recv, send, output_split_sizes, input_split_sizes, group, _q=q: \
+                recv.copy_(recvs[_q])
+            assert torch.equal(lp.exchange_features(sends[q].view(G * P, -1)).view(P, L, F),
+                               full[q * P:(q + 1) * P])
+        grads = [torch.randn(P, L * F) for _ in range(G)]         # each process's rays' gradients
+        captured = {}
+        for q, lp in enumerate(lps):                              # what each process sends
+            tp.dist.all_to_all_single = lambda recv, send, output_split_sizes, input_split_sizes, group, _q=q: \
+                captured.__setitem__(_q, send.clone())
+            lp.exchange_grads(grads[q][:P - 1] if q == 1 else grads[q])   # process 1: a short share
+        grads[1][P - 1] = 0
+        recvs = _all_to_all([captured[r] for r in range(G)], lambda r: lps[r].splits)
+        for q, lp in enumerate(lps):
+            tp.dist.all_to_all_single = lambda recv, send, output_split_sizes, input_split_sizes, group, _q=q: \
+                recv.copy_(recvs[_q])
             got = lp.exchange_grads(grads[q])
-        finally:
-            tp.dist.all_to_all_single = old
-        expect = torch.cat([grads[r].view(P, L, F)[:, lp.own] for r in range(G)]).reshape(G * P, -1)
-        assert torch.equal(got, expect)
+            expect = torch.cat([grads[r].view(P, L, F)[:, lp.own] for r in range(G)]).reshape(G * P, -1)
+            assert torch.equal(got, expect)
+    finally:
+        tp.dist.all_to_all_single = old
