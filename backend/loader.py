@@ -221,6 +221,8 @@ class RayLoader:
         self.wait_s = 0.0     # host time spent waiting for shards (loading-bound if near the wall time)
         self.read_s = 0.0     # reader thread time spent reading + queueing copies
         self.read_bytes = 0
+        self.shards_read = 0
+        self._copy_events: deque = deque(maxlen=64)    # (start, end) timing events of recent copies
         _OPEN.add(self)
 
     # --- position ----------------------------------------------------------------------------
@@ -285,11 +287,27 @@ class RayLoader:
         if self.cuda:
             with torch.cuda.stream(self.copy_stream):
                 self.copy_stream.wait_event(slot.released)     # no-op before the first release
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(self.copy_stream)
                 for k in files:
                     slot.dev[k][:rows].copy_(slot.host[k][:rows], non_blocking=True)
+                end.record(self.copy_stream)
                 slot.copied.record(self.copy_stream)
+            self._copy_events.append((start, end))
         self.read_s += time.perf_counter() - t0
+        self.shards_read += 1
         return rows
+
+    def stats(self) -> dict:
+        """Reading so far: shards, bytes, host seconds (reads), seconds waited for by training, and
+        the mean host -> device copy time of the recent shards (ms; synchronises with them)."""
+        out = {"shards": self.shards_read, "read_bytes": self.read_bytes, "read_s": self.read_s,
+               "wait_s": self.wait_s}
+        events = list(self._copy_events)
+        if events:
+            events[-1][1].synchronize()
+            out["h2d_ms_per_shard"] = sum(a.elapsed_time(b) for a, b in events) / len(events)
+        return out
 
     def _schedule(self, after) -> None:
         """Keep `depth` shards in flight, the next ones after `after` in stream order."""

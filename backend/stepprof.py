@@ -128,3 +128,22 @@ def table(profiles: dict[str, dict]) -> str:
     lines.append(f"{'step':22s}" + "".join(
         f"{profiles[c]['step_ms_mean']:.2f} [{profiles[c]['step_ms_max']:.2f}]".rjust(20) for c in cols))
     return "\n".join(lines)
+
+
+def loader_lines(profiles: dict[str, dict]) -> str:
+    """Per profiled run: the ray reading of its slowest-reading rank (shard reads from disk or the
+    page cache into pinned memory, the copies to the GPU on the loader's stream)."""
+    lines = []
+    for name, prof in profiles.items():
+        stats = [r.get("loader") for r in prof.get("ranks", []) if r.get("loader")]
+        if not stats:
+            continue
+        st = max(stats, key=lambda x: x["read_s"] / max(1, x["shards"]))
+        n = max(1, st["shards"])
+        mb = st["read_bytes"] / n / 1e6
+        ms = st["read_s"] / n * 1e3
+        h2d = st.get("h2d_ms_per_shard")
+        lines.append(f"{name}: {st['shards']} shards of {mb:.0f} MB, read in {ms:.0f} ms each "
+                     f"({mb / max(ms, 1e-9):.1f} GB/s)" + (f", copied to the GPU in {h2d:.1f} ms" if h2d else "")
+                     + f"; training waited {st['wait_s']:.2f} s in all")
+    return "\n".join(lines)

@@ -251,8 +251,7 @@ def _profile_fields(t: Trainer, prof: stepprof.StepProfile) -> dict:
     RUN/profile.json; the done event's `profile` field (mean ms per step and part)."""
     if not prof.enabled:
         return {}
-    mine = dict(prof.summary(), rank=t.ctx.rank, mode=t.mode, loader_read_s=t.loader.read_s,
-                loader_read_bytes=t.loader.read_bytes, loader_wait_s=t.loader.wait_s)
+    mine = dict(prof.summary(), rank=t.ctx.rank, mode=t.mode, loader=t.loader.stats())
     combined = stepprof.combine(distributed.gather_objects(mine))
     if not t.ctx.main:
         return {}

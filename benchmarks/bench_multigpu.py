@@ -223,6 +223,7 @@ def main() -> None:
         print(f"\nstep breakdown, ms per step (mean over ranks [slowest rank]), last {a.profile_steps} steps, "
               f"{device_name()}")
         print(stepprof.table(profiles))
+        print("\nray loading (the rank reading slowest):\n" + stepprof.loader_lines(profiles))
         results["profiles"] = profiles
     write_json(out / "multigpu.json", rows, **results)
 

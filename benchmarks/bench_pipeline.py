@@ -192,7 +192,7 @@ def main() -> None:
     steady = float(np.median(rates[len(rates) // 3:])) if rates else float("nan")
     wait = float(np.median(waits[len(waits) // 3:])) if waits else float("nan")
     mp = a.width * a.height / 1e6
-    n_train = len(RunFolder(run).read_config()["views"])
+    n_train = len(RunFolder(run).read_config()["train_views"])
     report(rows, {"metric": f"train rays/s ({n_train} photos of {mp:.1f} MP, ss={a.ss}, loading incl.)",
                   "value": steady / 1e6, "target": RATE_TARGETS.get(a.ss, 20.0), "unit": "M rays/s"})
     report(rows, {"metric": f"  sub-samples/s (x {a.ss * a.ss})", "value": steady * a.ss * a.ss / 1e6,
@@ -207,6 +207,7 @@ def main() -> None:
         extra["profile"] = prof
         print(f"\nstep breakdown, ms per step, last {a.profile_steps} steps:")
         print(stepprof.table({f"1 GPU ss={a.ss}": prof}))
+        print(stepprof.loader_lines({f"ray loading, ss={a.ss}": prof}))
     if a.rate_only:
         print_table(rows, "XScale-NVS training rate")
         write_json(a.out, rows, args=vars(a), **extra)
