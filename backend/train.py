@@ -8,11 +8,14 @@ optimiser, ray stream and reducer, restored from the checkpoint when resuming; `
 Several processes (torchrun) share every batch: level-parallel (table_parallel.py: processes of a
 machine split the hash grid's levels; the default) or data parallel (grad_reduce.py). Nothing in
 a step waits for the GPU on the host; stops and checkpoint times are voted on every few steps
-(distributed.HostVote). XSCALE_PROFILE_STEPS=N times the parts of the last N steps (stepprof.py)."""
+(distributed.HostVote). XSCALE_PROFILE_STEPS=N times the parts of the last N steps (stepprof.py).
+XSCALE_COMPILE_DECODER=1 (an experiment, off by default) runs the decoder's training forward and
+backward through torch.compile: the same operations, fused into fewer kernels."""
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from contextlib import nullcontext
 
@@ -31,6 +34,9 @@ from .loader import RayLoader, batch_part
 from .model import Manifold
 from .runfolder import RunFolder, write_json
 from .stopflag import StopFlag
+
+
+COMPILE_ENV = "XSCALE_COMPILE_DECODER"
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -100,6 +106,8 @@ class Trainer:
         self.loader = RayLoader(run.root, dev, batch, tc.seed, loader_state,
                                 part=batch_part(batch, ctx.rank, ctx.world))
         self.model.train()
+        if os.environ.get(COMPILE_ENV) == "1":      # measurement aid: what fusing the decoder buys
+            self.model.decoder.forward = torch.compile(self.model.decoder.forward, dynamic=False)
 
     def step(self, prof: stepprof.StepProfile | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns (loss, mse) of the whole batch as device scalars (summed

@@ -119,7 +119,12 @@ def main() -> None:
     ap.add_argument("--ss-ref", type=int, help="supersampling of the scene's photos (default 2; --rate-only: 1)")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="per-part step breakdown of the last N training steps (XSCALE_PROFILE_STEPS)")
+    ap.add_argument("--compile-decoder", action="store_true",
+                    help="experiment: the decoder through torch.compile (XSCALE_COMPILE_DECODER=1)")
     a = ap.parse_args()
+    if a.compile_decoder:
+        from backend.train import COMPILE_ENV
+        os.environ[COMPILE_ENV] = "1"
     a.ss_ref = a.ss_ref or (1 if a.rate_only else 2)
     if a.rate_only:
         a.no_render = True
@@ -193,7 +198,8 @@ def main() -> None:
     wait = float(np.median(waits[len(waits) // 3:])) if waits else float("nan")
     mp = a.width * a.height / 1e6
     n_train = len(RunFolder(run).read_config()["train_views"])
-    report(rows, {"metric": f"train rays/s ({n_train} photos of {mp:.1f} MP, ss={a.ss}, loading incl.)",
+    tag = ", decoder compiled" if a.compile_decoder else ""
+    report(rows, {"metric": f"train rays/s ({n_train} photos of {mp:.1f} MP, ss={a.ss}{tag}, loading incl.)",
                   "value": steady / 1e6, "target": RATE_TARGETS.get(a.ss, 20.0), "unit": "M rays/s"})
     report(rows, {"metric": f"  sub-samples/s (x {a.ss * a.ss})", "value": steady * a.ss * a.ss / 1e6,
                   "target": 100.0 if a.ss == 2 else None, "unit": "M/s"})
