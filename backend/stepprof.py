@@ -33,6 +33,17 @@ def requested() -> int:
         return 0
 
 
+class NoProfile:
+    """The profile of steps that are not timed."""
+    on = False
+
+    def mark(self, part: str) -> None:
+        pass
+
+
+NO_PROFILE = NoProfile()
+
+
 class StepProfile:
     """Marks part boundaries of the steps in [first, last); summary() reads them (synchronises)."""
 

@@ -43,6 +43,7 @@ from torch import nn
 from .config import HashGridConfig
 from .encoding.layout import Level, levels
 from .errors import InputError
+from .stepprof import NO_PROFILE
 
 # torch 2.13 renamed all_gather_into_tensor (deprecated there); older versions have only the old name.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -110,11 +111,6 @@ def available(model, device: torch.device, S: int) -> bool:
     return True
 
 
-class _NoProfile:
-    def mark(self, part: str) -> None:
-        pass
-
-
 class LevelParallel:
     """This process's part of level-parallel training (see the module docstring)."""
 
@@ -160,7 +156,7 @@ class LevelParallel:
         table = model.grid.table
         self.params = [nn.Parameter(table.data[lv.offset:lv.offset + lv.size]) for lv in self.own_levels]
         self.grad: torch.Tensor | None = None      # the own levels' gradient of the last backward
-        self.prof = _NoProfile()
+        self.prof = NO_PROFILE
 
     # --- optimiser ---------------------------------------------------------------------------
 
@@ -192,7 +188,7 @@ class LevelParallel:
     def features(self, xyz: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor | None,
                  prof=None) -> torch.Tensor:
         """Per-ray features (n, L*F) of this process's rays, as Manifold.features computes them."""
-        self.prof = prof or _NoProfile()
+        self.prof = prof or NO_PROFILE
         w, lf = self.model.sub_sample_weights(xyz, mask, footprint)
         x = self.model.grid.normalise(xyz.float())
         self.prof.mark("points")

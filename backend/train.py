@@ -113,7 +113,7 @@ class Trainer:
         """One optimisation step; returns (loss, mse) of the whole batch as device scalars (summed
         over ranks), read only when progress is reported (no per-step host synchronisation).
         `prof` marks the end of each part of the step (stepprof.PARTS)."""
-        prof = prof or _NO_PROFILE
+        prof = prof or stepprof.NO_PROFILE
         tc = self.tc
         frac = self.step_n / max(1, tc.iters)
         for g, lr0 in zip(self.opt.param_groups, self.base_lrs):
@@ -193,16 +193,6 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
         if ctx.main:
             write_json(run.train_config, to_dict(tc))
         return _loop(Trainer(ctx, run, tc, ckpt, grid_backend), stop_at)
-
-
-class _NoProfile:
-    on = False
-
-    def mark(self, part: str) -> None:
-        pass
-
-
-_NO_PROFILE = _NoProfile()
 
 
 def _loop(t: Trainer, stop_at: int | None) -> dict:

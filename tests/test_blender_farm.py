@@ -63,8 +63,9 @@ def test_chunks_share_the_folder_then_assemble(blank, bpy_module, trained, tmp_p
 
 def test_skip_existing_with_nothing_left_adds_the_strip(blank, bpy_module, trained, tmp_path):
     from xscale_blender import sequencer
-    bpy, out = bpy_module, trained
+    bpy = bpy_module
     assert bpy.ops.xscale.render_path() == {"FINISHED"}           # the whole range, strip added
+    assert len(list(trained.glob("frame_*.png"))) == 10
     assert len(sequencer.all_strips(blank)) == 1
     argv = tmp_path / "argv.json"
     argv.unlink()
