@@ -6,8 +6,13 @@ torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without them everything here is a
 backend runs as one process. Other commands than train/fit/render run on rank 0 only.
 
 Only rank 0 writes checkpoints and progress events; other ranks print `error` events only.
-A stop (SIGTERM/SIGINT, forwarded to every rank by torchrun) is voted on each step, so all ranks
-stop after the same step and rank 0 saves.
+A stop (SIGTERM/SIGINT, forwarded to every rank by torchrun) and rank 0's checkpoint timer are
+voted on every VOTE_EVERY steps without waiting (HostVote), so all ranks stop or save after the
+same step.
+
+Several machines: torchrun's own rendezvous (`--nnodes N --node-rank K --rdzv-backend c10d
+--rdzv-endpoint HOST:PORT`, see the README); ranks of one machine are consecutive, LOCAL_RANK
+picks the GPU and LOCAL_WORLD_SIZE is the number of processes on this machine.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from .raster import resolve_device
 
 # Waits that can be long by design (rank 0 building the ray cache, uneven render frames).
 LONG_WAIT = timedelta(hours=24)
+VOTE_EVERY = 8      # steps between the host votes of training (stop, save)
 
 _control: dist.ProcessGroup | None = None   # gloo group for host-side votes and long waits
 
@@ -36,6 +42,7 @@ class Context:
     world: int
     local_rank: int
     device: torch.device
+    local_world: int = 1      # processes on this machine
 
     @property
     def main(self) -> bool:
@@ -78,7 +85,8 @@ def setup(device: str = "auto") -> Context:
         _control = dist.new_group(backend="gloo", timeout=LONG_WAIT)
         if dist.get_rank() != 0:
             events.set_stream(_ErrorsOnly(sys.stdout))
-    return Context(dist.get_rank(), dist.get_world_size(), local, dev)
+    world = dist.get_world_size()
+    return Context(dist.get_rank(), world, local, dev, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def shutdown() -> None:
@@ -110,6 +118,47 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([int(flag)], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
     return bool(t.item())
+
+
+class HostVote:
+    """Flags that every rank acts on after the same step, without a per-step host round trip:
+    every `every` steps each rank sends its flags (an all_reduce MAX over the gloo group, not
+    waited for) and reads the result of the previous vote, sent `every` steps earlier and long
+    done. A flag raised on one rank is seen by all within 2 x `every` steps. One process: the
+    flags themselves, every step."""
+
+    def __init__(self, every: int = VOTE_EVERY):
+        self.every = max(1, every)
+        self._t: torch.Tensor | None = None
+        self._work = None
+
+    def __call__(self, step: int, *flags: bool) -> tuple[bool, ...]:
+        if not active():
+            return tuple(bool(f) for f in flags)
+        if step % self.every:
+            return (False,) * len(flags)
+        out = (False,) * len(flags)
+        if self._work is not None:
+            self._work.wait()
+            out = tuple(bool(v) for v in self._t.tolist())
+        self._t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+        self._work = dist.all_reduce(self._t, op=dist.ReduceOp.MAX, group=_control, async_op=True)
+        return out
+
+    def close(self) -> None:
+        """Wait for the vote in flight (before other collectives on the group, or shutdown)."""
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+
+
+def gather_objects(obj) -> list:
+    """`obj` of every rank, in rank order, on every rank (host side); [obj] alone."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_control)
+    return out
 
 
 def barrier() -> None:

@@ -36,6 +36,25 @@ REDUCE_ENV = "XSCALE_GRAD_REDUCE"
 SPARSE_MAX_RATIO = {"nccl": 0.01, "gloo": 0.05}
 SPARSE_MIN_ROWS = {"nccl": 1 << 24, "gloo": 1 << 16}   # below: one dense all_reduce wins
 RECHECK_EVERY = 100            # after picking dense, steps before the next density check
+
+
+def reduce_flat(params: list[nn.Parameter], stats: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum the gradients of `params` (small: decoder, codes, gains) and `stats` over the ranks of
+    `group` (default: all) in one flat all_reduce; the gradients in place, the summed stats returned."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad.reshape(-1))
+    flat = torch.cat(grads + [stats.reshape(-1).to(grads[0].dtype)])
+    dist.all_reduce(flat, group=group)
+    o = 0
+    for p in params:
+        p.grad.copy_(flat[o:o + p.numel()].view_as(p))
+        o += p.numel()
+    return flat[o:]
+
+
 class GradReducer:
     """Sums gradients over ranks in place after backward; every rank ends bit-identical.
 
@@ -61,18 +80,7 @@ class GradReducer:
         return self._reduce_others(stats)
 
     def _reduce_others(self, stats: torch.Tensor) -> torch.Tensor:
-        grads = []
-        for p in self.others:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad.reshape(-1))
-        flat = torch.cat(grads + [stats.reshape(-1).to(grads[0].dtype)])
-        dist.all_reduce(flat)
-        o = 0
-        for p in self.others:
-            p.grad.copy_(flat[o:o + p.numel()].view_as(p))
-            o += p.numel()
-        return flat[o:]
+        return reduce_flat(self.others, stats)
 
     def _reduce_table(self) -> None:
         t = self.table

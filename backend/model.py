@@ -159,6 +159,13 @@ class Manifold(nn.Module):
         feature (N, D): the mean over hit sub-samples of their level-weighted features (levels at
         weight 1 without footprints or with `level_fade` 0). `clamp`: footprints no finer than the
         photos observed there (rendering)."""
+        w, lf = self.sub_sample_weights(xyz, mask, footprint, clamp)
+        return self.grid.pixels(xyz, w, lf, self.cfg.level_fade, self.cfg.level_bias, coherent)
+
+    def sub_sample_weights(self, xyz: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor | None = None,
+                           clamp: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The hash grid's per-sub-sample inputs of `features` besides the points: weights (N, S)
+        and log2 footprints (N, S) in normalised units, or None (see `features`)."""
         w = mask.float()
         w = w / w.sum(1, keepdim=True).clamp_min(1.0)
         lf = None
@@ -166,7 +173,7 @@ class Manifold(nn.Module):
             lf = self.grid.log2_footprint(footprint)
             if clamp:
                 lf = self.field.clamp(self.grid.normalise(xyz.float()), lf)
-        return self.grid.pixels(xyz, w, lf, self.cfg.level_fade, self.cfg.level_bias, coherent)
+        return w, lf
 
     def exposure_code(self, view: torch.Tensor | None = None, which: str | int = "mean") -> torch.Tensor:
         codes = self.decoder.exposure
@@ -184,10 +191,13 @@ class Manifold(nn.Module):
         return torch.exp(g[view] if view is not None else g[int(which)])
 
     def forward(self, xyz, mask, dirs, view=None, exposure: str | int = "mean", linear: bool = False,
-                footprint: torch.Tensor | None = None):
-        """Training: sRGB (N, 3) (or linear) of rays with their views' exposure codes and gains."""
+                footprint: torch.Tensor | None = None, feat: torch.Tensor | None = None):
+        """Training: sRGB (N, 3) (or linear) of rays with their views' exposure codes and gains.
+        `feat`: the rays' features when already computed (level-parallel training), else
+        `features(xyz, mask, footprint)`."""
         code = self.exposure_code(view, exposure)
-        feat = self.features(xyz, mask, footprint)
+        if feat is None:
+            feat = self.features(xyz, mask, footprint)
         if code.dim() == 1 and not torch.is_grad_enabled():
             rgb = self.decoder.infer(feat, dirs, code, linear=True)
         else:

@@ -3,29 +3,40 @@ resume, clean stop on SIGINT/SIGTERM, progress events.
 
 Phases: `resolve_config` (preset, overrides or the checkpoint's settings), `Trainer` (model,
 optimiser, ray stream and reducer, restored from the checkpoint when resuming; `step` and
-`save`), and `train`'s loop (stops, progress, periodic checkpoints)."""
+`save`), and `train`'s loop (stops, progress, periodic checkpoints).
+
+Several processes (torchrun) share every batch: level-parallel (table_parallel.py: processes of a
+machine split the hash grid's levels; the default) or data parallel (grad_reduce.py). Nothing in
+a step waits for the GPU on the host; stops and checkpoint times are voted on every few steps
+(distributed.HostVote). XSCALE_PROFILE_STEPS=N times the parts of the last N steps (stepprof.py).
+XSCALE_COMPILE_DECODER=1 (an experiment, off by default) runs the decoder's training forward and
+backward through torch.compile: the same operations, fused into fewer kernels."""
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from . import distributed, events
+from . import distributed, events, stepprof, table_parallel
 from .cache import FIELD_FILE
 from .cameras import Camera
 from .checkpoint import load_checkpoint, model_config, model_state, save_atomic
 from .config import TrainConfig, apply_overrides, preset as preset_config, to_dict, train_config_from_dict, with_value
 from .errors import InputError
 from .footprint import camera_rows, footprints
-from .grad_reduce import GradReducer
+from .grad_reduce import GradReducer, reduce_flat
 from .loader import RayLoader, batch_part
 from .model import Manifold
 from .runfolder import RunFolder, write_json
 from .stopflag import StopFlag
+
+
+COMPILE_ENV = "XSCALE_COMPILE_DECODER"
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -62,6 +73,19 @@ class Trainer:
         if self.model.log_gain is not None:       # the photos whose gains average to one
             self.model.gain_train.zero_()[cfg_run["train_views"]] = True
         groups = self.model.param_groups(tc.optim)
+        batch = tc.optim.batch_rays
+        # Several processes: level groups of G processes (G = 1: plain data parallel).
+        self.lp: table_parallel.LevelParallel | None = None
+        G = 1
+        if ctx.world > 1 and table_parallel.available(self.model, dev, self.ss ** 2):
+            G = table_parallel.group_size(table_parallel.setting(), ctx.world, ctx.local_world,
+                                          tc.model.grid.n_levels)
+        if G > 1:
+            self.lp = table_parallel.LevelParallel(self.model, ctx.rank, ctx.world, G, batch, self.ss ** 2, dev)
+            groups = self.lp.param_groups(groups)
+        self.others = [p for g in groups if g.get("name") != "grid" for p in g["params"]]
+        self.mode = ("one process" if ctx.world == 1 else f"data parallel x{ctx.world}" if G == 1 else
+                     f"level parallel: {ctx.world // G} group(s) of {G} processes")
         self.base_lrs = [g["lr"] for g in groups]
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99),
                                     fused=dev.type == "cuda")   # one kernel for the 2 GB table update
@@ -69,46 +93,81 @@ class Trainer:
         loader_state = None
         if ckpt is not None:
             self.model.load_state_dict(model_state(ckpt))
-            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.lp is not None:
+                self.lp.load_optimizer_state(self.opt, ckpt["optimizer"])
+            else:
+                self.opt.load_state_dict(ckpt["optimizer"])
             self.step_n = ckpt["step"]
             loader_state = ckpt["loader"]
             torch.set_rng_state(ckpt["rng_cpu"].cpu())     # map_location moved it to the device
         self.reducer = None
         if ctx.world > 1:
             distributed.broadcast_module(self.model)
-            self.reducer = GradReducer(groups[0]["params"][0], [p for g in groups[1:] for p in g["params"]])
-        batch = tc.optim.batch_rays
+            if self.lp is None:
+                self.reducer = GradReducer(groups[0]["params"][0], self.others)
         self.loader = RayLoader(run.root, dev, batch, tc.seed, loader_state,
                                 part=batch_part(batch, ctx.rank, ctx.world))
         self.model.train()
+        if os.environ.get(COMPILE_ENV) == "1":      # measurement aid: what fusing the decoder buys
+            self.model.decoder.forward = torch.compile(self.model.decoder.forward, dynamic=False)
 
-    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, prof: stepprof.StepProfile | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns (loss, mse) of the whole batch as device scalars (summed
-        over ranks), read only when progress is reported (no per-step host synchronisation)."""
+        over ranks), read only when progress is reported (no per-step host synchronisation).
+        `prof` marks the end of each part of the step (stepprof.PARTS)."""
+        prof = prof or stepprof.NO_PROFILE
         tc = self.tc
         frac = self.step_n / max(1, tc.iters)
         for g, lr0 in zip(self.opt.param_groups, self.base_lrs):
             g["lr"] = lr0 * tc.optim.lr_final_ratio ** frac
         b = self.loader.next()
+        prof.mark("load")
         fp = footprints(b["xyz"], self.camera_rows[b["view"]], self.ss)
-        pred = self.model(b["xyz"], b["mask"], b["dir"], view=b["view"], footprint=fp)
+        if self.lp is not None:         # marks points, exchange_points, grid_fwd, exchange_features
+            feat = self.lp.features(b["xyz"], b["mask"], fp, prof)
+        else:
+            prof.mark("points")
+            feat = self.model.features(b["xyz"], b["mask"], fp)
+            prof.mark("grid_fwd")
+            if prof.on:
+                feat.register_hook(lambda g: prof.mark("decoder_bwd"))
+        pred = self.model(b["xyz"], b["mask"], b["dir"], view=b["view"], footprint=fp, feat=feat)
         err = pred - b["rgb"]
         share = len(pred) / tc.optim.batch_rays     # this rank's part of the global mean (1 alone)
         loss = err.abs().mean() * share
+        prof.mark("decoder_fwd")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.lp is None:
+            prof.mark("grid_bwd")       # level parallel: marked in its backward
         stats = torch.stack([loss.detach(), (err.detach() ** 2).mean() * share])
-        if self.reducer is not None:      # sum of the ranks' gradients = the whole batch's gradient
+        if self.lp is not None:         # the own levels' gradient is complete; decoder: summed
+            self.lp.assign_grads()
+            stats = reduce_flat(self.others, stats)
+        elif self.reducer is not None:  # sum of the ranks' gradients = the whole batch's gradient
             stats = self.reducer(stats)
-        self.model.add_regulariser_grads(tc.optim)
+        prof.mark("reduce")
+        if self.lp is not None:
+            self.model.add_regulariser_grads(dataclasses.replace(tc.optim, grid_decay=0.0))
+            self.lp.add_grid_decay(tc.optim.grid_decay)
+        else:
+            self.model.add_regulariser_grads(tc.optim)
+        prof.mark("regularise")
         self.opt.step()
+        prof.mark("adam")
         self.step_n += 1
         return stats[0], stats[1]
 
     def save(self) -> None:
+        """Rank 0 writes the checkpoint (one-process layout). Level parallel: every rank calls
+        this after the same step (the owners of the levels send them to rank 0 first)."""
+        if self.lp is not None:
+            opt_state = self.lp.full_optimizer_state(self.opt)
+        elif self.ctx.main:
+            opt_state = self.opt.state_dict()
         if not self.ctx.main:     # one writer; every rank holds the same state
             return
-        save_atomic({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+        save_atomic({"model": self.model.state_dict(), "optimizer": opt_state,
                      "step": self.step_n, "loader": self.loader.state(), "train_config": to_dict(self.tc),
                      "model_config": to_dict(self.tc.model), "aabb": self.aabb, "n_views": self.n_views,
                      "rng_cpu": torch.get_rng_state()}, self.run.latest)
@@ -153,29 +212,63 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
 
 def _loop(t: Trainer, stop_at: int | None) -> dict:
     tc = t.tc
+    main = t.ctx.main
     prog = events.Progress("train", tc.iters, start_step=t.step_n)
+    if main and t.ctx.world > 1:
+        events.log(f"training on {t.ctx.world} processes ({t.mode})")
+    end = tc.iters if stop_at is None else min(tc.iters, max(stop_at, t.step_n))
+    prof = stepprof.StepProfile(t.ctx.device, stepprof.requested(), t.step_n, end)
+    vote = distributed.HostVote()
     last_save = time.monotonic()
     n_rays, t_mark, wait_mark = 0, time.monotonic(), 0.0
     loss_v = psnr_v = float("nan")
-    with StopFlag() as flag:
-        while t.step_n < tc.iters:
-            if distributed.any_rank(flag.stop) or (stop_at is not None and t.step_n >= stop_at):
-                t.save()
-                events.emit("stopped", stage="train", step=t.step_n, total=tc.iters,
-                            checkpoint=str(t.run.latest))
-                return {"step": t.step_n, "stopped": True}
-            loss, mse = t.step()
-            n_rays += tc.optim.batch_rays
-            now = time.monotonic()
-            if now - prog.last >= prog.every_s or t.step_n == tc.iters:
-                loss_v, psnr_v = float(loss), psnr_from_mse(float(mse))
-                rate = n_rays / max(now - t_mark, 1e-9)
-                wait = (t.loader.wait_s - wait_mark) / max(now - t_mark, 1e-9)
-                n_rays, t_mark, wait_mark = 0, now, t.loader.wait_s
-                prog.update(t.step_n, loss=loss_v, psnr=psnr_v, rays_per_s=rate, load_wait=wait)
-            if now - last_save > tc.checkpoint_every_s:
-                t.save()
-                last_save = now
-    t.save()
-    events.emit("done", stage="train", step=t.step_n, loss=loss_v, psnr=psnr_v, checkpoint=str(t.run.latest))
-    return {"step": t.step_n, "loss": loss_v, "psnr": psnr_v}
+    try:
+        with StopFlag() as flag:
+            while t.step_n < tc.iters:
+                prof.begin(t.step_n)
+                # Rank 0's clock decides checkpoint times; all ranks save after the same step.
+                save_due = main and time.monotonic() - last_save > tc.checkpoint_every_s
+                stop, save = vote(t.step_n, flag.stop, save_due)
+                prof.mark("vote")
+                if stop or (stop_at is not None and t.step_n >= stop_at):
+                    vote.close()
+                    t.save()
+                    events.emit("stopped", stage="train", step=t.step_n, total=tc.iters,
+                                checkpoint=str(t.run.latest), **_profile_fields(t, prof))
+                    return {"step": t.step_n, "stopped": True}
+                if save:
+                    t.save()
+                    last_save = time.monotonic()
+                loss, mse = t.step(prof)
+                n_rays += tc.optim.batch_rays
+                now = time.monotonic()
+                if main and (now - prog.last >= prog.every_s or t.step_n == tc.iters):
+                    loss_v, psnr_v = float(loss), psnr_from_mse(float(mse))
+                    rate = n_rays / max(now - t_mark, 1e-9)
+                    wait = (t.loader.wait_s - wait_mark) / max(now - t_mark, 1e-9)
+                    n_rays, t_mark, wait_mark = 0, now, t.loader.wait_s
+                    prog.update(t.step_n, loss=loss_v, psnr=psnr_v, rays_per_s=rate, load_wait=wait)
+                prof.mark("events")
+                prof.end_step()
+        vote.close()
+        t.save()
+        events.emit("done", stage="train", step=t.step_n, loss=loss_v, psnr=psnr_v, checkpoint=str(t.run.latest),
+                    **_profile_fields(t, prof))
+        return {"step": t.step_n, "loss": loss_v, "psnr": psnr_v}
+    finally:
+        t.loader.close()
+
+
+def _profile_fields(t: Trainer, prof: stepprof.StepProfile) -> dict:
+    """With XSCALE_PROFILE_STEPS: every rank's step profile to rank 0 (a collective), written to
+    RUN/profile.json; the done event's `profile` field (mean ms per step and part)."""
+    if not prof.enabled:
+        return {}
+    mine = dict(prof.summary(), rank=t.ctx.rank, mode=t.mode, loader=t.loader.stats())
+    combined = stepprof.combine(distributed.gather_objects(mine))
+    if not t.ctx.main:
+        return {}
+    combined.update(mode=t.mode, batch_rays=t.tc.optim.batch_rays, ss=t.ss)
+    write_json(t.run.root / "profile.json", combined)
+    return {"profile": {k: round(v, 4) for k, v in combined["mean_ms"].items()},
+            "profile_step_ms": combined["step_ms_mean"]}

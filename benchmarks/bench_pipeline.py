@@ -13,10 +13,19 @@ held-out PSNR curve: against the held-out photos (the pipeline's `eval`) and, on
 against the clean ground truth at the true cameras, which then decides the curve's rows: the time
 to within 0.5 dB of the last step, the best point of the curve, and how far the last step is
 below it (target: within 0.3 dB).
+
+--rate-only: the one-GPU training rate and nothing else (no magnified views in a capture scene,
+no evaluation, no rendering), e.g. on a realistic 6 MP capture at both supersamplings:
+    bench_pipeline.py --scene-kind capture-sparse --width 2832 --height 2128 --ss 2 --rate-only
+    bench_pipeline.py --scene-kind capture-sparse --width 2832 --height 2128 --ss 1 --rate-only
+(the scene is made once and reused). Rows: rays/s and sub-samples/s, the fraction of time spent
+waiting for ray data, and with --profile-steps N the per-part step breakdown (stepprof.py).
 Prints a table (metric, value, target, ratio) as its last lines."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,13 +33,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backend import events  # noqa: E402
+from backend import events, stepprof  # noqa: E402
 from backend.cache import build_cache, cache_matches  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
 from backend.evaluate import evaluate  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
-from backend.procedural_capture import VARIANTS, capture_matches, load_truth, make_capture  # noqa: E402
+from backend.procedural_capture import VARIANTS, CaptureParams, capture_matches, load_truth, make_capture  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import train  # noqa: E402
@@ -41,6 +50,8 @@ from common import Timer, print_table, report, subdivide, write_json  # noqa: E4
 
 KINDS = ("procedural", "capture-sparse", "capture-dense")
 PROCEDURAL_SIZE = (64, 1280, 960)
+RATE_TARGETS = {1: 40.0, 2: 25.0}     # M rays/s on one GPU at the reference batch, by supersampling
+LOAD_WAIT_TARGET = 0.02
 
 
 def make_bench_scene(a, work: Path) -> tuple[Path, bool]:
@@ -48,12 +59,14 @@ def make_bench_scene(a, work: Path) -> tuple[Path, bool]:
     whether it was reused."""
     if a.scene_kind == "procedural":
         scene = work / "scene"
-        same = scene_matches(scene, a.views, a.width, a.height, ss_ref=2)
-        make = lambda: make_scene(scene, a.views, a.width, a.height, ss_ref=2, workers=a.workers)  # noqa: E731
+        same = scene_matches(scene, a.views, a.width, a.height, ss_ref=a.ss_ref)
+        make = lambda: make_scene(scene, a.views, a.width, a.height, ss_ref=a.ss_ref, workers=a.workers)  # noqa: E731
     else:
         variant = a.scene_kind.split("-", 1)[1]
-        scene = work / a.scene_kind
-        kw = {"variant": variant, "n_views": a.views, "width": a.width, "height": a.height, "ss_ref": 2}
+        scene = work / (a.scene_kind + ("-rate" if a.rate_only else ""))
+        kw = {"variant": variant, "n_views": a.views, "width": a.width, "height": a.height, "ss_ref": a.ss_ref}
+        if a.rate_only:         # photos only: no magnified ground-truth views (nothing scores them)
+            kw["params"] = CaptureParams(magnified_factors=())
         same = capture_matches(scene, **kw)
         make = lambda: make_capture(scene, workers=a.workers, **kw)  # noqa: E731
     if not same:
@@ -101,21 +114,40 @@ def main() -> None:
     ap.add_argument("--preset", default="reference")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--reuse", action="store_true", help="reuse WORK/run if trained: render part only")
+    ap.add_argument("--rate-only", action="store_true",
+                    help="training rate only: no magnified views, evaluation or rendering")
+    ap.add_argument("--ss-ref", type=int, help="supersampling of the scene's photos (default 2; --rate-only: 1)")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="per-part step breakdown of the last N training steps (XSCALE_PROFILE_STEPS)")
+    ap.add_argument("--compile-decoder", action="store_true",
+                    help="experiment: the decoder through torch.compile (XSCALE_COMPILE_DECODER=1)")
     a = ap.parse_args()
+    if a.compile_decoder:
+        from backend.train import COMPILE_ENV
+        os.environ[COMPILE_ENV] = "1"
+    a.ss_ref = a.ss_ref or (1 if a.rate_only else 2)
+    if a.rate_only:
+        a.no_render = True
+    if a.profile_steps:
+        os.environ[stepprof.PROFILE_ENV] = str(a.profile_steps)
     n, w, h = PROCEDURAL_SIZE if a.scene_kind == "procedural" else VARIANTS[a.scene_kind.split("-", 1)[1]]
     a.views, a.width, a.height = a.views or n, a.width or w, a.height or h
     events.set_stream(sys.stderr)
     work = Path(a.work)
     rows: list[dict] = []
     run = work / ("run" if a.scene_kind == "procedural" else f"run-{a.scene_kind}")
+    if a.rate_only:
+        run = run.with_name(f"{run.name}-rate-{a.width}x{a.height}")
     if a.reuse and (run / "checkpoints" / "latest.pt").is_file():
         print(f"reusing the trained run in {run}", flush=True)
         render_bench(a, work / ("scene" if a.scene_kind == "procedural" else a.scene_kind), run, rows)
         return
     scene, same = make_bench_scene(a, work)
-    truth = load_truth(scene)
+    truth = None if a.rate_only else load_truth(scene)
     if a.test_every is None:
-        a.test_every = truth.test_every if truth else 8
+        views_json = scene / "views.json"
+        a.test_every = truth.test_every if truth else \
+            json.loads(views_json.read_text()).get("test_every", 8) if views_json.is_file() else 8
     if not (same and cache_matches(str(run), str(scene), a.ss, a.test_every, None, None)):
         with Timer() as t:
             build_cache(str(scene), str(run), ss=a.ss, test_every=a.test_every, device=a.device)
@@ -128,13 +160,15 @@ def main() -> None:
 
     # Training at the reference batch (--preset), supersampling --ss; rate from the progress events.
     rates: list[float] = []
+    waits: list[float] = []
 
     class Capture:
         def write(self, s):
-            import json
             for line in s.splitlines():
                 if '"rays_per_s"' in line:
-                    rates.append(json.loads(line)["rays_per_s"])
+                    ev = json.loads(line)
+                    rates.append(ev["rays_per_s"])
+                    waits.append(ev.get("load_wait", float("nan")))
             sys.stderr.write(s)
 
         def flush(self):
@@ -162,9 +196,29 @@ def main() -> None:
             print(msg, flush=True)
     events.set_stream(sys.stderr)
     steady = float(np.median(rates[len(rates) // 3:])) if rates else float("nan")
-    report(rows, {"metric": f"train rays/s (32x49152 batch, ss={a.ss}, loading incl.)", "value": steady / 1e6,
-                 "target": 20.0, "unit": "M rays/s"})
+    wait = float(np.median(waits[len(waits) // 3:])) if waits else float("nan")
+    mp = a.width * a.height / 1e6
+    n_train = len(RunFolder(run).read_config()["train_views"])
+    tag = ", decoder compiled" if a.compile_decoder else ""
+    report(rows, {"metric": f"train rays/s ({n_train} photos of {mp:.1f} MP, ss={a.ss}{tag}, loading incl.)",
+                  "value": steady / 1e6, "target": RATE_TARGETS.get(a.ss, 20.0), "unit": "M rays/s"})
+    report(rows, {"metric": f"  sub-samples/s (x {a.ss * a.ss})", "value": steady * a.ss * a.ss / 1e6,
+                  "target": 100.0 if a.ss == 2 else None, "unit": "M/s"})
+    report(rows, {"metric": "  time waiting for ray data (load_wait)", "value": wait, "target": LOAD_WAIT_TARGET,
+                  "higher_is_better": False, "unit": "fraction"})
     report(rows, {"metric": f"train wall time, {a.iters} steps", "value": train_s, "unit": "s"})
+    extra = {"psnr_curve": curve, "scene_kind": a.scene_kind}
+    prof_file = run / "profile.json"
+    if a.profile_steps and prof_file.is_file():
+        prof = json.loads(prof_file.read_text())
+        extra["profile"] = prof
+        print(f"\nstep breakdown, ms per step, last {a.profile_steps} steps:")
+        print(stepprof.table({f"1 GPU ss={a.ss}": prof}))
+        print(stepprof.loader_lines({f"ray loading, ss={a.ss}": prof}))
+    if a.rate_only:
+        print_table(rows, "XScale-NVS training rate")
+        write_json(a.out, rows, args=vars(a), **extra)
+        return
     ev = evaluate(str(run), device=a.device, write_images=False)
     report(rows, {"metric": "held-out PSNR after training (photos)", "value": ev["mean"]["psnr"], "unit": "dB"})
     report(rows, {"metric": "held-out SSIM after training (photos)", "value": ev["mean"]["ssim"], "unit": ""})
@@ -178,7 +232,6 @@ def main() -> None:
         key, what = ("clean_psnr", "clean held-out PSNR") if truth is not None else ("psnr", "held-out PSNR")
         curve_rows(rows, curve, key, what, a.iters, a.views)
 
-    extra = {"psnr_curve": curve, "scene_kind": a.scene_kind}
     if a.no_render:
         print_table(rows, "XScale-NVS pipeline benchmark")
         write_json(a.out, rows, args=vars(a), **extra)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU tests and benchmarks in one go (on a CUDA machine; `multigpu` needs NPROC GPUs). Logs and JSON go to ${OUT:-benchmarks/results}.
+# GPU tests and benchmarks in one go (on a CUDA machine; `multigpu` runs 1, 2 and 4 processes, as many as there are GPUs). Logs and JSON go to ${OUT:-benchmarks/results}.
 # Optional wheels (e.g. diffrp-nvdiffrast for a machine without network) can be put in ./.whl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +20,8 @@ for s in $STEPS; do
     render)   python3 benchmarks/bench_render.py --out "$OUT/render.json" ${RENDER_ARGS:-} 2>&1 | tee "$OUT/render.log" | tail -8 ;;
     quality)  python3 benchmarks/bench_quality.py --quick --out "$OUT/quality" 2>"$OUT/quality_events.log" | tee "$OUT/quality.log" | tail -20 ;;
     outofcore) python3 benchmarks/bench_outofcore.py --views ${OOC_VIEWS:-40} --out "$OUT/outofcore.json" 2>"$OUT/outofcore_events.log" | tee "$OUT/outofcore.log" | tail -12 ;;
-    multigpu) python3 benchmarks/bench_multigpu.py --nproc ${NPROC:-2} --out "$OUT/multigpu.json" 2>&1 | tee "$OUT/multigpu.log" | tail -14
-              python3 benchmarks/bench_distributed.py --nproc ${NPROC:-2} --out "$OUT/distributed.json" 2>&1 | tee "$OUT/distributed.log" | tail -20 ;;
+    multigpu) python3 benchmarks/bench_multigpu.py --gpus ${GPUS:-1,2,4} ${MULTIGPU_ARGS:-} --out "$OUT/multigpu" 2>&1 | tee "$OUT/multigpu.log" | tail -60 ;;
+    distributed) python3 benchmarks/bench_distributed.py --nproc ${NPROC:-2} --out "$OUT/distributed.json" 2>&1 | tee "$OUT/distributed.log" | tail -20 ;;
     demo)     python3 -m backend demo --out /tmp/xscale_demo_gpu 2>&1 | grep -v '"progress"' | tee "$OUT/demo.log" | tail -8 ;;
   esac
 done

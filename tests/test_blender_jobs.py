@@ -210,7 +210,7 @@ def test_render_operator_adds_strip(blank, bpy_module, tiny_scene, fake_python, 
     blank.xscale.strip_channel = 3
     assert bpy.ops.xscale.render_path() == {"FINISHED"}
     out = run / "renders" / blank.camera.name
-    assert (out / "camera_path.json").is_file()
+    assert (out / "camera_path_000004-000006.json").is_file()
     strips = sequencer.all_strips(blank)
     assert len(strips) == 1
     strip = strips[0]

@@ -129,6 +129,7 @@ class VIEW3D_PT_xscale_render(XScalePanelBase, bpy.types.Panel):
         row = layout.row(align=True)
         row.enabled = not jobs.busy() and cam is not None
         row.operator("xscale.render_path", text="Render", icon="RENDER_ANIMATION")
+        row.operator("xscale.assemble_strip", text="", icon="SEQUENCE")
         row.operator("xscale.export_path", text="", icon="EXPORT")
 
 

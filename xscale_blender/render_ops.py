@@ -1,11 +1,19 @@
 """Rendering: the scene camera's path over the frame range through `backend render`, the frames as
-a sequencer strip, the camera path JSON alone, and looking through an imported photo's camera."""
+a sequencer strip, the camera path JSON alone, and looking through an imported photo's camera.
+
+Render farms (Flamenco, Deadline, SLURM arrays) split a shot into frame ranges, one `blender -b`
+per chunk: *Render Camera Path* renders only its range (`frame_start`/`frame_end`, else the
+scene's, which `blender -s/-e` set), can skip frames already on disk (`skip_existing`: a
+re-queued chunk resumes), and leaves the sequencer alone when asked (`add_strip=False`): chunks
+share the output folder, each frame file is written atomically and named by its number. Once
+every chunk is done, *Assemble Strip* checks that every frame exists and adds the strip.
+"""
 
 import os
 import re
 
 import bpy
-from bpy.props import BoolProperty, StringProperty
+from bpy.props import BoolProperty, IntProperty, StringProperty
 
 from . import campath_export, importer, job_runner, jobs, sequencer
 from .backend_link import campath
@@ -29,15 +37,39 @@ def render_output_dir(s, camera_name: str) -> str:
     return str(run.renders / _safe_name(camera_name))
 
 
+def chunk_frames(scene: bpy.types.Scene, start: int | None = None, end: int | None = None) -> list[int]:
+    """Frames from `start` to `end` (default: the scene's range) at the scene's frame step."""
+    start = scene.frame_start if start is None else start
+    end = scene.frame_end if end is None else end
+    return list(range(start, end + 1, max(scene.frame_step, 1)))
+
+
+def missing_frames(out_dir: str, numbers: list[int], fmt: str) -> list[int]:
+    """The frames of `numbers` whose file (format `fmt`) is not in `out_dir`."""
+    return [n for n in numbers if not os.path.isfile(os.path.join(out_dir, campath.frame_filename(n, fmt)))]
+
+
+def frame_ranges(numbers: list[int], limit: int = 8) -> str:
+    """"1-4, 7, 9-12" (the first `limit` runs of consecutive numbers, then "...")."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:limit])
+    return text + (", ..." if len(runs) > limit else "")
+
+
 def add_render_strip(scene: bpy.types.Scene, out_dir: str, numbers: list[int], fmt: str, name: str):
     """Sequencer strip for the rendered frames of output format `fmt` (a key of config.FORMATS),
-    at the path's first frame unless configured."""
+    at the path's first frame unless configured. FileNotFoundError names the missing frames."""
     s = scene.xscale
     files = [campath.frame_filename(n, fmt) for n in numbers]
-    missing = [f for f in files if not os.path.isfile(os.path.join(out_dir, f))]
+    missing = missing_frames(out_dir, numbers, fmt)
     if missing:
-        raise FileNotFoundError(f"the backend did not write {len(missing)} frame(s), "
-                                f"e.g. {os.path.join(out_dir, missing[0])}")
+        raise FileNotFoundError(f"{len(missing)} of {len(numbers)} frame(s) missing in {out_dir}: "
+                                f"{frame_ranges(missing)}")
     start = numbers[0] if s.strip_use_path_start else s.strip_frame_start
     return sequencer.add_image_strip(scene, out_dir, files, name=name, channel=s.strip_channel,
                                      frame_start=start, fmt=fmt)
@@ -50,6 +82,23 @@ class XSCALE_OT_render_path(bpy.types.Operator):
 
     wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
                        description="Block until rendering ends (always on in background mode)")
+    frame_start: IntProperty(name="First Frame", options={"SKIP_SAVE"},
+                             description="First frame to render (default: the scene's start frame, "
+                                         "which blender -s sets)")
+    frame_end: IntProperty(name="Last Frame", options={"SKIP_SAVE"},
+                           description="Last frame to render (default: the scene's end frame, which "
+                                       "blender -e sets)")
+    skip_existing: BoolProperty(name="Skip Existing", default=False, options={"SKIP_SAVE"},
+                                description="Render only frames whose file is not in the output folder "
+                                            "yet (a re-run render farm chunk resumes)")
+    add_strip: BoolProperty(name="Add Strip", default=True, options={"SKIP_SAVE"},
+                            description="Add the frames to the sequencer when done (off for render farm "
+                                        "chunks: run Assemble Strip once all chunks are done)")
+
+    def frame_range(self, scene) -> list[int]:
+        props = self.properties
+        return chunk_frames(scene, self.frame_start if props.is_property_set("frame_start") else None,
+                            self.frame_end if props.is_property_set("frame_end") else None)
 
     def execute(self, context):
         scene = context.scene
@@ -62,16 +111,36 @@ class XSCALE_OT_render_path(bpy.types.Operator):
         if run is None or not run.latest.is_file():
             self.report({"ERROR"}, f"No trained model in run folder '{run.root if run else ''}': train first.")
             return {"CANCELLED"}
+        frames = self.frame_range(scene)
+        if not frames:
+            self.report({"ERROR"}, "The frame range is empty")
+            return {"CANCELLED"}
+        fmt = s.render_format
         out_dir = render_output_dir(s, cam.name)
         os.makedirs(out_dir, exist_ok=True)
-        path_file = os.path.join(out_dir, "camera_path.json")
+        todo = missing_frames(out_dir, frames, fmt) if self.skip_existing else frames
+        scene_name, strip_name = scene.name, f"XScale {cam.name}"
+        add_strip = self.add_strip
+
+        def finish_strip(target) -> None:
+            if add_strip:
+                add_render_strip(target, out_dir, frames, fmt, strip_name)
+
+        if not todo:
+            try:
+                finish_strip(scene)
+            except (FileNotFoundError, ValueError, RuntimeError) as e:
+                self.report({"ERROR"}, str(e))
+                return {"CANCELLED"}
+            self.report({"INFO"}, f"XScale: all {len(frames)} frames exist in {out_dir}")
+            return {"FINISHED"}
+        # One path file per frame range: chunks of a render farm share the output folder.
+        path_file = os.path.join(out_dir, f"camera_path_{frames[0]:06d}-{frames[-1]:06d}.json")
         try:
-            numbers = campath_export.export_camera_path(context, path_file)
+            campath_export.export_camera_path(context, path_file, todo)
         except ValueError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
-        fmt = s.render_format
-        scene_name, strip_name = scene.name, f"XScale {cam.name}"
 
         def on_finish(job: jobs.Job) -> None:
             if job.state.status != jobs.DONE:
@@ -80,7 +149,7 @@ class XSCALE_OT_render_path(bpy.types.Operator):
             if target is None:
                 return
             try:
-                add_render_strip(target, out_dir, numbers, fmt, strip_name)
+                finish_strip(target)
             except (FileNotFoundError, ValueError, RuntimeError) as e:
                 job.state.status, job.state.error = jobs.FAILED, str(e)
                 job.state.message = job.state.error
@@ -88,6 +157,39 @@ class XSCALE_OT_render_path(bpy.types.Operator):
         args = ["--run", str(run.root), "--path", path_file, "--out", out_dir]
         args += option_arguments(s, RENDER_SETTINGS) + job_runner.nproc_arguments(s)
         return job_runner.start_backend(self, "render", args, "render", self.wait, on_finish)
+
+
+class XSCALE_OT_assemble_strip(bpy.types.Operator):
+    """Add the scene camera's rendered frames to the sequencer once every frame of the range exists (after render farm chunks)"""
+    bl_idname = "xscale.assemble_strip"
+    bl_label = "Assemble Strip"
+
+    frame_start: IntProperty(name="First Frame", options={"SKIP_SAVE"},
+                             description="First frame of the strip (default: the scene's start frame)")
+    frame_end: IntProperty(name="Last Frame", options={"SKIP_SAVE"},
+                           description="Last frame of the strip (default: the scene's end frame)")
+
+    def execute(self, context):
+        scene = context.scene
+        s = scene.xscale
+        cam = scene.camera
+        if cam is None:
+            self.report({"ERROR"}, "The scene has no active camera")
+            return {"CANCELLED"}
+        props = self.properties
+        frames = chunk_frames(scene, self.frame_start if props.is_property_set("frame_start") else None,
+                              self.frame_end if props.is_property_set("frame_end") else None)
+        if not frames:
+            self.report({"ERROR"}, "The frame range is empty")
+            return {"CANCELLED"}
+        try:
+            out_dir = render_output_dir(s, cam.name)
+            add_render_strip(scene, out_dir, frames, s.render_format, f"XScale {cam.name}")
+        except (FileNotFoundError, ValueError) as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"XScale: strip of {len(frames)} frames from {out_dir}")
+        return {"FINISHED"}
 
 
 class XSCALE_OT_export_path(bpy.types.Operator):
@@ -137,7 +239,7 @@ class XSCALE_OT_use_camera(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (XSCALE_OT_render_path, XSCALE_OT_export_path, XSCALE_OT_use_camera)
+CLASSES = (XSCALE_OT_render_path, XSCALE_OT_assemble_strip, XSCALE_OT_export_path, XSCALE_OT_use_camera)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

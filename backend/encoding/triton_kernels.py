@@ -98,11 +98,12 @@ def _level_features(lvl, x, y, z, rows, mask, table_ptr, scale_ptr, meta_ptr,
 
 
 @triton.jit
-def _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, FOOT: tl.constexpr):
-    """Per point: its sub-sample weight times, with footprints, the level weight (reference.level_weights)."""
+def _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, on_level, FOOT: tl.constexpr):
+    """Per point: its sub-sample weight times, with footprints, the level weight (reference.level_weights).
+    `on_level`: the index of the grid's coarsest level among the levels computed (-1: not among them)."""
     if FOOT:
         t = tl.load(lcell_ptr + lvl) - lf + bias
-        t = tl.where(lvl == 0, 0.0, t)          # the coarsest level is always on
+        t = tl.where(lvl == on_level, 0.0, t)   # the coarsest level is always on
         u = tl.minimum(tl.maximum(1.0 + t * fade_inv, 0.0), 1.0)
         return wt * (u * u * (3.0 - 2.0 * u))
     else:
@@ -127,9 +128,9 @@ def _load_points(x_ptr, w_ptr, lf_ptr, rows, mask, HAS_W: tl.constexpr, FOOT: tl
 
 @triton.jit
 def _level_fwd(lvl, x, y, z, wt, lf, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr, lcell_ptr,
-               NPIX, fade_inv, bias, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+               NPIX, fade_inv, bias, on_level, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
                BLOCK: tl.constexpr, SMOOTH: tl.constexpr, FOOT: tl.constexpr):
-    s = _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, FOOT)
+    s = _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, on_level, FOOT)
     # Points at weight 0 (levels finer than their footprint) read nothing from the table.
     acc = _level_features(lvl, x, y, z, rows, mask & (s != 0.0), table_ptr, scale_ptr, meta_ptr, F, SMOOTH)
     feat = tl.arange(0, F)
@@ -145,7 +146,7 @@ def _level_fwd(lvl, x, y, z, wt, lf, rows, mask, table_ptr, out_ptr, scale_ptr, 
 
 @triton.jit
 def _fwd_kernel(x_ptr, w_ptr, lf_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, lcell_ptr, NPIX,
-                fade_inv, bias, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+                fade_inv, bias, on_level, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
                 SMOOTH: tl.constexpr, PER_LEVEL: tl.constexpr, HAS_W: tl.constexpr, FOOT: tl.constexpr):
     """Per pixel, the sum over its S sub-samples (rows p*S .. p*S+S-1) of w * level weight *
     features: the sub-samples' features never leave the chip (S x fewer bytes written)."""
@@ -154,18 +155,18 @@ def _fwd_kernel(x_ptr, w_ptr, lf_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, l
     x, y, z, wt, lf = _load_points(x_ptr, w_ptr, lf_ptr, rows, mask, HAS_W, FOOT)
     if PER_LEVEL:
         _level_fwd(tl.program_id(1), x, y, z, wt, lf, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-                   lcell_ptr, NPIX, fade_inv, bias, S, F, L, BLOCK, SMOOTH, FOOT)
+                   lcell_ptr, NPIX, fade_inv, bias, on_level, S, F, L, BLOCK, SMOOTH, FOOT)
     else:
         for lvl in range(L):
             _level_fwd(lvl, x, y, z, wt, lf, rows, mask, table_ptr, out_ptr, scale_ptr, meta_ptr,
-                       lcell_ptr, NPIX, fade_inv, bias, S, F, L, BLOCK, SMOOTH, FOOT)
+                       lcell_ptr, NPIX, fade_inv, bias, on_level, S, F, L, BLOCK, SMOOTH, FOOT)
 
 
 @triton.jit
 def _level_bwd(lvl, x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, lcell_ptr,
-               fade_inv, bias, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, SMOOTH: tl.constexpr,
-               FOOT: tl.constexpr):
-    s = _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, FOOT)
+               fade_inv, bias, on_level, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+               SMOOTH: tl.constexpr, FOOT: tl.constexpr):
+    s = _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, on_level, FOOT)
     m = mask & (s != 0.0)
     scale = tl.load(scale_ptr + lvl)
     res = tl.load(meta_ptr + lvl * 4 + 0).to(tl.int32)
@@ -186,7 +187,7 @@ def _level_bwd(lvl, x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr
 
 @triton.jit
 def _bwd_kernel(x_ptr, w_ptr, lf_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, lcell_ptr, N,
-                fade_inv, bias, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
+                fade_inv, bias, on_level, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
                 SMOOTH: tl.constexpr, PER_LEVEL: tl.constexpr, HAS_W: tl.constexpr, FOOT: tl.constexpr):
     """Gradient of the forward's output w.r.t. the table: every sub-sample scatters its pixel's
     output gradient times its weights into the 8 corner rows of each level."""
@@ -195,11 +196,11 @@ def _bwd_kernel(x_ptr, w_ptr, lf_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
     x, y, z, wt, lf = _load_points(x_ptr, w_ptr, lf_ptr, rows, mask, HAS_W, FOOT)
     if PER_LEVEL:
         _level_bwd(tl.program_id(1), x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr,
-                   meta_ptr, lcell_ptr, fade_inv, bias, S, F, L, SMOOTH, FOOT)
+                   meta_ptr, lcell_ptr, fade_inv, bias, on_level, S, F, L, SMOOTH, FOOT)
     else:
         for lvl in range(L):
             _level_bwd(lvl, x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
-                       lcell_ptr, fade_inv, bias, S, F, L, SMOOTH, FOOT)
+                       lcell_ptr, fade_inv, bias, on_level, S, F, L, SMOOTH, FOOT)
 
 
 _META_CACHE: dict[tuple[HashGridConfig, torch.device], tuple[torch.Tensor, ...]] = {}
@@ -220,6 +221,46 @@ def level_tensors(cfg: HashGridConfig, device: torch.device) -> tuple[torch.Tens
     return _META_CACHE[key]
 
 
+@dataclass(frozen=True)
+class LevelSet:
+    """Some of a grid's levels, computed alone (level-parallel training: each process owns some
+    levels). Per level, in the order computed (the output's level columns): float32 scale, int64
+    (res, size, offset, hashed) with offsets into the table read (forward) or written (backward),
+    float32 log2 cell size; `on`: the index of the grid's coarsest level, which is always at
+    weight 1, or -1 when it is not in the set; `rows`: the rows of the table written by the
+    backward. The same function as the full grid's, column by column."""
+    scale: torch.Tensor
+    meta: torch.Tensor
+    lcell: torch.Tensor
+    on: int
+    rows: int
+
+    @property
+    def n(self) -> int:
+        return int(self.scale.shape[0])
+
+
+def level_set(cfg: HashGridConfig, ids: list[int], device: torch.device, compact: bool) -> LevelSet:
+    """The levels `ids` (increasing) of `cfg`; `compact`: their rows packed one after the other
+    (a table of only these levels, as the backward writes it), else the full table's offsets."""
+    scale, meta, lcell = level_tensors(cfg, device)
+    idx = torch.tensor(ids, dtype=torch.int64, device=device)
+    meta = meta[idx].clone()
+    sizes = meta[:, 1]
+    if compact:
+        meta[:, 2] = torch.cumsum(sizes, 0) - sizes
+    rows = int(sizes.sum()) if compact else n_params(cfg)
+    return LevelSet(scale[idx].contiguous(), meta.contiguous(), lcell[idx].contiguous(),
+                    ids.index(0) if 0 in ids else -1, rows)
+
+
+def _levels(cfg: HashGridConfig, device, lset: LevelSet | None) -> tuple:
+    """(scale, meta, lcell, on, L) of the whole grid or of a level set."""
+    if lset is None:
+        return (*level_tensors(cfg, device), 0, cfg.n_levels)
+    return lset.scale, lset.meta, lset.lcell, lset.on, lset.n
+
+
 def _check(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> None:
     F = cfg.n_features
     if F & (F - 1) or F > 64:
@@ -236,9 +277,9 @@ def _check(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> None:
         raise ValueError(f"unsupported table dtype {table.dtype}")
 
 
-def _grid(n: int, cfg: HashGridConfig, launch: Launch) -> tuple[int, ...]:
+def _grid(n: int, n_levels: int, launch: Launch) -> tuple[int, ...]:
     nb = triton.cdiv(n, launch.block)
-    return (nb, cfg.n_levels) if launch.per_level else (nb,)
+    return (nb, n_levels) if launch.per_level else (nb,)
 
 
 @dataclass(frozen=True)
@@ -265,38 +306,41 @@ def supports(S: int, launch: Launch) -> bool:
 
 
 def forward_pixels(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
-                   launch: Launch = FWD_LAUNCH) -> torch.Tensor:
+                   launch: Launch = FWD_LAUNCH, levels: LevelSet | None = None) -> torch.Tensor:
     """x (N, S, 3) normalised points -> (N, L*F): per pixel, the sum over its S sub-samples of
-    w * level weight * encode(x) (reference.encode_pixels_reference); no autograd."""
+    w * level weight * encode(x) (reference.encode_pixels_reference); no autograd. `levels`: only
+    those levels' columns, (N, levels.n * F)."""
     n, S, _ = x.shape
     if not supports(S, launch):
         raise ValueError(f"{S} sub-samples per pixel: the fused kernels need a power of two <= {launch.block}")
     _check(x.reshape(-1, 3), table, cfg)
-    out = torch.empty(n, cfg.out_dim, dtype=torch.float32, device=x.device)
+    scale, meta, lcell, on, L = _levels(cfg, x.device, levels)
+    out = torch.empty(n, L * cfg.n_features, dtype=torch.float32, device=x.device)
     if n == 0:
         return out
-    scale, meta, lcell = level_tensors(cfg, x.device)
     w, lf, fade_inv, bias, has_w, foot = weights.args(n, x.device)
-    _fwd_kernel[_grid(n * S, cfg, launch)](
-        x.contiguous(), w, lf, table.contiguous(), out, scale, meta, lcell, n, fade_inv, bias, S=S,
-        F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
+    _fwd_kernel[_grid(n * S, L, launch)](
+        x.contiguous(), w, lf, table.contiguous(), out, scale, meta, lcell, n, fade_inv, bias, on, S=S,
+        F=cfg.n_features, L=L, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
         PER_LEVEL=launch.per_level, HAS_W=has_w, FOOT=foot, num_warps=launch.num_warps,
         enable_fp_fusion=False)
     return out
 
 
 def backward_pixels(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
-                    launch: Launch = BWD_LAUNCH) -> torch.Tensor:
-    """Gradient of sum(forward_pixels(x) * grad_out) w.r.t. the table: (P, F) float32."""
+                    launch: Launch = BWD_LAUNCH, levels: LevelSet | None = None) -> torch.Tensor:
+    """Gradient of sum(forward_pixels(x) * grad_out) w.r.t. the table: (P, F) float32 (with
+    `levels`: grad_out (N, levels.n * F), the gradient of its levels' rows, (levels.rows, F))."""
     n, S, _ = x.shape
-    gtable = torch.zeros(n_params(cfg), cfg.n_features, dtype=torch.float32, device=x.device)
+    scale, meta, lcell, on, L = _levels(cfg, x.device, levels)
+    rows = n_params(cfg) if levels is None else levels.rows
+    gtable = torch.zeros(rows, cfg.n_features, dtype=torch.float32, device=x.device)
     if n == 0:
         return gtable
-    scale, meta, lcell = level_tensors(cfg, x.device)
     w, lf, fade_inv, bias, has_w, foot = weights.args(n, x.device)
-    _bwd_kernel[_grid(n * S, cfg, launch)](
-        x.contiguous(), w, lf, grad_out.contiguous(), gtable, scale, meta, lcell, n * S, fade_inv, bias,
-        S=S, F=cfg.n_features, L=cfg.n_levels, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
+    _bwd_kernel[_grid(n * S, L, launch)](
+        x.contiguous(), w, lf, grad_out.contiguous(), gtable, scale, meta, lcell, n * S, fade_inv, bias, on,
+        S=S, F=cfg.n_features, L=L, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
         PER_LEVEL=launch.per_level, HAS_W=has_w, FOOT=foot, num_warps=launch.num_warps,
         enable_fp_fusion=False)
     return gtable
