@@ -229,9 +229,12 @@ class RenderServer:
         deadline = None if timeout is None else time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while not sel.select(POLL_S):
+            while True:
+                # abort first: a fast reply must not beat an Esc pressed before it arrived
                 if abort is not None and abort():
                     raise Cancelled()
+                if sel.select(POLL_S):
+                    return
                 if deadline is not None and time.monotonic() > deadline:
                     self.kill()
                     raise ServerDied(f"the render server did not answer within {timeout:.0f} s; stopped it")
