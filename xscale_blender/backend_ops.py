@@ -1,5 +1,6 @@
 """Check Backend (in the preferences): run `backend doctor --json` with the chosen interpreter and
 show what it finds under the button."""
+from __future__ import annotations
 
 import json
 from typing import Optional

@@ -24,7 +24,7 @@ class XScalePreferences(bpy.types.AddonPreferences):
         description="Python interpreter of the environment that has torch (and CUDA), "
                     "e.g. /opt/xscale/venv/bin/python or C:\\xscale\\venv\\Scripts\\python.exe")
 
-    def draw(self, context: bpy.types.Context) -> None:
+    def draw(self, context: "bpy.types.Context") -> None:
         layout = self.layout
         row = layout.row(align=True)
         row.prop(self, "python")
@@ -39,7 +39,7 @@ class XScalePreferences(bpy.types.AddonPreferences):
                 col.label(text=line)
 
 
-def addon_preferences() -> Optional[XScalePreferences]:
+def addon_preferences() -> "Optional[XScalePreferences]":
     addon = bpy.context.preferences.addons.get(__package__)
     return addon.preferences if addon is not None else None
 

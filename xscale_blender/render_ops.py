@@ -29,7 +29,7 @@ def render_output_dir(s, camera_name: str) -> str:
     return str(run.renders / _safe_name(camera_name))
 
 
-def add_render_strip(scene: bpy.types.Scene, out_dir: str, numbers: list[int], fmt: str, name: str):
+def add_render_strip(scene: "bpy.types.Scene", out_dir: str, numbers: list[int], fmt: str, name: str):
     """Sequencer strip for the rendered frames of output format `fmt` (a key of config.FORMATS),
     at the path's first frame unless configured."""
     s = scene.xscale
