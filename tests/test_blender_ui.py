@@ -112,6 +112,22 @@ def test_preferences_draw(addon, bpy_module, monkeypatch):
     preferences.doctor_lines.clear()
 
 
+def test_missing_backend_python_names_where_it_was_set(addon, bpy_module, monkeypatch, tmp_path):
+    from xscale_blender import preferences
+    missing = str(tmp_path / "no" / "python")
+    monkeypatch.setenv(preferences.ENV_PYTHON, missing)
+    with pytest.raises(preferences.BackendNotConfigured) as e:
+        preferences.backend_python()
+    assert f"{missing}, named by the environment variable {preferences.ENV_PYTHON}" in str(e.value)
+    assert "Fix it in the add-on preferences" not in str(e.value)
+    monkeypatch.delenv(preferences.ENV_PYTHON)
+    # (registered from the source tree the add-on has no preferences entry: stand one in)
+    monkeypatch.setattr(preferences, "addon_preferences", lambda: SimpleNamespace(python=missing))
+    with pytest.raises(preferences.BackendNotConfigured, match="Preferences > Add-ons > XScale-NVS") as e:
+        preferences.backend_python()
+    assert preferences.ENV_PYTHON not in str(e.value)
+
+
 def test_gpus_setting_launches_through_torchrun(blank, bpy_module, tmp_path):
     from xscale_blender import train_ops
     s = bpy_module.context.scene.xscale

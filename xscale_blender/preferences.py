@@ -47,15 +47,22 @@ def addon_preferences() -> "Optional[XScalePreferences]":
 def backend_python() -> str:
     """The backend interpreter: $XSCALE_BACKEND_PYTHON, else the preference."""
     path = os.environ.get(ENV_PYTHON, "")
-    if not path:
-        prefs = addon_preferences()
-        path = bpy.path.abspath(prefs.python) if prefs is not None and prefs.python else ""
+    if path:
+        if not os.path.isfile(path):
+            raise BackendNotConfigured(
+                f"Backend Python not found: {path}, named by the environment variable {ENV_PYTHON}. "
+                f"Set {ENV_PYTHON} to the Python of the environment with torch, or unset it to use "
+                "the add-on preferences.")
+        return path
+    prefs = addon_preferences()
+    path = bpy.path.abspath(prefs.python) if prefs is not None and prefs.python else ""
     if not path:
         raise BackendNotConfigured(
             "No backend Python set: in Preferences > Add-ons > XScale-NVS, set the Python of the "
             f"environment with torch (or set {ENV_PYTHON}).")
     if not os.path.isfile(path):
-        raise BackendNotConfigured(f"Backend Python not found: {path}. Fix it in the add-on preferences.")
+        raise BackendNotConfigured(f"Backend Python not found: {path}. Fix it in Preferences > Add-ons > "
+                                   "XScale-NVS (Backend Python).")
     return path
 
 
