@@ -82,6 +82,23 @@ def describe(state: JobState) -> str:
     return " ".join(parts)
 
 
+def describe_stop(ev: dict) -> str:
+    """What a `stopped` event means, in one line: where the job stopped and what was kept."""
+    stage, step, total = ev.get("stage"), ev.get("step"), ev.get("total")
+    of = f" of {total}" if total else ""
+    if step is None:
+        return "stopped"
+    if stage == "cache":
+        if ev.get("phase") == "shards":
+            return (f"stopped the ray cache while writing its shards ({step}{of} written, kept); "
+                    "Resume finishes it")
+        return f"stopped the ray cache after {step}{of} views (kept); Resume continues it"
+    if stage == "render":
+        return f"stopped rendering after {step}{of} frames (those frames are kept)"
+    text = f"stopped at step {step}{of}"
+    return text + ("; checkpoint saved, Resume continues it" if ev.get("checkpoint") else "")
+
+
 class Job:
     """One backend process and its event stream."""
 
@@ -267,8 +284,7 @@ class Job:
                 s.status, s.error = FAILED, f"the backend failed: {why}"
         elif s.stopped_event is not None or (self.stop_requested_at is not None and not s.results):
             s.status = STOPPED
-            step = (s.stopped_event or {}).get("step")
-            s.message = f"stopped at step {step}" if step is not None else "stopped"
+            s.message = describe_stop(s.stopped_event or {})
         elif self.expect_events and not s.results:
             s.status, s.error = FAILED, "the backend exited without reporting 'done'"
         else:
