@@ -6,7 +6,11 @@ from typing import Optional
 import bpy
 from bpy.props import StringProperty
 
+from . import deps, ui_text
+
 ENV_PYTHON = "XSCALE_BACKEND_PYTHON"   # overrides the preference, e.g. for headless farm jobs
+
+PREFS_MARGIN_PX = 110.0     # the add-on's entry in Preferences is indented and boxed
 
 # Result of the last "Check" (not saved): lines to show under the button.
 doctor_lines: list[str] = []
@@ -25,18 +29,21 @@ class XScalePreferences(bpy.types.AddonPreferences):
                     "e.g. /opt/xscale/venv/bin/python or C:\\xscale\\venv\\Scripts\\python.exe")
 
     def draw(self, context: "bpy.types.Context") -> None:
+        from . import panels
         layout = self.layout
+        if deps.missing():
+            panels.draw_missing(layout, context)
         row = layout.row(align=True)
         row.prop(self, "python")
         row.operator("xscale.check_backend", text="Check", icon="CHECKMARK")
         if os.environ.get(ENV_PYTHON):
-            layout.label(text=f"{ENV_PYTHON} is set and overrides this: {os.environ[ENV_PYTHON]}",
-                         icon="INFO")
+            ui_text.draw_wrapped(layout, context, f"{ENV_PYTHON} is set and overrides this: "
+                                 f"{os.environ[ENV_PYTHON]}", icon="INFO", margin_px=PREFS_MARGIN_PX)
         if doctor_lines:
             box = layout.box()
             col = box.column(align=True)
             for line in doctor_lines:
-                col.label(text=line)
+                ui_text.draw_wrapped(col, context, line, margin_px=PREFS_MARGIN_PX)
 
 
 def addon_preferences() -> "Optional[XScalePreferences]":
