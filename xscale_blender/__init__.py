@@ -9,11 +9,13 @@ can be used and tested without Blender.
 
 Layout, by feature: import_ops (File > Import, conversion, scene check), train_ops (Cache +
 Train, Resume), render_ops (camera path render, its sequencer strip, path export, photo cameras),
-backend_ops (Check Backend), engine (the XScale-NVS render engine: F12, animation, viewport; on
-the render server client render_server and the viewport thread preview); job_runner runs their
+backend_ops (Check Backend, Set Up Backend with the bpy-free script backend_setup), engine
+(the XScale-NVS render engine: F12, animation, viewport; on the render server client
+render_server and the viewport thread preview); job_runner runs their
 backend processes (timer in the UI, blocking in background mode, Stop) and reporting tells the
 user; properties holds the scene settings, built from backend.config's options; panels and
-preferences draw them.
+preferences draw them (ui_text fits text to the region). Without numpy in Blender's Python
+(deps) the modules that need it are left out and the panels say how to install it.
 """
 from __future__ import annotations
 

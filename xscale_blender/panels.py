@@ -54,7 +54,8 @@ def draw_missing(layout: "bpy.types.UILayout", context) -> None:
         deps.install_command(next(iter(deps.missing())))
 
 
-def draw_job(layout: "bpy.types.UILayout", context=None) -> None:
+def draw_job(layout: "bpy.types.UILayout", context=None,
+             margin_px: float = ui_text.SIDEBAR_MARGIN_PX) -> None:
     """Progress of the current (or last) job: bar with stage and step, then the numbers, and the
     one Stop button."""
     context = context if context is not None else bpy.context
@@ -67,9 +68,10 @@ def draw_job(layout: "bpy.types.UILayout", context=None) -> None:
         icon = {"done": "CHECKMARK", "stopped": "PAUSE", "failed": "ERROR"}[st.status]
         box.label(text=f"{job.label.title()} {st.status}", icon=icon)
         if st.message:
-            ui_text.draw_wrapped(box, context, st.message, alert=st.status == jobs.FAILED)
+            ui_text.draw_wrapped(box, context, st.message, alert=st.status == jobs.FAILED,
+                                 margin_px=margin_px)
         return
-    text = f"{st.stage or 'starting'} {st.step}/{st.total}" if st.total else (st.stage or "starting")
+    text = f"{st.stage or 'starting'} {jobs.progress_text(st)}" if st.total else (st.stage or "starting")
     box.progress(factor=st.fraction, type="BAR", text=("stopping: " if job.stopping else "") + text)
     grid = box.grid_flow(columns=2, even_columns=True, align=True)
     if st.loss is not None:
@@ -78,7 +80,7 @@ def draw_job(layout: "bpy.types.UILayout", context=None) -> None:
         grid.label(text=f"PSNR {st.psnr:.2f} dB")
     grid.label(text=f"ETA {jobs.format_duration(st.eta_s)}")
     if st.message:
-        ui_text.draw_wrapped(box, context, st.message)
+        ui_text.draw_wrapped(box, context, st.message, margin_px=margin_px)
     box.operator("xscale.stop", text="Kill" if job.stopping else "Stop", icon="CANCEL")
 
 

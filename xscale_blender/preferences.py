@@ -1,4 +1,5 @@
-"""Add-on preferences: which Python runs the backend (Blender's own Python has no torch)."""
+"""Add-on preferences: which Python runs the backend (Blender's own Python has no torch), Check,
+and Set Up Backend (backend_ops) to make that Python's environment."""
 
 import os
 from typing import Optional
@@ -26,19 +27,38 @@ class XScalePreferences(bpy.types.AddonPreferences):
     python: StringProperty(
         name="Backend Python", subtype="FILE_PATH",
         description="Python interpreter of the environment that has torch (and CUDA), "
-                    "e.g. /opt/xscale/venv/bin/python or C:\\xscale\\venv\\Scripts\\python.exe")
+                    "e.g. /opt/xscale/venv/bin/python or C:\\xscale\\venv\\Scripts\\python.exe; "
+                    "Set Up Backend fills it in")
+    setup_python: StringProperty(
+        name="Python for Setup", subtype="FILE_PATH",
+        description="Python 3.10 or newer that Set Up Backend makes the environment with "
+                    "(empty: one found on this machine, else Blender's own)")
 
     def draw(self, context: "bpy.types.Context") -> None:
-        from . import panels
+        from . import backend_ops, jobs, panels
         layout = self.layout
         if deps.missing():
             panels.draw_missing(layout, context)
-        row = layout.row(align=True)
+        col = layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
+        row = col.row(align=True)
         row.prop(self, "python")
         row.operator("xscale.check_backend", text="Check", icon="CHECKMARK")
         if os.environ.get(ENV_PYTHON):
             ui_text.draw_wrapped(layout, context, f"{ENV_PYTHON} is set and overrides this: "
                                  f"{os.environ[ENV_PYTHON]}", icon="INFO", margin_px=PREFS_MARGIN_PX)
+        col.prop(self, "setup_python")
+        row = col.row()
+        job = jobs.active()
+        row.enabled = not jobs.busy()
+        row.operator("xscale.setup_backend", icon="IMPORT")
+        if job is not None and job.label == backend_ops.SETUP_LABEL:
+            panels.draw_job(layout, context, margin_px=PREFS_MARGIN_PX)
+        elif not self.python and not os.environ.get(ENV_PYTHON):
+            ui_text.draw_wrapped(layout, context, "No backend yet: Set Up Backend installs it (a Python "
+                                 "environment with torch; downloads about 0.3 GB, 3 GB with CUDA).", icon="INFO",
+                                 margin_px=PREFS_MARGIN_PX)
         if doctor_lines:
             box = layout.box()
             col = box.column(align=True)
