@@ -78,7 +78,8 @@ def draw_job(layout: "bpy.types.UILayout", context=None,
         grid.label(text=f"Loss {st.loss:.4f}")
     if st.psnr is not None:
         grid.label(text=f"PSNR {st.psnr:.2f} dB")
-    grid.label(text=f"ETA {jobs.format_duration(st.eta_s)}")
+    if st.eta_s is not None or st.unit != "%":
+        grid.label(text=f"ETA {jobs.format_duration(st.eta_s)}")
     if st.message:
         ui_text.draw_wrapped(box, context, st.message, margin_px=margin_px)
     box.operator("xscale.stop", text="Kill" if job.stopping else "Stop", icon="CANCEL")

@@ -9,7 +9,7 @@ long path, makes a stand-in job (a sleeping process) the running job with a long
 selects a photo camera and opens the 3D view's sidebar (XS_NOJOB=1: no job). It writes XS_OUT/regions.json (the
 sidebar's window position and size, the UI scale) so a driver can click the XScale tab with
 xdotool and take screenshots. XS_STATE=failed shows a failed job instead; XS_PREFS=1 opens the
-preferences on the add-on instead; XS_SETUP=1 then presses Set Up Backend.
+preferences on the add-on instead; XS_SETUP=1 then presses Set Up Backend; XS_TRAIN=1 presses Cache + Train.
 """
 import importlib
 import json
@@ -77,14 +77,26 @@ def _open_windows():
         if name:
             bpy.ops.preferences.addon_expand(module=name)
         bpy.ops.screen.userpref_show()
+    if os.environ.get("XS_TRAIN"):       # press Cache + Train (invoke, as the button does)
+        bpy.app.timers.register(_press_train, first_interval=3.0)
     if os.environ.get("XS_SETUP"):       # press Set Up Backend (as the button does: execute, UI mode)
-        bpy.app.timers.register(lambda: print("sidebar_ui: setup", bpy.ops.xscale.setup_backend(), flush=True)
-                                and None, first_interval=3.0)
+        kwargs = json.loads(os.environ.get("XS_SETUP_ARGS", "{}"))   # e.g. {"torch_index_url": "none"}
+        bpy.app.timers.register(lambda: print("sidebar_ui: setup", bpy.ops.xscale.setup_backend(**kwargs),
+                                              flush=True) and None, first_interval=3.0)
     info = {"regions": regions, "ui_scale": bpy.context.preferences.system.ui_scale,
             "window": [bpy.context.window_manager.windows[0].width, bpy.context.window_manager.windows[0].height]}
     with open(os.path.join(OUT, "regions.json"), "w") as f:
         json.dump(info, f)
     print("sidebar_ui: ready", json.dumps(info), flush=True)
+    return None
+
+
+def _press_train():
+    window = bpy.context.window_manager.windows[0]
+    area = next(a for a in window.screen.areas if a.type == "VIEW_3D")
+    region = next(r for r in area.regions if r.type == "UI")
+    with bpy.context.temp_override(window=window, area=area, region=region):
+        print("sidebar_ui: train", bpy.ops.xscale.train("INVOKE_DEFAULT"), flush=True)
     return None
 
 
