@@ -47,6 +47,24 @@ def test_no_bpy_classes_in_evaluated_annotations():
     assert not found, "quote these annotations (or use `from __future__ import annotations`): " + ", ".join(found)
 
 
+def _has_future_annotations(tree) -> bool:
+    return any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+               and any(a.name == "annotations" for a in n.names) for n in tree.body)
+
+
+def _property_annotations(tree) -> list[str]:
+    """Class-level annotations that build bpy properties (`name: StringProperty(...)`)."""
+    return [ast.unparse(n.target) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for n in c.body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.annotation, ast.Call)]
+
+
+def test_modules_with_bpy_properties_keep_their_annotations_evaluated():
+    """Blender reads property annotations from the class; they stay plain expressions."""
+    both = [m for m in MODULES if _has_future_annotations(tree := ast.parse((ADDON / f"{m}.py").read_text()))
+            and _property_annotations(tree)]
+    assert not both, f"modules with bpy properties and `from __future__ import annotations`: {both}"
+
+
 CODE = """
 import importlib, sys
 import bpy

@@ -1,8 +1,10 @@
 """The backend environment, from the preferences: Check Backend runs `backend doctor --json` with
 the chosen interpreter and shows what it finds under the button; Set Up Backend makes a Python
 environment in Blender's user data folder and installs the backend there (backend_setup.py, a
-background job), then sets Backend Python and runs Check."""
-from __future__ import annotations
+background job), then sets Backend Python and runs Check.
+
+No `from __future__ import annotations` in modules with bpy properties (Blender reads those
+annotations); the other annotations here name no bpy class (tests/test_blender_modules.py)."""
 
 import json
 import os
