@@ -57,6 +57,7 @@ def test_zip_layout(built_zip):
     assert "camera_convert.py" in names and "backend/campath.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "xscale_blender/"))]
+    assert "pyproject.toml" in names and "README.md" in names and "backend_setup.py" in names
 
 
 def test_validates_with_blender_ext(bpy_module, built_zip):

@@ -123,6 +123,8 @@ bpy.ops.preferences.addon_enable(module=name)
 bpy.ops.wm.open_mainfile(filepath=blend)
 if step == "train":
     bpy.ops.xscale.train()
+elif step == "train_over":
+    bpy.ops.xscale.train(overwrite=True)
 elif step == "render":
     bpy.ops.xscale.render_path()
     bpy.ops.wm.save_mainfile()
@@ -157,8 +159,12 @@ def test_headless_recipe_with_installed_extension(bpy_module, real_backend, tiny
     res = blender("check", blend)
     strips = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("STRIPS ")][0][7:])
     assert strips == [["XScale view_000", 4, 3]]
+    # training a trained run folder again is refused, naming the headless way to start over
+    res = blender("train", blend)
+    assert res.returncode != 0 and "overwrite=True" in res.stderr
+    assert (run / "checkpoints" / "latest.pt").is_file()
     # a failing job makes the script fail (in Blender: with --python-exit-code 1)
     (tiny_scene / "cams" / "view_001_cam.txt").write_text("garbage")
     (run / "cache").rename(run / "cache_old")
-    res = blender("train", blend)
+    res = blender("train_over", blend)
     assert res.returncode != 0 and "view_001_cam.txt" in res.stderr

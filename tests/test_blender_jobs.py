@@ -277,3 +277,82 @@ def test_train_operator_ui_path(blank, bpy_module, tiny_scene, fake_python, tmp_
         time.sleep(0.05)
     bpy.app.timers.unregister(job_runner._ui_tick)
     assert jobs.active().state.status == jobs.DONE and not jobs.busy()
+
+
+def test_stopped_events_say_what_was_kept():
+    assert jobs.describe_stop({"stage": "train", "step": 1234, "total": 30000, "checkpoint": "c.pt"}) == \
+        "stopped at step 1234 of 30000; checkpoint saved, Resume continues it"
+    assert jobs.describe_stop({"stage": "cache", "phase": "views", "step": 12, "total": 40}) == \
+        "stopped the ray cache after 12 of 40 views (kept); Resume continues it"
+    assert "shards (3 of 16 written, kept)" in jobs.describe_stop(
+        {"stage": "cache", "phase": "shards", "step": 3, "total": 16})
+    assert jobs.describe_stop({"stage": "render", "step": 30, "total": 240}) == \
+        "stopped rendering after 30 of 240 frames (those frames are kept)"
+    assert jobs.describe_stop({}) == "stopped"
+
+
+def test_stopped_cache_job_reports_the_cache():
+    code = ("import json; print(json.dumps({'event': 'stopped', 'stage': 'cache', 'phase': 'views', "
+            "'step': 2, 'total': 5, 'run': 'r'}))")
+    state = jobs.Job([sys.executable, "-c", code], label="train").start().wait(timeout=30)
+    assert state.status == jobs.STOPPED and state.message.startswith("stopped the ray cache after 2 of 5 views")
+
+
+def test_train_again_asks_before_starting_over(blank, bpy_module, tiny_scene, fake_python, tmp_path):
+    """A trained run folder: Cache + Train is refused headless unless overwrite=True (then the
+    backend gets --overwrite); Resume passes --resume."""
+    import json
+    bpy = bpy_module
+    blank.xscale.scene_dir, blank.xscale.run_dir = str(tiny_scene), str(tmp_path / "run")
+    assert bpy.ops.xscale.train() == {"FINISHED"}       # a fresh run folder: no question
+    assert "--overwrite" not in json.loads((tmp_path / "argv.json").read_text())
+    (tmp_path / "argv.json").unlink()
+    with pytest.raises(RuntimeError, match=r"already holds a trained model.*overwrite=True"):
+        bpy.ops.xscale.train()
+    assert not (tmp_path / "argv.json").exists()         # nothing was started
+    assert bpy.ops.xscale.train(overwrite=True) == {"FINISHED"}
+    args = json.loads((tmp_path / "argv.json").read_text())
+    assert "--overwrite" in args and "--resume" not in args
+    assert bpy.ops.xscale.train(resume=True, overwrite=True) == {"FINISHED"}
+    args = json.loads((tmp_path / "argv.json").read_text())
+    assert "--resume" in args and "--overwrite" not in args
+
+
+def test_train_button_confirms_on_a_trained_run(blank, bpy_module, tmp_path):
+    """invoke(): a confirm popup on a trained run folder (overwrite set for when it is confirmed),
+    straight to execute otherwise."""
+    from types import SimpleNamespace
+
+    from xscale_blender import train_ops
+    s = blank.xscale
+    s.run_dir = str(tmp_path / "run")
+    asked = []
+    wm = SimpleNamespace(invoke_confirm=lambda op, event, **kw: asked.append(kw) or {"RUNNING_MODAL"})
+    context = SimpleNamespace(scene=blank, window_manager=wm)
+
+    def op(resume=False):
+        return SimpleNamespace(resume=resume, overwrite=False, execute=lambda ctx: {"FINISHED"})
+
+    fresh = op()
+    assert train_ops.XSCALE_OT_train.invoke(fresh, context, None) == {"FINISHED"} and not asked
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest.pt").write_bytes(b"x")
+    trained = op()
+    assert train_ops.XSCALE_OT_train.invoke(trained, context, None) == {"RUNNING_MODAL"}
+    assert trained.overwrite and asked[0]["confirm_text"] == "Start Over"
+    assert "already holds a trained model" in asked[0]["message"]
+    assert train_ops.XSCALE_OT_train.invoke(op(resume=True), context, None) == {"FINISHED"}
+    assert len(asked) == 1
+
+
+def test_resume_continues_a_stopped_cache(blank, bpy_module, tiny_scene, fake_python, tmp_path):
+    import json
+    bpy = bpy_module
+    run = tmp_path / "run"
+    blank.xscale.scene_dir, blank.xscale.run_dir = str(tiny_scene), str(run)
+    with pytest.raises(RuntimeError, match="Nothing to resume"):
+        bpy.ops.xscale.train(resume=True)
+    (run / "cache.tmp").mkdir(parents=True)
+    (run / "cache.tmp" / "progress.json").write_text("{}")      # a stopped cache, no checkpoint yet
+    assert bpy.ops.xscale.train(resume=True) == {"FINISHED"}
+    assert "--resume" in json.loads((tmp_path / "argv.json").read_text())

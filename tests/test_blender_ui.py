@@ -112,6 +112,22 @@ def test_preferences_draw(addon, bpy_module, monkeypatch):
     preferences.doctor_lines.clear()
 
 
+def test_missing_backend_python_names_where_it_was_set(addon, bpy_module, monkeypatch, tmp_path):
+    from xscale_blender import preferences
+    missing = str(tmp_path / "no" / "python")
+    monkeypatch.setenv(preferences.ENV_PYTHON, missing)
+    with pytest.raises(preferences.BackendNotConfigured) as e:
+        preferences.backend_python()
+    assert f"{missing}, named by the environment variable {preferences.ENV_PYTHON}" in str(e.value)
+    assert "Fix it in the add-on preferences" not in str(e.value)
+    monkeypatch.delenv(preferences.ENV_PYTHON)
+    # (registered from the source tree the add-on has no preferences entry: stand one in)
+    monkeypatch.setattr(preferences, "addon_preferences", lambda: SimpleNamespace(python=missing))
+    with pytest.raises(preferences.BackendNotConfigured, match="Preferences > Add-ons > XScale-NVS") as e:
+        preferences.backend_python()
+    assert preferences.ENV_PYTHON not in str(e.value)
+
+
 def test_gpus_setting_launches_through_torchrun(blank, bpy_module, tmp_path):
     from xscale_blender import train_ops
     s = bpy_module.context.scene.xscale
@@ -122,3 +138,165 @@ def test_gpus_setting_launches_through_torchrun(blank, bpy_module, tmp_path):
     if sys.platform.startswith("linux"):
         assert args[args.index("--nproc") + 1] == "4"
     s.gpus = 1
+
+
+# --- text that fits the sidebar (ui_text) ------------------------------------------------------
+
+def test_wrap_breaks_between_words_and_shortens_long_paths():
+    from xscale_blender import ui_text
+    measure = ui_text.estimate(1.0)                 # 6.5 px per character
+    text = ("ray cache is up to date; skipping the cache step; training from "
+            "/home/artist/projects/2026_castle_survey/xscale_runs/castle_full_res_ss2/cache now")
+    lines = ui_text.wrap(text, 200.0, measure)
+    assert all(measure(ln) <= 200.0 for ln in lines)
+    words = [w for ln in lines for w in ln.split()]
+    path = [w for w in words if ui_text.ELLIPSIS in w]
+    assert len(path) == 1 and path[0].startswith("/home/art") and path[0].endswith("ss2/cache")
+    assert [w for w in words if w not in path] == [w for w in text.split() if not w.startswith("/")]
+    assert len(ui_text.wrap(text, 600.0, measure)) < len(lines)
+    assert ui_text.wrap("a\n\nb", 100.0, measure) == ["a", "", "b"]
+    assert ui_text.elide_middle("short", 100.0, measure) == "short"
+    assert measure(ui_text.elide_middle("x" * 100, 65.0, measure)) <= 65.0
+
+
+def _sidebar_context(bpy, width, active=None):
+    return SimpleNamespace(scene=bpy.context.scene, active_object=active, preferences=bpy.context.preferences,
+                           region=SimpleNamespace(width=width), window_manager=bpy.context.window_manager)
+
+
+def test_sidebar_fits_its_width_with_one_stop_button(panels, bpy_module):
+    from xscale_blender import ui_text
+    bpy = bpy_module
+    s = bpy.context.scene.xscale
+    s.run_dir = "/home/artist/projects/2026_castle_survey/xscale_runs/castle_full_res_ss2/"
+    job = jobs.Job([sys.executable, "-c", "import time; time.sleep(30)"], label="train").start()
+    try:
+        jobs.set_active(job)
+        job.state.stage, job.state.step, job.state.total = "train", 1200, 30000
+        job.state.message = ("ray cache is up to date; skipping the cache step; training on cuda:0 with the "
+                             "reference preset from /home/artist/projects/2026_castle_survey/xscale_runs/"
+                             "castle_full_res_ss2/cache")
+        n_lines = {}
+        for width in (291, 600):          # the default sidebar (4.3, scale 1) and a wide one
+            context = _sidebar_context(bpy, width)
+            log = draw(bpy, panels.VIEW3D_PT_xscale, context)
+            log += draw(bpy, panels.VIEW3D_PT_xscale_train, context)
+            props = {args[1]: kw.get("text") for name, args, kw in log if name == "prop"}
+            assert props["scene_dir"] == "Scene" and props["run_dir"] == "Run"
+            assert [args for name, args, _kw in log if name == "operator"].count(("xscale.stop",)) == 1
+            measure, room = ui_text.measure_for(context), ui_text.fit_width(context)
+            message = [kw["text"] for name, _a, kw in log if name == "label" and kw.get("text")
+                       and kw["text"].split()[0] in " ".join(job.state.message.split()[:40])]
+            assert message and all(measure(t) <= room for t in message), (width, message)
+            n_lines[width] = len(message)
+        assert n_lines[291] > n_lines[600]
+    finally:
+        job.kill()
+        job.wait(timeout=10)
+        jobs.set_active(None)
+
+
+# --- Blender's Python without numpy (deps) -----------------------------------------------------
+
+def test_install_command_for_this_blenders_python(tmp_path):
+    from xscale_blender import deps
+    stdlib = tmp_path / "lib" / "python3.13"
+    stdlib.mkdir(parents=True)
+    (stdlib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\n")
+    debian = 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\n'
+    ubuntu = 'ID=ubuntu\nID_LIKE=debian\n'
+    kw = dict(python="/usr/bin/python3.13", prefix="/usr", stdlib=str(stdlib), platform="linux")
+    assert deps.install_command(os_release=debian, **kw) == "sudo apt install python3-numpy"
+    assert deps.install_command(os_release=ubuntu, **kw) == "sudo apt install python3-numpy"
+    assert deps.install_command(os_release='ID="fedora"\n', **kw) == "sudo dnf install python3-numpy"
+    assert deps.install_command(os_release="ID=arch\n", **kw) == "sudo pacman -S python-numpy"
+    assert "python3-numpy" in deps.install_command(os_release="ID=other\n", **kw)
+    # Blender's own Python (official builds): pip in that Python
+    bundled = "/opt/blender 4.2/4.2/python/bin/python3.11"
+    cmd = deps.install_command(python=bundled, prefix="/opt/blender 4.2/4.2/python", stdlib=str(tmp_path),
+                               platform="linux")
+    assert cmd == "'/opt/blender 4.2/4.2/python/bin/python3.11' -m ensurepip && " \
+                  "'/opt/blender 4.2/4.2/python/bin/python3.11' -m pip install numpy"
+    assert "-m pip install numpy" in deps.install_command(python="C:/Blender/python.exe", prefix="C:/Blender",
+                                                           stdlib=str(tmp_path), platform="win32")
+    msg = deps.message({"numpy": "No module named 'numpy'"}, python="/usr/bin/python3.13")
+    assert "needs numpy" in msg and "No module named 'numpy'" in msg and "restart Blender" in msg
+
+
+NO_NUMPY_SCRIPT = r'''
+import json, sys
+import bpy
+sys.modules["numpy"] = None          # as in a Blender whose Python has no numpy
+zip_path = sys.argv[1]
+out = {}
+res = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
+                                               enable_on_install=True)
+name = "bl_ext.user_default.xscale_nvs"
+out["install"] = sorted(res)
+out["enabled"] = name in bpy.context.preferences.addons
+out["types"] = {t: hasattr(bpy.types, t) for t in (
+    "VIEW3D_PT_xscale", "XSCALE_OT_check_backend", "XSCALE_OT_train",
+    "IMPORT_SCENE_OT_xscale_mvsnet", "XSCALE_OT_render_path")}
+out["prefs"] = bpy.context.preferences.addons[name].preferences is not None
+labels = []
+
+class Layout:
+    def __getattr__(self, attr):
+        def call(*args, **kw):
+            if "text" in kw:
+                labels.append(kw["text"])
+            return self
+        return call
+
+    def __setattr__(self, attr, value):
+        pass
+
+class Region:
+    width = 291
+
+class Context:
+    region = Region()
+    preferences = bpy.context.preferences
+    scene = bpy.context.scene
+    active_object = None
+
+panel = getattr(bpy.types, "VIEW3D_PT_xscale")
+panel.draw(type("Self", (), {"layout": Layout()})(), Context())
+out["labels"] = labels
+out["subpanels_poll"] = bpy.types.VIEW3D_PT_xscale_train.poll(Context())
+bpy.ops.preferences.addon_disable(module=name)
+out["after_disable"] = hasattr(bpy.types, "VIEW3D_PT_xscale") or hasattr(bpy.types, "XSCALE_OT_train")
+bpy.ops.preferences.addon_enable(module=name)
+out["re_enabled"] = hasattr(bpy.types, "VIEW3D_PT_xscale")
+bpy.ops.preferences.addon_disable(module=name)
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_registers_without_numpy_and_says_how_to_install_it(bpy_module, tmp_path):
+    import json
+    import os
+    import subprocess
+
+    from blender_fixtures import ROOT
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build_extension
+    zip_path = build_extension.build(tmp_path / "dist")
+    script = tmp_path / "no_numpy.py"
+    script.write_text(NO_NUMPY_SCRIPT)
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
+    env.pop("PYTHONPATH", None)
+    res = subprocess.run([sys.executable, str(script), str(zip_path)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["install"] == ["FINISHED"] and out["enabled"]
+    assert out["types"] == {"VIEW3D_PT_xscale": True, "XSCALE_OT_check_backend": True, "XSCALE_OT_train": True,
+                            "IMPORT_SCENE_OT_xscale_mvsnet": False, "XSCALE_OT_render_path": False}
+    assert out["prefs"]
+    text = " ".join(out["labels"])
+    assert "needs numpy" in text and "-m pip install numpy" in text and "Copy Command" in text
+    assert out["subpanels_poll"] is False
+    assert out["after_disable"] is False and out["re_enabled"]
+    assert "Traceback" not in res.stderr and "needs numpy" in res.stderr, res.stderr[-3000:]

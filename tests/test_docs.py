@@ -18,6 +18,15 @@ def test_ci_runs_the_readme_test_command():
     assert _readme_test_command() in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
+def test_ci_runs_the_blender_tests_on_blender_42_as_the_readme_says():
+    """The oldest supported Blender (blender_manifest.toml) is tested too, with the README's command."""
+    lines = [ln.strip() for ln in (ROOT / "README.md").read_text().splitlines()
+             if ln.startswith("    ") and "bpy==4.2.0" in ln]
+    assert len(lines) == 1 and "pytest -q -m \"not slow\" tests/test_blender_" in lines[0], lines
+    assert lines[0] in (ROOT / ".ci" / "run").read_text().splitlines()
+    assert 'blender_version_min = "4.2.0"' in (ROOT / "blender_manifest.toml").read_text()
+
+
 def test_readme_test_command_needs_python_311_and_says_so():
     """bpy 5.0.1 exists for Python 3.11 only: on another version the command stops before pip
     with a message that names 3.11 and what to run instead."""

@@ -1,5 +1,7 @@
 """Build the Blender extension zip: manifest at the root, the add-on files next to it, and
-backend/ inside, so the installed extension carries the backend it launches.
+backend/ inside, so the installed extension carries the backend it launches, with the
+pyproject.toml (and the README.md it names) that `pip install EXTENSION_FOLDER` needs (the
+add-on's Set Up Backend installs the backend's environment from there).
 
     python tools/build_extension.py [--out dist/] [--no-validate]
 
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADDON_DIR = ROOT / "xscale_blender"
 BACKEND_DIR = ROOT / "backend"
 MANIFEST = ROOT / "blender_manifest.toml"
+PIP_FILES = ("pyproject.toml", "README.md")
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
 
@@ -38,6 +41,8 @@ def build(out_dir: Path) -> Path:
     tmp = zpath.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.write(MANIFEST, "blender_manifest.toml")
+        for p in PIP_FILES:          # what pip needs to install the backend (Set Up Backend)
+            zf.write(ROOT / p, p)
         for p in _files(ADDON_DIR):
             zf.write(p, p.relative_to(ADDON_DIR).as_posix())
         for p in _files(BACKEND_DIR):

@@ -9,30 +9,49 @@ can be used and tested without Blender.
 
 Layout, by feature: import_ops (File > Import, conversion, scene check), train_ops (Cache +
 Train, Resume), render_ops (camera path render, its sequencer strip, path export, photo cameras),
-backend_ops (Check Backend), engine (the XScale-NVS render engine: F12, animation, viewport; on
-the render server client render_server and the viewport thread preview); job_runner runs their
+backend_ops (Check Backend, Set Up Backend with the bpy-free script backend_setup), engine
+(the XScale-NVS render engine: F12, animation, viewport; on the render server client
+render_server and the viewport thread preview); job_runner runs their
 backend processes (timer in the UI, blocking in background mode, Stop) and reporting tells the
 user; properties holds the scene settings, built from backend.config's options; panels and
-preferences draw them.
+preferences draw them (ui_text fits text to the region). Without numpy in Blender's Python
+(deps) the modules that need it are left out and the panels say how to install it.
 """
 from __future__ import annotations
 
 import importlib
+import sys
 
 # Registration order: settings and helpers first, the panels that use them last.
 _MODULE_NAMES = ("preferences", "properties", "reporting", "job_runner", "import_ops", "train_ops",
                  "render_ops", "backend_ops", "engine", "panels", "importer")
+# Left out when Blender's Python has no numpy (deps.py): the panels then say how to install it.
+NEEDS_NUMPY = frozenset({"import_ops", "render_ops", "engine", "importer"})
+
+_registered: list = []
 
 
-def _modules() -> list:
-    return [importlib.import_module(f"{__name__}.{name}") for name in _MODULE_NAMES]
+def _module_names() -> list[str]:
+    from . import deps
+    if not deps.refresh():
+        return list(_MODULE_NAMES)
+    print(f"XScale: {deps.message()}", file=sys.stderr, flush=True)
+    return [name for name in _MODULE_NAMES if name not in NEEDS_NUMPY]
 
 
 def register() -> None:
-    for mod in _modules():
-        mod.register()
+    """Register every module, or on failure none: a module that fails is undone with the ones
+    before it, so the add-on is never left half registered."""
+    for name in _module_names():
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+            mod.register()
+        except Exception:
+            unregister()
+            raise
+        _registered.append(mod)
 
 
 def unregister() -> None:
-    for mod in reversed(_modules()):
-        mod.unregister()
+    while _registered:
+        _registered.pop().unregister()

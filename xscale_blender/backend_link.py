@@ -3,7 +3,8 @@
 In the built extension, backend/ sits inside the extension folder next to this file; in a
 source checkout it sits at the repository root next to xscale_blender/. Every module of the
 add-on that needs backend code gets it from here. Only modules that never import torch are
-loaded (standard library and numpy: settings, file formats, scene preparation); training and
+loaded (standard library and numpy: settings, file formats, scene preparation; those that need
+numpy only when first used, so the add-on registers without numpy); training and
 rendering run as `python -m backend` in another interpreter with `pythonpath()` on PYTHONPATH.
 """
 from __future__ import annotations
@@ -27,10 +28,6 @@ def _load(name: str):
 
 config = _load("config")        # options (defaults, limits, choices), presets, output formats
 errors = _load("errors")
-cameras = _load("cameras")
-campath = _load("campath")
-scene = _load("scene")
-prepare = _load("prepare")      # COLMAP / Metashape conversion and the scene check
 serve_protocol = _load("serve_protocol")   # the render server's message format
 _events = _load("events")
 _runfolder = _load("runfolder")
@@ -39,6 +36,24 @@ InputError = errors.InputError
 RunFolder = _runfolder.RunFolder
 # Context manager: no JSON progress lines while backend code runs in Blender's own Python.
 silenced_events = _events.silenced
+
+
+# Modules that need numpy load on first use (`from .backend_link import cameras` in a module
+# that numpy-less Blenders never import; see deps.py).
+_NEEDS_NUMPY = {
+    "cameras": "cameras",
+    "campath": "campath",
+    "scene": "scene",
+    "prepare": "prepare",      # COLMAP / Metashape conversion and the scene check
+}
+
+
+def __getattr__(name: str):
+    if name in _NEEDS_NUMPY:
+        module = _load(_NEEDS_NUMPY[name])
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pythonpath() -> str:

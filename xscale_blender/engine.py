@@ -13,6 +13,7 @@ Viewport: view_draw posts the region's view (camera view or a free perspective v
 preview.Preview thread and draws the latest frame it has; the thread talks to the server and
 asks for a redraw when a frame arrives, so the UI never waits for the GPU.
 """
+from __future__ import annotations
 
 import threading
 import time

@@ -22,8 +22,8 @@ P_REPORT = "xscale_report"       # check report text, stored on the imported col
 CHECK_MAX_SIDE = 128
 
 
-def check_imported_scene(coll: bpy.types.Collection, scene_dir: str,
-                         level: Optional[int], coverage: bool = True) -> tuple[str, str]:
+def check_imported_scene(coll: "bpy.types.Collection", scene_dir: str,
+                         level: "Optional[int]", coverage: bool = True) -> tuple[str, str]:
     """Run the scene check, print it, store it on `coll`; returns (report level, one-line summary)."""
     try:
         with silenced_events():
@@ -47,8 +47,8 @@ def check_imported_scene(coll: bpy.types.Collection, scene_dir: str,
     return level_name, ", ".join(parts)
 
 
-def _finish_import(op: bpy.types.Operator, coll: bpy.types.Collection, scene_dir: str,
-                   level: Optional[int], prefix: str = "") -> set[str]:
+def _finish_import(op: "bpy.types.Operator", coll: "bpy.types.Collection", scene_dir: str,
+                   level: "Optional[int]", prefix: str = "") -> set[str]:
     n = sum(1 for ob in coll.all_objects if ob.type == "CAMERA")
     message = f"{prefix}Imported {n} cameras into '{coll.name}'"
     level_name = "INFO"

@@ -5,6 +5,7 @@ callback polls it and the operator returns at once; in background mode (blender 
 module) timers never fire, so the operator blocks and drives the same `Job.poll()` through
 `Job.wait()`, printing progress lines. One job at a time: `jobs.active()`.
 """
+from __future__ import annotations
 
 import sys
 from typing import Callable, Optional

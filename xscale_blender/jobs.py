@@ -32,6 +32,7 @@ class JobState:
     stage: str = ""
     step: int = 0
     total: int = 0
+    unit: str = ""                    # "%" when step/total is a percentage (Set Up Backend)
     loss: Optional[float] = None
     psnr: Optional[float] = None
     eta_s: Optional[float] = None
@@ -72,7 +73,7 @@ def describe(state: JobState) -> str:
     """One line for consoles and the panel: 'train 1200/30000 loss 0.0310 PSNR 27.40 ETA 6m 50s'."""
     parts = [state.stage or "starting"]
     if state.total:
-        parts.append(f"{state.step}/{state.total}")
+        parts.append(progress_text(state))
     if state.loss is not None:
         parts.append(f"loss {state.loss:.4f}")
     if state.psnr is not None:
@@ -80,6 +81,30 @@ def describe(state: JobState) -> str:
     if state.status == RUNNING and state.eta_s is not None:
         parts.append(f"ETA {format_duration(state.eta_s)}")
     return " ".join(parts)
+
+
+def progress_text(state: JobState) -> str:
+    """'1200/30000', or '45%' for a percentage."""
+    return f"{state.step}%" if state.unit == "%" else f"{state.step}/{state.total}"
+
+
+def describe_stop(ev: dict) -> str:
+    """What a `stopped` event means, in one line: where the job stopped and what was kept."""
+    stage, step, total = ev.get("stage"), ev.get("step"), ev.get("total")
+    of = f" of {total}" if total else ""
+    if stage == "setup":
+        return "stopped; Set Up Backend again continues it"
+    if step is None:
+        return "stopped"
+    if stage == "cache":
+        if ev.get("phase") == "shards":
+            return (f"stopped the ray cache while writing its shards ({step}{of} written, kept); "
+                    "Resume finishes it")
+        return f"stopped the ray cache after {step}{of} views (kept); Resume continues it"
+    if stage == "render":
+        return f"stopped rendering after {step}{of} frames (those frames are kept)"
+    text = f"stopped at step {step}{of}"
+    return text + ("; checkpoint saved, Resume continues it" if ev.get("checkpoint") else "")
 
 
 class Job:
@@ -233,6 +258,7 @@ class Job:
             s.stage = str(ev.get("stage", s.stage))
             s.step = _int(ev.get("step"), s.step)
             s.total = _int(ev.get("total"), s.total)
+            s.unit = str(ev.get("unit") or "")
             for key in ("loss", "psnr", "eta_s", "elapsed_s"):
                 if key in ev:
                     setattr(s, key, _float(ev[key]))
@@ -267,8 +293,7 @@ class Job:
                 s.status, s.error = FAILED, f"the backend failed: {why}"
         elif s.stopped_event is not None or (self.stop_requested_at is not None and not s.results):
             s.status = STOPPED
-            step = (s.stopped_event or {}).get("step")
-            s.message = f"stopped at step {step}" if step is not None else "stopped"
+            s.message = describe_stop(s.stopped_event or {})
         elif self.expect_events and not s.results:
             s.status, s.error = FAILED, "the backend exited without reporting 'done'"
         else:

@@ -1,10 +1,10 @@
-"""3D View sidebar: XScale tab."""
+"""3D View sidebar: XScale tab. Text is wrapped and paths are shortened to the sidebar's real
+width (ui_text); without numpy in Blender's Python the tab says what to install (deps)."""
 from __future__ import annotations
 
 import bpy
 
-from . import jobs
-from .importer import P_SPLIT
+from . import deps, jobs, ui_text
 
 
 class XScalePanelBase:
@@ -13,28 +13,52 @@ class XScalePanelBase:
     bl_category = "XScale"
 
 
+class XScaleSubPanel(XScalePanelBase):
+    bl_parent_id = "VIEW3D_PT_xscale"
+
+    @classmethod
+    def poll(cls, context):
+        return not deps.missing()
+
+
 class VIEW3D_PT_xscale(XScalePanelBase, bpy.types.Panel):
     bl_idname = "VIEW3D_PT_xscale"
     bl_label = "XScale-NVS"
 
     def draw(self, context):
         layout = self.layout
+        if deps.missing():
+            draw_missing(layout, context)
+            return
+        from .importer import P_SPLIT
         s = context.scene.xscale
         layout.operator("import_scene.xscale_mvsnet", text="Import Scene", icon="IMPORT")
         col = layout.column(align=True)
-        col.prop(s, "scene_dir")
-        col.prop(s, "run_dir")
+        col.prop(s, "scene_dir", text="Scene")      # "Scene Folder", "Run Folder" in the tooltips
+        col.prop(s, "run_dir", text="Run")
         ob = context.active_object
         if ob is not None and ob.type == "CAMERA" and P_SPLIT in ob:
             row = layout.row()
-            row.label(text=f"{ob.name}: {'held out' if ob[P_SPLIT] == 'test' else 'training'} photo",
-                      icon="OUTLINER_OB_CAMERA")
+            kind = "held out" if ob[P_SPLIT] == "test" else "training"
+            name = ui_text.short_path(context, ob.name, share=0.5)
+            row.label(text=f"{name}: {kind} photo", icon="OUTLINER_OB_CAMERA")
             row.operator("xscale.use_camera", text="", icon="VIEW_CAMERA")
-        draw_job(layout)
+        draw_job(layout, context)
 
 
-def draw_job(layout: bpy.types.UILayout) -> None:
-    """Progress of the current (or last) job: bar with stage and step, then the numbers."""
+def draw_missing(layout: "bpy.types.UILayout", context) -> None:
+    """What Blender's Python lacks and the command that installs it."""
+    box = layout.box()
+    ui_text.draw_wrapped(box, context, deps.message(), alert=True, icon="ERROR")
+    box.operator("xscale.copy_text", text="Copy Command", icon="COPYDOWN").text = \
+        deps.install_command(next(iter(deps.missing())))
+
+
+def draw_job(layout: "bpy.types.UILayout", context=None,
+             margin_px: float = ui_text.SIDEBAR_MARGIN_PX) -> None:
+    """Progress of the current (or last) job: bar with stage and step, then the numbers, and the
+    one Stop button."""
+    context = context if context is not None else bpy.context
     job = jobs.active()
     if job is None:
         return
@@ -44,39 +68,26 @@ def draw_job(layout: bpy.types.UILayout) -> None:
         icon = {"done": "CHECKMARK", "stopped": "PAUSE", "failed": "ERROR"}[st.status]
         box.label(text=f"{job.label.title()} {st.status}", icon=icon)
         if st.message:
-            _wrapped(box, st.message, alert=st.status == jobs.FAILED)
+            ui_text.draw_wrapped(box, context, st.message, alert=st.status == jobs.FAILED,
+                                 margin_px=margin_px)
         return
-    text = f"{st.stage or 'starting'} {st.step}/{st.total}" if st.total else (st.stage or "starting")
+    text = f"{st.stage or 'starting'} {jobs.progress_text(st)}" if st.total else (st.stage or "starting")
     box.progress(factor=st.fraction, type="BAR", text=("stopping: " if job.stopping else "") + text)
     grid = box.grid_flow(columns=2, even_columns=True, align=True)
     if st.loss is not None:
         grid.label(text=f"Loss {st.loss:.4f}")
     if st.psnr is not None:
         grid.label(text=f"PSNR {st.psnr:.2f} dB")
-    grid.label(text=f"ETA {jobs.format_duration(st.eta_s)}")
+    if st.eta_s is not None or st.unit != "%":
+        grid.label(text=f"ETA {jobs.format_duration(st.eta_s)}")
     if st.message:
-        _wrapped(box, st.message)
+        ui_text.draw_wrapped(box, context, st.message, margin_px=margin_px)
     box.operator("xscale.stop", text="Kill" if job.stopping else "Stop", icon="CANCEL")
 
 
-def _wrapped(layout, text: str, alert: bool = False, width: int = 48) -> None:
-    col = layout.column(align=True)
-    col.alert = alert
-    line = ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            col.label(text=line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    if line:
-        col.label(text=line)
-
-
-class VIEW3D_PT_xscale_train(XScalePanelBase, bpy.types.Panel):
+class VIEW3D_PT_xscale_train(XScaleSubPanel, bpy.types.Panel):
     bl_idname = "VIEW3D_PT_xscale_train"
     bl_label = "Training"
-    bl_parent_id = "VIEW3D_PT_xscale"
 
     def draw(self, context):
         layout = self.layout
@@ -92,19 +103,15 @@ class VIEW3D_PT_xscale_train(XScalePanelBase, bpy.types.Panel):
         col.prop(s, "test_every")
         col.prop(s, "level")
         col.prop(s, "mesh_path")
-        busy = jobs.busy()
         row = layout.row(align=True)
-        row.enabled = not busy
+        row.enabled = not jobs.busy()      # Stop is in the job's box above
         row.operator("xscale.train", text="Cache + Train", icon="PLAY").resume = False
         row.operator("xscale.train", text="Resume", icon="FILE_REFRESH").resume = True
-        if busy:
-            layout.operator("xscale.stop", text="Stop", icon="CANCEL")
 
 
-class VIEW3D_PT_xscale_render(XScalePanelBase, bpy.types.Panel):
+class VIEW3D_PT_xscale_render(XScaleSubPanel, bpy.types.Panel):
     bl_idname = "VIEW3D_PT_xscale_render"
     bl_label = "Render Camera Path"
-    bl_parent_id = "VIEW3D_PT_xscale"
 
     def draw(self, context):
         layout = self.layout
@@ -124,7 +131,8 @@ class VIEW3D_PT_xscale_render(XScalePanelBase, bpy.types.Panel):
         sub.enabled = not s.strip_use_path_start
         sub.prop(s, "strip_frame_start")
         cam = scene.camera
-        layout.label(text=f"{cam.name if cam else 'No camera'}, frames {scene.frame_start}-{scene.frame_end}",
+        name = ui_text.short_path(context, cam.name, share=0.6) if cam else "No camera"
+        layout.label(text=f"{name}, frames {scene.frame_start}-{scene.frame_end}",
                      icon="CAMERA_DATA")
         row = layout.row(align=True)
         row.enabled = not jobs.busy() and cam is not None

@@ -1,4 +1,5 @@
-"""Add-on preferences: which Python runs the backend (Blender's own Python has no torch)."""
+"""Add-on preferences: which Python runs the backend (Blender's own Python has no torch), Check,
+and Set Up Backend (backend_ops) to make that Python's environment."""
 
 import os
 from typing import Optional
@@ -6,7 +7,11 @@ from typing import Optional
 import bpy
 from bpy.props import StringProperty
 
+from . import deps, ui_text
+
 ENV_PYTHON = "XSCALE_BACKEND_PYTHON"   # overrides the preference, e.g. for headless farm jobs
+
+PREFS_MARGIN_PX = 110.0     # the add-on's entry in Preferences is indented and boxed
 
 # Result of the last "Check" (not saved): lines to show under the button.
 doctor_lines: list[str] = []
@@ -22,24 +27,46 @@ class XScalePreferences(bpy.types.AddonPreferences):
     python: StringProperty(
         name="Backend Python", subtype="FILE_PATH",
         description="Python interpreter of the environment that has torch (and CUDA), "
-                    "e.g. /opt/xscale/venv/bin/python or C:\\xscale\\venv\\Scripts\\python.exe")
+                    "e.g. /opt/xscale/venv/bin/python or C:\\xscale\\venv\\Scripts\\python.exe; "
+                    "Set Up Backend fills it in")
+    setup_python: StringProperty(
+        name="Python for Setup", subtype="FILE_PATH",
+        description="Python 3.10 or newer that Set Up Backend makes the environment with "
+                    "(empty: one found on this machine, else Blender's own)")
 
-    def draw(self, context: bpy.types.Context) -> None:
+    def draw(self, context: "bpy.types.Context") -> None:
+        from . import backend_ops, jobs, panels
         layout = self.layout
-        row = layout.row(align=True)
+        if deps.missing():
+            panels.draw_missing(layout, context)
+        col = layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
+        row = col.row(align=True)
         row.prop(self, "python")
         row.operator("xscale.check_backend", text="Check", icon="CHECKMARK")
         if os.environ.get(ENV_PYTHON):
-            layout.label(text=f"{ENV_PYTHON} is set and overrides this: {os.environ[ENV_PYTHON]}",
-                         icon="INFO")
+            ui_text.draw_wrapped(layout, context, f"{ENV_PYTHON} is set and overrides this: "
+                                 f"{os.environ[ENV_PYTHON]}", icon="INFO", margin_px=PREFS_MARGIN_PX)
+        col.prop(self, "setup_python")
+        row = col.row()
+        job = jobs.active()
+        row.enabled = not jobs.busy()
+        row.operator("xscale.setup_backend", icon="IMPORT")
+        if job is not None and job.label == backend_ops.SETUP_LABEL:
+            panels.draw_job(layout, context, margin_px=PREFS_MARGIN_PX)
+        elif not self.python and not os.environ.get(ENV_PYTHON):
+            ui_text.draw_wrapped(layout, context, "No backend yet: Set Up Backend installs it (a Python "
+                                 "environment with torch; downloads about 0.3 GB, 3 GB with CUDA).", icon="INFO",
+                                 margin_px=PREFS_MARGIN_PX)
         if doctor_lines:
             box = layout.box()
             col = box.column(align=True)
             for line in doctor_lines:
-                col.label(text=line)
+                ui_text.draw_wrapped(col, context, line, margin_px=PREFS_MARGIN_PX)
 
 
-def addon_preferences() -> Optional[XScalePreferences]:
+def addon_preferences() -> "Optional[XScalePreferences]":
     addon = bpy.context.preferences.addons.get(__package__)
     return addon.preferences if addon is not None else None
 
@@ -47,15 +74,22 @@ def addon_preferences() -> Optional[XScalePreferences]:
 def backend_python() -> str:
     """The backend interpreter: $XSCALE_BACKEND_PYTHON, else the preference."""
     path = os.environ.get(ENV_PYTHON, "")
-    if not path:
-        prefs = addon_preferences()
-        path = bpy.path.abspath(prefs.python) if prefs is not None and prefs.python else ""
+    if path:
+        if not os.path.isfile(path):
+            raise BackendNotConfigured(
+                f"Backend Python not found: {path}, named by the environment variable {ENV_PYTHON}. "
+                f"Set {ENV_PYTHON} to the Python of the environment with torch, or unset it to use "
+                "the add-on preferences.")
+        return path
+    prefs = addon_preferences()
+    path = bpy.path.abspath(prefs.python) if prefs is not None and prefs.python else ""
     if not path:
         raise BackendNotConfigured(
             "No backend Python set: in Preferences > Add-ons > XScale-NVS, set the Python of the "
             f"environment with torch (or set {ENV_PYTHON}).")
     if not os.path.isfile(path):
-        raise BackendNotConfigured(f"Backend Python not found: {path}. Fix it in the add-on preferences.")
+        raise BackendNotConfigured(f"Backend Python not found: {path}. Fix it in Preferences > Add-ons > "
+                                   "XScale-NVS (Backend Python).")
     return path
 
 

@@ -134,7 +134,7 @@ class XScaleSceneSettings(_BackendOptions, bpy.types.PropertyGroup):
                     "resolution once it rests (1: always full; skipped when full frames come fast enough)")
 
 
-def settings(scene: bpy.types.Scene) -> XScaleSceneSettings:
+def settings(scene: "bpy.types.Scene") -> "XScaleSceneSettings":
     return scene.xscale
 
 
@@ -143,7 +143,7 @@ def abspath(path: str) -> str:
     return os.path.normpath(bpy.path.abspath(path)) if path else ""
 
 
-def run_folder(s: XScaleSceneSettings) -> Optional[RunFolder]:
+def run_folder(s: "XScaleSceneSettings") -> Optional[RunFolder]:
     """The run folder the settings name, or None when none is set."""
     root = abspath(s.run_dir)
     return RunFolder(root) if root else None

@@ -37,7 +37,7 @@ def render_output_dir(s, camera_name: str) -> str:
     return str(run.renders / _safe_name(camera_name))
 
 
-def chunk_frames(scene: bpy.types.Scene, start: int | None = None, end: int | None = None) -> list[int]:
+def chunk_frames(scene: "bpy.types.Scene", start: int | None = None, end: int | None = None) -> list[int]:
     """Frames from `start` to `end` (default: the scene's range) at the scene's frame step."""
     start = scene.frame_start if start is None else start
     end = scene.frame_end if end is None else end
@@ -61,7 +61,7 @@ def frame_ranges(numbers: list[int], limit: int = 8) -> str:
     return text + (", ..." if len(runs) > limit else "")
 
 
-def add_render_strip(scene: bpy.types.Scene, out_dir: str, numbers: list[int], fmt: str, name: str):
+def add_render_strip(scene: "bpy.types.Scene", out_dir: str, numbers: list[int], fmt: str, name: str):
     """Sequencer strip for the rendered frames of output format `fmt` (a key of config.FORMATS),
     at the path's first frame unless configured. FileNotFoundError names the missing frames."""
     s = scene.xscale

@@ -89,7 +89,21 @@ def print_event(job: jobs.Job) -> Callable[[dict], None]:
     return on_event
 
 
-CLASSES = (XSCALE_OT_report,)
+class XSCALE_OT_copy_text(bpy.types.Operator):
+    """Copy this to the clipboard"""
+    bl_idname = "xscale.copy_text"
+    bl_label = "Copy"
+    bl_options = {"INTERNAL"}
+
+    text: StringProperty()
+
+    def execute(self, context):
+        context.window_manager.clipboard = self.text
+        self.report({"INFO"}, f"Copied: {self.text}")
+        return {"FINISHED"}
+
+
+CLASSES = (XSCALE_OT_report, XSCALE_OT_copy_text)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)
