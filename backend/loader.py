@@ -201,6 +201,9 @@ class RayLoader:
                  part: tuple[int, int] | None = None, prefetch: int | None = None):
         self.reader = ShardReader(run_dir)
         self.S = self.reader.meta["ss"] ** 2
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:     # "cuda": the reader thread needs the index
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device, self.batch, self.seed = device, batch, seed
         self.part = part or (0, batch)
         st = state or {"epoch": 0, "pos": 0, "offset": 0}
@@ -208,7 +211,7 @@ class RayLoader:
         self.phase = -self.offset % batch      # batch position of the current shard's row 0
         self._orders: dict[int, list[int]] = {}
         self.depth = max(1, int(prefetch if prefetch is not None else os.environ.get(PREFETCH_ENV, PREFETCH)))
-        self.slots = [_Slot(device) for _ in range(self.depth + 1)]
+        self.slots = [_Slot(self.device) for _ in range(self.depth + 1)]
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.pool = _InOrderWorker()                      # fills slots in stream order
