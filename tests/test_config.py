@@ -70,3 +70,11 @@ def test_settings_a_run_predates_keep_their_old_values():
     tc = train_config_from_dict(new)
     assert tc.optim.grid_eps == 1e-15 and tc.optim.grid_decay == 0.0
     assert train_config_from_dict(to_dict(TrainConfig())) == TrainConfig()
+
+
+def test_paper_preset_is_the_reference_without_this_projects_quality_changes():
+    ref, paper = preset("reference", "cuda"), preset("paper", "cuda")
+    assert (paper.model.level_fade, paper.model.photo_gains) == (0.0, False)
+    assert (paper.optim.grid_eps, paper.optim.grid_decay) == (1e-15, 0.0)
+    assert paper.model.grid == ref.model.grid and paper.optim.batch_rays == ref.optim.batch_rays
+    assert (ref.model.level_fade, ref.model.photo_gains, ref.optim.grid_eps, ref.optim.grid_decay) == (1.0, True, 1e-8, 1.0)
