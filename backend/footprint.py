@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cameras import Camera
+from .encoding.layout import log2_footprint_offset
 
 FIELD_RES = 128          # cells along the longest axis of the box (about 1 % of the scene each)
 
@@ -53,7 +54,7 @@ class FieldBuilder:
         self.shape = field_shape(inv_extent, res)
         self.lo = torch.as_tensor(lo, dtype=torch.float32, device=device)
         self.inv_extent = torch.as_tensor(inv_extent, dtype=torch.float32, device=device)
-        self.log2_norm = float(np.log2(np.asarray(inv_extent, np.float64)).mean())
+        self.log2_norm = log2_footprint_offset(inv_extent)
         self.cells = torch.full((int(np.prod(self.shape)),), torch.inf, dtype=torch.float32, device=device)
 
     def add(self, xyz: torch.Tensor, hit: torch.Tensor, footprint: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import HashGridConfig
 from ..errors import DeviceError
-from .layout import log2_cells, n_params, normalisation
+from .layout import log2_cells, log2_footprint_offset, n_params, normalisation
 from .reference import encode_pixels_reference, encode_reference, level_weights
 
 BACKENDS = ("auto", "torch", "triton", "tcnn")
@@ -51,6 +51,7 @@ class HashGrid(nn.Module):
         lo, inv_extent = normalisation(aabb_min, aabb_max)
         self.register_buffer("lo", torch.from_numpy(lo))
         self.register_buffer("inv_extent", torch.from_numpy(inv_extent))
+        self.log2_offset = log2_footprint_offset(inv_extent)
         # Instant-NGP initialisation: uniform in [-1e-4, 1e-4].
         self.table = nn.Parameter(torch.empty(n_params(cfg), cfg.n_features).uniform_(-1e-4, 1e-4))
         self.backend = backend
@@ -73,7 +74,7 @@ class HashGrid(nn.Module):
     def log2_footprint(self, footprint_world: torch.Tensor) -> torch.Tensor:
         """World-space footprints -> log2 in normalised units (the geometric mean of the three
         axes' scales: the normalisation is per axis)."""
-        return torch.log2(footprint_world) + torch.log2(self.inv_extent).mean()
+        return torch.log2(footprint_world) + self.log2_offset
 
     def pixels(self, x_world: torch.Tensor, w: torch.Tensor, log2_footprint: torch.Tensor | None = None,
                fade: float = 1.0, bias: float = 0.0, coherent: bool = False) -> torch.Tensor:

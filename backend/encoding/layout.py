@@ -69,6 +69,17 @@ def normalisation(aabb_min, aabb_max) -> tuple[np.ndarray, np.ndarray]:
     return lo - pad, np.float32(1.0) / (hi - lo + 2 * pad)
 
 
+def log2_footprint_offset(inv_extent) -> float:
+    """What turns log2 of a world-space footprint into log2 in normalised units: the mean of the
+    axes' log2 scales (the normalisation is per axis). An axis shorter than a quarter of the
+    longest counts as a quarter: a flat scene (a wall, a plane) has a near-zero extent across it,
+    whose enormous scale would otherwise make every footprint look coarse and fade out the levels
+    the photos resolve along the surface."""
+    ext = 1.0 / np.asarray(inv_extent, np.float64)
+    ext = np.maximum(ext, ext.max() / 4.0)
+    return float(-np.log2(ext).mean())
+
+
 def log2_cells(cfg: HashGridConfig) -> np.ndarray:
     """(L,) log2 of each level's cell size in normalised units (1 / scale)."""
     return -np.log2(np.array([lv.scale for lv in levels(cfg)], np.float64)).astype(np.float32)
