@@ -71,7 +71,20 @@ def start_check(blocking: bool, report: Callable[[str, str], None]) -> Optional[
         return None if job.finished else job_runner.POLL_INTERVAL_S
 
     bpy.app.timers.register(tick, first_interval=job_runner.POLL_INTERVAL_S)
+    _check_timers.append(tick)
     return job
+
+
+# Check timers still registered when the add-on goes away are removed with it (a Python timer
+# left behind crashes Blender 4.2's exit).
+_check_timers: list[Callable[[], Optional[float]]] = []
+
+
+def _remove_check_timers() -> None:
+    while _check_timers:
+        tick = _check_timers.pop()
+        if bpy.app.timers.is_registered(tick):
+            bpy.app.timers.unregister(tick)
 
 
 class XSCALE_OT_check_backend(bpy.types.Operator):
@@ -183,4 +196,9 @@ class XSCALE_OT_setup_backend(bpy.types.Operator):
 CLASSES = (XSCALE_OT_check_backend, XSCALE_OT_setup_backend)
 
 
-register, unregister = bpy.utils.register_classes_factory(CLASSES)
+register, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def unregister() -> None:
+    _remove_check_timers()
+    _unregister_classes()
