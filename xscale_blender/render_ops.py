@@ -44,6 +44,13 @@ def chunk_frames(scene: "bpy.types.Scene", start: int | None = None, end: int | 
     return list(range(start, end + 1, max(scene.frame_step, 1)))
 
 
+def operator_frames(op: "bpy.types.Operator", scene: "bpy.types.Scene") -> list[int]:
+    """chunk_frames over the operator's frame_start/frame_end where they were given."""
+    props = op.properties
+    return chunk_frames(scene, op.frame_start if props.is_property_set("frame_start") else None,
+                        op.frame_end if props.is_property_set("frame_end") else None)
+
+
 def missing_frames(out_dir: str, numbers: list[int], fmt: str) -> list[int]:
     """The frames of `numbers` whose file (format `fmt`) is not in `out_dir`."""
     return [n for n in numbers if not os.path.isfile(os.path.join(out_dir, campath.frame_filename(n, fmt)))]
@@ -95,11 +102,6 @@ class XSCALE_OT_render_path(bpy.types.Operator):
                             description="Add the frames to the sequencer when done (off for render farm "
                                         "chunks: run Assemble Strip once all chunks are done)")
 
-    def frame_range(self, scene) -> list[int]:
-        props = self.properties
-        return chunk_frames(scene, self.frame_start if props.is_property_set("frame_start") else None,
-                            self.frame_end if props.is_property_set("frame_end") else None)
-
     def execute(self, context):
         scene = context.scene
         s = scene.xscale
@@ -111,7 +113,7 @@ class XSCALE_OT_render_path(bpy.types.Operator):
         if run is None or not run.latest.is_file():
             self.report({"ERROR"}, f"No trained model in run folder '{run.root if run else ''}': train first.")
             return {"CANCELLED"}
-        frames = self.frame_range(scene)
+        frames = operator_frames(self, scene)
         if not frames:
             self.report({"ERROR"}, "The frame range is empty")
             return {"CANCELLED"}
@@ -176,9 +178,7 @@ class XSCALE_OT_assemble_strip(bpy.types.Operator):
         if cam is None:
             self.report({"ERROR"}, "The scene has no active camera")
             return {"CANCELLED"}
-        props = self.properties
-        frames = chunk_frames(scene, self.frame_start if props.is_property_set("frame_start") else None,
-                              self.frame_end if props.is_property_set("frame_end") else None)
+        frames = operator_frames(self, scene)
         if not frames:
             self.report({"ERROR"}, "The frame range is empty")
             return {"CANCELLED"}
