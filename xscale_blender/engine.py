@@ -323,16 +323,9 @@ class RENDER_PT_xscale_server(XScaleRenderPanel, bpy.types.Panel):
         layout.operator("xscale.stop_render_server", icon="CANCEL")
 
 
-class VIEWLAYER_PT_xscale_passes(bpy.types.Panel):
-    bl_space_type = "PROPERTIES"
-    bl_region_type = "WINDOW"
+class VIEWLAYER_PT_xscale_passes(XScaleRenderPanel, bpy.types.Panel):
     bl_context = "view_layer"
     bl_label = "Passes"
-    COMPAT_ENGINES = {ENGINE_ID}
-
-    @classmethod
-    def poll(cls, context):
-        return context.engine in cls.COMPAT_ENGINES
 
     def draw(self, context):
         layout = self.layout
