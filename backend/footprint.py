@@ -54,7 +54,7 @@ class FieldBuilder:
         self.shape = field_shape(inv_extent, res)
         self.lo = torch.as_tensor(lo, dtype=torch.float32, device=device)
         self.inv_extent = torch.as_tensor(inv_extent, dtype=torch.float32, device=device)
-        self.log2_norm = log2_footprint_offset(inv_extent)
+        self.log2_offset = log2_footprint_offset(inv_extent)
         self.cells = torch.full((int(np.prod(self.shape)),), torch.inf, dtype=torch.float32, device=device)
 
     def add(self, xyz: torch.Tensor, hit: torch.Tensor, footprint: torch.Tensor) -> None:
@@ -63,7 +63,7 @@ class FieldBuilder:
         nx, ny, nz = self.shape
         i = (x * torch.tensor([nx, ny, nz], dtype=torch.float32, device=x.device)).long()
         flat = (i[:, 2] * ny + i[:, 1]) * nx + i[:, 0]
-        self.cells.scatter_reduce_(0, flat, torch.log2(footprint[hit].float()) + self.log2_norm, reduce="amin")
+        self.cells.scatter_reduce_(0, flat, torch.log2(footprint[hit].float()) + self.log2_offset, reduce="amin")
 
     def finish(self) -> np.ndarray:
         """(nz, ny, nx) float32 log2 footprints. Each cell takes the minimum over its 3x3x3

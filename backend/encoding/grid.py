@@ -72,8 +72,8 @@ class HashGrid(nn.Module):
         return encode_reference(x, self.table, self.cfg)
 
     def log2_footprint(self, footprint_world: torch.Tensor) -> torch.Tensor:
-        """World-space footprints -> log2 in normalised units (the geometric mean of the three
-        axes' scales: the normalisation is per axis)."""
+        """World-space footprints -> log2 in normalised units (layout.log2_footprint_offset: the
+        normalisation is per axis)."""
         return torch.log2(footprint_world) + self.log2_offset
 
     def pixels(self, x_world: torch.Tensor, w: torch.Tensor, log2_footprint: torch.Tensor | None = None,
