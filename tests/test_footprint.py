@@ -136,13 +136,17 @@ def test_close_up_of_a_trained_scene_cannot_light_up_levels_no_photo_resolved(tr
     unresolved = [lv for lv, c in zip(levels(cfg), cells) if c < finest - 1.0]
     assert len(unresolved) >= 3
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for lv in unresolved:
-            model.grid.table[lv.offset:lv.offset + lv.size] = 0.5 * torch.randn(lv.size, cfg.n_features, generator=g)
+
+    def set_unresolved(rows):          # rows(n) -> (n, features) for each unresolved level
+        with torch.no_grad():
+            for lv in unresolved:
+                model.grid.table[lv.offset:lv.offset + lv.size] = rows(lv.size)
+
+    set_unresolved(lambda n: 0.5 * torch.randn(n, cfg.n_features, generator=g))
     after, _ = shot()
     np.testing.assert_allclose(after, before, atol=1e-6)                # those levels have weight 0
     assert speckle_fraction(after, covered) < 0.002
     model.cfg = dataclasses.replace(model.cfg, level_fade=0.0)          # every level always on
     always_on, _ = shot()
-    model.grid.table.data[[r for lv in unresolved for r in range(lv.offset, lv.offset + lv.size)]] = 0.0
+    set_unresolved(lambda n: torch.zeros(n, cfg.n_features))
     assert np.abs(always_on - shot()[0]).max() > 0.01                  # there, the noise shows
