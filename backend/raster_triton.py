@@ -1,225 +1,231 @@
-"""Triton kernels of the CUDA rasterizer (backend.raster): everything around the nvdiffrast call.
+"""The GPU rasterizer with no compiler step: visibility (the nearest triangle per sample) in Triton.
 
-- `clip_codes`: vertices -> nvdiffrast clip space (float32) and clip-plane outcodes, transformed
-  in float64 (georeferenced coordinates lose centimetres in float32).
-- `keep_faces`: triangles not wholly outside one clip plane (the ones worth handing over).
-- `resolve`: per sample of a frame, the exact float64 ray/triangle intersection with the triangle
-  nvdiffrast found (nvdiffrast snaps vertices to 1/16 pixel and returns float32 barycentrics, up to
-  ~0.2 px off at grazing angles), and for samples it left uncovered or whose exact ray misses its
-  triangle, the nearest of the 8 neighbours' triangles the ray does hit (pinholes along shared
-  edges of large, clipped triangles). Writes either the surface samples, already grouped per
-  output pixel as (H, W, ss*ss) with sub-sample index a + ss*b, or the raw hits.
+Triton compiles its kernels at run time from the wheel alone (no nvcc, ninja or MSVC), on Linux
+(`triton`, shipped with torch's CUDA wheels) and Windows (`triton-windows`). What it finds is the
+candidate triangle per sample; backend.raster_resolve then computes the exact float64 surface
+point, as it does for nvdiffrast's answer, so the two paths give the same surface.
 
-One fused pass each: the eager-PyTorch version of `resolve` took ~70 % of a 1080p frame, most of
-it launch and synchronisation overhead of small ops. Runs on CPU tensors under TRITON_INTERPRET=1
-(the tests drive it that way).
+How a sample is tested: in camera space (x right, y down, z forward) a sample is the ray
+r = ((sx + 0.5 - cx) / fx, (sy + 0.5 - cy) / fy, 1). It passes through triangle (p0, p1, p2)
+when the three edge values e_ab = (p_a x p_b) . r share a sign (either winding: the mesh is
+two-sided), and hits it at camera depth z = det(p0, p1, p2) / (e01 + e12 + e20). This is
+homogeneous rasterization: triangles that cross the camera plane need no clipping (the hit must
+lie in front of the near plane), and each edge's normal is computed from its two vertices in
+index order, so the two triangles sharing an edge see exactly opposite values: no sample between
+them is missed (a sample on the edge is in both; the depth test keeps one).
+
+Two passes, no tiling of the image and no limit on the number of triangles (the id is 32 bits):
+- `_small_kernel`, one lane per triangle: the triangle's box of samples (of its part in front of
+  the near plane); boxes of at most 4 x 4 samples are tested there and then (most triangles of a
+  photogrammetry mesh cover a pixel or less), larger ones are counted in tiles for the next pass;
+- `_tile_kernel`, one program per triangle and run of TILE_RUN tiles of 32 x 8 samples.
+Each covered sample does one 64-bit atomic min of (float32 depth bits << 32 | triangle id): the
+nearest triangle wins, the lowest id on equal depth (as backend.raster_cpu breaks ties).
+Runs on CPU tensors under TRITON_INTERPRET=1 (the tests drive it that way).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from .cameras import Camera
+from .raster_resolve import camera_params
 
-BLOCK = 256
-EPS = tl.constexpr(1e-7)      # barycentric tolerance: a ray on a shared edge hits both triangles
-
-
-def camera_params(cam: Camera, device) -> torch.Tensor:
-    """float64 [R (9, row-major), t (3), fx, fy, cx, cy] of world -> camera (Python floats would
-    reach a kernel as float32)."""
-    E = cam.world_to_camera
-    p = np.concatenate([E[:3, :3].reshape(-1), E[:3, 3], [cam.fx, cam.fy, cam.cx, cam.cy]])
-    return torch.as_tensor(p, dtype=torch.float64, device=device)
-
-
-@triton.jit
-def _to_camera(prm_ptr, x, y, z):
-    r00 = tl.load(prm_ptr + 0)
-    r01 = tl.load(prm_ptr + 1)
-    r02 = tl.load(prm_ptr + 2)
-    r10 = tl.load(prm_ptr + 3)
-    r11 = tl.load(prm_ptr + 4)
-    r12 = tl.load(prm_ptr + 5)
-    r20 = tl.load(prm_ptr + 6)
-    r21 = tl.load(prm_ptr + 7)
-    r22 = tl.load(prm_ptr + 8)
-    cx = r00 * x + r01 * y + r02 * z + tl.load(prm_ptr + 9)
-    cy = r10 * x + r11 * y + r12 * z + tl.load(prm_ptr + 10)
-    cz = r20 * x + r21 * y + r22 * z + tl.load(prm_ptr + 11)
-    return cx, cy, cz
+EMPTY = torch.iinfo(torch.int64).max      # key of a sample no triangle covers
+SMALL = 4                                 # boxes up to SMALL x SMALL samples: tested in the first pass
+TILE_W, TILE_H = 32, 8                    # samples of one tile of the second pass
+TILE_RUN = 16                             # tiles one program of the second pass walks through
+BLOCK_V = 512                             # vertices per program of the transform
+BLOCK_T = 64                              # triangles per program of the first pass
+BOX_EPS = tl.constexpr(1e-3)              # box grown by this many samples: float32 rounding never
+                                          # drops a sample on the triangle's extreme vertex
 
 
 @triton.jit
-def _clip_kernel(v_ptr, prm_ptr, nd_ptr, pos_ptr, code_ptr, V, BLOCK: tl.constexpr):
+def _transform_kernel(v_ptr, prm_ptr, out_ptr, V, BLOCK: tl.constexpr):
+    """World vertices (float64, georeferenced coordinates lose centimetres in float32) -> camera
+    space, stored as float32: only differences of nearby camera-space points are taken later."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < V
-    x, y, z = _to_camera(prm_ptr, tl.load(v_ptr + 3 * i, m), tl.load(v_ptr + 3 * i + 1, m),
-                         tl.load(v_ptr + 3 * i + 2, m))
-    # nd: x' = ax x + bx z, y' = ay y + by z, z' = az z + bz, w = z (pixel k + 0.5 -> NDC centre)
-    X = (tl.load(nd_ptr + 0) * x + tl.load(nd_ptr + 1) * z).to(tl.float32)
-    Y = (tl.load(nd_ptr + 2) * y + tl.load(nd_ptr + 3) * z).to(tl.float32)
-    Z = (tl.load(nd_ptr + 4) * z + tl.load(nd_ptr + 5)).to(tl.float32)
-    Wc = z.to(tl.float32)
-    tl.store(pos_ptr + 4 * i, X, m)
-    tl.store(pos_ptr + 4 * i + 1, Y, m)
-    tl.store(pos_ptr + 4 * i + 2, Z, m)
-    tl.store(pos_ptr + 4 * i + 3, Wc, m)
-    code = ((X > Wc).to(tl.int32) | ((X < -Wc).to(tl.int32) << 1) | ((Y > Wc).to(tl.int32) << 2)
-            | ((Y < -Wc).to(tl.int32) << 3) | ((Z < -Wc).to(tl.int32) << 4) | ((Z > Wc).to(tl.int32) << 5))
-    tl.store(code_ptr + i, code.to(tl.uint8), m)
+    x = tl.load(v_ptr + 3 * i, m)
+    y = tl.load(v_ptr + 3 * i + 1, m)
+    z = tl.load(v_ptr + 3 * i + 2, m)
+    for r in tl.static_range(3):
+        c = (tl.load(prm_ptr + 3 * r) * x + tl.load(prm_ptr + 3 * r + 1) * y + tl.load(prm_ptr + 3 * r + 2) * z
+             + tl.load(prm_ptr + 9 + r))
+        tl.store(out_ptr + 3 * i + r, c.to(tl.float32), m)
 
 
-def clip_codes(v: torch.Tensor, cam: Camera, zmin: float, zmax: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """World vertices v (V, 3) float64 -> clip-space positions (V, 4) float32 for a rasterizer of
-    cam.width x cam.height whose output row 0 is our image row 0, and outcodes (V,) uint8."""
-    W, H = cam.width, cam.height
-    nd = torch.tensor([cam.fx * 2 / W, 2 * cam.cx / W - 1, cam.fy * 2 / H, 2 * cam.cy / H - 1,
-                       (zmax + zmin) / (zmax - zmin), -2 * zmax * zmin / (zmax - zmin)],
-                      dtype=torch.float64, device=v.device)
+@triton.jit
+def _load_triangle(tri, m, f_ptr, pc_ptr):
+    """Vertex ids and camera-space corners of triangle(s) `tri`."""
+    ia = tl.load(f_ptr + 3 * tri, m, 0)
+    ib = tl.load(f_ptr + 3 * tri + 1, m, 0)
+    ic = tl.load(f_ptr + 3 * tri + 2, m, 0)
+    ax, ay, az = tl.load(pc_ptr + 3 * ia, m, 0.0), tl.load(pc_ptr + 3 * ia + 1, m, 0.0), tl.load(pc_ptr + 3 * ia + 2, m, 0.0)
+    bx, by, bz = tl.load(pc_ptr + 3 * ib, m, 0.0), tl.load(pc_ptr + 3 * ib + 1, m, 0.0), tl.load(pc_ptr + 3 * ib + 2, m, 0.0)
+    cx, cy, cz = tl.load(pc_ptr + 3 * ic, m, 0.0), tl.load(pc_ptr + 3 * ic + 1, m, 0.0), tl.load(pc_ptr + 3 * ic + 2, m, 0.0)
+    return ia, ib, ic, ax, ay, az, bx, by, bz, cx, cy, cz
+
+
+@triton.jit
+def _edge(ia, ib, ax, ay, az, bx, by, bz):
+    """p_a x p_b, computed as lo x hi of the two vertices in index order and negated when a > b:
+    the triangle on the other side of the edge gets bit-for-bit the opposite normal."""
+    swap = ia > ib
+    lx, ly, lz = tl.where(swap, bx, ax), tl.where(swap, by, ay), tl.where(swap, bz, az)
+    hx, hy, hz = tl.where(swap, ax, bx), tl.where(swap, ay, by), tl.where(swap, az, bz)
+    s = tl.where(swap, -1.0, 1.0)
+    return s * (ly * hz - lz * hy), s * (lz * hx - lx * hz), s * (lx * hy - ly * hx)
+
+
+@triton.jit
+def _project_into(px, py, pz, ok, fx, fy, cx, cy, ulo, uhi, vlo, vhi):
+    """Grow the box [ulo, uhi] x [vlo, vhi] (pixel coordinates) by point p where `ok`."""
+    u = fx * px / pz + cx
+    v = fy * py / pz + cy
+    return (tl.where(ok, tl.minimum(ulo, u), ulo), tl.where(ok, tl.maximum(uhi, u), uhi),
+            tl.where(ok, tl.minimum(vlo, v), vlo), tl.where(ok, tl.maximum(vhi, v), vhi))
+
+
+@triton.jit
+def _crossing(ax, ay, az, bx, by, bz, near, fx, fy, cx, cy, ulo, uhi, vlo, vhi):
+    """Grow the box by the point where edge a-b crosses the near plane, if it does."""
+    ok = (az < near) != (bz < near)
+    t = tl.where(ok, (near - az) / (bz - az), 0.0)
+    return _project_into(ax + t * (bx - ax), ay + t * (by - ay), tl.zeros_like(az) + near, ok,
+                         fx, fy, cx, cy, ulo, uhi, vlo, vhi)
+
+
+@triton.jit
+def _box(ax, ay, az, bx, by, bz, cx_, cy_, cz, near, fx, fy, cx, cy, W, H):
+    """First and last sample column and row of the triangle's part in front of the near plane
+    (x1 < x0 or y1 < y0: no sample). Sample k sits at pixel coordinate k + 0.5."""
+    inf = float("inf")
+    ulo = tl.zeros_like(az) + inf
+    uhi = tl.zeros_like(az) - inf
+    vlo = tl.zeros_like(az) + inf
+    vhi = tl.zeros_like(az) - inf
+    ulo, uhi, vlo, vhi = _project_into(ax, ay, az, az >= near, fx, fy, cx, cy, ulo, uhi, vlo, vhi)
+    ulo, uhi, vlo, vhi = _project_into(bx, by, bz, bz >= near, fx, fy, cx, cy, ulo, uhi, vlo, vhi)
+    ulo, uhi, vlo, vhi = _project_into(cx_, cy_, cz, cz >= near, fx, fy, cx, cy, ulo, uhi, vlo, vhi)
+    ulo, uhi, vlo, vhi = _crossing(ax, ay, az, bx, by, bz, near, fx, fy, cx, cy, ulo, uhi, vlo, vhi)
+    ulo, uhi, vlo, vhi = _crossing(bx, by, bz, cx_, cy_, cz, near, fx, fy, cx, cy, ulo, uhi, vlo, vhi)
+    ulo, uhi, vlo, vhi = _crossing(cx_, cy_, cz, ax, ay, az, near, fx, fy, cx, cy, ulo, uhi, vlo, vhi)
+    # Clamp in float before converting: a vertex just in front of the near plane projects far out.
+    x0 = tl.minimum(tl.maximum(tl.ceil(ulo - 0.5 - BOX_EPS), 0.0), W * 1.0)
+    x1 = tl.maximum(tl.minimum(tl.floor(uhi - 0.5 + BOX_EPS), W - 1.0), -1.0)
+    y0 = tl.minimum(tl.maximum(tl.ceil(vlo - 0.5 - BOX_EPS), 0.0), H * 1.0)
+    y1 = tl.maximum(tl.minimum(tl.floor(vhi - 0.5 + BOX_EPS), H - 1.0), -1.0)
+    return x0.to(tl.int32), x1.to(tl.int32), y0.to(tl.int32), y1.to(tl.int32)
+
+
+@triton.jit
+def _cover(keys_ptr, sx, sy, ok, tri, n01x, n01y, n01z, n12x, n12y, n12z, n20x, n20y, n20z, det,
+           near, fx, fy, cx, cy, W):
+    """Test samples (sx, sy) against the triangle and keep the nearest hit per sample."""
+    dx = (sx.to(tl.float32) + 0.5 - cx) / fx
+    dy = (sy.to(tl.float32) + 0.5 - cy) / fy
+    e01 = n01x * dx + n01y * dy + n01z
+    e12 = n12x * dx + n12y * dy + n12z
+    e20 = n20x * dx + n20y * dy + n20z
+    inside = ((e01 >= 0) & (e12 >= 0) & (e20 >= 0)) | ((e01 <= 0) & (e12 <= 0) & (e20 <= 0))
+    z = det / (e01 + e12 + e20)
+    hit = ok & inside & (z > near) & (z < float("inf"))
+    key = (tl.where(hit, z, 1.0).to(tl.int32, bitcast=True).to(tl.int64) << 32) | tri.to(tl.int64)
+    tl.atomic_min(keys_ptr + sy * W + sx, key, mask=hit, sem="relaxed")   # no ordering needed: a min
+
+
+@triton.jit
+def _setup(tri, m, f_ptr, pc_ptr):
+    """Edge normals and det(p0, p1, p2) of triangle(s) `tri`, plus the corners (for the box)."""
+    ia, ib, ic, ax, ay, az, bx, by, bz, cx_, cy_, cz = _load_triangle(tri, m, f_ptr, pc_ptr)
+    n01x, n01y, n01z = _edge(ia, ib, ax, ay, az, bx, by, bz)
+    n12x, n12y, n12z = _edge(ib, ic, bx, by, bz, cx_, cy_, cz)
+    n20x, n20y, n20z = _edge(ic, ia, cx_, cy_, cz, ax, ay, az)
+    det = ax * n12x + ay * n12y + az * n12z
+    return (n01x, n01y, n01z, n12x, n12y, n12z, n20x, n20y, n20z, det,
+            ax, ay, az, bx, by, bz, cx_, cy_, cz)
+
+
+@triton.jit
+def _small_kernel(f_ptr, pc_ptr, keys_ptr, tiles_ptr, F, W, H, near, fx, fy, cx, cy,
+                  BLOCK: tl.constexpr, SMALL: tl.constexpr, TILE_W: tl.constexpr, TILE_H: tl.constexpr):
+    tri = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = tri < F
+    (n01x, n01y, n01z, n12x, n12y, n12z, n20x, n20y, n20z, det,
+     ax, ay, az, bx, by, bz, cx_, cy_, cz) = _setup(tri, m, f_ptr, pc_ptr)
+    front = (az >= near) | (bz >= near) | (cz >= near)
+    x0, x1, y0, y1 = _box(ax, ay, az, bx, by, bz, cx_, cy_, cz, near, fx, fy, cx, cy, W, H)
+    some = m & front & (x1 >= x0) & (y1 >= y0)
+    small = some & (x1 - x0 < SMALL) & (y1 - y0 < SMALL)
+    big = some & ~small
+    ntiles = ((x1 - x0 + TILE_W) // TILE_W) * ((y1 - y0 + TILE_H) // TILE_H)
+    tl.store(tiles_ptr + tri, tl.where(big, ntiles, 0), m)
+    k = tl.arange(0, SMALL * SMALL)
+    sx = x0[:, None] + (k % SMALL)[None, :]
+    sy = y0[:, None] + (k // SMALL)[None, :]
+    ok = small[:, None] & (sx <= x1[:, None]) & (sy <= y1[:, None])
+    _cover(keys_ptr, sx, sy, ok, tri[:, None], n01x[:, None], n01y[:, None], n01z[:, None],
+           n12x[:, None], n12y[:, None], n12z[:, None], n20x[:, None], n20y[:, None], n20z[:, None],
+           det[:, None], near, fx, fy, cx, cy, W)
+
+
+@triton.jit
+def _tile_kernel(work_tri_ptr, work_first_ptr, f_ptr, pc_ptr, keys_ptr, W, H, near, fx, fy, cx, cy,
+                 TILE_W: tl.constexpr, TILE_H: tl.constexpr, TILE_RUN: tl.constexpr):
+    p = tl.program_id(0)
+    tri = tl.load(work_tri_ptr + p)
+    first = tl.load(work_first_ptr + p)
+    (n01x, n01y, n01z, n12x, n12y, n12z, n20x, n20y, n20z, det,
+     ax, ay, az, bx, by, bz, cx_, cy_, cz) = _setup(tri, tri >= 0, f_ptr, pc_ptr)
+    x0, x1, y0, y1 = _box(ax, ay, az, bx, by, bz, cx_, cy_, cz, near, fx, fy, cx, cy, W, H)
+    ntx = (x1 - x0 + TILE_W) // TILE_W
+    ntiles = ntx * ((y1 - y0 + TILE_H) // TILE_H)
+    ox = tl.arange(0, TILE_W)[None, :]
+    oy = tl.arange(0, TILE_H)[:, None]
+    for t in range(first, tl.minimum(first + TILE_RUN, ntiles)):
+        sx = x0 + (t % ntx) * TILE_W + ox
+        sy = y0 + (t // ntx) * TILE_H + oy
+        ok = (sx <= x1) & (sy <= y1)
+        _cover(keys_ptr, sx, sy, ok, tri, n01x, n01y, n01z, n12x, n12y, n12z, n20x, n20y, n20z, det,
+               near, fx, fy, cx, cy, W)
+
+
+def camera_space(v: torch.Tensor, cam: Camera) -> torch.Tensor:
+    """World vertices (V, 3) float64 -> camera-space (V, 3) float32."""
     n = v.shape[0]
-    pos = torch.empty(n, 4, dtype=torch.float32, device=v.device)
-    code = torch.empty(n, dtype=torch.uint8, device=v.device)
-    _clip_kernel[(triton.cdiv(n, BLOCK),)](v, camera_params(cam, v.device), nd, pos, code, n, BLOCK=BLOCK)
-    return pos, code
+    out = torch.empty(n, 3, dtype=torch.float32, device=v.device)
+    _transform_kernel[(triton.cdiv(n, BLOCK_V),)](v, camera_params(cam, v.device), out, n, BLOCK=BLOCK_V)
+    return out
 
 
-@triton.jit
-def _keep_kernel(f_ptr, code_ptr, keep_ptr, F, BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = i < F
-    c = (tl.load(code_ptr + tl.load(f_ptr + 3 * i, m), m) & tl.load(code_ptr + tl.load(f_ptr + 3 * i + 1, m), m)
-         & tl.load(code_ptr + tl.load(f_ptr + 3 * i + 2, m), m))
-    tl.store(keep_ptr + i, (c == 0).to(tl.int8), m)
-
-
-def keep_faces(f: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Indices (int64, ascending) of the triangles of f (F, 3) int32 with no outcode bit shared by
-    all three vertices."""
-    n = f.shape[0]
-    keep = torch.empty(n, dtype=torch.int8, device=f.device)
-    _keep_kernel[(triton.cdiv(n, BLOCK),)](f, code, keep, n, BLOCK=BLOCK)
-    return torch.nonzero(keep).squeeze(1)
-
-
-@triton.jit
-def _intersect(tri, ok, dx, dy, v_ptr, f_ptr, prm_ptr):
-    """Exact ray (dx, dy, 1) / triangle `tri` intersection in camera space (float64): camera z,
-    barycentrics b1, b2 of vertices 1 and 2, and whether the ray hits it (tri >= 0 and `ok`)."""
-    m = ok & (tri >= 0)
-    t = tl.where(m, tri, 0)
-    a = tl.load(f_ptr + 3 * t, m, 0)
-    b = tl.load(f_ptr + 3 * t + 1, m, 0)
-    c = tl.load(f_ptr + 3 * t + 2, m, 0)
-    p0x, p0y, p0z = _to_camera(prm_ptr, tl.load(v_ptr + 3 * a, m, 0.0), tl.load(v_ptr + 3 * a + 1, m, 0.0),
-                               tl.load(v_ptr + 3 * a + 2, m, 0.0))
-    p1x, p1y, p1z = _to_camera(prm_ptr, tl.load(v_ptr + 3 * b, m, 0.0), tl.load(v_ptr + 3 * b + 1, m, 0.0),
-                               tl.load(v_ptr + 3 * b + 2, m, 0.0))
-    p2x, p2y, p2z = _to_camera(prm_ptr, tl.load(v_ptr + 3 * c, m, 0.0), tl.load(v_ptr + 3 * c + 1, m, 0.0),
-                               tl.load(v_ptr + 3 * c + 2, m, 0.0))
-    e1x, e1y, e1z = p1x - p0x, p1y - p0y, p1z - p0z
-    e2x, e2y, e2z = p2x - p0x, p2y - p0y, p2z - p0z
-    # Moller-Trumbore with r = (dx, dy, 1): p = r x e2, q = -p0 x e1.
-    px = dy * e2z - e2y
-    py = e2x - dx * e2z
-    pz = dx * e2y - dy * e2x
-    det = e1x * px + e1y * py + e1z * pz
-    det = tl.where(tl.abs(det) > 1e-30, det, 1e-30)
-    qx = -(p0y * e1z - p0z * e1y)
-    qy = -(p0z * e1x - p0x * e1z)
-    qz = -(p0x * e1y - p0y * e1x)
-    z = (e2x * qx + e2y * qy + e2z * qz) / det
-    b1 = -(p0x * px + p0y * py + p0z * pz) / det
-    b2 = (dx * qx + dy * qy + qz) / det
-    hit = m & (b1 >= -EPS) & (b2 >= -EPS) & (b1 + b2 <= 1 + EPS) & (z > 0)
-    return z, b1, b2, hit
-
-
-@triton.jit
-def _resolve_kernel(ids_ptr, v_ptr, f_ptr, vn_ptr, prm_ptr,
-                    mask_ptr, xyz_ptr, nrm_ptr, depth_ptr, tri_ptr, z_ptr, b1_ptr, b2_ptr,
-                    H, W, SS: tl.constexpr, HITS: tl.constexpr, NORMALS: tl.constexpr,
-                    BLOCK: tl.constexpr):
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = p < H * W
-    sx = p % W
-    sy = p // W
-    dx = (sx.to(tl.float64) + 0.5 - tl.load(prm_ptr + 14)) / tl.load(prm_ptr + 12)
-    dy = (sy.to(tl.float64) + 0.5 - tl.load(prm_ptr + 15)) / tl.load(prm_ptr + 13)
-    best = tl.load(ids_ptr + p, valid, -1)
-    z, b1, b2, hit = _intersect(best, valid, dx, dy, v_ptr, f_ptr, prm_ptr)
-    best = tl.where(hit, best, -1)
-    bz = tl.where(hit, z, float("inf"))
-    bb1 = tl.where(hit, b1, 0.0)
-    bb2 = tl.where(hit, b2, 0.0)
-    need = valid & ~hit
-    for k in tl.static_range(9):
-        if k != 4:
-            nx = sx + (k % 3 - 1)
-            ny = sy + (k // 3 - 1)
-            inside = need & (nx >= 0) & (nx < W) & (ny >= 0) & (ny < H)
-            cand = tl.load(ids_ptr + ny * W + nx, inside, -1)
-            z, b1, b2, hit = _intersect(cand, inside, dx, dy, v_ptr, f_ptr, prm_ptr)
-            take = hit & (z < bz)
-            best = tl.where(take, cand, best)
-            bz = tl.where(take, z, bz)
-            bb1 = tl.where(take, b1, bb1)
-            bb2 = tl.where(take, b2, bb2)
-    if HITS:
-        tl.store(tri_ptr + p, best.to(tl.int64), valid)
-        tl.store(z_ptr + p, bz, valid)
-        tl.store(b1_ptr + p, bb1, valid)
-        tl.store(b2_ptr + p, bb2, valid)
-    else:
-        found = best >= 0
-        m = valid & found
-        t = tl.where(found, best, 0)
-        a = tl.load(f_ptr + 3 * t, m, 0)
-        b = tl.load(f_ptr + 3 * t + 1, m, 0)
-        c = tl.load(f_ptr + 3 * t + 2, m, 0)
-        w0 = 1.0 - bb1 - bb2
-        # Output slot: pixel (sy // SS, sx // SS), sub-sample (sx % SS) + SS * (sy % SS).
-        o = ((sy // SS) * (W // SS) + sx // SS) * (SS * SS) + (sx % SS) + SS * (sy % SS)
-        tl.store(mask_ptr + o, found.to(tl.int8), valid)
-        tl.store(depth_ptr + o, bz.to(tl.float32), valid)
-        for d in tl.static_range(3):
-            x = (w0 * tl.load(v_ptr + 3 * a + d, m, 0.0) + bb1 * tl.load(v_ptr + 3 * b + d, m, 0.0)
-                 + bb2 * tl.load(v_ptr + 3 * c + d, m, 0.0))
-            tl.store(xyz_ptr + 3 * o + d, x.to(tl.float32), valid)
-            if NORMALS:
-                n = (w0 * tl.load(vn_ptr + 3 * a + d, m, 0.0).to(tl.float64)
-                     + bb1 * tl.load(vn_ptr + 3 * b + d, m, 0.0).to(tl.float64)
-                     + bb2 * tl.load(vn_ptr + 3 * c + d, m, 0.0).to(tl.float64))
-                tl.store(nrm_ptr + 3 * o + d, n.to(tl.float32), valid)
-
-
-def resolve(ids: torch.Tensor, v: torch.Tensor, f: torch.Tensor, vn: torch.Tensor, cam: Camera,
-            ss: int = 1, hits: bool = False, normals: bool = True):
-    """ids (H, W) int32: nvdiffrast's triangle per sample of `cam` (-1: none); v (V, 3) float64
-    world vertices, f (F, 3) int32, vn (V, 3) float32 vertex normals.
-
-    hits=False: surface samples grouped per output pixel of a (H/ss, W/ss) image: mask (h, w, S)
-    bool, xyz (h, w, S, 3) float32 world points (0: no hit), normals (h, w, S, 3) float32
-    interpolated vertex normals (None unless `normals`), depth (h, w, S) float32 camera z (inf).
-    hits=True: triangle id (H, W) int64 (-1: none), camera z, b1, b2 (H, W) float64."""
-    H, W = ids.shape
-    dev = ids.device
-    grid = (triton.cdiv(H * W, BLOCK),)
-    prm = camera_params(cam, dev)
-    if hits:
-        tri = torch.empty(H, W, dtype=torch.int64, device=dev)
-        z, b1, b2 = (torch.empty(H, W, dtype=torch.float64, device=dev) for _ in range(3))
-        _resolve_kernel[grid](ids, v, f, vn, prm, None, None, None, None, tri, z, b1, b2, H, W,
-                              SS=1, HITS=True, NORMALS=False, BLOCK=BLOCK)
-        return tri, z, b1, b2
-    assert H % ss == 0 and W % ss == 0
-    h, w, S = H // ss, W // ss, ss * ss
-    mask = torch.empty(h, w, S, dtype=torch.int8, device=dev)
-    xyz = torch.empty(h, w, S, 3, dtype=torch.float32, device=dev)
-    nrm = torch.empty(h, w, S, 3, dtype=torch.float32, device=dev) if normals else None
-    depth = torch.empty(h, w, S, dtype=torch.float32, device=dev)
-    _resolve_kernel[grid](ids, v, f, vn, prm, mask, xyz, nrm, depth, None, None, None, None, H, W,
-                          SS=ss, HITS=False, NORMALS=normals, BLOCK=BLOCK)
-    return mask.view(torch.bool), xyz, nrm, depth
+def triangle_ids(v: torch.Tensor, f: torch.Tensor, cam: Camera, near: float, far: float = float("inf")) -> torch.Tensor:
+    """(H, W) int32: the nearest triangle of f (F, 3) int32 over v (V, 3) float64 at every sample
+    (pixel centre k + 0.5) of `cam`, hit in front of camera depth `near`; -1 where none. (`far`
+    is not needed: nothing is clipped there, and depth keeps its float32 precision at any range.)"""
+    W, H = cam.width, cam.height
+    if W * H >= 2**31:
+        raise ValueError(f"{W} x {H} samples is more than one frame can hold (2^31)")
+    dev = v.device
+    pc = camera_space(v, cam)
+    keys = torch.full((H * W,), EMPTY, dtype=torch.int64, device=dev)
+    F = f.shape[0]
+    tiles = torch.empty(F, dtype=torch.int32, device=dev)
+    shape = dict(near=float(near), fx=cam.fx, fy=cam.fy, cx=cam.cx, cy=cam.cy)
+    if F:
+        _small_kernel[(triton.cdiv(F, BLOCK_T),)](f, pc, keys, tiles, F, W, H, **shape, BLOCK=BLOCK_T,
+                                                  SMALL=SMALL, TILE_W=TILE_W, TILE_H=TILE_H)
+        big = torch.nonzero(tiles).squeeze(1)
+        if len(big):
+            # One work item per run of TILE_RUN tiles of each large triangle.
+            runs = (tiles[big].to(torch.int64) + TILE_RUN - 1) // TILE_RUN
+            work_tri = torch.repeat_interleave(big.to(torch.int32), runs)
+            start = torch.cumsum(runs, 0) - runs
+            k = torch.arange(len(work_tri), device=dev) - torch.repeat_interleave(start, runs)
+            work_first = (k * TILE_RUN).to(torch.int32)
+            _tile_kernel[(len(work_tri),)](work_tri, work_first, f, pc, keys, W, H, **shape,
+                                           TILE_W=TILE_W, TILE_H=TILE_H, TILE_RUN=TILE_RUN)
+    ids = torch.where(keys == EMPTY, -1, keys & 0xFFFFFFFF).to(torch.int32)
+    return ids.view(H, W)

@@ -1,13 +1,14 @@
-"""The CUDA rasterizer path on CPU tensors: raster_triton's kernels under Triton's interpreter,
-nvdiffrast replaced by an exact stand-in. Collected only through
-test_raster.py::test_cuda_path_in_triton_interpreter, which sets TRITON_INTERPRET=1."""
+"""The nvdiffrast rasterizer's path on CPU tensors: its Triton kernels (cull, tiles) and the exact
+resolve under Triton's interpreter, nvdiffrast replaced by an exact stand-in. Collected only through
+test_raster.py::test_gpu_paths_in_triton_interpreter, which sets TRITON_INTERPRET=1."""
 import numpy as np
 import torch
 
-import backend.raster as R
+import backend.raster_nvdiffrast as R
 from backend.cameras import Camera
 from backend.meshio import Mesh
 from backend.raster import Rasterizer
+from backend.raster_nvdiffrast import NvdiffrastIds
 from backend.raster_cpu import rasterize
 from helpers import grid_plane, odd_camera, uv_sphere
 
@@ -48,9 +49,10 @@ class FakeNvdiffrast:
 
 
 def stand_in(mesh: Mesh, fake: FakeNvdiffrast) -> Rasterizer:
-    rast = Rasterizer(mesh, torch.device("cpu"))
-    rast.dr, rast.ctx = fake, None
-    return rast.to(torch.device("cpu"))
+    """A GPU rasterizer on CPU tensors whose candidates come from nvdiffrast's path with `fake`."""
+    rast = Rasterizer(mesh, torch.device("cpu"), "triton")
+    rast.triangle_ids = NvdiffrastIds(torch.device("cpu"), dr=fake)
+    return rast
 
 
 def exact(mesh: Mesh, cam: Camera, ss: int):

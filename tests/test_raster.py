@@ -1,3 +1,4 @@
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -73,14 +74,19 @@ def test_near_plane_crossing_triangles_are_exact():
     assert np.abs(uv - np.stack([ii + 0.5, jj + 0.5], 1)).max() < 1e-3
 
 
+GPU_KINDS = ["triton", pytest.param("nvdiffrast", marks=pytest.mark.skipif(
+    importlib.util.find_spec("nvdiffrast") is None, reason="nvdiffrast is optional (not installed)"))]
+
+
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("kind", GPU_KINDS)
 @pytest.mark.parametrize("ss", [1, 2])
-def test_cuda_matches_cpu(ss):
+def test_cuda_matches_cpu(ss, kind):
     mesh = uv_sphere(40)
     cam = odd_camera(320, 240, eye=(0.3, -3.2, 0.9))
     cpu = Rasterizer(mesh, torch.device("cpu")).surface(cam, ss)
-    cu = Rasterizer(mesh, torch.device("cuda")).surface(cam, ss)
+    cu = Rasterizer(mesh, torch.device("cuda"), kind).surface(cam, ss)
     agree = (cpu.mask == cu.mask.cpu()).float().mean().item()
     assert agree > 0.999                                   # ties on silhouettes/shared edges only
     both = cpu.mask & cu.mask.cpu()
@@ -96,13 +102,14 @@ def test_cuda_matches_cpu(ss):
 
 @gpu
 @pytest.mark.gpu
-def test_cuda_close_up_has_no_pinholes():
-    """A camera close to a coarse plane: huge triangles cross the image borders and get clipped
-    by the GPU rasterizer; every sample must still be covered, as on the exact CPU path."""
+@pytest.mark.parametrize("kind", GPU_KINDS)
+def test_cuda_close_up_has_no_pinholes(kind):
+    """A camera close to a coarse plane: huge triangles cross the image borders and the camera
+    plane; every sample must still be covered, as on the exact CPU path."""
     mesh = grid_plane(3, half=5.0)
     cam = odd_camera(400, 300, eye=(0.0, -1.0, 0.3), target=(0.0, 1.0, 0.0))
     cpu = Rasterizer(mesh, torch.device("cpu")).surface(cam, 1)
-    cu = Rasterizer(mesh, torch.device("cuda")).surface(cam, 1)
+    cu = Rasterizer(mesh, torch.device("cuda"), kind).surface(cam, 1)
     assert int((cpu.mask & ~cu.mask.cpu()).sum()) == 0
     both = cpu.mask & cu.mask.cpu()
     assert (cpu.xyz[both] - cu.xyz.cpu()[both]).norm(dim=-1).max().item() < 1e-4
@@ -110,11 +117,12 @@ def test_cuda_close_up_has_no_pinholes():
 
 @gpu
 @pytest.mark.gpu
-def test_cuda_tiles_match_untiled(monkeypatch):
-    import backend.raster as R
+@pytest.mark.skipif(importlib.util.find_spec("nvdiffrast") is None, reason="nvdiffrast is optional (not installed)")
+def test_nvdiffrast_tiles_match_untiled(monkeypatch):
+    import backend.raster_nvdiffrast as R
     mesh = uv_sphere(30)
     cam = odd_camera(300, 200, eye=(0.3, -3.2, 0.9))
-    rast = Rasterizer(mesh, torch.device("cuda"))
+    rast = Rasterizer(mesh, torch.device("cuda"), "nvdiffrast")
     full = rast.surface(cam, 1)
     monkeypatch.setattr(R, "MAX_TILE", 128)
     tiled = rast.surface(cam, 1)
@@ -123,10 +131,11 @@ def test_cuda_tiles_match_untiled(monkeypatch):
 
 
 @needs_triton
-def test_cuda_path_in_triton_interpreter():
-    """The CUDA path's kernels (cull, exact resolve, pinhole fill, tiling, sub-sample grouping)
-    on CPU tensors through Triton's interpreter, nvdiffrast replaced by an exact stand-in:
-    tests/standin_raster.py, run in a child with TRITON_INTERPRET=1 (set before triton loads)."""
-    r = run_triton_interpreted(["-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                str(REPO / "tests" / "standin_raster.py")])
+@pytest.mark.parametrize("module", ["interpreted_triton_raster.py", "standin_raster.py"])
+def test_gpu_paths_in_triton_interpreter(module):
+    """The GPU rasterizers' kernels on CPU tensors through Triton's interpreter, in a child with
+    TRITON_INTERPRET=1 (set before triton loads): the Triton rasterizer against the exact CPU one
+    (tests/interpreted_triton_raster.py), and nvdiffrast's path (cull, exact resolve, pinhole fill,
+    tiling, sub-sample grouping) with nvdiffrast replaced by an exact stand-in (standin_raster.py)."""
+    r = run_triton_interpreted(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / module)])
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
