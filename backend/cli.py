@@ -60,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xscale-nvs", description="XScale-NVS backend")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("doctor", help="report torch, CUDA, nvdiffrast, tinycudann, disk")
+    p = sub.add_parser("doctor", help="report torch, CUDA, the rasterizer, disk; ready = the default "
+                                      "components ran here")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--recheck", action="store_true", help="run the component checks again (a pass is "
+                   "remembered per Python, torch, Triton, GPU and backend version)")
     p.add_argument("--path", default=".", help="folder whose free disk space to report (the run folder)")
 
     p = sub.add_parser("cache", help="rasterize the mesh into the photos, write the ray cache")
@@ -134,7 +137,7 @@ def run_command(a: argparse.Namespace) -> int:
         check_backend(grid_backend)
     if a.command == "doctor":
         from .doctor import main
-        return main(a.json, a.path)
+        return main(a.json, a.path, a.recheck)
     if a.command == "cache":
         from .cache import build_cache
         build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
@@ -249,6 +252,11 @@ def _run_reporting_errors(a: argparse.Namespace, multi: bool, quiet_stderr: bool
         events.emit("error", message="interrupted")
         return 130
     except Exception as e:  # unexpected: keep the traceback for bug reports, still emit an event
+        from .readiness import explain
+        if (why := explain(e)) is not None:       # a missing build tool is the user's to fix: no traceback
+            events.emit("error", message=why)
+            to_stderr(f"error: {why}\n")
+            return 2
         events.write_safely(traceback.format_exc(), sys.stderr)
         events.emit("error", message=f"internal error: {type(e).__name__}: {e}")
         return 1

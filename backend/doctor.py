@@ -1,4 +1,7 @@
-"""Environment report: what the backend can use on this machine."""
+"""Environment report: what the backend can use on this machine, and whether it is ready.
+
+"ready" means every default component really ran here (backend.readiness: a tiny rasterization
+and a hash-grid step on the device the commands would use); what failed says how to fix it."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-def report(path: str = ".") -> dict:
+def report(path: str = ".", recheck: bool = False) -> dict:
     r: dict = {"python": sys.version.split()[0], "executable": sys.executable,
                "platform": platform.platform()}
     try:
@@ -26,7 +29,7 @@ def report(path: str = ".") -> dict:
         r["cuda_available"] = False
     r["triton"] = _version("triton")
     r["opencv"] = _version("cv2") or "not installed (prepare cannot undistort photos)"
-    r["nvdiffrast"] = _version("nvdiffrast")
+    r["nvdiffrast"] = _version("nvdiffrast") or "not installed (optional)"
     if importlib.util.find_spec("tinycudann") is None:
         r["tinycudann"] = "not installed (optional)"
     elif not r.get("cuda_available"):
@@ -41,13 +44,31 @@ def report(path: str = ".") -> dict:
         where = where.parent
     du = shutil.disk_usage(where)
     r["disk_free_gb"] = round(du.free / 1e9, 1)
-    r["ready"] = bool(r["torch"])
-    r["rasterizer"] = "nvdiffrast (CUDA)" if r.get("cuda_available") and r["nvdiffrast"] else "software (CPU)"
+    if not r["torch"]:
+        r["ready"] = False
+        r["fix"] = "install torch in this Python (README: Quick start)"
+        return r
+    import torch
+    from .errors import DeviceError
+    from .raster import RASTERIZERS, choose
+    from .readiness import checks
+    dev = torch.device("cuda" if r["cuda_available"] else "cpu")
+    try:
+        r["rasterizer"] = RASTERIZERS[choose("auto", dev).name].label
+    except DeviceError as e:
+        r["rasterizer"] = f"not usable: {e}"
+    found = checks(dev, use_cache=not recheck)
+    for c in found:
+        r[f"check {c.name}"] = c.line()
+    r["ready"] = all(c.ok for c in found)
     return r
 
 
 def _version(mod: str) -> str | None:
-    if importlib.util.find_spec(mod) is None:
+    try:
+        if importlib.util.find_spec(mod) is None:
+            return None
+    except (ImportError, ValueError):       # a module that refuses to be looked up counts as absent
         return None
     try:
         m = importlib.import_module(mod)
@@ -56,8 +77,8 @@ def _version(mod: str) -> str | None:
         return f"broken ({type(e).__name__}: {e})"
 
 
-def main(as_json: bool, path: str = ".") -> int:
-    r = report(path)
+def main(as_json: bool, path: str = ".", recheck: bool = False) -> int:
+    r = report(path, recheck)
     if as_json:
         print(json.dumps(r))
     else:

@@ -1,0 +1,204 @@
+"""Is this machine ready: every default component run once on a tiny problem, and what to say when
+a build tool is missing.
+
+`checks(device)` runs the default rasterizer against the exact CPU one and a hash-grid forward and
+backward of the default encoder against its plain PyTorch twin, on the device the commands would
+use. `doctor` says "ready" only when they pass. On CUDA the first run compiles the Triton kernels
+(seconds); a pass is remembered in the user's cache folder for this combination of Python, torch,
+Triton, GPU and backend sources, so later runs take no time.
+
+`explain(exc)` turns a failure that lacks a build tool into one line naming the tool and the command
+that installs it (instead of an internal error): Triton builds a small launcher with the system C
+compiler and Python's headers the first time it runs on a machine; nvdiffrast (optional) builds
+itself with ninja and the CUDA toolkit.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_ENV = "XSCALE_CACHE_DIR"
+_SOURCES = ("raster.py", "raster_triton.py", "raster_resolve.py", "encoding")   # what a pass vouches for
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    message: str
+
+    def line(self) -> str:
+        return ("passed" if self.ok else "FAILED") + (f": {self.message}" if self.message else "")
+
+
+def cache_dir() -> Path:
+    """The user's cache folder for the backend ($XSCALE_CACHE_DIR overrides)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "xscale-nvs"
+
+
+def fingerprint(device) -> str:
+    """What a passed check depends on: versions, the GPU, and the backend's kernel sources."""
+    import torch
+    h = hashlib.sha256()
+    parts = [sys.version, torch.__version__, str(torch.version.cuda), device.type]
+    try:
+        import triton
+        parts.append(triton.__version__)
+    except ImportError:
+        parts.append("no triton")
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        parts += [p.name, f"{p.major}.{p.minor}"]
+    h.update("|".join(parts).encode())
+    here = Path(__file__).parent
+    for name in _SOURCES:
+        for f in sorted((here / name).rglob("*.py")) if (here / name).is_dir() else [here / name]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _tiny_scene():
+    """A small sphere and an off-centre camera (numpy; no test helpers in the runtime)."""
+    from .cameras import Camera, look_at
+    from .meshio import Mesh
+    n = 12
+    th, ph = np.meshgrid(np.linspace(0, np.pi, n), np.linspace(0, 2 * np.pi, 2 * n), indexing="ij")
+    V = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], -1).reshape(-1, 3)
+    idx = np.arange(n * 2 * n).reshape(n, 2 * n)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    F = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([b, d, c], -1).reshape(-1, 3)])
+    K = np.array([[40.0, 0, 25.3], [0, 38.0, 17.1], [0, 0, 1]])
+    return Mesh(V.astype(np.float32), F.astype(np.int32)), Camera(48, 32, K, look_at((0.3, -3.0, 0.8), (0, 0, 0)))
+
+
+def check_rasterizer(device) -> Check:
+    import torch
+    from .raster import Rasterizer
+    mesh, cam = _tiny_scene()
+    rast = Rasterizer(mesh, device)
+    got = rast.surface(cam, 2)
+    ref = Rasterizer(mesh, torch.device("cpu"), "cpu").surface(cam, 2)
+    differ = (got.mask.cpu() != ref.mask).float().mean().item()
+    both = got.mask.cpu() & ref.mask
+    err = (got.xyz.cpu()[both] - ref.xyz[both]).abs().max().item() if both.any() else 0.0
+    ok = differ <= 1e-3 and err < 1e-4 and ref.mask.any().item()
+    return Check("rasterizer", ok, f"{rast.kind.name}" + ("" if ok else f": {differ:.2%} of samples differ from "
+                                                          f"the exact rasterizer, points up to {err:.2g} apart"))
+
+
+def check_hash_grid(device) -> Check:
+    import torch
+    from .config import preset
+    from .model import Manifold
+    cfg = preset("small", device.type).model
+    gen = torch.Generator().manual_seed(0)
+    xyz = (torch.rand(256, 4, 3, generator=gen) * 2 - 1).to(device)
+    mask = torch.rand(256, 4, generator=gen).to(device) > 0.2
+
+    def run(backend: str):
+        torch.manual_seed(0)
+        m = Manifold(cfg, [-1.0] * 3, [1.0] * 3, n_views=1, grid_backend=backend).to(device)
+        with torch.no_grad():
+            m.grid.table.normal_(0, 0.1, generator=torch.Generator(device).manual_seed(1))
+        feat = m.features(xyz, mask)
+        (feat * torch.linspace(-1, 1, feat.shape[1], device=device)).sum().backward()
+        name = backend if backend != "auto" else ("triton" if m.grid._kernels(xyz) is not None else "torch")
+        return name, feat.detach(), m.grid.table.grad
+
+    name, feat, grad = run("auto")
+    if not (torch.isfinite(feat).all() and torch.isfinite(grad).all()):
+        return Check("hash grid", False, f"{name}: non-finite features or gradients")
+    if name == "torch":
+        return Check("hash grid", True, name)
+    _, ref_feat, ref_grad = run("torch")
+    fe = (feat - ref_feat).abs().max().item()
+    ge = (grad - ref_grad).abs().max().item()
+    ok = fe < 1e-4 and ge < 1e-4
+    return Check("hash grid", ok, name + ("" if ok else f": differs from the PyTorch twin (features {fe:.2g}, "
+                                                         f"gradients {ge:.2g})"))
+
+
+def checks(device, use_cache: bool = True) -> list[Check]:
+    """Run (or recall) the checks on `device` (torch.device)."""
+    path = cache_dir() / "ready.json"
+    key = fingerprint(device)
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if use_cache and isinstance(known.get(key), list):
+        return [Check(c["name"], True, c["message"] + " (checked before)") for c in known[key]]
+    out = []
+    for fn in (check_rasterizer, check_hash_grid):
+        try:
+            out.append(fn(device))
+        except Exception as e:      # what the check is for: report it, with the fix when known
+            out.append(Check(fn.__name__.removeprefix("check_").replace("_", " "), False,
+                             explain(e) or f"{type(e).__name__}: {e}"))
+    if all(c.ok for c in out):
+        known[key] = [{"name": c.name, "message": c.message} for c in out]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass                    # a read-only home: the checks run again next time
+    return out
+
+
+# --- missing build tools ----------------------------------------------------------------------
+def _install_c_compiler() -> str:
+    if sys.platform == "win32":
+        return ("pip install -U triton-windows (it brings its own C compiler), and use a Python from "
+                "python.org (it has the headers Triton needs)")
+    if sys.platform == "darwin":
+        return "xcode-select --install"
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        info = platform.freedesktop_os_release()
+        distro = f"{info.get('ID', '')} {info.get('ID_LIKE', '')}"
+    except OSError:
+        distro = ""
+    if any(d in distro for d in ("fedora", "rhel", "centos")):
+        return f"sudo dnf install gcc python{ver}-devel"
+    if "arch" in distro:
+        return "sudo pacman -S gcc"
+    return f"sudo apt install gcc python{ver}-dev"
+
+
+def explain(exc: BaseException) -> str | None:
+    """One line for a failure caused by a missing build tool (this exception or its causes)."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if "Failed to find C compiler" in text or "Python.h" in text:
+            what = "Python's headers" if "Python.h" in text else "a C compiler"
+            return (f"the GPU kernels (Triton) need {what} the first time they run on this machine, "
+                    f"to build their launcher: {_install_c_compiler()}; then run the command again.")
+        if "Ninja is required" in text or ("ninja" in text.lower() and "not found" in text.lower()):
+            return ("nvdiffrast (optional) builds itself with ninja and the CUDA toolkit, which this machine "
+                    "lacks: use the default rasterizer (unset XSCALE_RASTERIZER), or pip install ninja and "
+                    "install the CUDA toolkit.")
+        if "CUDA_HOME" in text or ("nvcc" in text and ("not found" in text or "No such file" in text)):
+            return ("nvdiffrast (optional) needs the CUDA toolkit (nvcc) to build itself: use the default "
+                    "rasterizer (unset XSCALE_RASTERIZER), or install the CUDA toolkit and set CUDA_HOME.")
+        e = e.__cause__ or e.__context__
+    return None
