@@ -59,7 +59,9 @@ def test_registry_loads_without_numpy():
     """The command line builds its parser, and the add-on its menu, from the registry alone."""
     code = ("import sys; sys.modules['numpy'] = None\n"
             "from backend.prepare import SOURCES\n"
-            "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet']\n")
+            "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet']\n"
+            "from backend.cli import build_parser\n"
+            "assert 'prepare' in build_parser().format_help()\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -90,3 +92,26 @@ def test_a_new_source_is_one_module_and_one_entry(toy_source, tmp_path):
     (src / "toy.json").unlink()
     with pytest.raises(InputError, match=r"an MVSNet scene \(cams/\), or a toy.json; pass --from KIND"):
         detect_source(src)
+
+
+def _prepare_parser():
+    import argparse
+    from backend.prepare_cli import add_prepare_parser
+    return add_prepare_parser(argparse.ArgumentParser().add_subparsers())
+
+
+def test_cli_follows_the_registry(toy_source, tmp_path, monkeypatch):
+    p = _prepare_parser()
+    args = p.parse_args([str(tmp_path), "--from", "toy", "--frames", "3", "--images", "photos"])
+    assert (args.source, args.frames, args.images) == ("toy", 3, "photos")
+    toy_group = next(g for g in p._action_groups if g.title == "Toy")
+    assert [a.option_strings for a in toy_group._group_actions] == [["--frames"]]   # --images is shared
+    assert "Toy" in p.format_help() and "toy cameras with photos and a mesh" in p.format_help()
+
+    seen = {}
+    summary = {"views": 0, "images_dir": "i", "cams_dir": "c", "mesh": "m", "level": 1, "notes": []}
+    monkeypatch.setattr(sources, "convert", lambda src, dst, **kw: seen.update(kw) or summary)
+    args = p.parse_args([str(tmp_path), "--from", "toy", "--frames", "3", "--no-check", "--json"])
+    assert args.func(args) == 0
+    assert seen["source"] == "toy" and seen["frames"] == 3 and seen["downsample"] == 1
+    assert seen["xml"] is None and seen["level"] is None        # every source's flags are passed on
