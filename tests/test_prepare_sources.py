@@ -2,18 +2,15 @@
 messages, and that a new source is one module plus one entry."""
 from __future__ import annotations
 
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
+from helpers import python_without
 
 from backend.errors import InputError
 from backend.prepare import sources
 from backend.prepare.sources import Flag, SourceFormat, convert, detect_source
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_detection_order_and_kinds(tmp_path):
@@ -57,12 +54,11 @@ def test_option_check_messages(tmp_path):
 
 def test_registry_loads_without_numpy():
     """The command line builds its parser, and the add-on its menu, from the registry alone."""
-    code = ("import sys; sys.modules['numpy'] = None\n"
-            "from backend.prepare import SOURCES\n"
+    code = ("from backend.prepare import SOURCES\n"
             "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet']\n"
             "from backend.cli import build_parser\n"
             "assert 'prepare' in build_parser().format_help()\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    r = python_without(("numpy",), code)
     assert r.returncode == 0, r.stderr
 
 
