@@ -83,9 +83,8 @@ SOURCES = (
 SCENE_FORMAT = "mvsnet"   # the scene folder's own layout: Blender imports it as it is
 CONVERTED = tuple(s for s in SOURCES if s.name != SCENE_FORMAT)    # what Blender converts first
 
-# Options every converter takes; False of the last two is a choice, not "not given".
-COMMON_OPTIONS = frozenset({"downsample", "copy_images", "mesh", "undistort"})
-_KEEP_FALSE = frozenset({"copy_images", "undistort"})
+COMMON_OPTIONS = frozenset({"downsample", "copy_images", "mesh", "undistort"})   # every converter takes them
+_KEEP_FALSE = frozenset({"copy_images", "undistort"})   # their False is a choice, not "not given"
 
 
 def all_flags() -> tuple[Flag, ...]:
