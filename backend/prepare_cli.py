@@ -1,6 +1,6 @@
 """`prepare` and `check` subcommands (argparse wiring only; the work is in backend.prepare).
 
-    python -m backend prepare SRC [--out DST] [--downsample N] [--from auto|colmap|metashape|mvsnet] ...
+    python -m backend prepare SRC [--out DST] [--downsample N] [--from auto|SOURCE] ...
     python -m backend check SCENE [--level N] [--mesh M] [--json]
 
 Both print progress events, then a `done` event; `check` also prints the text report (or the
@@ -15,42 +15,44 @@ from pathlib import Path
 
 from . import events
 from .errors import InputError
+from .prepare import sources
+
+
+def _add_flag(parser, f: sources.Flag) -> None:
+    if f.kind is bool:
+        parser.add_argument(f.flag, dest=f.name, action="store_true", help=f.help)
+    else:
+        parser.add_argument(f.flag, dest=f.name, type=f.kind, choices=f.choices or None, help=f.help)
 
 
 def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
+    """The `prepare` command; the sources, their flags and texts come from prepare/sources.py."""
+    kinds = sources.SOURCES
     p = subparsers.add_parser(
-        "prepare", help="convert a COLMAP / Metashape / MVSNet source into an MVSNet scene folder",
-        description="Convert a COLMAP workspace, a Metashape export (cams.xml, photos, mesh) or an MVSNet "
-                    "scene into OUT/images_N, OUT/cams_N (and OUT/masks_N) and OUT/mesh.*, then print the "
-                    "check report. Photos of cameras with lens distortion (COLMAP SIMPLE_RADIAL, RADIAL, "
-                    "OPENCV, FULL_OPENCV; Metashape frame) are undistorted to pinhole photos; pixels outside "
-                    "the source photo are marked invalid in OUT/masks_N. Fisheye models are refused.")
-    p.add_argument("src", help="COLMAP folder, Metashape folder or cams.xml, or MVSNet scene")
+        "prepare", help=f"convert a {' / '.join(s.label for s in kinds)} source into an MVSNet scene folder",
+        description=f"Convert a {sources.either([s.folder for s in kinds])} into OUT/images_N, OUT/cams_N (and "
+                    "OUT/masks_N) and OUT/mesh.*, then print the check report. Photos of cameras with lens "
+                    "distortion (COLMAP SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV; Metashape frame) are "
+                    "undistorted to pinhole photos; pixels outside the source photo are marked invalid in "
+                    "OUT/masks_N. Fisheye models are refused.")
+    p.add_argument("src", help=sources.inputs())
     p.add_argument("--out", help="scene folder to write (default: SRC's folder)")
-    p.add_argument("--from", dest="source", default="auto", choices=["auto", "colmap", "metashape", "mvsnet"],
+    p.add_argument("--from", dest="source", default="auto", choices=["auto", *(s.name for s in kinds)],
                    help="source kind (default: detect)")
     p.add_argument("--downsample", type=int, default=1, metavar="N",
                    help="shrink photos N times (area filter, after undistorting), scaling the intrinsics "
                         "exactly; writes images_N/ and cams_N/")
     p.add_argument("--mesh", help="mesh file (.ply/.obj) if SRC holds none or several")
-    p.add_argument("--images", help="folder of the photos (default: SRC/images)")
+    shared = [f for f in sources.all_flags() if sum(f in s.flags for s in kinds) > 1]
+    for f in shared:
+        _add_flag(p, f)
     p.add_argument("--link-images", action="store_true",
                    help="hard-link photos instead of copying them when not resized (same drive)")
-    g = p.add_argument_group("COLMAP")
-    g.add_argument("--model", help="sparse model folder (default: SRC/sparse, SRC/sparse/0, ...)")
-    g = p.add_argument_group("Metashape")
-    g.add_argument("--xml", help="cameras XML (default: SRC/cams.xml)")
-    g.add_argument("--mesh-frame", choices=["world", "chunk"],
-                   help="frame of the mesh file: world (Metashape model export, default) or the chunk's "
-                        "internal frame")
-    g.add_argument("--scene-frame", choices=["world", "chunk"],
-                   help="frame to write the scene in (default world; chunk keeps coordinates small for "
-                        "geocentric projects)")
-    g.add_argument("--images-undistorted", dest="undistorted", action="store_true",
-                   help="the photos were undistorted by Metashape with the XML's calibration: ignore its "
-                        "distortion terms")
-    g = p.add_argument_group("MVSNet")
-    g.add_argument("--level", type=int, help="source level to read (images_LEVEL/, cams_LEVEL/)")
+    for s in kinds:                 # a group per source with the flags only it takes
+        g = p.add_argument_group(s.label, s.description)
+        for f in s.flags:
+            if f not in shared:
+                _add_flag(g, f)
     g = p.add_argument_group("report")
     g.add_argument("--no-check", action="store_true", help="skip the check report")
     g.add_argument("--max-side", type=int, default=256, help="coverage raster size (long side, px)")
@@ -104,13 +106,11 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from .prepare import convert
     src = Path(args.src)
     dst = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
-    summary = convert(src, dst, source=args.source, downsample=args.downsample,
-                      copy_images=not args.link_images, mesh=args.mesh, images=args.images, model=args.model,
-                      xml=args.xml, mesh_frame=args.mesh_frame, scene_frame=args.scene_frame,
-                      undistorted=args.undistorted, level=args.level)
+    summary = sources.convert(src, dst, source=args.source, downsample=args.downsample,
+                              copy_images=not args.link_images, mesh=args.mesh,
+                              **{f.name: getattr(args, f.name) for f in sources.all_flags()})
     report = None
     if args.json:
         events.text(json.dumps(summary, indent=2))

@@ -1,6 +1,8 @@
 """Small geometry and scene builders for the backend tests."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,10 @@ def striped_plane_scene(root: Path) -> Path:
     """Six 48x32 photos of a striped plane around the origin (off-centre, anisotropic K)."""
     cams = [odd_camera(48, 32, eye=(2.5 * np.cos(a), 2.5 * np.sin(a), 1.6)) for a in np.linspace(0, 5, 6)]
     return write_scene(root, grid_plane(10), cams, stripes)
+
+
+def python_without(modules: tuple[str, ...], code: str) -> subprocess.CompletedProcess:
+    """`code` run by a fresh interpreter at the repository root in which `modules` do not import."""
+    block = "".join(f"sys.modules[{m!r}] = None; " for m in modules)
+    return subprocess.run([sys.executable, "-c", f"import sys; {block}\n{code}"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)

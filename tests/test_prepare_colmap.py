@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,8 @@ from backend.meshio import Mesh, write_ply
 from backend.prepare import convert, convert_colmap
 from backend.prepare.colmap import qvec_to_rotmat, read_model
 from backend.scene import load_scene
+from helpers import python_without
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Two cameras and two images whose K and world_to_camera are exact in binary floating point.
 CAMERAS_TXT = """# Camera list with one line of data per camera:
@@ -226,8 +224,7 @@ def test_in_place_rerun_and_auto_detection(tmp_path):
 def test_import_needs_neither_torch_nor_pillow(tmp_path):
     """The Blender side converts with the same code: numpy + stdlib only when not resizing."""
     ws = workspace(tmp_path / "ws")
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['PIL'] = None\n"
-            "from backend.prepare import convert_colmap\n"
+    code = ("from backend.prepare import convert_colmap\n"
             f"s = convert_colmap({str(ws)!r}, {str(tmp_path / 'out')!r}, downsample=1, copy_images=True)\n"
             "assert s['views'] == 2\n"
             "try:\n"
@@ -236,7 +233,7 @@ def test_import_needs_neither_torch_nor_pillow(tmp_path):
             "    assert type(e).__name__ == 'InputError' and 'backend environment' in str(e), e\n"
             "else:\n"
             "    raise SystemExit('resizing without Pillow should fail')\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    r = python_without(("torch", "PIL"), code)
     assert r.returncode == 0, r.stderr
 
 

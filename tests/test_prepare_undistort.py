@@ -29,7 +29,7 @@ from backend.prepare import NeedsBackend, check_scene, convert, convert_colmap, 
     convert_mvsnet, format_report
 from backend.prepare.lens import colmap_lens, metashape_lens, pinhole_canvas
 from backend.scene import load_scene
-from helpers import grid_plane
+from helpers import grid_plane, python_without
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 160, 120
@@ -606,15 +606,14 @@ def test_without_opencv_the_conversion_asks_for_the_backend(tmp_path):
     with pytest.raises(NeedsBackend, match="backend environment"):
         convert(src, tmp_path / "out", undistort=False)
     assert not (tmp_path / "out").exists()
-    code = ("import sys; sys.modules['cv2'] = None; sys.modules['torch'] = None\n"
-            "from backend.prepare import convert, NeedsBackend\n"
+    code = ("from backend.prepare import convert, NeedsBackend\n"
             "try:\n"
             f"    convert({str(src)!r}, {str(tmp_path / 'out2')!r})\n"
             "except NeedsBackend as e:\n"
             "    assert 'OpenCV' in str(e), e\n"
             "else:\n"
             "    raise SystemExit('undistorting without OpenCV should fail')\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    r = python_without(("cv2", "torch"), code)
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "out2").exists()
 

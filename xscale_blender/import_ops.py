@@ -1,5 +1,5 @@
-"""Import operators (File > Import): an MVSNet scene folder, or a COLMAP / Metashape project
-converted to one first, then the scene check.
+"""Import operators (File > Import): an MVSNet scene folder, or a source of another format
+(COLMAP, Metashape, ...: backend/prepare/sources.py) converted to one first, then the scene check.
 
 Conversion and the check are the backend's numpy-only `prepare` code, run in Blender's own
 Python; photos that need undistorting (OpenCV) or resizing (Pillow) are converted by a backend
@@ -20,6 +20,10 @@ from .properties import abspath, option_property
 
 P_REPORT = "xscale_report"       # check report text, stored on the imported collection
 CHECK_MAX_SIDE = 128
+# The sources File > Import converts first (backend/prepare/sources.py; MVSNet scenes import as they are).
+CONVERTED = prepare.sources.CONVERTED
+CONVERTED_LABELS = " / ".join(s.label for s in CONVERTED)
+CONVERTED_FOLDERS = prepare.sources.either([s.folder for s in CONVERTED])
 
 
 def check_imported_scene(coll: "bpy.types.Collection", scene_dir: str,
@@ -159,23 +163,21 @@ def _convert_in_backend(op, src: str, dst: str) -> set[str]:
 
 
 class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
-    """Convert a COLMAP workspace or a Metashape export into an MVSNet scene folder, then import it"""
+    """Convert a source of another format (CONVERTED) into an MVSNet scene folder, then import it"""
     bl_idname = "import_scene.xscale_convert"
-    bl_label = "Import COLMAP / Metashape"
+    bl_label = f"Import {CONVERTED_LABELS}"
+    bl_description = f"Convert a {CONVERTED_FOLDERS} into an MVSNet scene folder, then import it"
     bl_options = {"REGISTER", "UNDO"}
 
     directory: StringProperty(name="Source Folder", subtype="DIR_PATH",
-                              description="COLMAP workspace or Metashape export (photos with lens distortion "
-                                          "are undistorted by the backend)")
+                              description=f"{CONVERTED_FOLDERS} (photos with lens distortion are undistorted "
+                                          "by the backend)")
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     output_dir: StringProperty(name="Output Scene Folder", subtype="DIR_PATH",
                                description="Where to write the MVSNet scene (empty: SOURCE_mvsnet next to "
                                            "the source folder)")
     source: EnumProperty(name="Source Type", default="auto", items=[
-        ("auto", "Auto", "Detect the source type"),
-        ("colmap", "COLMAP", "COLMAP sparse model (text or binary) with its photos and a mesh"),
-        ("metashape", "Metashape", "Metashape cameras XML with its photos and a mesh"),
-    ])
+        ("auto", "Auto", "Detect the source type"), *((s.name, s.label, s.description) for s in CONVERTED)])
     downsample: IntProperty(name="Downsample", default=1, min=1, max=16,
                             description="Shrink the photos this many times (above 1 the conversion runs in the "
                                         "backend environment)")
@@ -186,7 +188,7 @@ class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
 
     def execute(self, context):
         if not self.directory:
-            self.report({"ERROR"}, "Choose a COLMAP or Metashape folder")
+            self.report({"ERROR"}, f"Choose a {prepare.sources.either([s.label for s in CONVERTED])} folder")
             return {"CANCELLED"}
         src = abspath(self.directory)
         dst = abspath(self.output_dir) if self.output_dir else default_convert_output(src)
@@ -213,7 +215,7 @@ class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
 
 def menu_import(self, context):
     self.layout.operator(IMPORT_SCENE_OT_xscale_mvsnet.bl_idname, text="XScale-NVS scene (MVSNet)")
-    self.layout.operator(IMPORT_SCENE_OT_xscale_convert.bl_idname, text="XScale-NVS from COLMAP / Metashape")
+    self.layout.operator(IMPORT_SCENE_OT_xscale_convert.bl_idname, text=f"XScale-NVS from {CONVERTED_LABELS}")
 
 
 CLASSES = (IMPORT_SCENE_OT_xscale_mvsnet, IMPORT_SCENE_OT_xscale_convert)

@@ -3,23 +3,32 @@
 Numpy + standard library only (no torch, no bpy): the Blender import operator calls these
 functions in Blender's own Python. Pillow is needed only to resize or re-encode photos, OpenCV only
 to undistort them; both are imported inside the functions that do so (undistort=False raises
-NeedsBackend instead, so Blender hands such sources to the backend environment).
+NeedsBackend instead, so Blender hands such sources to the backend environment). The package
+itself loads only `sources` (standard library); the rest loads on first use.
 
 Public API:
+    SOURCES                            the input sources (sources.py says how to add one)
     convert_colmap(src, dst, ...)      COLMAP sparse model + photos (undistorted here if needed) + mesh
     convert_metashape(src, dst, ...)   Metashape cams.xml + photos (undistorted here if needed) + mesh
     convert_mvsnet(src, dst, ...)      existing MVSNet scene (e.g. to add a downsampled level)
-    convert(src, dst, source="auto")   detect the source kind, then one of the above
+    convert(src, dst, source="auto")   detect the source kind, then its converter
     check_scene(scene) -> dict         validation report; format_report(report) -> str
 """
 from __future__ import annotations
 
-from .colmap import convert_colmap
-from .detect import convert, detect_source
-from .metashape import convert_metashape
-from .mvsnet import convert_mvsnet
-from .report import check_scene, format_report
-from .undistort import NeedsBackend
+import importlib
 
-__all__ = ["convert", "convert_colmap", "convert_metashape", "convert_mvsnet", "detect_source",
-           "check_scene", "format_report", "NeedsBackend"]
+from .sources import SOURCES, convert, detect_source
+
+_LAZY = {"convert_colmap": "colmap", "convert_metashape": "metashape", "convert_mvsnet": "mvsnet",
+         "check_scene": "report", "format_report": "report", "NeedsBackend": "undistort"}
+
+__all__ = ["SOURCES", "convert", "detect_source", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -241,6 +241,15 @@ def find_model(src: Path) -> Path:
                      "dense/0/sparse, sparse/0); pass the COLMAP workspace or the model folder (--model).")
 
 
+def detect(src: Path) -> bool:
+    """Whether `src` holds a COLMAP model where find_model looks."""
+    try:
+        find_model(src)
+    except InputError:
+        return False
+    return True
+
+
 def find_images(src: Path, model_dir: Path) -> Path:
     for d in (model_dir.parent / "images", model_dir.parent.parent / "images", src / "images"):
         if d.is_dir():

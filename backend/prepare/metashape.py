@@ -271,6 +271,13 @@ def _pose(S: Similarity, Rc: np.ndarray, tc: np.ndarray) -> np.ndarray:
     return E
 
 
+def detect(src: Path) -> bool:
+    """Whether `src` is a cameras .xml, or a folder holding the XML find_xml would pick."""
+    if src.is_file():
+        return src.suffix.lower() == ".xml"
+    return (src / "cams.xml").is_file() or (src / "cameras.xml").is_file() or len(list(src.glob("*.xml"))) == 1
+
+
 def find_xml(src: Path) -> Path:
     if src.is_file():
         return src

@@ -10,6 +10,11 @@ from ..scene import load_scene
 from .writer import SourceView, write_scene
 
 
+def detect(src: Path) -> bool:
+    """Whether `src` has the cameras folder of an MVSNet scene (cams/ or cams_N/)."""
+    return (src / "cams").is_dir() or any(p.is_dir() for p in src.glob("cams_*"))
+
+
 def convert_mvsnet(src: str | Path, dst: str | Path, *, downsample: int = 1, copy_images: bool = True,
                    mesh: str | Path | None = None, level: int | None = None, undistort: bool = True) -> dict:
     """Downsample (or copy) an MVSNet scene's photos, masks and cameras into `dst`.
