@@ -73,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import procedural as P
+from .synthetic import procedural as P
 from .cameras import Camera, look_at, write_mvsnet_cam
 from .campath import read_camera_path, write_camera_path
 from .colour import linear_to_srgb

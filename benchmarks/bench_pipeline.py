@@ -38,7 +38,7 @@ from backend.cache import build_cache, cache_matches  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
 from backend.evaluate import evaluate  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
-from backend.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
+from backend.synthetic.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
 from backend.procedural_capture import VARIANTS, CaptureParams, capture_matches, load_truth, make_capture  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
-from backend import procedural as P
+from backend.synthetic import procedural as P
 from backend import procedural_capture as C
 from backend.cameras import Camera
 from backend.colour import linear_to_srgb, srgb_to_linear
