@@ -1,4 +1,4 @@
-"""The capture scene (backend.procedural_capture): its degradations are real and measured, the
+"""The capture scene (backend.synthetic.capture): its degradations are real and measured, the
 ground truth is the clean renderer at the true cameras, and the quality benchmark scores it."""
 import json
 import sys
@@ -10,7 +10,7 @@ import torch
 from PIL import Image, JpegImagePlugin
 
 from backend.synthetic import procedural as P
-from backend import procedural_capture as C
+from backend.synthetic import capture as C
 from backend.cameras import Camera
 from backend.colour import linear_to_srgb, srgb_to_linear
 from backend.imageio import read_image

@@ -58,7 +58,7 @@ from the mesh's holes and with no blob in front of the nearest photo.
 Everything is seeded: the same arguments give byte-identical folders whatever `workers` (only
 the timings in capture.json differ). Usage:
 
-    from backend.procedural_capture import load_truth, make_capture
+    from backend.synthetic.capture import load_truth, make_capture
     scene = make_capture("capture_dense", "dense", workers=16)      # or width=, height=, params=
     truth = load_truth(scene)                                        # held-out and magnified views
 """
@@ -73,15 +73,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .synthetic import procedural as P
-from .cameras import Camera, look_at, write_mvsnet_cam
-from .campath import read_camera_path, write_camera_path
-from .colour import linear_to_srgb
-from .imageio import write_png
-from .meshio import Mesh, write_obj
-from .raster_cpu import NEAR, interpolate, rasterize
+from . import procedural as P
+from ..cameras import Camera, look_at, write_mvsnet_cam
+from ..campath import read_camera_path, write_camera_path
+from ..colour import linear_to_srgb
+from ..imageio import write_png
+from ..meshio import Mesh, write_obj
+from ..raster_cpu import NEAR, interpolate, rasterize
 
-GENERATOR = "backend.procedural_capture"
+GENERATOR = "backend.procedural_capture"    # views.json's tag: the old module name (procedural.GENERATORS)
 VERSION = 1
 DETAIL = 4                       # tessellation of the true scene (13,952 triangles)
 VARIANTS = {"sparse": (16, 960, 720), "dense": (120, 640, 480)}
