@@ -11,6 +11,7 @@ from PIL import Image, JpegImagePlugin
 
 from backend.synthetic import procedural as P
 from backend.synthetic import capture as C
+from backend.synthetic.capture_settings import CaptureParams
 from backend.cameras import Camera
 from backend.colour import linear_to_srgb, srgb_to_linear
 from backend.imageio import read_image
@@ -41,7 +42,7 @@ def spec(scene):
 
 @pytest.fixture(scope="module")
 def params(truth):
-    return C.CaptureParams.from_json(truth.info["settings"]["params"])
+    return CaptureParams.from_json(truth.info["settings"]["params"])
 
 
 def _views(truth):
@@ -123,7 +124,7 @@ def test_photos_are_4_2_0_jpegs_with_compression_loss(scene, truth, spec, params
 
 
 def test_sensor_noise_is_shot_plus_read_noise_of_a_real_camera():
-    p = C.CaptureParams()
+    p = CaptureParams()
     rng = np.random.default_rng(0)
     grey = np.full((200, 200, 3), 0.18, np.float32)              # mid grey, linear
     d = 1e-4

@@ -1,8 +1,10 @@
 """Synthetic scenes with exact ground truth, for the tests, the demo and the benchmarks (numpy only;
 the pipeline never imports this package, only the demo command does).
 
-    procedural.py   the procedural world (shapes, analytic texture, shading, its exact render), its
-                    cameras and flythrough, and the clean MVSNet scene folder (`make_scene`)
-    capture.py      the same world photographed like a real capture (`make_capture`), with its
-                    ground truth (`load_truth`)
+    procedural.py        the procedural world (shapes, analytic texture, shading, its exact render),
+                         its cameras and flythrough, and the clean MVSNet scene folder (`make_scene`)
+    capture.py           the same world photographed like a real capture (`make_capture`; its
+                         docstring says what is degraded and how), with its ground truth (`load_truth`)
+    capture_settings.py  the capture's variants, degradation parameters (`CaptureParams`) and the
+                         settings its views.json stores
 """
