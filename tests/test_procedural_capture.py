@@ -12,6 +12,8 @@ from PIL import Image, JpegImagePlugin
 from backend.synthetic import procedural as P
 from backend.synthetic import capture as C
 from backend.synthetic.capture_settings import CaptureParams
+from backend.synthetic.pose_noise import reprojection_errors
+from backend.synthetic.sensor import noise_sigma, sensor
 from backend.cameras import Camera
 from backend.colour import linear_to_srgb, srgb_to_linear
 from backend.imageio import read_image
@@ -118,7 +120,7 @@ def test_photos_are_4_2_0_jpegs_with_compression_loss(scene, truth, spec, params
     exposed = np.clip(lin * 2.0 ** v["ev"] * np.array(v["wb"]), 0, 1)
     clean8 = np.round(linear_to_srgb(exposed) * 255) / 255
     res = (_photo(scene, v["name"]) - clean8)[alpha >= 1]
-    sigma = C.noise_sigma(exposed, v["iso"], params)[alpha >= 1]
+    sigma = noise_sigma(exposed, v["iso"], params)[alpha >= 1]
     assert res.std() > 2 * np.sqrt(np.mean(sigma ** 2)) * 1.2 + 1 / 255
     assert np.abs(res).mean() < 0.05
 
@@ -131,13 +133,13 @@ def test_sensor_noise_is_shot_plus_read_noise_of_a_real_camera():
     slope = (linear_to_srgb(np.array(0.18 + d)) - linear_to_srgb(np.array(0.18 - d))) / (2 * d)
     stds = {}
     for iso in (100.0, 800.0):
-        x = C.sensor(grey, 0.0, np.ones(3), iso, p, rng)
+        x = sensor(grey, 0.0, np.ones(3), iso, p, rng)
         assert abs(x.mean() - 0.18) < 1e-3
-        assert x.std() == pytest.approx(float(C.noise_sigma(np.array(0.18), iso, p)), rel=0.03)
+        assert x.std() == pytest.approx(float(noise_sigma(np.array(0.18), iso, p)), rel=0.03)
         stds[iso] = x.std() * slope * 255                          # 8-bit sRGB levels
     assert 0.5 < stds[100.0] < 1.5 and 2.0 < stds[800.0] < 4.0
     assert stds[800.0] / stds[100.0] == pytest.approx(np.sqrt(8), rel=0.1)
-    dark = C.sensor(np.zeros((100, 100, 3), np.float32), 0.0, np.ones(3), 800.0, p, rng)
+    dark = sensor(np.zeros((100, 100, 3), np.float32), 0.0, np.ones(3), 800.0, p, rng)
     assert 0 < dark.mean() < 3 * p.read_noise_e / (p.full_well_e / 8)    # read noise, clipped at 0
 
 
@@ -154,7 +156,7 @@ def test_written_poses_have_the_requested_reprojection_error(scene, truth, spec,
         small = true.scaled(40 / W)
         r = rasterize(spec.mesh, small)
         x = interpolate(r, spec.mesh.faces, spec.mesh.vertices)[r.mask]
-        e = C.reprojection_errors(true, cam, x)
+        e = reprojection_errors(true, cam, x)
         sq.append(np.mean(e ** 2))
         per.append(views[name]["reproj_rms_px"])
     rms = float(np.sqrt(np.mean(sq)))

@@ -7,4 +7,7 @@ the pipeline never imports this package, only the demo command does).
                          docstring says what is degraded and how), with its ground truth (`load_truth`)
     capture_settings.py  the capture's variants, degradation parameters (`CaptureParams`) and the
                          settings its views.json stores
+    sensor.py            a photo's exposure, white balance, sensor noise and JPEG encoding
+    pose_noise.py        the written cameras' pose error (a requested reprojection error in pixels)
+    occluders.py         a pole or a box in front of one photo's camera
 """

@@ -64,7 +64,6 @@ the timings in capture.json differ). Usage:
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -81,11 +80,11 @@ from ..meshio import Mesh, write_obj
 from ..raster_cpu import NEAR, interpolate, rasterize
 from . import procedural as P
 from .capture_settings import DETAIL, GENERATOR, VERSION, CaptureParams, settings
+from .occluders import OCCLUDER_COLOURS, OCCLUDER_ID, make_occluder, with_mesh
+from .pose_noise import perturb_pose, reprojection_errors
+from .sensor import jpeg_bytes, photometric_params, sensor
 
 TRUTH = "truth"
-OCCLUDER_ID = 4                  # object id of an occluder in a photo's scene
-OCCLUDER_COLOURS = {"pole": ([0.70, 0.70, 0.66], [0.20, 0.20, 0.22]),
-                    "box": ([0.55, 0.12, 0.45], [0.10, 0.35, 0.12])}
 
 
 # --- rendering helpers -----------------------------------------------------------------------
@@ -127,153 +126,10 @@ def surface_samples(spec: P.SceneSpec, cam: Camera, max_side: int = 64) -> tuple
     return x, r.depth[r.mask].astype(np.float64)
 
 
-def with_mesh(spec: P.SceneSpec, mesh: Mesh, colour_a, colour_b) -> P.SceneSpec:
-    """spec plus an extra object (id OCCLUDER_ID) with its own colours and sharp normals."""
-    n0 = len(spec.mesh.vertices)
-    ca = np.concatenate([spec.colour_a[:OCCLUDER_ID], [colour_a]])
-    cb = np.concatenate([spec.colour_b[:OCCLUDER_ID], [colour_b]])
-    return replace(spec, mesh=Mesh(np.concatenate([spec.mesh.vertices, mesh.vertices]).astype(np.float32),
-                                   np.concatenate([spec.mesh.faces, mesh.faces + n0]).astype(np.int32)),
-                   normals=np.concatenate([spec.normals, mesh.vertex_normals().astype(np.float64)]),
-                   face_object=np.concatenate([spec.face_object, np.full(len(mesh.faces), OCCLUDER_ID, np.int32)]),
-                   colour_a=ca, colour_b=cb)
-
-
-# --- photometric degradations ----------------------------------------------------------------
-
-def photometric_params(n: int, train: np.ndarray, p: CaptureParams, rng: np.random.Generator) -> dict:
-    """Per-photo exposure (EV), white-balance gains (n, 3), ISO and JPEG quality. Exposure and
-    the log white-balance gains have mean 0 over the training photos."""
-    ev = rng.uniform(-p.exposure_ev, p.exposure_ev, n)
-    ev -= ev[train].mean()
-    logwb = np.zeros((n, 3))
-    logwb[:, [0, 2]] = rng.normal(0.0, p.wb_sigma, (n, 2))
-    logwb -= logwb[train].mean(0)
-    iso = np.exp(rng.uniform(math.log(p.iso[0]), math.log(p.iso[1]), n))
-    quality = rng.integers(p.jpeg_quality[0], p.jpeg_quality[1] + 1, n)
-    return {"ev": ev, "wb": np.exp(logwb), "iso": iso, "quality": quality}
-
-
-def sensor(linear: np.ndarray, ev: float, wb: np.ndarray, iso: float, p: CaptureParams,
-           rng: np.random.Generator) -> np.ndarray:
-    """Exposure and white balance in linear light, then shot + read noise (Gaussian with the
-    Poisson variance), clipped to the sensor's range [0, 1]: linear (H, W, 3) float32."""
-    full = p.full_well_e * 100.0 / iso                          # electrons at linear 1.0
-    x = np.asarray(linear, np.float64) * (2.0 ** ev) * np.asarray(wb)
-    sigma = np.sqrt(np.maximum(x, 0.0) / full + (p.read_noise_e / full) ** 2)
-    return np.clip(x + sigma * rng.standard_normal(x.shape), 0.0, 1.0).astype(np.float32)
-
-
-def noise_sigma(linear: np.ndarray, iso: float, p: CaptureParams) -> np.ndarray:
-    """Standard deviation of the sensor noise at exposed linear values (for tests and notes)."""
-    full = p.full_well_e * 100.0 / iso
-    return np.sqrt(np.maximum(linear, 0.0) / full + (p.read_noise_e / full) ** 2)
-
-
-JPEG_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
-
-
-def jpeg_bytes(srgb8: np.ndarray, quality: int, subsampling: str = "4:2:0") -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(srgb8).save(buf, "JPEG", quality=int(quality), subsampling=JPEG_SUBSAMPLING[subsampling])
-    return buf.getvalue()
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-
-
-# --- cameras: pose noise ---------------------------------------------------------------------
-
-def _rotation(w: np.ndarray) -> np.ndarray:
-    """Rodrigues: rotation matrix of the rotation vector w (radians)."""
-    a = float(np.linalg.norm(w))
-    if a < 1e-300:
-        return np.eye(3)
-    k = w / a
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(a) * Kx + (1 - math.cos(a)) * Kx @ Kx
-
-
-def moved_camera(cam: Camera, rot: np.ndarray, shift: np.ndarray) -> Camera:
-    """cam rotated by the rotation vector `rot` (world frame, about its centre) and its centre
-    moved by `shift`."""
-    R = cam.R @ _rotation(rot).T
-    c = cam.center + shift
-    E = np.eye(4)
-    E[:3, :3], E[:3, 3] = R, -R @ c
-    return Camera(cam.width, cam.height, cam.K.copy(), E, cam.name, cam.depth_range)
-
-
-def reprojection_errors(true_cam: Camera, cam: Camera, points: np.ndarray) -> np.ndarray:
-    """Pixel distance (N,) between the projections of world points through the two cameras."""
-    a, _ = true_cam.project(points)
-    b, _ = cam.project(points)
-    return np.linalg.norm(a - b, axis=1)
-
-
-def perturb_pose(cam: Camera, points: np.ndarray, depth: float, target_px: float,
-                 rng: np.random.Generator) -> Camera:
-    """cam with a random pose error scaled so that the RMS reprojection error of `points` is
-    target_px (the error is linear in the perturbation's size at this scale; one correction)."""
-    v = rng.standard_normal(6)
-    rot, shift = v[:3], v[3:] * depth                           # equal weight in pixels, roughly
-    s = 1e-4
-    for _ in range(3):
-        rms = float(np.sqrt(np.mean(reprojection_errors(cam, moved_camera(cam, s * rot, s * shift), points) ** 2)))
-        if rms <= 0:
-            break
-        s *= target_px / rms
-    return moved_camera(cam, s * rot, s * shift)
-
-
-# --- occluders -------------------------------------------------------------------------------
-
-def closed_box(centre, size, angle: float = 0.0) -> Mesh:
-    """Six-sided box rotated about z; faces have their own vertices (sharp normals)."""
-    c, s = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-    h = np.asarray(size, float) / 2
-    vs, fs, off = [], [], 0
-    for ax in range(3):
-        for sign in (-1.0, 1.0):
-            o = -h.copy()
-            o[ax] = sign * h[ax]
-            ea, eb = np.zeros(3), np.zeros(3)
-            ea[(ax + 1) % 3] = 2 * h[(ax + 1) % 3]
-            eb[(ax + 2) % 3] = 2 * h[(ax + 2) % 3]
-            v, f = P._patch(o, ea, eb, 1)
-            vs.append(v)
-            fs.append(f + off)
-            off += len(v)
-    v = np.concatenate(vs)
-    f = P._orient(v, np.concatenate(fs), np.zeros(3))
-    return Mesh((v @ rot.T + np.asarray(centre, float)).astype(np.float32), f.astype(np.int32))
-
-
-def make_occluder(cam: Camera, points: np.ndarray, depth: np.ndarray, kind: str,
-                  rng: np.random.Generator) -> tuple[Mesh, dict]:
-    """A pole (vertical, spanning the frame) or a floating box between the camera and the scene,
-    at 35-60 % of the depth of a surface point seen near the middle of the photo."""
-    uv, _ = cam.project(points)
-    central = (np.abs(uv[:, 0] / cam.width - 0.5) < 0.3) & (np.abs(uv[:, 1] / cam.height - 0.5) < 0.25)
-    idx = np.nonzero(central)[0] if central.any() else np.arange(len(points))
-    k = int(rng.choice(idx))
-    frac = rng.uniform(0.35, 0.6)
-    q = cam.center + frac * (points[k] - cam.center)
-    z = frac * depth[k]
-    px = z / cam.fx                                             # world size of one pixel there
-    if kind == "pole":
-        w = rng.uniform(0.04, 0.07) * cam.width * px
-        length = 2.0 * cam.height * z / cam.fy + 2.0
-        mesh = closed_box(q, (w, w, length), rng.uniform(0, math.pi))
-    else:
-        s = rng.uniform(0.10, 0.20) * cam.width * px
-        mesh = closed_box(q, (s, s * rng.uniform(0.7, 1.3), s * rng.uniform(0.7, 1.3)), rng.uniform(0, math.pi))
-    return mesh, {"kind": kind, "centre": q.tolist(), "depth_fraction": float(frac)}
 
 
 # --- mesh degradations -----------------------------------------------------------------------
