@@ -12,12 +12,14 @@ from PIL import Image, JpegImagePlugin
 from backend.synthetic import procedural as P
 from backend.synthetic import capture as C
 from backend.synthetic.capture_settings import CaptureParams
+from backend.synthetic.geometry import point_mesh_distance
+from backend.synthetic.mesh_degradation import edge_use
 from backend.synthetic.pose_noise import reprojection_errors
 from backend.synthetic.sensor import noise_sigma, sensor
 from backend.cameras import Camera
 from backend.colour import linear_to_srgb, srgb_to_linear
 from backend.imageio import read_image
-from backend.meshio import load_mesh
+from backend.meshio import Mesh, load_mesh
 from backend.raster import Rasterizer
 from backend.raster_cpu import interpolate, rasterize
 from backend.scene import load_scene
@@ -169,11 +171,11 @@ def test_mesh_is_simplified_displaced_holed_and_has_blobs(scene, truth, spec, pa
     mesh = load_mesh(scene / "1.obj")
     stats = truth.info["mesh"]
     assert len(mesh.faces) < 0.6 * len(spec.mesh.faces)
-    body = C.Mesh(mesh.vertices, mesh.faces[:stats["body_triangles"]])
+    body = Mesh(mesh.vertices, mesh.faces[:stats["body_triangles"]])
     # Displacement: the surface moved by a fraction of a far pixel, within the stated bound.
     rng = np.random.default_rng(0)
     used = np.unique(body.faces)
-    d = C.point_mesh_distance(mesh.vertices[rng.choice(used, 600, replace=False)], spec.mesh)
+    d = point_mesh_distance(mesh.vertices[rng.choice(used, 600, replace=False)], spec.mesh)
     bound = params.displacement + params.cluster_cell ** 2 / (8 * 0.45)     # + chord error (r >= 0.45)
     assert 0.25 * params.displacement < np.sqrt(np.mean(d ** 2)) < 0.7 * params.displacement
     assert np.quantile(d, 0.99) < bound
@@ -181,14 +183,14 @@ def test_mesh_is_simplified_displaced_holed_and_has_blobs(scene, truth, spec, pa
     assert len(stats["holes"]) == params.holes
     assert stats["boundary_edges"] > stats["boundary_edges_before_holes"] + 3 * params.holes
     centres = np.array([h["centre"] for h in stats["holes"]])
-    assert C.point_mesh_distance(centres, spec.mesh).max() < 1e-6
-    assert C.point_mesh_distance(centres, body).min() > 0.25 * params.hole_radius
+    assert point_mesh_distance(centres, spec.mesh).max() < 1e-6
+    assert point_mesh_distance(centres, body).min() > 0.25 * params.hole_radius
     # Blobs: closed little surfaces off the true surface, seen by some photos.
-    blob = C.Mesh(mesh.vertices, mesh.faces[stats["body_triangles"]:])
+    blob = Mesh(mesh.vertices, mesh.faces[stats["body_triangles"]:])
     assert len(stats["blobs"]) == params.blobs
-    assert (C.edge_use(blob.faces) == 2).all()
+    assert (edge_use(blob.faces) == 2).all()
     bv = np.unique(blob.faces)
-    assert C.point_mesh_distance(mesh.vertices[bv], spec.mesh).min() > 0.02
+    assert point_mesh_distance(mesh.vertices[bv], spec.mesh).min() > 0.02
     for b in stats["blobs"]:
         r = np.linalg.norm(mesh.vertices[bv] - np.array(b["centre"]), axis=1)
         assert ((r < 1.3 * b["radius"]).sum()) >= 30                # its own vertices, around it

@@ -10,4 +10,6 @@ the pipeline never imports this package, only the demo command does).
     sensor.py            a photo's exposure, white balance, sensor noise and JPEG encoding
     pose_noise.py        the written cameras' pose error (a requested reprojection error in pixels)
     occluders.py         a pole or a box in front of one photo's camera
+    mesh_degradation.py  the photogrammetry-like mesh: simplified, displaced, holed, with blobs
+    geometry.py          point-to-mesh distances, blocked segments, random surface points
 """

@@ -65,7 +65,6 @@ the timings in capture.json differ). Usage:
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -80,6 +79,8 @@ from ..meshio import Mesh, write_obj
 from ..raster_cpu import NEAR, interpolate, rasterize
 from . import procedural as P
 from .capture_settings import DETAIL, GENERATOR, VERSION, CaptureParams, settings
+from .geometry import in_frame, in_looked_at_region, point_mesh_distance, random_surface_points, segments_blocked
+from .mesh_degradation import degrade_mesh
 from .occluders import OCCLUDER_COLOURS, OCCLUDER_ID, make_occluder, with_mesh
 from .pose_noise import perturb_pose, reprojection_errors
 from .sensor import jpeg_bytes, photometric_params, sensor
@@ -132,245 +133,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-# --- mesh degradations -----------------------------------------------------------------------
-
-def weld(mesh: Mesh, tol: float = 1e-6) -> Mesh:
-    """Merge vertices closer than `tol` (the procedural objects have per-face vertices)."""
-    key = np.round(mesh.vertices.astype(np.float64) / tol).astype(np.int64)
-    _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    f = inv.reshape(-1)[mesh.faces]
-    ok = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])
-    return Mesh(mesh.vertices[first], f[ok].astype(np.int32))
-
-
-def compact(v: np.ndarray, f: np.ndarray) -> Mesh:
-    """Drop degenerate and repeated triangles and unused vertices."""
-    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
-    _, first = np.unique(np.sort(f, 1), axis=0, return_index=True)
-    f = f[np.sort(first)]
-    used, inv = np.unique(f, return_inverse=True)
-    return Mesh(np.asarray(v)[used].astype(np.float32), inv.reshape(f.shape).astype(np.int32))
-
-
-def cluster_simplify(mesh: Mesh, cell: float, offset: np.ndarray) -> Mesh:
-    """Vertex clustering on a grid of `cell` (shifted by `offset`): all vertices of a cell merge
-    into one at the point minimising the summed squared distances to their faces' planes
-    (area-weighted quadrics, lightly regularised to the cluster mean, clamped to the cluster's
-    bounding box), so flat parts stay flat and sharp edges stay sharp."""
-    v = mesh.vertices.astype(np.float64)
-    f = mesh.faces
-    _, cl = np.unique(np.floor((v - offset) / cell).astype(np.int64), axis=0, return_inverse=True)
-    cl = cl.reshape(-1)
-    nc = int(cl.max()) + 1
-    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    area = np.linalg.norm(n, axis=1) / 2
-    nu = n / np.maximum(2 * area, 1e-300)[:, None]
-    d = np.einsum("ij,ij->i", nu, v[f[:, 0]])
-    Af = area[:, None, None] * nu[:, :, None] * nu[:, None, :]
-    bf = (area * d)[:, None] * nu
-    A = np.zeros((nc, 3, 3))
-    b = np.zeros((nc, 3))
-    for k in range(3):
-        np.add.at(A, cl[f[:, k]], Af)
-        np.add.at(b, cl[f[:, k]], bf)
-    cnt = np.bincount(cl, minlength=nc).astype(np.float64)
-    mean = np.zeros((nc, 3))
-    np.add.at(mean, cl, v)
-    mean /= cnt[:, None]
-    lo = np.full((nc, 3), np.inf)
-    hi = np.full((nc, 3), -np.inf)
-    np.minimum.at(lo, cl, v)
-    np.maximum.at(hi, cl, v)
-    lam = 1e-3 * np.trace(A, axis1=1, axis2=2) / 3 + 1e-12
-    x = np.linalg.solve(A + lam[:, None, None] * np.eye(3), (b + lam[:, None] * mean)[..., None])[..., 0]
-    x = np.clip(x, lo, hi)
-    return compact(x, cl[f])
-
-
-def edge_use(faces: np.ndarray) -> np.ndarray:
-    """How many triangles use each undirected edge (one entry per distinct edge)."""
-    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
-    return np.unique(e, axis=0, return_counts=True)[1]
-
-
-def boundary_edges(mesh: Mesh) -> int:
-    return int((edge_use(mesh.faces) == 1).sum())
-
-
-def smooth_field(points: np.ndarray, freq: float, rng: np.random.Generator) -> np.ndarray:
-    """A smooth scalar field in [-1, 1]: the mean of three sinusoids of about `freq` cycles per
-    unit in random directions."""
-    dirs = rng.normal(size=(3, 3))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    fr = freq * rng.uniform(0.7, 1.3, 3)
-    ph = rng.uniform(0, 2 * math.pi, 3)
-    return np.sin(2 * math.pi * (points @ dirs.T) * fr + ph).mean(1)
-
-
-def _seg_dist(p, a, b):
-    ab = b - a
-    t = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-300), 0, 1)
-    return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
-
-
-def point_triangle_distance(p, a, b, c) -> np.ndarray:
-    """Exact distance from points p (N, 3) to triangles (a, b, c) (N, 3 each)."""
-    n = np.cross(b - a, c - a)
-    nn = np.einsum("ij,ij->i", n, n)
-    s1 = np.einsum("ij,ij->i", np.cross(b - a, p - a), n)
-    s2 = np.einsum("ij,ij->i", np.cross(c - b, p - b), n)
-    s3 = np.einsum("ij,ij->i", np.cross(a - c, p - c), n)
-    inside = (s1 >= 0) & (s2 >= 0) & (s3 >= 0) & (nn > 0)
-    plane = np.abs(np.einsum("ij,ij->i", p - a, n)) / np.sqrt(np.maximum(nn, 1e-300))
-    edges = np.minimum(np.minimum(_seg_dist(p, a, b), _seg_dist(p, b, c)), _seg_dist(p, c, a))
-    return np.where(inside, plane, edges)
-
-
-def point_mesh_distance(points: np.ndarray, mesh: Mesh, chunk: int = 256) -> np.ndarray:
-    """Exact distance (N,) from points to the nearest triangle of `mesh` (bounding-sphere
-    pruning, then exact point-triangle distances)."""
-    v = mesh.vertices.astype(np.float64)
-    A, B, C = v[mesh.faces[:, 0]], v[mesh.faces[:, 1]], v[mesh.faces[:, 2]]
-    cen = (A + B + C) / 3
-    rad = np.sqrt(np.max([((X - cen) ** 2).sum(1) for X in (A, B, C)], axis=0))
-    pts = np.asarray(points, np.float64)
-    out = np.empty(len(pts))
-    c2 = (cen ** 2).sum(1)
-    for i in range(0, len(pts), chunk):
-        p = pts[i:i + chunk]
-        D = np.sqrt(np.maximum((p ** 2).sum(1)[:, None] + c2[None] - 2 * p @ cen.T, 0.0))
-        ub = (D + rad).min(1)
-        pi, fi = np.nonzero(D - rad <= ub[:, None] + 1e-12)
-        d = point_triangle_distance(p[pi], A[fi], B[fi], C[fi])
-        res = np.full(len(p), np.inf)
-        np.minimum.at(res, pi, d)
-        out[i:i + chunk] = res
-    return out
-
-
-def _surface_points(mesh: Mesh, faces: np.ndarray, n: int, rng: np.random.Generator):
-    """n random points, area-weighted over the given faces: (points, face ids)."""
-    v = mesh.vertices.astype(np.float64)
-    f = mesh.faces[faces]
-    area = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
-    pick = rng.choice(len(faces), n, p=area / area.sum())
-    b = rng.dirichlet(np.ones(3), n)
-    return np.einsum("nk,nkc->nc", b, v[f[pick]]), faces[pick]
-
-
-def lumpy_sphere(centre, r: float, rng: np.random.Generator) -> Mesh:
-    v, f = P._sphere(np.zeros(3), 1.0, 8, 5)
-    v = v * (r * rng.uniform(0.75, 1.25, len(v)))[:, None] + np.asarray(centre)
-    return Mesh(v.astype(np.float32), P._orient(v, f, np.asarray(centre)).astype(np.int32))
-
-
-def _in_frame(cam: Camera, points: np.ndarray, margin: float = 0.0) -> np.ndarray:
-    """Bool (N,): in front of the camera and inside the image, `margin` (a fraction of the size)
-    away from its borders."""
-    uv, z = cam.project(points)
-    return (z > 0) & (uv[:, 0] > margin * cam.width) & (uv[:, 0] < (1 - margin) * cam.width) \
-        & (uv[:, 1] > margin * cam.height) & (uv[:, 1] < (1 - margin) * cam.height)
-
-
-def _visible_region(points: np.ndarray) -> np.ndarray:
-    """Points of the part of the scene the photos look at (the ground's rim is rarely seen)."""
-    return np.abs(points[:, :2]).max(1) < 1.8
-
-
-def degrade_mesh(spec: P.SceneSpec, p: CaptureParams, rng: np.random.Generator) -> tuple[Mesh, dict]:
-    """The photogrammetry-like mesh of the true scene and statistics of what was done."""
-    true = spec.mesh
-    welded = weld(true)
-    simple = cluster_simplify(welded, p.cluster_cell, rng.uniform(0, p.cluster_cell, 3))
-    v = simple.vertices.astype(np.float64)
-    disp = p.displacement * smooth_field(v, p.displacement_freq, rng)
-    v = v + disp[:, None] * simple.vertex_normals().astype(np.float64)
-    faces = simple.faces
-    boundary_before = boundary_edges(Mesh(v.astype(np.float32), faces))
-    # Holes: faces whose centroid lies within ~hole_radius of points on the objects' surfaces.
-    objects = np.nonzero(spec.face_object > 0)[0]
-    centroids = v[faces].mean(1)
-    holes, keep = [], np.ones(len(faces), bool)
-    for _ in range(1000 * max(p.holes, 1)):
-        if len(holes) >= p.holes:
-            break
-        c, _ = _surface_points(true, objects, 1, rng)
-        r = p.hole_radius * rng.uniform(0.7, 1.3)
-        cut = np.linalg.norm(centroids - c[0], axis=1) < r
-        if cut.sum() >= 2 and (cut & keep).sum() == cut.sum():
-            keep &= ~cut
-            holes.append({"centre": c[0].tolist(), "radius": float(r), "faces": int(cut.sum())})
-    faces = faces[keep]
-    body = compact(v, faces)
-    boundary_after = boundary_edges(body)
-    # Blobs: small closed shapes hovering in front of the walls (normals mostly horizontal).
-    normals = spec.normals
-    walls = objects[np.abs(normals[true.faces[objects]].mean(1)[:, 2]) < 0.6]
-    blobs, parts = [], [body]
-    for _ in range(1000 * max(p.blobs, 1)):
-        if len(blobs) >= p.blobs:
-            break
-        c, fid = _surface_points(true, walls, 1, rng)
-        if not _visible_region(c)[0]:
-            continue
-        n = normals[true.faces[fid[0]]].mean(0)
-        n /= np.linalg.norm(n)
-        r = rng.uniform(*p.blob_radius)
-        centre = c[0] + n * (r + rng.uniform(*p.blob_offset))
-        if centre[2] < 1.3 * r or point_mesh_distance(centre[None], true)[0] < r * 1.25 + 0.02:
-            continue
-        if any(np.linalg.norm(centre - np.array(b["centre"])) < 0.3 for b in blobs):
-            continue
-        blobs.append({"centre": centre.tolist(), "radius": float(r)})
-        parts.append(lumpy_sphere(centre, r, rng))
-    n_body_v, n_body_f = len(body.vertices), len(body.faces)
-    off, vs, fs = 0, [], []
-    for m in parts:
-        vs.append(m.vertices)
-        fs.append(m.faces + off)
-        off += len(m.vertices)
-    mesh = Mesh(np.concatenate(vs).astype(np.float32), np.concatenate(fs).astype(np.int32))
-    # Deviation of the body from the true surface (a sample of its vertices).
-    sample = rng.choice(n_body_v, min(n_body_v, 3000), replace=False)
-    dev = point_mesh_distance(body.vertices[sample], true)
-    stats = {"true_triangles": len(true.faces), "simplified_triangles": len(simple.faces),
-             "triangles": len(mesh.faces), "body_vertices": n_body_v, "body_triangles": n_body_f,
-             "boundary_edges_before_holes": boundary_before, "boundary_edges": boundary_after,
-             "holes": holes, "blobs": blobs,
-             "displacement_max": float(np.abs(disp).max()), "displacement_rms": float(np.sqrt(np.mean(disp ** 2))),
-             "deviation_rms": float(np.sqrt(np.mean(dev ** 2))), "deviation_p99": float(np.quantile(dev, 0.99)),
-             "deviation_max": float(dev.max())}
-    return mesh, stats
-
-
 # --- visibility (magnified views) ------------------------------------------------------------
-
-def segments_blocked(origins: np.ndarray, ends: np.ndarray, mesh: Mesh, tol: float = 0.02,
-                     pairs: int = 1 << 20) -> np.ndarray:
-    """Bool (N,): the segment origin -> end hits a triangle more than `tol` before its end."""
-    v = mesh.vertices.astype(np.float64)
-    P0 = v[mesh.faces[:, 0]]
-    E1, E2 = v[mesh.faces[:, 1]] - P0, v[mesh.faces[:, 2]] - P0
-    d = ends - origins
-    L = np.linalg.norm(d, axis=1)
-    d = d / L[:, None]
-    out = np.zeros(len(origins), bool)
-    step = max(1, pairs // max(len(P0), 1))
-    for i in range(0, len(origins), step):
-        o, r, lim = origins[i:i + step, None], d[i:i + step, None], L[i:i + step, None]
-        p = np.cross(r, E2[None])
-        det = np.einsum("nfk,nfk->nf", np.broadcast_to(E1[None], p.shape), p)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / det
-            tv = o - P0[None]
-            b1 = np.einsum("nfk,nfk->nf", tv, p) * inv
-            q = np.cross(tv, E1[None])
-            b2 = np.einsum("nfk,nfk->nf", np.broadcast_to(r, q.shape), q) * inv
-            t = np.einsum("nfk,nfk->nf", np.broadcast_to(E2[None], q.shape), q) * inv
-            hit = (np.abs(det) > 1e-14) & (b1 >= 0) & (b2 >= 0) & (b1 + b2 <= 1) & (t > 1e-6) & (t < lim - tol)
-        out[i:i + step] = hit.any(1)
-    return out
-
 
 def choose_magnified(coarse: P.SceneSpec, true: P.SceneSpec, degraded: Mesh, blob_mesh: Mesh | None,
                      cams: list[Camera], close: list[bool], train: list[int], p: CaptureParams,
@@ -379,8 +142,8 @@ def choose_magnified(coarse: P.SceneSpec, true: P.SceneSpec, degraded: Mesh, blo
     unobstructed), about half of them nearest to a close-up photo, away from holes and blobs;
     for each, the nearest training photo that sees it and its distance."""
     objects = np.nonzero(true.face_object >= 0)[0]
-    pts, fid = _surface_points(true.mesh, objects, n_candidates, rng)
-    ok = _visible_region(pts)
+    pts, fid = random_surface_points(true.mesh, objects, n_candidates, rng)
+    ok = in_looked_at_region(pts)
     pts, fid = pts[ok], fid[ok]
     nrm = true.normals[true.mesh.faces[fid]].mean(1)
     nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
@@ -390,7 +153,7 @@ def choose_magnified(coarse: P.SceneSpec, true: P.SceneSpec, degraded: Mesh, blo
         cam = cams[i]
         to_cam = cam.center - pts
         dd = np.linalg.norm(to_cam, axis=1)
-        seen = _in_frame(cam, pts, 0.08) & (np.einsum("ij,ij->i", nrm, to_cam) > 0.5 * dd)
+        seen = in_frame(cam, pts, 0.08) & (np.einsum("ij,ij->i", nrm, to_cam) > 0.5 * dd)
         idx = np.nonzero(seen)[0]
         pi.append(idx)
         ci.append(np.full(len(idx), k))
@@ -587,7 +350,7 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
     eyes = np.stack([cam.center for cam in cams])
     for b in mesh_stats["blobs"]:                              # photos that see each blob's centre
         c = np.array(b["centre"])
-        idx = [i for i, cam in enumerate(cams) if _in_frame(cam, c[None])[0]]
+        idx = [i for i, cam in enumerate(cams) if in_frame(cam, c[None])[0]]
         hidden = segments_blocked(eyes[idx], np.repeat(c[None], len(idx), 0), coarse.mesh, tol=0.0)
         b["seen_by"] = [cams[i].name for i, h in zip(idx, hidden) if not h]
     write_obj(out / "1.obj", mesh)
