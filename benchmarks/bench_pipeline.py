@@ -39,8 +39,9 @@ from backend.checkpoint import load_model  # noqa: E402
 from backend.evaluate import evaluate  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.synthetic.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
-from backend.synthetic.capture import capture_matches, load_truth, make_capture  # noqa: E402
+from backend.synthetic.capture import capture_matches, make_capture  # noqa: E402
 from backend.synthetic.capture_settings import VARIANTS, CaptureParams  # noqa: E402
+from backend.synthetic.truth import load_truth  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import train  # noqa: E402

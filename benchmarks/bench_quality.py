@@ -81,7 +81,8 @@ from backend.imageio import read_image  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.metrics import lpips_or_none, psnr, speckle_fraction, ssim  # noqa: E402
 from backend.synthetic.procedural import VIEWS_JSON, make_scene, pick_test_every  # noqa: E402
-from backend.synthetic.capture import Truth, load_truth, make_capture, read_gt  # noqa: E402
+from backend.synthetic.capture import make_capture  # noqa: E402
+from backend.synthetic.truth import Truth, load_truth, read_gt  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.render import render_camera  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402

@@ -3,8 +3,8 @@ the pipeline never imports this package, only the demo command does).
 
     procedural.py        the procedural world (shapes, analytic texture, shading, its exact render),
                          its cameras and flythrough, and the clean MVSNet scene folder (`make_scene`)
-    capture.py           the same world photographed like a real capture (`make_capture`; its
-                         docstring says what is degraded and how), with its ground truth (`load_truth`)
+    capture.py           the same world photographed like a real capture, with its ground truth
+                         (`make_capture`; its docstring says what is degraded and how)
     capture_settings.py  the capture's variants, degradation parameters (`CaptureParams`) and the
                          settings its views.json stores
     sensor.py            a photo's exposure, white balance, sensor noise and JPEG encoding
@@ -12,4 +12,6 @@ the pipeline never imports this package, only the demo command does).
     occluders.py         a pole or a box in front of one photo's camera
     mesh_degradation.py  the photogrammetry-like mesh: simplified, displaced, holed, with blobs
     geometry.py          point-to-mesh distances, blocked segments, random surface points
+    clean_render.py      the exact render of the true scene, culled to the camera's frustum
+    truth.py             the ground-truth files: writing and reading them (`load_truth`)
 """

@@ -58,7 +58,8 @@ from the mesh's holes and with no blob in front of the nearest photo.
 Everything is seeded: the same arguments give byte-identical folders whatever `workers` (only
 the timings in capture.json differ). Usage:
 
-    from backend.synthetic.capture import load_truth, make_capture
+    from backend.synthetic.capture import make_capture
+    from backend.synthetic.truth import load_truth
     scene = make_capture("capture_dense", "dense", workers=16)      # or width=, height=, params=
     truth = load_truth(scene)                                        # held-out and magnified views
 """
@@ -66,65 +67,25 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..cameras import Camera, look_at, write_mvsnet_cam
-from ..campath import read_camera_path, write_camera_path
+from ..campath import write_camera_path
 from ..colour import linear_to_srgb
 from ..imageio import write_png
 from ..meshio import Mesh, write_obj
-from ..raster_cpu import NEAR, interpolate, rasterize
+from ..raster_cpu import interpolate, rasterize
 from . import procedural as P
 from .capture_settings import DETAIL, GENERATOR, VERSION, CaptureParams, settings
+from .clean_render import culled, render_clean, surface_samples
 from .geometry import in_frame, in_looked_at_region, point_mesh_distance, random_surface_points, segments_blocked
 from .mesh_degradation import degrade_mesh
 from .occluders import OCCLUDER_COLOURS, OCCLUDER_ID, make_occluder, with_mesh
 from .pose_noise import perturb_pose, reprojection_errors
 from .sensor import jpeg_bytes, photometric_params, sensor
-
-TRUTH = "truth"
-
-
-# --- rendering helpers -----------------------------------------------------------------------
-
-def frustum_faces(mesh: Mesh, cam: Camera, margin: float = 2.0) -> np.ndarray:
-    """Bool (F,): triangles not entirely outside one of the camera's frustum planes (image
-    borders widened by `margin` pixels, and the near plane). The others can hit no sample, so
-    dropping them changes no pixel; it spares the CPU rasterizer full-image passes for
-    triangles that cross the camera plane beside the view (close-ups over the ground)."""
-    V = cam.to_camera(mesh.vertices.astype(np.float64))
-    x, y, z = V[:, 0], V[:, 1], V[:, 2]
-    outside = [z <= NEAR,
-               cam.fx * x < (-margin - cam.cx) * z, cam.fx * x > (cam.width + margin - cam.cx) * z,
-               cam.fy * y < (-margin - cam.cy) * z, cam.fy * y > (cam.height + margin - cam.cy) * z]
-    keep = np.ones(len(mesh.faces), bool)
-    for o in outside:
-        keep &= ~o[mesh.faces].all(1)
-    return keep
-
-
-def culled(spec: P.SceneSpec, cam: Camera) -> P.SceneSpec:
-    k = frustum_faces(spec.mesh, cam)
-    return replace(spec, mesh=Mesh(spec.mesh.vertices, spec.mesh.faces[k]), face_object=spec.face_object[k])
-
-
-def render_clean(spec: P.SceneSpec, cam: Camera, ss: int) -> tuple[np.ndarray, np.ndarray]:
-    """procedural.reference_render (linear RGB, alpha), the same pixels, faster on close views."""
-    return P.reference_render(culled(spec, cam), cam, ss)
-
-
-def surface_samples(spec: P.SceneSpec, cam: Camera, max_side: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Surface points (N, 3) visible at the pixel centres of a low-resolution copy of `cam`, and
-    those pixels' camera depth (N,)."""
-    f = min(1.0, max_side / max(cam.width, cam.height))
-    small = cam.scaled(f)
-    c = culled(spec, small)
-    r = rasterize(c.mesh, small)
-    x = interpolate(r, c.mesh.faces, c.mesh.vertices)[r.mask]
-    return x, r.depth[r.mask].astype(np.float64)
+from .truth import TRUTH, save_gt, to_u16
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -194,28 +155,6 @@ def magnified_camera(point, nearest_centre, factor: float, K: np.ndarray, width:
 
 # --- per-view work (run in worker processes) -------------------------------------------------
 
-def _u16(x: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(x, 0, 1) * 65535).astype(np.uint16)
-
-
-def save_gt(path: Path, srgb: np.ndarray, alpha: np.ndarray, **extra) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, srgb=_u16(srgb), alpha=_u16(alpha), **extra)
-    tmp.replace(path)
-    write_png(path.with_suffix(".png"), srgb)
-
-
-def read_gt(path: str | Path) -> dict[str, np.ndarray]:
-    """A ground-truth file: srgb (H, W, 3) and alpha (H, W) float32 in [0, 1], and for
-    magnified views the resampled nearest photo (photo, photo_valid)."""
-    with np.load(path) as z:
-        out = {k: z[k] for k in z.files}
-    for k in ("srgb", "alpha", "photo"):
-        if k in out:
-            out[k] = out[k].astype(np.float32) / 65535.0
-    return out
-
-
 def _photo_task(job: dict) -> dict:
     out, spec, cam, p = job["out"], job["spec"], job["cam"], job["params"]
     rng = np.random.default_rng([job["seed"], 7, job["index"]])
@@ -284,7 +223,7 @@ def _magnified_task(job: dict) -> None:
     warp[r.mask] = vals
     ok[r.mask] = valid & (z > 0)
     save_gt(out / TRUTH / "magnified" / f"{cam.name}.npz", linear_to_srgb(lin), alpha,
-            photo=_u16(warp * ok[..., None]), photo_valid=ok)
+            photo=to_u16(warp * ok[..., None]), photo_valid=ok)
 
 
 def _run(fn, jobs: list[dict], workers: int) -> list:
@@ -404,65 +343,3 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(out / P.VIEWS_JSON)
     return out
-
-
-# --- reading the ground truth ----------------------------------------------------------------
-
-@dataclass
-class TruthView:
-    name: str
-    group: str                  # "far", "close" (held-out photos) or "mag 2x" ...
-    camera: Camera              # the TRUE camera
-    path: Path                  # ground-truth .npz
-    target: int | None = None   # magnified views: index of the target point
-    factor: float | None = None
-    photo: str | None = None    # held-out views: the photo file; magnified: the nearest photo's name
-
-
-@dataclass
-class Truth:
-    root: Path
-    info: dict
-    heldout: list[TruthView] = field(default_factory=list)
-    magnified: list[TruthView] = field(default_factory=list)
-
-    @property
-    def test_every(self) -> int:
-        return int(self.info["test_every"])
-
-    @property
-    def views(self) -> list[TruthView]:
-        return self.heldout + self.magnified
-
-
-def mag_group(factor: float) -> str:
-    return f"mag {factor:g}x"
-
-
-def is_capture(scene_dir: str | Path) -> bool:
-    try:
-        return json.loads((Path(scene_dir) / P.VIEWS_JSON).read_text()).get("generator") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def load_truth(scene_dir: str | Path) -> Truth | None:
-    """The ground truth of a capture scene, or None for any other scene."""
-    root = Path(scene_dir)
-    if not is_capture(root):
-        return None
-    info = json.loads((root / TRUTH / "capture.json").read_text())
-    tr = Truth(root, info)
-    for v in info["views"]:
-        if v["held_out"]:
-            tr.heldout.append(TruthView(v["name"], "close" if v["closeup"] else "far",
-                                        Camera.from_dict(v["true_camera"]),
-                                        root / TRUTH / "heldout" / f"{v['name']}.npz",
-                                        photo=str(root / "images" / f"{v['name']}.jpg")))
-    _, cams, _ = read_camera_path(root / TRUTH / "magnified.json")
-    for m, cam in zip(info["magnified"], cams):
-        cam.name = m["name"]
-        tr.magnified.append(TruthView(m["name"], mag_group(m["factor"]), cam,
-                                      root / TRUTH / "magnified" / f"{m['name']}.npz", m["target"], m["factor"],
-                                      info["magnified_targets"][m["target"]]["nearest_photo"]))
-    return tr
