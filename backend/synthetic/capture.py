@@ -1,6 +1,6 @@
 """A procedural scene that behaves like a real photo set ("capture" mode), with exact ground truth.
 
-The true scene is backend.procedural's (same shapes, texture and shading) tessellated finer
+The true scene is procedural.py's (same shapes, texture and shading) tessellated finer
 (`DETAIL`), so that curved surfaces are close to their analytic shapes. What the pipeline gets is
 what a photogrammetry capture would give it:
 
@@ -27,6 +27,9 @@ what a photogrammetry capture would give it:
   (faces within about `hole_radius` of a point on the surface deleted) and `blobs` floating blobs
   (small closed lumpy spheres of radius in `blob_radius`, `blob_offset` in front of a wall).
 
+One module each: sensor.py (photos), occluders.py, pose_noise.py (cameras), mesh_degradation.py
+(mesh), magnified.py and truth.py (ground truth); capture_photos.py takes one photo.
+
 Scale, for choosing parameters: the far photos are ~6 units from the scene with a 55 degree
 horizontal field of view, so one pixel spans ~6.5e-3 units at 960 px wide (9.8e-3 at 640 px,
 0.065 at 96 px); close-ups are 8x nearer. The default displacement (6e-3) is ~0.9 px at the far
@@ -38,7 +41,7 @@ the far orbit), every `test_every`-th photo held out (procedural.pick_test_every
 and two close-up held-out photos when possible). Variants: `sparse` (16 photos of which 12 train,
 960x720 by default) and `dense` (120 photos of which 105 train, 640x480).
 
-Ground truth (SCENE/truth/, read by load_truth): capture.json (every setting, per-photo exposure,
+Ground truth (SCENE/truth/; truth.py): capture.json (every setting, per-photo exposure,
 white balance, ISO, JPEG quality, occluder, true and written camera, reprojection error; mesh
 statistics; the magnified views), true.obj (the true mesh; also make_spec(seed, detail)),
 heldout/NAME.npz (the clean render of every held-out photo at its TRUE pose: true mesh, no
@@ -71,170 +74,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cameras import Camera, look_at, write_mvsnet_cam
+from ..cameras import Camera
 from ..campath import write_camera_path
-from ..colour import linear_to_srgb
-from ..imageio import write_png
 from ..meshio import Mesh, write_obj
-from ..raster_cpu import interpolate, rasterize
 from . import procedural as P
+from .capture_photos import take_photo
 from .capture_settings import DETAIL, GENERATOR, VERSION, CaptureParams, settings
-from .clean_render import culled, render_clean, surface_samples
-from .geometry import in_frame, in_looked_at_region, point_mesh_distance, random_surface_points, segments_blocked
+from .geometry import in_frame, segments_blocked
+from .magnified import choose_magnified, magnified_camera, render_magnified
 from .mesh_degradation import degrade_mesh
-from .occluders import OCCLUDER_COLOURS, OCCLUDER_ID, make_occluder, with_mesh
-from .pose_noise import perturb_pose, reprojection_errors
-from .sensor import jpeg_bytes, photometric_params, sensor
-from .truth import TRUTH, save_gt, to_u16
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-# --- visibility (magnified views) ------------------------------------------------------------
-
-def choose_magnified(coarse: P.SceneSpec, true: P.SceneSpec, degraded: Mesh, blob_mesh: Mesh | None,
-                     cams: list[Camera], close: list[bool], train: list[int], p: CaptureParams,
-                     rng: np.random.Generator, n_candidates: int = 300) -> list[dict]:
-    """Surface points seen by >= 2 training photos (in frame, within 60 degrees of their normal,
-    unobstructed), about half of them nearest to a close-up photo, away from holes and blobs;
-    for each, the nearest training photo that sees it and its distance."""
-    objects = np.nonzero(true.face_object >= 0)[0]
-    pts, fid = random_surface_points(true.mesh, objects, n_candidates, rng)
-    ok = in_looked_at_region(pts)
-    pts, fid = pts[ok], fid[ok]
-    nrm = true.normals[true.mesh.faces[fid]].mean(1)
-    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
-    dist = np.full((len(pts), len(train)), np.inf)
-    pi, ci = [], []
-    for k, i in enumerate(train):
-        cam = cams[i]
-        to_cam = cam.center - pts
-        dd = np.linalg.norm(to_cam, axis=1)
-        seen = in_frame(cam, pts, 0.08) & (np.einsum("ij,ij->i", nrm, to_cam) > 0.5 * dd)
-        idx = np.nonzero(seen)[0]
-        pi.append(idx)
-        ci.append(np.full(len(idx), k))
-        dist[idx, k] = dd[idx]
-    pi, ci = np.concatenate(pi), np.concatenate(ci)
-    centres = np.stack([cams[i].center for i in train])
-    blocked = segments_blocked(centres[ci], pts[pi], coarse.mesh)
-    dist[pi[blocked], ci[blocked]] = np.inf
-    n_seen = np.isfinite(dist).sum(1)
-    nearest = dist.argmin(1)
-    good = n_seen >= 2
-    good &= point_mesh_distance(pts, degraded) < 0.3 * p.hole_radius           # not in a hole
-    if blob_mesh is not None and good.any():                                     # nor behind a blob
-        g = np.nonzero(good)[0]
-        near_c = centres[nearest[g]]
-        good[g[segments_blocked(near_c, pts[g], blob_mesh, tol=0.0)]] = False
-    cand = {True: [], False: []}
-    for j in rng.permutation(np.nonzero(good)[0]):
-        cand[bool(close[train[nearest[j]]])].append(int(j))
-    chosen: list[int] = []
-    for want in [True, False] * p.magnified_points:
-        pool = cand[want] or cand[not want]
-        while pool and any(np.linalg.norm(pts[pool[0]] - pts[c]) < 0.4 for c in chosen):
-            pool.pop(0)
-        if pool and len(chosen) < p.magnified_points:
-            chosen.append(pool.pop(0))
-    return [{"point": pts[j].tolist(), "normal": nrm[j].tolist(), "nearest_photo": cams[train[nearest[j]]].name,
-             "nearest_distance": float(dist[j, nearest[j]]), "nearest_is_closeup": bool(close[train[nearest[j]]]),
-             "seen_by": int(n_seen[j])} for j in chosen]
-
-
-def magnified_camera(point, nearest_centre, factor: float, K: np.ndarray, width: int, height: int,
-                     name: str) -> Camera:
-    p, c = np.asarray(point, float), np.asarray(nearest_centre, float)
-    eye = p + (c - p) / factor
-    return Camera(width, height, K.copy(), look_at(eye, p), name)
-
-
-# --- per-view work (run in worker processes) -------------------------------------------------
-
-def _photo_task(job: dict) -> dict:
-    out, spec, cam, p = job["out"], job["spec"], job["cam"], job["params"]
-    rng = np.random.default_rng([job["seed"], 7, job["index"]])
-    pts, depth = surface_samples(spec, cam)
-    rec = {"name": cam.name, "closeup": job["closeup"], "held_out": job["held_out"], "ev": job["ev"],
-           "wb": list(job["wb"]), "iso": job["iso"], "jpeg_quality": job["quality"], "occluder": None,
-           "true_camera": cam.to_dict()}
-    scene = spec
-    if job["occluder"]:
-        occ, info = make_occluder(cam, pts, depth, job["occluder"], rng)
-        scene = with_mesh(spec, occ, *OCCLUDER_COLOURS[job["occluder"]])
-        c = culled(scene, cam)
-        r = rasterize(c.mesh, cam)
-        occ_px = r.mask & (c.face_object[np.maximum(r.tri, 0)] == OCCLUDER_ID)
-        info["pixels"] = float(occ_px.mean())
-        rec["occluder"] = info
-        write_png(out / TRUTH / "occluders" / f"{cam.name}.png", np.repeat(occ_px[..., None], 3, 2).astype(np.float32))
-    lin, alpha = render_clean(scene, cam, job["ss_ref"])
-    raw = sensor(lin, job["ev"], np.asarray(job["wb"]), job["iso"], p, rng)
-    srgb8 = np.round(linear_to_srgb(raw) * 255).astype(np.uint8)
-    _write_bytes(out / "images" / f"{cam.name}.jpg", jpeg_bytes(srgb8, job["quality"], p.jpeg_subsampling))
-    # The written camera: pose noise measured on visible surface points (equal count per photo).
-    sample = pts[rng.choice(len(pts), 600, replace=True)] if len(pts) else pts
-    written = perturb_pose(cam, sample, float(np.median(depth)) if len(depth) else 1.0, job["reproj_target"], rng) \
-        if len(pts) else cam
-    P._with_depth(spec, written)
-    write_mvsnet_cam(out / "cams" / f"{cam.name}_cam.txt", written)
-    err = reprojection_errors(cam, written, sample)
-    rec["reproj_rms_px"] = float(np.sqrt(np.mean(err ** 2))) if len(err) else 0.0
-    rec["reproj_target_px"] = job["reproj_target"]
-    rec["camera"] = written.to_dict()
-    if job["held_out"]:
-        if scene is not spec:
-            lin, alpha = render_clean(spec, cam, job["ss_ref"])
-        save_gt(out / TRUTH / "heldout" / f"{cam.name}.npz", linear_to_srgb(lin), alpha)
-    return rec
-
-
-def bilinear(img: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sample img (H, W, C) at continuous coords uv (N, 2) (pixel centres at +0.5): values and
-    whether the point is inside the image."""
-    H, W = img.shape[:2]
-    x, y = uv[:, 0] - 0.5, uv[:, 1] - 0.5
-    valid = (uv[:, 0] >= 0) & (uv[:, 0] <= W) & (uv[:, 1] >= 0) & (uv[:, 1] <= H)
-    x, y = np.clip(x, 0, W - 1), np.clip(y, 0, H - 1)
-    x0, y0 = np.minimum(np.floor(x).astype(int), W - 2), np.minimum(np.floor(y).astype(int), H - 2)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    v = (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
-         + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
-    return v, valid
-
-
-def _magnified_task(job: dict) -> None:
-    from PIL import Image
-    out, spec, cam, photo_cam = job["out"], job["spec"], job["cam"], job["photo_cam"]
-    lin, alpha = render_clean(spec, cam, job["ss_ref"])
-    c = culled(spec, cam)
-    r = rasterize(c.mesh, cam)
-    x = interpolate(r, c.mesh.faces, c.mesh.vertices)[r.mask]
-    with Image.open(out / "images" / f"{photo_cam.name}.jpg") as im:
-        photo = np.asarray(im.convert("RGB"), np.float32) / 255.0
-    uv, z = photo_cam.project(x)
-    vals, valid = bilinear(photo, uv)
-    warp = np.zeros((cam.height, cam.width, 3), np.float32)
-    ok = np.zeros((cam.height, cam.width), bool)
-    warp[r.mask] = vals
-    ok[r.mask] = valid & (z > 0)
-    save_gt(out / TRUTH / "magnified" / f"{cam.name}.npz", linear_to_srgb(lin), alpha,
-            photo=to_u16(warp * ok[..., None]), photo_valid=ok)
+from .sensor import photometric_params
+from .truth import TRUTH
 
 
 def _run(fn, jobs: list[dict], workers: int) -> list:
+    """fn over the per-view jobs, in `workers` processes when more than one."""
     if workers > 1 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
             return list(pool.map(fn, jobs))
     return [fn(j) for j in jobs]
 
-
-# --- the scene folder ------------------------------------------------------------------------
 
 def capture_matches(out_dir: str | Path, **kw) -> bool:
     """True when OUT holds a complete capture scene (views.json is written last) made with
@@ -301,7 +161,7 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
              "ev": float(photo["ev"][i]), "wb": photo["wb"][i].tolist(), "iso": float(photo["iso"][i]),
              "quality": int(photo["quality"][i]), "reproj_target": float(targets[i]),
              "occluder": kinds.get(i)} for i in range(n)]
-    views = _run(_photo_task, jobs, workers)
+    views = _run(take_photo, jobs, workers)
     t_photos = time.perf_counter() - t0 - t_mesh
 
     # Magnified views: 1x..8x closer than the nearest training photo that sees the point.
@@ -321,7 +181,7 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
             mag.append({"name": name, "target": t, "factor": float(fct), "camera": cam.to_dict(),
                         "distance": float(np.linalg.norm(cam.center - np.array(tg["point"])))})
             mjobs.append({"out": out, "spec": spec, "cam": cam, "photo_cam": near, "ss_ref": ss_ref})
-    _run(_magnified_task, mjobs, workers)
+    _run(render_magnified, mjobs, workers)
     write_camera_path(out / TRUTH / "magnified.json", list(range(len(mag))),
                       [Camera.from_dict(m["camera"]) for m in mag])
     t_mag = time.perf_counter() - t0 - t_mesh - t_photos
