@@ -1,5 +1,5 @@
-"""Synthetic scenes with exact ground truth, for the tests, the demo and the benchmarks (numpy only;
-the pipeline never imports this package, only the demo command does).
+"""Synthetic scenes with exact ground truth, for the tests, the demo and the benchmarks (numpy, and
+Pillow for JPEG; no torch). The pipeline never imports this package; only the demo command does.
 
     procedural.py        the procedural world (shapes, analytic texture, shading, its exact render),
                          its cameras and flythrough, and the clean MVSNet scene folder (`make_scene`)
