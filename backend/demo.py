@@ -32,7 +32,7 @@ def run_demo(out: str, device: str = "auto", iters: int | None = None) -> dict:
     from .campath import write_camera_path
     from .evaluate import evaluate
     from .fit import fit
-    from .procedural import make_flythrough, make_scene, scene_matches
+    from .synthetic.procedural import make_flythrough, make_scene, scene_matches
     from .render import render_path
 
     dev = resolve_device(device)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend import events  # noqa: E402
 from backend.cache import build_cache, cache_matches  # noqa: E402
 from backend.evaluate import evaluate  # noqa: E402
-from backend.procedural import make_scene  # noqa: E402
+from backend.synthetic.procedural import make_scene  # noqa: E402
 from backend.train import train  # noqa: E402
 
 VARIANTS = {"16 levels, 2^17 rows (small)": {}, "12 levels, 2^17 rows": {"model.grid.n_levels": 12},

@@ -29,7 +29,8 @@ from backend.colour import linear_to_srgb  # noqa: E402
 from backend.config import apply_overrides, preset, with_value  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.metrics import psnr, speckle_fraction, ssim  # noqa: E402
-from backend.procedural_capture import load_truth, make_capture  # noqa: E402
+from backend.synthetic.capture import make_capture  # noqa: E402
+from backend.synthetic.truth import load_truth  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.render import render_camera  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402

@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend import stepprof  # noqa: E402
 from backend.campath import write_camera_path  # noqa: E402
-from backend.procedural import make_flythrough, make_scene  # noqa: E402
+from backend.synthetic.procedural import make_flythrough, make_scene  # noqa: E402
 from common import Timer, device_name, print_table, report, write_json  # noqa: E402
 
 

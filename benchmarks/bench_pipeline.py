@@ -6,7 +6,7 @@ supersampling on a subdivided (>= 5 M triangle) copy of the mesh, with image wri
         [--scene-kind procedural|capture-sparse|capture-dense] [--eval-every N] [--no-render]
 
 --scene-kind: the clean procedural scene (default; 64 views 1280x960) or a capture scene of
-backend.procedural_capture (photos with exposure changes, noise, JPEG, pose error, occluders and
+backend.synthetic.capture (photos with exposure changes, noise, JPEG, pose error, occluders and
 a degraded mesh; sparse 16 photos 960x720, dense 120 photos 640x480 unless --views/--width/
 --height say otherwise). --eval-every N pauses training every N steps (exact resume) for a
 held-out PSNR curve: against the held-out photos (the pipeline's `eval`) and, on capture scenes,
@@ -38,8 +38,10 @@ from backend.cache import build_cache, cache_matches  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
 from backend.evaluate import evaluate  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
-from backend.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
-from backend.procedural_capture import VARIANTS, CaptureParams, capture_matches, load_truth, make_capture  # noqa: E402
+from backend.synthetic.procedural import make_flythrough, make_scene, scene_matches  # noqa: E402
+from backend.synthetic.capture import capture_matches, make_capture  # noqa: E402
+from backend.synthetic.capture_settings import VARIANTS, CaptureParams  # noqa: E402
+from backend.synthetic.truth import load_truth  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import train  # noqa: E402

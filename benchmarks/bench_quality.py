@@ -9,7 +9,7 @@ Scenes:
   procedural      the multi-scale procedural scene (orbit photos plus close-ups 8x nearer whose
                   texture is far finer than the mesh), clean PNG photos, the exact mesh; the
                   held-out photos are the reference. Groups: far, close, all.
-  capture-sparse  backend.procedural_capture: the same world photographed like a real capture
+  capture-sparse  backend.synthetic.capture: the same world photographed like a real capture
   capture-dense   (per-photo exposure and white balance, sensor noise, JPEG, ~0.3 px of pose
                   error, a simplified, displaced mesh with holes and floating blobs, occluders in
                   some photos); sparse: 16 photos (12 train), dense: 120 (105 train). Views are
@@ -80,8 +80,9 @@ from backend.colour import linear_to_srgb  # noqa: E402
 from backend.imageio import read_image  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.metrics import lpips_or_none, psnr, speckle_fraction, ssim  # noqa: E402
-from backend.procedural import VIEWS_JSON, make_scene, pick_test_every  # noqa: E402
-from backend.procedural_capture import Truth, load_truth, make_capture, read_gt  # noqa: E402
+from backend.synthetic.procedural import VIEWS_JSON, make_scene, pick_test_every  # noqa: E402
+from backend.synthetic.capture import make_capture  # noqa: E402
+from backend.synthetic.truth import Truth, load_truth, read_gt  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.render import render_camera  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
@@ -147,7 +148,7 @@ def procedural_scene(work: Path, mode: Mode) -> Path:
 
 
 def capture_scene(work: Path, mode: Mode, variant: str) -> Path:
-    """A capture scene (backend.procedural_capture), reused when a previous run made the same one."""
+    """A capture scene (backend.synthetic.capture), reused when a previous run made the same one."""
     n, w, h = getattr(mode, variant)
     return make_capture(work / f"capture-{variant}", variant, n, w, h, ss_ref=mode.capture_ss_ref, seed=0,
                         workers=os.cpu_count() or 1, reuse=True)

@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.model import Manifold  # noqa: E402
-from backend.procedural import make_flythrough, make_spec  # noqa: E402
+from backend.synthetic.procedural import make_flythrough, make_spec  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.imageio import _save_png  # noqa: E402
 from backend.render import WRITER_THREADS, FrameWriter, HostCopy, frame_buffers, render_tensors  # noqa: E402

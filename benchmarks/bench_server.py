@@ -42,7 +42,7 @@ def write_run(folder: Path, subdivide: int, preset_name: str = "reference") -> t
     from backend.config import preset, to_dict
     from backend.meshio import write_ply
     from backend.model import Manifold
-    from backend.procedural import make_spec
+    from backend.synthetic.procedural import make_spec
     from common import subdivide as subdivide_mesh
     spec = make_spec(0)
     mesh = subdivide_mesh(spec.mesh, subdivide)
@@ -143,7 +143,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from backend.procedural import make_flythrough
+    from backend.synthetic.procedural import make_flythrough
     from common import print_table, report, write_json
     from xscale_blender import render_server as rs
     rows: list[dict] = []

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from backend import procedural as P
+from backend.synthetic import procedural as P
 from backend.cameras import Camera
 from backend.colour import linear_to_srgb
 from backend.imageio import read_image

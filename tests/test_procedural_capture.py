@@ -1,4 +1,4 @@
-"""The capture scene (backend.procedural_capture): its degradations are real and measured, the
+"""The capture scene (backend.synthetic.capture): its degradations are real and measured, the
 ground truth is the clean renderer at the true cameras, and the quality benchmark scores it."""
 import json
 import sys
@@ -9,15 +9,22 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
-from backend import procedural as P
-from backend import procedural_capture as C
 from backend.cameras import Camera
 from backend.colour import linear_to_srgb, srgb_to_linear
 from backend.imageio import read_image
-from backend.meshio import load_mesh
+from backend.meshio import Mesh, load_mesh
 from backend.raster import Rasterizer
 from backend.raster_cpu import interpolate, rasterize
 from backend.scene import load_scene
+from backend.synthetic import capture as C
+from backend.synthetic import procedural as P
+from backend.synthetic.capture_settings import CaptureParams
+from backend.synthetic.clean_render import frustum_faces, render_clean
+from backend.synthetic.geometry import point_mesh_distance
+from backend.synthetic.mesh_degradation import edge_use
+from backend.synthetic.pose_noise import reprojection_errors
+from backend.synthetic.sensor import noise_sigma, sensor
+from backend.synthetic.truth import Truth, load_truth, read_gt
 
 W, H = 96, 72
 SS = 2
@@ -31,7 +38,7 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def truth(scene):
-    return C.load_truth(scene)
+    return load_truth(scene)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,7 @@ def spec(scene):
 
 @pytest.fixture(scope="module")
 def params(truth):
-    return C.CaptureParams.from_json(truth.info["settings"]["params"])
+    return CaptureParams.from_json(truth.info["settings"]["params"])
 
 
 def _views(truth):
@@ -79,7 +86,7 @@ def test_exposure_and_white_balance_are_recovered_from_the_photos(scene, truth, 
     got, want = [], []
     for v in truth.info["views"]:
         cam = Camera.from_dict(v["true_camera"])
-        lin, alpha = C.render_clean(spec, cam, SS)
+        lin, alpha = render_clean(spec, cam, SS)
         photo = srgb_to_linear(_photo(scene, v["name"]))
         ok = alpha >= 1
         if v["occluder"]:
@@ -113,30 +120,30 @@ def test_photos_are_4_2_0_jpegs_with_compression_loss(scene, truth, spec, params
     # noiseless 8-bit render is several times the noise alone.
     v = next(v for v in truth.info["views"] if not v["occluder"])
     cam = Camera.from_dict(v["true_camera"])
-    lin, alpha = C.render_clean(spec, cam, SS)
+    lin, alpha = render_clean(spec, cam, SS)
     exposed = np.clip(lin * 2.0 ** v["ev"] * np.array(v["wb"]), 0, 1)
     clean8 = np.round(linear_to_srgb(exposed) * 255) / 255
     res = (_photo(scene, v["name"]) - clean8)[alpha >= 1]
-    sigma = C.noise_sigma(exposed, v["iso"], params)[alpha >= 1]
+    sigma = noise_sigma(exposed, v["iso"], params)[alpha >= 1]
     assert res.std() > 2 * np.sqrt(np.mean(sigma ** 2)) * 1.2 + 1 / 255
     assert np.abs(res).mean() < 0.05
 
 
 def test_sensor_noise_is_shot_plus_read_noise_of_a_real_camera():
-    p = C.CaptureParams()
+    p = CaptureParams()
     rng = np.random.default_rng(0)
     grey = np.full((200, 200, 3), 0.18, np.float32)              # mid grey, linear
     d = 1e-4
     slope = (linear_to_srgb(np.array(0.18 + d)) - linear_to_srgb(np.array(0.18 - d))) / (2 * d)
     stds = {}
     for iso in (100.0, 800.0):
-        x = C.sensor(grey, 0.0, np.ones(3), iso, p, rng)
+        x = sensor(grey, 0.0, np.ones(3), iso, p, rng)
         assert abs(x.mean() - 0.18) < 1e-3
-        assert x.std() == pytest.approx(float(C.noise_sigma(np.array(0.18), iso, p)), rel=0.03)
+        assert x.std() == pytest.approx(float(noise_sigma(np.array(0.18), iso, p)), rel=0.03)
         stds[iso] = x.std() * slope * 255                          # 8-bit sRGB levels
     assert 0.5 < stds[100.0] < 1.5 and 2.0 < stds[800.0] < 4.0
     assert stds[800.0] / stds[100.0] == pytest.approx(np.sqrt(8), rel=0.1)
-    dark = C.sensor(np.zeros((100, 100, 3), np.float32), 0.0, np.ones(3), 800.0, p, rng)
+    dark = sensor(np.zeros((100, 100, 3), np.float32), 0.0, np.ones(3), 800.0, p, rng)
     assert 0 < dark.mean() < 3 * p.read_noise_e / (p.full_well_e / 8)    # read noise, clipped at 0
 
 
@@ -153,7 +160,7 @@ def test_written_poses_have_the_requested_reprojection_error(scene, truth, spec,
         small = true.scaled(40 / W)
         r = rasterize(spec.mesh, small)
         x = interpolate(r, spec.mesh.faces, spec.mesh.vertices)[r.mask]
-        e = C.reprojection_errors(true, cam, x)
+        e = reprojection_errors(true, cam, x)
         sq.append(np.mean(e ** 2))
         per.append(views[name]["reproj_rms_px"])
     rms = float(np.sqrt(np.mean(sq)))
@@ -166,11 +173,11 @@ def test_mesh_is_simplified_displaced_holed_and_has_blobs(scene, truth, spec, pa
     mesh = load_mesh(scene / "1.obj")
     stats = truth.info["mesh"]
     assert len(mesh.faces) < 0.6 * len(spec.mesh.faces)
-    body = C.Mesh(mesh.vertices, mesh.faces[:stats["body_triangles"]])
+    body = Mesh(mesh.vertices, mesh.faces[:stats["body_triangles"]])
     # Displacement: the surface moved by a fraction of a far pixel, within the stated bound.
     rng = np.random.default_rng(0)
     used = np.unique(body.faces)
-    d = C.point_mesh_distance(mesh.vertices[rng.choice(used, 600, replace=False)], spec.mesh)
+    d = point_mesh_distance(mesh.vertices[rng.choice(used, 600, replace=False)], spec.mesh)
     bound = params.displacement + params.cluster_cell ** 2 / (8 * 0.45)     # + chord error (r >= 0.45)
     assert 0.25 * params.displacement < np.sqrt(np.mean(d ** 2)) < 0.7 * params.displacement
     assert np.quantile(d, 0.99) < bound
@@ -178,14 +185,14 @@ def test_mesh_is_simplified_displaced_holed_and_has_blobs(scene, truth, spec, pa
     assert len(stats["holes"]) == params.holes
     assert stats["boundary_edges"] > stats["boundary_edges_before_holes"] + 3 * params.holes
     centres = np.array([h["centre"] for h in stats["holes"]])
-    assert C.point_mesh_distance(centres, spec.mesh).max() < 1e-6
-    assert C.point_mesh_distance(centres, body).min() > 0.25 * params.hole_radius
+    assert point_mesh_distance(centres, spec.mesh).max() < 1e-6
+    assert point_mesh_distance(centres, body).min() > 0.25 * params.hole_radius
     # Blobs: closed little surfaces off the true surface, seen by some photos.
-    blob = C.Mesh(mesh.vertices, mesh.faces[stats["body_triangles"]:])
+    blob = Mesh(mesh.vertices, mesh.faces[stats["body_triangles"]:])
     assert len(stats["blobs"]) == params.blobs
-    assert (C.edge_use(blob.faces) == 2).all()
+    assert (edge_use(blob.faces) == 2).all()
     bv = np.unique(blob.faces)
-    assert C.point_mesh_distance(mesh.vertices[bv], spec.mesh).min() > 0.02
+    assert point_mesh_distance(mesh.vertices[bv], spec.mesh).min() > 0.02
     for b in stats["blobs"]:
         r = np.linalg.norm(mesh.vertices[bv] - np.array(b["centre"]), axis=1)
         assert ((r < 1.3 * b["radius"]).sum()) >= 30                # its own vertices, around it
@@ -204,12 +211,12 @@ def test_occluders_are_in_their_photos_only(scene, truth, spec, params):
         m = _occluder_mask(scene, v["name"])
         assert m.mean() == pytest.approx(v["occluder"]["pixels"], abs=1e-9)
         assert 0.01 < m.mean() < 0.5
-        lin, alpha = C.render_clean(spec, cam, SS)
+        lin, alpha = render_clean(spec, cam, SS)
         expected = linear_to_srgb(np.clip(lin * 2.0 ** v["ev"] * np.array(v["wb"]), 0, 1))
         diff = np.abs(_photo(scene, v["name"]) - expected).mean(-1)
         assert diff[m].mean() > 4 * diff[~m & (alpha >= 1)].mean()
         if v["name"] in gt_held:                                   # the reference never has it
-            g = C.read_gt(gt_held[v["name"]].path)
+            g = read_gt(gt_held[v["name"]].path)
             assert np.abs(g["srgb"] - linear_to_srgb(lin)).max() < 2 / 65535
 
 
@@ -217,12 +224,12 @@ def test_heldout_ground_truth_is_the_clean_render_at_the_true_pose(scene, truth,
     s = load_scene(scene)
     written = {v.name: v.camera for v in s.views}
     for tv in truth.heldout:
-        g = C.read_gt(tv.path)
-        lin, alpha = C.render_clean(spec, tv.camera, SS)
+        g = read_gt(tv.path)
+        lin, alpha = render_clean(spec, tv.camera, SS)
         assert np.abs(g["srgb"] - linear_to_srgb(lin)).max() < 2 / 65535
         assert np.abs(g["alpha"] - alpha).max() < 2 / 65535
         # Exact renderer: the same clean image through the pipeline's (noisy) camera differs.
-        shifted, _ = C.render_clean(spec, written[tv.name], SS)
+        shifted, _ = render_clean(spec, written[tv.name], SS)
         assert np.abs(linear_to_srgb(shifted) - g["srgb"]).mean() > 1e-3
 
 
@@ -259,8 +266,8 @@ def test_magnified_cameras_are_2_4_8_times_closer_than_the_nearest_photo(scene, 
         assert np.dot(d0, d1) / np.linalg.norm(d0) / np.linalg.norm(d1) > 1 - 1e-9
     assert sorted({tv.factor for tv in truth.magnified}) == [1.0, 2.0, 4.0, 8.0]
     tv = next(tv for tv in truth.magnified if tv.factor == 8.0)
-    g = C.read_gt(tv.path)
-    lin, alpha = C.render_clean(spec, tv.camera, SS)
+    g = read_gt(tv.path)
+    lin, alpha = render_clean(spec, tv.camera, SS)
     assert np.abs(g["srgb"] - linear_to_srgb(lin)).max() < 2 / 65535
     assert np.abs(g["alpha"] - alpha).max() < 2 / 65535
     assert g["photo_valid"].mean() > 0.5 and g["photo"].shape == (H, W, 3)
@@ -291,10 +298,10 @@ def test_generation_is_deterministic_per_seed(tmp_path):
 def test_frustum_culling_changes_no_pixel(spec):
     cams, _ = P.make_cameras(P.make_spec(0), 3, 64, 48, "multiscale", seed=0)
     close = cams[2]                                             # a close-up: most triangles culled
-    keep = C.frustum_faces(spec.mesh, close)
+    keep = frustum_faces(spec.mesh, close)
     assert keep.sum() < 0.5 * len(keep)
     a = P.reference_render(spec, close, 1)
-    b = C.render_clean(spec, close, 1)
+    b = render_clean(spec, close, 1)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
 
@@ -313,7 +320,7 @@ def test_benchmark_scores_every_group_against_the_clean_reference(scene, truth, 
     rast = Rasterizer(load_mesh(scene / "1.obj"), torch.device("cpu"))
     # One far and one close held-out photo, and the magnified views of the first point (seconds).
     first = {v.group: v.name for v in reversed(truth.heldout)}
-    sub = C.Truth(truth.root, truth.info, [v for v in truth.heldout if v.name in first.values()],
+    sub = Truth(truth.root, truth.info, [v for v in truth.heldout if v.name in first.values()],
                   [v for v in truth.magnified if v.target == 0])
     views = bq.capture_views(sub, rast)
     assert [v.name for v in views] == [v.name for v in sub.views] and len(views) == 6
@@ -322,7 +329,7 @@ def test_benchmark_scores_every_group_against_the_clean_reference(scene, truth, 
     assert [row for row, _name in sheets[0].rows] == ["1x", "4x", "8x"]
     scorer = bq.Scorer("capture-sparse", views, sheets[:1])
     # A perfect method: the clean renderer at the camera it is given (exact at the true cameras).
-    scorer.score(bq.OURS, lambda c: linear_to_srgb(C.render_clean(spec, c, SS)[0]), 0.0)
+    scorer.score(bq.OURS, lambda c: linear_to_srgb(render_clean(spec, c, SS)[0]), 0.0)
     # The vertex-colour baseline fitted to the photos, briefly.
     s = load_scene(scene)
     train_ids, _ = s.split(truth.test_every)

@@ -14,7 +14,7 @@ from backend.evaluate import evaluate
 from backend.imageio import read_image
 from backend.meshio import load_mesh
 from backend.metrics import psnr
-from backend.procedural import make_scene
+from backend.synthetic.procedural import make_scene
 from backend.raster import Rasterizer
 from backend.render import render_camera
 from backend.runfolder import RunFolder

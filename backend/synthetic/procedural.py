@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .cameras import look_at, Camera, write_mvsnet_cam
-from .colour import linear_to_srgb
-from .imageio import write_png
-from .meshio import Mesh, write_obj
-from .raster_cpu import interpolate, rasterize, supersample_view
+from ..cameras import look_at, Camera, write_mvsnet_cam
+from ..colour import linear_to_srgb
+from ..imageio import write_png
+from ..meshio import Mesh, write_obj
+from ..raster_cpu import interpolate, rasterize, supersample_view
 
 # Non-ideal intrinsics: fractions of the image size, and fy / fx.
 CX_FRAC, CY_FRAC, FY_OVER_FX = 0.52, 0.47, 0.98
@@ -393,11 +393,13 @@ def pick_test_every(close: list[bool]) -> int:
     raise ValueError("the scene needs at least one far and one close-up view to hold out")
 
 
+# views.json's generator tags: the generators' module names when the formats were introduced, kept
+# as they are so that scene folders written before still match.
 GENERATORS = ("backend.procedural", "backend.procedural_capture")
 
 
 def load_spec(scene_dir: str | Path) -> SceneSpec:
-    """The true SceneSpec of a folder written by make_scene or procedural_capture.make_capture
+    """The true SceneSpec of a folder written by make_scene or capture.make_capture
     (from the seed and tessellation detail in its views.json)."""
     path = Path(scene_dir) / VIEWS_JSON
     info = json.loads(path.read_text())
