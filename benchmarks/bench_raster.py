@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backend.procedural import make_flythrough, make_scene, make_spec  # noqa: E402
+from backend.synthetic.procedural import make_flythrough, make_scene, make_spec  # noqa: E402
 from backend.raster import ENV, Rasterizer  # noqa: E402
 from common import Timer, print_table, report, subdivide, write_json  # noqa: E402
 
