@@ -77,11 +77,11 @@ class Trainer:
         # Several processes: level groups of G processes (G = 1: plain data parallel).
         self.lp: table_parallel.LevelParallel | None = None
         G = 1
-        if ctx.world > 1 and table_parallel.available(self.model, dev, self.ss ** 2):
+        if ctx.world > 1 and self.model.grid.splits_levels(self.ss ** 2, dev):
             G = table_parallel.group_size(table_parallel.setting(), ctx.world, ctx.local_world,
                                           tc.model.grid.n_levels)
         if G > 1:
-            self.lp = table_parallel.LevelParallel(self.model, ctx.rank, ctx.world, G, batch, self.ss ** 2, dev)
+            self.lp = table_parallel.LevelParallel(self.model, ctx.rank, ctx.world, G, batch, dev)
             groups = self.lp.param_groups(groups)
         self.others = [p for g in groups if g.get("name") != "grid" for p in g["params"]]
         self.mode = ("one process" if ctx.world == 1 else f"data parallel x{ctx.world}" if G == 1 else

@@ -12,7 +12,7 @@
 """
 from .encoder import Encoder, Weights
 from .grid import HashGrid
-from .layout import n_params
+from .layout import Level, n_params
 from .registry import BACKENDS, ENCODERS, check_backend
 
-__all__ = ["BACKENDS", "ENCODERS", "Encoder", "HashGrid", "Weights", "check_backend", "n_params"]
+__all__ = ["BACKENDS", "ENCODERS", "Encoder", "HashGrid", "Level", "Weights", "check_backend", "n_params"]

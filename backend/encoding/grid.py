@@ -11,16 +11,18 @@ from torch import nn
 
 from ..config import HashGridConfig
 from .encoder import Encoder, Weights
-from .layout import log2_footprint_offset, n_params, normalisation
+from .layout import levels, log2_footprint_offset, n_params, normalisation
 from .registry import encoder_class
 
 
 class HashGrid(nn.Module):
-    """Hash grid over an AABB; call with world-space points (N, 3)."""
+    """Hash grid over an AABB; call with world-space points (N, 3). `levels`: the layout of its
+    levels (layout.Level: resolution, rows of the table)."""
 
     def __init__(self, cfg: HashGridConfig, aabb_min, aabb_max, backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
+        self.levels = levels(cfg)
         lo, inv_extent = normalisation(aabb_min, aabb_max)
         self.register_buffer("lo", torch.from_numpy(lo))
         self.register_buffer("inv_extent", torch.from_numpy(inv_extent))
@@ -59,3 +61,37 @@ class HashGrid(nn.Module):
         -> (N, L*F). Fused on CUDA (forward and backward) for S a power of two."""
         x = self.normalise(x_world.float())
         return self.encoder(x.device).pixels(x, self.table, Weights(w, log2_footprint, fade, bias), coherent)
+
+    # --- level-parallel training (table_parallel.py): each process computes some levels -------
+
+    def splits_levels(self, S: int, device: torch.device) -> bool:
+        """Whether encode_levels runs on `device` for pixels of S sub-samples."""
+        return self.encoder(device).splits_levels(S, device)
+
+    def encode_levels(self, x: torch.Tensor, weights: Weights, ids: list[int]) -> torch.Tensor:
+        """The columns of the levels `ids` (increasing) of `pixels` at normalised points x
+        (N, S, 3): (N, len(ids) * F), without autograd."""
+        return self.encoder(x.device).encode_levels(x, self.table, weights, ids)
+
+    def encode_levels_backward(self, x: torch.Tensor, weights: Weights, ids: list[int],
+                               grad_out: torch.Tensor) -> torch.Tensor:
+        """Gradient of sum(encode_levels(x, weights, ids) * grad_out) w.r.t. those levels' rows of
+        the table, one level after the other."""
+        return self.encoder(x.device).encode_levels_backward(x, grad_out, self.table, weights, ids)
+
+    @torch.no_grad()
+    def add_decay_grads(self, decay: float, own: list[nn.Parameter] | None = None) -> None:
+        """OptimConfig.grid_decay: adds decay x the gradient of each level's mean square entry to
+        the gradients (after any reduction over processes). `own`: whole levels' rows as
+        Parameters with their gradients (level-parallel training), else the table's levels."""
+        if decay <= 0:
+            return
+        if own is None:
+            t = self.table
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+            parts = [(t[lv.rows], t.grad[lv.rows]) for lv in self.levels]
+        else:
+            parts = [(p, p.grad) for p in own]
+        for values, grad in parts:
+            grad.add_(values, alpha=2.0 * decay / values.numel())
