@@ -1,4 +1,5 @@
 """The multi-resolution hash encoding, one folder: swapping the encoder touches only this package.
+The rest of the backend uses the names imported below (and `doctor` the tcnn self-check).
 
     layout.py          parameter layout and constants shared by every implementation (numpy)
     encoder.py         `Encoder`, the interface of an implementation, and its pixel `Weights`
@@ -12,7 +13,8 @@
 """
 from .encoder import Encoder, Weights
 from .grid import HashGrid
-from .layout import Level, n_params
+from .layout import Level, log2_footprint_offset, n_params, normalisation
 from .registry import BACKENDS, ENCODERS, check_backend
 
-__all__ = ["BACKENDS", "ENCODERS", "Encoder", "HashGrid", "Level", "Weights", "check_backend", "n_params"]
+__all__ = ["BACKENDS", "ENCODERS", "Encoder", "HashGrid", "Level", "Weights", "check_backend",
+           "log2_footprint_offset", "n_params", "normalisation"]
