@@ -26,7 +26,7 @@ the table's gradient in another order, as with any number of processes).
 
 Parameters: the model keeps its full table; the own levels are Parameters sharing its storage
 (Adam updates them in place). Checkpoints keep the one-process layout: before a save the owners
-send their levels (rows and Adam moments) to rank 0 (full_optimizer_state), and a resume slices
+send their levels (rows and Adam moments) to rank 0 (optimizer_state), and a resume slices
 them again (load_optimizer_state), so runs resume with any number of processes in any mode.
 
 `XSCALE_TABLE_PARALLEL`: auto (default: groups of up to MAX_AUTO_GROUP processes of one machine),
@@ -34,15 +34,18 @@ off (plain data parallel), or a group size G (dividing the number of processes).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import HashGridConfig
+from . import distributed
+from .config import HashGridConfig, OptimConfig
 from .encoding import Level, Weights
 from .errors import InputError
+from .grad_reduce import others, reduce_flat
 from .stepprof import NO_PROFILE
 
 # torch 2.13 renamed all_gather_into_tensor (deprecated there); older versions have only the old name.
@@ -85,12 +88,14 @@ def assign_levels(lay: list[Level], G: int) -> list[list[int]]:
 
 
 class LevelParallel:
-    """This process's part of level-parallel training (see the module docstring)."""
+    """This process's part of level-parallel training (see the module docstring): a training
+    strategy (train_strategy.Strategy)."""
 
     def __init__(self, model, rank: int, world: int, G: int, batch: int, device: torch.device):
         self.model, self.device = model, device
         self.cfg: HashGridConfig = model.grid.cfg
         self.G, self.D = G, world // G
+        self.mode = f"level parallel: {self.D} group(s) of {G} processes"
         self.rank, self.member, self.block = rank, rank % G, rank // G
         self.lay = model.grid.levels
         self.levels_of = assign_levels(self.lay, G)
@@ -122,6 +127,7 @@ class LevelParallel:
                                            dtype=torch.int64, device=device)
         # The own levels as Parameters sharing the model's table storage (Adam updates them in place).
         self.params = [nn.Parameter(model.grid.table.data[lv.rows]) for lv in self.own_levels]
+        self.others: list[nn.Parameter] = []       # the parameters besides the table (all processes)
         self.grad: torch.Tensor | None = None      # the own levels' gradient of the last backward
         self.prof = NO_PROFILE
 
@@ -129,7 +135,19 @@ class LevelParallel:
 
     def param_groups(self, groups: list[dict]) -> list[dict]:
         """Manifold.param_groups' groups with the table replaced by the own levels."""
+        self.others = others(groups)
         return [dict(g, params=list(self.params)) if g.get("name") == "grid" else g for g in groups]
+
+    def start(self) -> None:
+        distributed.broadcast_module(self.model)
+
+    def backward(self, loss: torch.Tensor, prof) -> None:
+        loss.backward()     # its parts are marked in _LevelFeatures.backward
+
+    def reduce(self, stats: torch.Tensor) -> torch.Tensor:
+        """The own levels' gradient is complete; the other parameters' and `stats` are summed."""
+        self.assign_grads()
+        return reduce_flat(self.others, stats)
 
     def assign_grads(self) -> None:
         """The own levels' gradients from the last backward (zeros when there was none)."""
@@ -141,17 +159,17 @@ class LevelParallel:
             o += lv.size
         self.grad = None
 
-    def add_grid_decay(self, decay: float) -> None:
-        """OptimConfig.grid_decay on the own levels, as Manifold.add_regulariser_grads does on
-        the whole table (the mean square of each level's entries)."""
-        self.model.grid.add_decay_grads(decay, self.params)
+    def regularise(self, optim: OptimConfig) -> None:
+        """The model's regularisers, the grid decay on the own levels only."""
+        self.model.add_regulariser_grads(dataclasses.replace(optim, grid_decay=0.0))
+        self.model.grid.add_decay_grads(optim.grid_decay, self.params)
 
     # --- the step's features -----------------------------------------------------------------
 
     def features(self, xyz: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor | None,
-                 prof=None) -> torch.Tensor:
+                 prof=NO_PROFILE) -> torch.Tensor:
         """Per-ray features (n, L*F) of this process's rays, as Manifold.features computes them."""
-        self.prof = prof or NO_PROFILE
+        self.prof = prof
         w, lf = self.model.sub_sample_weights(xyz, mask, footprint)
         x = self.model.grid.normalise(xyz.float())
         self.prof.mark("points")
@@ -201,7 +219,7 @@ class LevelParallel:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def full_optimizer_state(self, opt: torch.optim.Optimizer) -> dict | None:
+    def optimizer_state(self, opt: torch.optim.Optimizer) -> dict | None:
         """Collective over the processes of block 0: rank 0 receives every level it does not own
         (table rows and Adam moments) and returns the optimiser state in the one-process layout
         (and its model's table is then complete); None elsewhere."""

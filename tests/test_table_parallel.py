@@ -36,7 +36,7 @@ def test_group_sizes():
 
 
 def test_grid_decay_on_own_levels_matches_the_model():
-    """LevelParallel.add_grid_decay repeats Manifold.add_regulariser_grads level by level."""
+    """LevelParallel.regularise repeats Manifold.add_regulariser_grads' grid decay level by level."""
     from backend.model import Manifold
     from backend.table_parallel import LevelParallel
     tc = preset("small", "cpu")
@@ -51,7 +51,7 @@ def test_grid_decay_on_own_levels_matches_the_model():
     lay = levels(tc.model.grid)
     assert lp.own_levels == [lay[i] for i in assign_levels(lay, 2)[1]]
     lp.assign_grads()                                   # no backward yet: zeros
-    lp.add_grid_decay(decay)
+    lp.regularise(OptimConfig(grid_decay=decay))
     for p, lv in zip(lp.params, lp.own_levels):
         assert torch.equal(p.grad, expect[lv.offset:lv.offset + lv.size])
 
@@ -195,3 +195,22 @@ def test_exchanges_put_every_level_back_in_place():
             assert torch.equal(got, expect)
     finally:
         tp.dist.all_to_all_single = old
+
+
+def test_strategy_is_chosen_once_from_the_processes_and_the_grid(monkeypatch):
+    """One process; several: level parallel where the grid's encoder splits levels and
+    XSCALE_TABLE_PARALLEL groups processes, else data parallel (tiny-cuda-nn: never split)."""
+    from backend.distributed import Context
+    from backend.model import Manifold
+    from backend.table_parallel import LevelParallel
+    from backend.train_strategy import DataParallel, OneProcess, choose
+    model = Manifold(ModelConfig(grid=HashGridConfig(n_levels=7, log2_table=12)), [0, 0, 0], [1, 1, 1], 3)
+    cpu = torch.device("cpu")
+    assert type(choose(Context(0, 1, 0, cpu), model, 64, 4)) is OneProcess
+    two = Context(0, 2, 0, cpu, local_world=2)
+    for setting, kind in (("auto", LevelParallel), ("off", DataParallel)):
+        monkeypatch.setenv("XSCALE_TABLE_PARALLEL", setting)
+        assert type(choose(two, model, 64, 4)) is kind, setting
+    monkeypatch.setenv("XSCALE_TABLE_PARALLEL", "auto")
+    model.grid.backend = "tcnn"
+    assert type(choose(two, model, 64, 4)) is DataParallel
