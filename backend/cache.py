@@ -28,7 +28,7 @@ import torch
 from . import events
 from .cameras import Camera
 from .config import SS, TEST_EVERY
-from .encoding.layout import normalisation
+from .encoding import normalisation
 from .errors import InputError
 from .footprint import FieldBuilder, camera_rows, footprints
 from .imageio import read_mask

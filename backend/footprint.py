@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cameras import Camera
-from .encoding.layout import log2_footprint_offset
+from .encoding import log2_footprint_offset
 
 FIELD_RES = 128          # cells along the longest axis of the box (about 1 % of the scene each)
 

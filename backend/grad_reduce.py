@@ -38,6 +38,11 @@ SPARSE_MIN_ROWS = {"nccl": 1 << 24, "gloo": 1 << 16}   # below: one dense all_re
 RECHECK_EVERY = 100            # after picking dense, steps before the next density check
 
 
+def others(groups: list[dict]) -> list[nn.Parameter]:
+    """The parameters of the optimiser's groups besides the hash table ("grid"): decoder, codes, gains."""
+    return [p for g in groups if g.get("name") != "grid" for p in g["params"]]
+
+
 def reduce_flat(params: list[nn.Parameter], stats: torch.Tensor, group=None) -> torch.Tensor:
     """Sum the gradients of `params` (small: decoder, codes, gains) and `stats` over the ranks of
     `group` (default: all) in one flat all_reduce; the gradients in place, the summed stats returned."""

@@ -15,7 +15,6 @@ from torch import nn
 from .colour import linear_to_srgb
 from .config import ModelConfig, OptimConfig
 from .encoding import HashGrid
-from .encoding.layout import levels
 from .footprint import FootprintField
 
 
@@ -150,13 +149,7 @@ class Manifold(nn.Module):
         """Add the gradients of the regularisers (OptimConfig.grid_decay, exposure_decay) to the
         parameters' gradients, in place (after any reduction over ranks: they are the same on
         every rank)."""
-        if optim.grid_decay > 0:
-            t = self.grid.table
-            g = t.grad if t.grad is not None else torch.zeros_like(t)
-            for lv in levels(self.cfg.grid):
-                rows = slice(lv.offset, lv.offset + lv.size)
-                g[rows].add_(t[rows], alpha=2.0 * optim.grid_decay / (lv.size * t.shape[1]))
-            t.grad = g
+        self.grid.add_decay_grads(optim.grid_decay)
         if optim.exposure_decay > 0:
             e = self.decoder.exposure
             g = e.grad if e.grad is not None else torch.zeros_like(e)

@@ -11,7 +11,7 @@ levels dealt out first, then the dense ones where the load is lightest). Each pr
 and decodes only its own share of the batch. Per step:
   1. all_gather of the batch's points (normalised positions, sub-sample weights, footprints) over
      the group: every process has the group's whole batch (20 bytes per sub-sample);
-  2. every process encodes all of them at its own levels only (the fused kernels on a level set);
+  2. every process encodes all of them at its own levels only (HashGrid.encode_levels);
   3. all_to_all: each process receives its own rays' features of every level and decodes them;
   4. backward: all_to_all of the feature gradients back to the levels' owners, each owner runs the
      grid backward of its levels over the whole batch: its levels' gradient is complete there,
@@ -26,7 +26,7 @@ the table's gradient in another order, as with any number of processes).
 
 Parameters: the model keeps its full table; the own levels are Parameters sharing its storage
 (Adam updates them in place). Checkpoints keep the one-process layout: before a save the owners
-send their levels (rows and Adam moments) to rank 0 (full_optimizer_state), and a resume slices
+send their levels (rows and Adam moments) to rank 0 (optimizer_state), and a resume slices
 them again (load_optimizer_state), so runs resume with any number of processes in any mode.
 
 `XSCALE_TABLE_PARALLEL`: auto (default: groups of up to MAX_AUTO_GROUP processes of one machine),
@@ -34,15 +34,18 @@ off (plain data parallel), or a group size G (dividing the number of processes).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import HashGridConfig
-from .encoding.layout import Level, levels
+from . import distributed
+from .config import HashGridConfig, OptimConfig
+from .encoding import Level, Weights
 from .errors import InputError
+from .grad_reduce import others, reduce_flat
 from .stepprof import NO_PROFILE
 
 # torch 2.13 renamed all_gather_into_tensor (deprecated there); older versions have only the old name.
@@ -84,49 +87,23 @@ def assign_levels(lay: list[Level], G: int) -> list[list[int]]:
     return [sorted(o) for o in own]
 
 
-def _kernels_for(model, device: torch.device, S: int):
-    """The Triton kernels module when the model's grid uses them for S sub-samples, None for the
-    PyTorch reference (CPU); raises LookupError when the grid's path cannot be split by levels."""
-    grid = model.grid
-    if device.type != "cuda":
-        if grid.backend == "tcnn":
-            raise LookupError("tiny-cuda-nn")
-        return None
-    if grid.backend not in ("auto", "triton"):
-        raise LookupError(grid.backend)
-    try:
-        from .encoding import triton_kernels as kernels
-    except ImportError:
-        raise LookupError("no triton") from None
-    if not kernels.supports(S, kernels.FWD_LAUNCH):
-        raise LookupError(f"{S} sub-samples")
-    return kernels
-
-
-def available(model, device: torch.device, S: int) -> bool:
-    try:
-        _kernels_for(model, device, S)
-    except LookupError:
-        return False
-    return True
-
-
 class LevelParallel:
-    """This process's part of level-parallel training (see the module docstring)."""
+    """This process's part of level-parallel training (see the module docstring): a training
+    strategy (train_strategy.Strategy)."""
 
-    def __init__(self, model, rank: int, world: int, G: int, batch: int, S: int, device: torch.device):
+    def __init__(self, model, rank: int, world: int, G: int, batch: int, device: torch.device):
         self.model, self.device = model, device
         self.cfg: HashGridConfig = model.grid.cfg
         self.G, self.D = G, world // G
+        self.mode = f"level parallel: {self.D} group(s) of {G} processes"
         self.rank, self.member, self.block = rank, rank % G, rank // G
-        self.lay = levels(self.cfg)
+        self.lay = model.grid.levels
         self.levels_of = assign_levels(self.lay, G)
         self.owner = {lv: q for q, ls in enumerate(self.levels_of) for lv in ls}
         self.own = self.levels_of[self.member]
         self.own_levels = [self.lay[i] for i in self.own]
         self.L, self.F = self.cfg.n_levels, self.cfg.n_features
         self.P = -(-batch // world)          # rows per process, padded: the largest share
-        self.kernels = _kernels_for(model, device, S)
         # Process groups: the G processes of each block (levels split), the D processes holding the
         # same levels (data parallel between blocks). Every process creates every group, in order.
         self.group = self.dp_group = None
@@ -148,13 +125,9 @@ class LevelParallel:
         self.to_member_order = torch.tensor(member_order, dtype=torch.int64, device=device)
         self.to_level_order = torch.tensor([member_order.index(lv) for lv in range(self.L)],
                                            dtype=torch.int64, device=device)
-        self.own_idx = torch.tensor(self.own, dtype=torch.int64, device=device)
-        if self.kernels is not None:
-            self.fwd_set = self.kernels.level_set(self.cfg, self.own, device, compact=False)
-            self.bwd_set = self.kernels.level_set(self.cfg, self.own, device, compact=True)
         # The own levels as Parameters sharing the model's table storage (Adam updates them in place).
-        table = model.grid.table
-        self.params = [nn.Parameter(table.data[lv.offset:lv.offset + lv.size]) for lv in self.own_levels]
+        self.params = [nn.Parameter(model.grid.table.data[lv.rows]) for lv in self.own_levels]
+        self.others: list[nn.Parameter] = []       # the parameters besides the table (all processes)
         self.grad: torch.Tensor | None = None      # the own levels' gradient of the last backward
         self.prof = NO_PROFILE
 
@@ -162,7 +135,19 @@ class LevelParallel:
 
     def param_groups(self, groups: list[dict]) -> list[dict]:
         """Manifold.param_groups' groups with the table replaced by the own levels."""
+        self.others = others(groups)
         return [dict(g, params=list(self.params)) if g.get("name") == "grid" else g for g in groups]
+
+    def start(self) -> None:
+        distributed.broadcast_module(self.model)
+
+    def backward(self, loss: torch.Tensor, prof) -> None:
+        loss.backward()     # its parts are marked in _LevelFeatures.backward
+
+    def reduce(self, stats: torch.Tensor) -> torch.Tensor:
+        """The own levels' gradient is complete; the other parameters' and `stats` are summed."""
+        self.assign_grads()
+        return reduce_flat(self.others, stats)
 
     def assign_grads(self) -> None:
         """The own levels' gradients from the last backward (zeros when there was none)."""
@@ -174,21 +159,17 @@ class LevelParallel:
             o += lv.size
         self.grad = None
 
-    def add_grid_decay(self, decay: float) -> None:
-        """OptimConfig.grid_decay on the own levels, as Manifold.add_regulariser_grads does on
-        the whole table (the mean square of each level's entries)."""
-        if decay <= 0:
-            return
-        with torch.no_grad():
-            for p, lv in zip(self.params, self.own_levels):
-                p.grad.add_(p, alpha=2.0 * decay / (lv.size * self.F))
+    def regularise(self, optim: OptimConfig) -> None:
+        """The model's regularisers, the grid decay on the own levels only."""
+        self.model.add_regulariser_grads(dataclasses.replace(optim, grid_decay=0.0))
+        self.model.grid.add_decay_grads(optim.grid_decay, self.params)
 
     # --- the step's features -----------------------------------------------------------------
 
     def features(self, xyz: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor | None,
-                 prof=None) -> torch.Tensor:
+                 prof=NO_PROFILE) -> torch.Tensor:
         """Per-ray features (n, L*F) of this process's rays, as Manifold.features computes them."""
-        self.prof = prof or NO_PROFILE
+        self.prof = prof
         w, lf = self.model.sub_sample_weights(xyz, mask, footprint)
         x = self.model.grid.normalise(xyz.float())
         self.prof.mark("points")
@@ -207,34 +188,10 @@ class LevelParallel:
         _all_gather(out, self._pad(t), group=self.group)
         return out
 
-    def _weights(self, W, LF):
+    def weights(self, W: torch.Tensor, LF: torch.Tensor | None) -> Weights:
+        """The grid's pixel weights of gathered sub-sample weights and log2 footprints."""
         cfg = self.model.cfg
-        return self.kernels.Weights(w=W, log2_footprint=LF, fade=cfg.level_fade, bias=cfg.level_bias)
-
-    def encode(self, X, W, LF, table) -> torch.Tensor:
-        """(N, L_own * F): the own levels' features of the gathered points."""
-        if self.kernels is not None:
-            return self.kernels.forward_pixels(X, table.detach(), self.cfg, self._weights(W, LF),
-                                               self.kernels.FWD_LAUNCH, levels=self.fwd_set)
-        from .encoding.reference import encode_pixels_reference
-        cfg = self.model.cfg
-        with torch.no_grad():
-            f = encode_pixels_reference(X, W, table.detach(), self.cfg, LF, cfg.level_fade, cfg.level_bias)
-        return f.view(-1, self.L, self.F).index_select(1, self.own_idx).reshape(len(X), -1)
-
-    def encode_backward(self, X, W, LF, gown, table) -> torch.Tensor:
-        """Gradient of the own levels' rows (compact: the own levels one after the other)."""
-        if self.kernels is not None:
-            return self.kernels.backward_pixels(X, gown, self.cfg, self._weights(W, LF),
-                                                self.kernels.BWD_LAUNCH, levels=self.bwd_set)
-        from .encoding.reference import encode_pixels_reference
-        cfg = self.model.cfg
-        with torch.enable_grad():
-            tab = table.detach().requires_grad_()
-            f = encode_pixels_reference(X, W, tab, self.cfg, LF, cfg.level_fade, cfg.level_bias)
-            f = f.view(-1, self.L, self.F).index_select(1, self.own_idx)
-            torch.autograd.backward(f, gown.view_as(f))
-        return torch.cat([tab.grad[lv.offset:lv.offset + lv.size] for lv in self.own_levels])
+        return Weights(w=W, log2_footprint=LF, fade=cfg.level_fade, bias=cfg.level_bias)
 
     def exchange_features(self, own: torch.Tensor) -> torch.Tensor:
         """own (G*P, L_own*F), the group's rays in process order -> this process's rays' features
@@ -262,7 +219,7 @@ class LevelParallel:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def full_optimizer_state(self, opt: torch.optim.Optimizer) -> dict | None:
+    def optimizer_state(self, opt: torch.optim.Optimizer) -> dict | None:
         """Collective over the processes of block 0: rank 0 receives every level it does not own
         (table rows and Adam moments) and returns the optimiser state in the one-process layout
         (and its model's table is then complete); None elsewhere."""
@@ -276,7 +233,7 @@ class LevelParallel:
         keys = [k for k, v in (st[0] or {}).items() if torch.is_tensor(v) and v.shape == self.params[0].shape]
         full = {k: torch.zeros_like(table) for k in keys} if main else {}
         for i, lv in enumerate(self.lay):
-            q, rows = self.owner[i], slice(lv.offset, lv.offset + lv.size)
+            q, rows = self.owner[i], lv.rows
             if q == self.member:
                 j = self.own.index(i)
                 if main:
@@ -313,8 +270,7 @@ class LevelParallel:
         if t0 is not None:
             shape = (sum(lv.size for lv in self.lay), self.F)
             for j, lv in enumerate(self.own_levels):
-                rows = slice(lv.offset, lv.offset + lv.size)
-                out["state"][j] = {k: (v[rows].clone() if torch.is_tensor(v) and tuple(v.shape) == shape
+                out["state"][j] = {k: (v[lv.rows].clone() if torch.is_tensor(v) and tuple(v.shape) == shape
                                        else v.clone() if torch.is_tensor(v) else v) for k, v in t0.items()}
         for k, v in st.items():
             if k >= 1:
@@ -335,22 +291,22 @@ class _LevelFeatures(torch.autograd.Function):
         X, W = lp._gather(x), lp._gather(w)
         LF = lp._gather(lf) if lf is not None else None
         lp.prof.mark("exchange_points")
-        own = lp.encode(X, W, LF, table)
+        own = lp.model.grid.encode_levels(X, lp.weights(W, LF), lp.own)
         lp.prof.mark("grid_fwd")
         out = lp.exchange_features(own)[:n]
         lp.prof.mark("exchange_features")
         ctx.lp = lp
-        ctx.save_for_backward(table, X, W, LF)
+        ctx.save_for_backward(X, W, LF)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         lp = ctx.lp
         lp.prof.mark("decoder_bwd")
-        table, X, W, LF = ctx.saved_tensors
+        X, W, LF = ctx.saved_tensors
         gown = lp.exchange_grads(grad.float())
         lp.prof.mark("exchange_grads")
-        g = lp.encode_backward(X, W, LF, gown, table)
+        g = lp.model.grid.encode_levels_backward(X, lp.weights(W, LF), lp.own, gown)
         if lp.dp_group is not None:
             dist.all_reduce(g, group=lp.dp_group)
         lp.grad = g

@@ -2,11 +2,12 @@
 resume, clean stop on SIGINT/SIGTERM, progress events.
 
 Phases: `resolve_config` (preset, overrides or the checkpoint's settings), `Trainer` (model,
-optimiser, ray stream and reducer, restored from the checkpoint when resuming; `step` and
-`save`), and `train`'s loop (stops, progress, periodic checkpoints).
+optimiser, ray stream and training strategy, restored from the checkpoint when resuming; `step`
+and `save`), and `train`'s loop (stops, progress, periodic checkpoints).
 
-Several processes (torchrun) share every batch: level-parallel (table_parallel.py: processes of a
-machine split the hash grid's levels; the default) or data parallel (grad_reduce.py). Nothing in
+Several processes (torchrun) share every batch (train_strategy.py): level-parallel
+(table_parallel.py: processes of a machine split the hash grid's levels; the default) or data
+parallel (grad_reduce.py). Nothing in
 a step waits for the GPU on the host; stops and checkpoint times are voted on every few steps
 (distributed.HostVote). XSCALE_PROFILE_STEPS=N times the parts of the last N steps (stepprof.py).
 XSCALE_COMPILE_DECODER=1 (an experiment, off by default) runs the decoder's training forward and
@@ -22,14 +23,13 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from . import distributed, events, stepprof, table_parallel
+from . import distributed, events, stepprof, train_strategy
 from .cache import FIELD_FILE
 from .cameras import Camera
 from .checkpoint import load_checkpoint, model_config, model_state, save_atomic
 from .config import TrainConfig, apply_overrides, preset as preset_config, to_dict, train_config_from_dict, with_value
 from .errors import InputError
 from .footprint import camera_rows, footprints
-from .grad_reduce import GradReducer, reduce_flat
 from .loader import RayLoader, batch_part
 from .model import Manifold
 from .runfolder import RunFolder, write_json
@@ -54,7 +54,7 @@ def resolve_config(run: RunFolder, ckpt: dict | None, iters: int | None, preset:
 
 
 class Trainer:
-    """Model, optimiser, ray stream and (several processes) gradient reducer of one run."""
+    """Model, optimiser, ray stream and training strategy (train_strategy.py) of one run."""
 
     def __init__(self, ctx: distributed.Context, run: RunFolder, tc: TrainConfig, ckpt: dict | None,
                  grid_backend: str = "auto"):
@@ -72,20 +72,9 @@ class Trainer:
             self.model.field.set(np.load(run.cache / FIELD_FILE))
         if self.model.log_gain is not None:       # the photos whose gains average to one
             self.model.gain_train.zero_()[cfg_run["train_views"]] = True
-        groups = self.model.param_groups(tc.optim)
         batch = tc.optim.batch_rays
-        # Several processes: level groups of G processes (G = 1: plain data parallel).
-        self.lp: table_parallel.LevelParallel | None = None
-        G = 1
-        if ctx.world > 1 and table_parallel.available(self.model, dev, self.ss ** 2):
-            G = table_parallel.group_size(table_parallel.setting(), ctx.world, ctx.local_world,
-                                          tc.model.grid.n_levels)
-        if G > 1:
-            self.lp = table_parallel.LevelParallel(self.model, ctx.rank, ctx.world, G, batch, self.ss ** 2, dev)
-            groups = self.lp.param_groups(groups)
-        self.others = [p for g in groups if g.get("name") != "grid" for p in g["params"]]
-        self.mode = ("one process" if ctx.world == 1 else f"data parallel x{ctx.world}" if G == 1 else
-                     f"level parallel: {ctx.world // G} group(s) of {G} processes")
+        self.strategy = train_strategy.choose(ctx, self.model, batch, self.ss ** 2)
+        groups = self.strategy.param_groups(self.model.param_groups(tc.optim))
         self.base_lrs = [g["lr"] for g in groups]
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99),
                                     fused=dev.type == "cuda")   # one kernel for the 2 GB table update
@@ -93,18 +82,11 @@ class Trainer:
         loader_state = None
         if ckpt is not None:
             self.model.load_state_dict(model_state(ckpt))
-            if self.lp is not None:
-                self.lp.load_optimizer_state(self.opt, ckpt["optimizer"])
-            else:
-                self.opt.load_state_dict(ckpt["optimizer"])
+            self.strategy.load_optimizer_state(self.opt, ckpt["optimizer"])
             self.step_n = ckpt["step"]
             loader_state = ckpt["loader"]
             torch.set_rng_state(ckpt["rng_cpu"].cpu())     # map_location moved it to the device
-        self.reducer = None
-        if ctx.world > 1:
-            distributed.broadcast_module(self.model)
-            if self.lp is None:
-                self.reducer = GradReducer(groups[0]["params"][0], self.others)
+        self.strategy.start()
         self.loader = RayLoader(run.root, dev, batch, tc.seed, loader_state,
                                 part=batch_part(batch, ctx.rank, ctx.world))
         self.model.train()
@@ -123,35 +105,17 @@ class Trainer:
         b = self.loader.next()
         prof.mark("load")
         fp = footprints(b["xyz"], self.camera_rows[b["view"]], self.ss)
-        if self.lp is not None:         # marks points, exchange_points, grid_fwd, exchange_features
-            feat = self.lp.features(b["xyz"], b["mask"], fp, prof)
-        else:
-            prof.mark("points")
-            feat = self.model.features(b["xyz"], b["mask"], fp)
-            prof.mark("grid_fwd")
-            if prof.on:
-                feat.register_hook(lambda g: prof.mark("decoder_bwd"))
+        feat = self.strategy.features(b["xyz"], b["mask"], fp, prof)
         pred = self.model(b["xyz"], b["mask"], b["dir"], view=b["view"], footprint=fp, feat=feat)
         err = pred - b["rgb"]
         share = len(pred) / tc.optim.batch_rays     # this rank's part of the global mean (1 alone)
         loss = err.abs().mean() * share
         prof.mark("decoder_fwd")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.lp is None:
-            prof.mark("grid_bwd")       # level parallel: marked in its backward
-        stats = torch.stack([loss.detach(), (err.detach() ** 2).mean() * share])
-        if self.lp is not None:         # the own levels' gradient is complete; decoder: summed
-            self.lp.assign_grads()
-            stats = reduce_flat(self.others, stats)
-        elif self.reducer is not None:  # sum of the ranks' gradients = the whole batch's gradient
-            stats = self.reducer(stats)
+        self.strategy.backward(loss, prof)
+        stats = self.strategy.reduce(torch.stack([loss.detach(), (err.detach() ** 2).mean() * share]))
         prof.mark("reduce")
-        if self.lp is not None:
-            self.model.add_regulariser_grads(dataclasses.replace(tc.optim, grid_decay=0.0))
-            self.lp.add_grid_decay(tc.optim.grid_decay)
-        else:
-            self.model.add_regulariser_grads(tc.optim)
+        self.strategy.regularise(tc.optim)
         prof.mark("regularise")
         self.opt.step()
         prof.mark("adam")
@@ -159,12 +123,9 @@ class Trainer:
         return stats[0], stats[1]
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint (one-process layout). Level parallel: every rank calls
-        this after the same step (the owners of the levels send them to rank 0 first)."""
-        if self.lp is not None:
-            opt_state = self.lp.full_optimizer_state(self.opt)
-        elif self.ctx.main:
-            opt_state = self.opt.state_dict()
+        """Rank 0 writes the checkpoint (one-process layout). Every rank calls this after the same
+        step (level parallel: the owners of the levels send them to rank 0 first)."""
+        opt_state = self.strategy.optimizer_state(self.opt)
         if not self.ctx.main:     # one writer; every rank holds the same state
             return
         save_atomic({"model": self.model.state_dict(), "optimizer": opt_state,
@@ -215,7 +176,7 @@ def _loop(t: Trainer, stop_at: int | None) -> dict:
     main = t.ctx.main
     prog = events.Progress("train", tc.iters, start_step=t.step_n)
     if main and t.ctx.world > 1:
-        events.log(f"training on {t.ctx.world} processes ({t.mode})")
+        events.log(f"training on {t.ctx.world} processes ({t.strategy.mode})")
     end = tc.iters if stop_at is None else min(tc.iters, max(stop_at, t.step_n))
     prof = stepprof.StepProfile(t.ctx.device, stepprof.requested(), t.step_n, end)
     vote = distributed.HostVote()
@@ -264,11 +225,11 @@ def _profile_fields(t: Trainer, prof: stepprof.StepProfile) -> dict:
     RUN/profile.json; the done event's `profile` field (mean ms per step and part)."""
     if not prof.enabled:
         return {}
-    mine = dict(prof.summary(), rank=t.ctx.rank, mode=t.mode, loader=t.loader.stats())
+    mine = dict(prof.summary(), rank=t.ctx.rank, mode=t.strategy.mode, loader=t.loader.stats())
     combined = stepprof.combine(distributed.gather_objects(mine))
     if not t.ctx.main:
         return {}
-    combined.update(mode=t.mode, batch_rays=t.tc.optim.batch_rays, ss=t.ss)
+    combined.update(mode=t.strategy.mode, batch_rays=t.tc.optim.batch_rays, ss=t.ss)
     write_json(t.run.root / "profile.json", combined)
     return {"profile": {k: round(v, 4) for k, v in combined["mean_ms"].items()},
             "profile_step_ms": combined["step_ms_mean"]}

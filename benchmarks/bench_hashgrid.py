@@ -29,6 +29,7 @@ from backend.encoding import n_params  # noqa: E402
 from backend.encoding.layout import levels  # noqa: E402
 from backend.encoding import triton_kernels as ht  # noqa: E402
 from backend.encoding.reference import encode_reference  # noqa: E402
+from backend.encoding.triton_encoder import encode_pixels_triton, encode_triton  # noqa: E402
 
 DEV = "cuda"
 TARGETS = {"triton_fwd_random_Mpts": 400.0, "triton_fwd_bwd_random_Mpts": 100.0}
@@ -205,9 +206,9 @@ def main() -> None:
         for coh in (False, True):
             key = name + ("_coherent_launch" if coh else "")
             log(f"triton_fwd_{key}_Mpts",
-                mpts(bench_ms(lambda: ht.encode_triton(x, table, cfg, coherent=coh)), k))
+                mpts(bench_ms(lambda: encode_triton(x, table, cfg, coherent=coh)), k))
             log(f"triton_fwd_bwd_{key}_Mpts",
-                mpts(bench_ms(fwd_bwd(x, gout[:k], ht.encode_triton, coherent=coh),
+                mpts(bench_ms(fwd_bwd(x, gout[:k], encode_triton, coherent=coh),
                               grad_to_none=[table]), k))
     # Training at supersampling 2: 4 sub-samples per ray reduced on the chip, with footprint level
     # weights (Mrays/s; each ray is 4 encoded points). Against the per-point path of before.
@@ -220,10 +221,10 @@ def main() -> None:
     g_pix = gout[:rays]
     for label, wts in (("plain", ht.Weights(w=w4)), ("footprint", ht.Weights(w=w4, log2_footprint=lf))):
         log(f"triton_pixels_S4_{label}_fwd_bwd_Mrays",
-            mpts(bench_ms(lambda: ht.encode_pixels_triton(xs, table, cfg, wts).backward(g_pix),
+            mpts(bench_ms(lambda: encode_pixels_triton(xs, table, cfg, wts).backward(g_pix),
                           grad_to_none=[table]), rays))
     log("triton_per_point_S4_fwd_bwd_Mrays (before)",
-        mpts(bench_ms(lambda: (ht.encode_triton(xs.reshape(-1, 3), table, cfg).reshape(rays, 4, -1)
+        mpts(bench_ms(lambda: (encode_triton(xs.reshape(-1, 3), table, cfg).reshape(rays, 4, -1)
                                * w4[..., None]).sum(1).backward(g_pix), grad_to_none=[table]), rays))
     half = table.detach().half()  # half-precision storage, fp32 accumulate (forward only)
     log("triton_fwd_random_half_table_Mpts",

@@ -120,6 +120,20 @@ def test_gradient_is_weights_scattered():
     torch.testing.assert_close(table.grad.double(), expect, rtol=1e-5, atol=1e-5)
 
 
+def test_every_grid_backend_choice_has_an_implementation():
+    """--grid-backend's choices (config.GRID_BACKEND) are "auto" and the registry's entries; each
+    name gives an encoder for CPU tensors (the CUDA-only ones the PyTorch encoder there)."""
+    from backend.encoding import BACKENDS, ENCODERS, Encoder
+    from backend.encoding.registry import encoder_class
+    from backend.encoding.torch_encoder import TorchEncoder
+    assert set(BACKENDS) == {"auto", *ENCODERS}
+    cpu = torch.device("cpu")
+    for name in BACKENDS:
+        cls = encoder_class(name, cpu)
+        assert issubclass(cls, Encoder)
+        assert (cls is TorchEncoder) == (name != "tcnn"), name
+
+
 _INTERPRETER_CHECK = """
 import torch
 from backend.config import HashGridConfig
@@ -203,7 +217,7 @@ def _poison_allocator(nbytes: int) -> None:
                          ids=["reference", "small", "linear-f2"])
 @pytest.mark.parametrize("n", [1, 127, 4097, 100_003])
 def test_triton_matches_reference(cfg: HashGridConfig, n: int):
-    from backend.encoding.triton_kernels import encode_triton
+    from backend.encoding.triton_encoder import encode_triton
     torch.manual_seed(n)
     x = _points(n, "cuda")
     table = (torch.randn(n_params(cfg), cfg.n_features, device="cuda") * 0.1).requires_grad_()
@@ -231,6 +245,7 @@ def test_triton_matches_reference(cfg: HashGridConfig, n: int):
 @pytest.mark.parametrize("coherent", [False, True], ids=["random", "coherent"])
 def test_triton_launch_variants_and_half_table(coherent: bool):
     from backend.encoding import triton_kernels as ht
+    from backend.encoding.triton_encoder import encode_triton
     cfg = SMALL
     x = _points(10_001, "cuda")
     if coherent:  # sorted along x: neighbouring points share cells (same-address atomics)
@@ -246,7 +261,7 @@ def test_triton_launch_variants_and_half_table(coherent: bool):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(ht.backward(x, gout, cfg, launch), gref, rtol=1e-4, atol=1e-5)
     table.grad = None
-    (ht.encode_triton(x, table, cfg, coherent=True) * gout).sum().backward()
+    (encode_triton(x, table, cfg, coherent=True) * gout).sum().backward()
     torch.testing.assert_close(table.grad, gref, rtol=1e-4, atol=1e-5)
     # A half table is read as float32 and accumulated in float32.
     half = table.detach().half()
@@ -297,6 +312,7 @@ def test_footprint_weighted_pixels_match_reference(S: int, coherent: bool):
     from backend.encoding import triton_kernels as ht
     from backend.encoding.layout import log2_cells
     from backend.encoding.reference import encode_pixels_reference
+    from backend.encoding.triton_encoder import encode_pixels_triton
     cfg = HashGridConfig()
     torch.manual_seed(10 + S)
     table = (torch.randn(n_params(cfg), cfg.n_features, device="cuda") * 0.1).requires_grad_()
@@ -310,7 +326,7 @@ def test_footprint_weighted_pixels_match_reference(S: int, coherent: bool):
     gout = torch.randn_like(ref)
     (gref,) = torch.autograd.grad(ref, table, gout)
     _poison_allocator(n * cfg.out_dim * 4)
-    out = ht.encode_pixels_triton(x, table, cfg, ht.Weights(w=w, log2_footprint=lf), coherent)
+    out = encode_pixels_triton(x, table, cfg, ht.Weights(w=w, log2_footprint=lf), coherent)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-6)
     (gout_t,) = torch.autograd.grad(out, table, gout)

@@ -36,7 +36,7 @@ def test_group_sizes():
 
 
 def test_grid_decay_on_own_levels_matches_the_model():
-    """LevelParallel.add_grid_decay repeats Manifold.add_regulariser_grads level by level."""
+    """LevelParallel.regularise repeats Manifold.add_regulariser_grads' grid decay level by level."""
     from backend.model import Manifold
     from backend.table_parallel import LevelParallel
     tc = preset("small", "cpu")
@@ -47,15 +47,11 @@ def test_grid_decay_on_own_levels_matches_the_model():
     model.grid.table.grad = None
     model.add_regulariser_grads(OptimConfig(grid_decay=decay))
     expect = model.grid.table.grad.clone()
-    lp = LevelParallel.__new__(LevelParallel)           # the pieces add_grid_decay uses
-    lp.F = tc.model.grid.n_features
+    lp = LevelParallel(model, 1, 2, 2, 64, torch.device("cpu"))   # one group: no process group needed
     lay = levels(tc.model.grid)
-    own = assign_levels(lay, 2)[1]
-    lp.own_levels = [lay[i] for i in own]
-    lp.params = [torch.nn.Parameter(model.grid.table.data[lv.offset:lv.offset + lv.size]) for lv in lp.own_levels]
-    for p in lp.params:
-        p.grad = torch.zeros_like(p)
-    lp.add_grid_decay(decay)
+    assert lp.own_levels == [lay[i] for i in assign_levels(lay, 2)[1]]
+    lp.assign_grads()                                   # no backward yet: zeros
+    lp.regularise(OptimConfig(grid_decay=decay))
     for p, lv in zip(lp.params, lp.own_levels):
         assert torch.equal(p.grad, expect[lv.offset:lv.offset + lv.size])
 
@@ -115,40 +111,39 @@ import torch
 from backend.config import HashGridConfig, ModelConfig
 from backend.model import Manifold
 from backend.table_parallel import LevelParallel
-from backend.encoding import triton_kernels as ht
+from backend.encoding.triton_encoder import TritonEncoder
 cfg = ModelConfig(grid=HashGridConfig(n_levels=5, n_features=4, log2_table=11, base_res=4, per_level_scale=2.0),
                   level_bias=0.25)
 torch.manual_seed(0)
 model = Manifold(cfg, [0, 0, 0], [1, 1, 1], 3)
 model.grid.table.data.normal_()
 cpu = torch.device("cpu")
+grid = model.grid
+fast = TritonEncoder(grid.cfg)          # on CPU tensors: the kernels in the interpreter
 for member in (0, 1):
-    lp = LevelParallel(model, member, 2, 2, 64, 4, cpu)       # one group: no process group needed
-    ref = lp
-    fast = LevelParallel(model, member, 2, 2, 64, 4, cpu)
-    fast.kernels = ht
-    fast.fwd_set = ht.level_set(lp.cfg, lp.own, cpu, compact=False)
-    fast.bwd_set = ht.level_set(lp.cfg, lp.own, cpu, compact=True)
+    lp = LevelParallel(model, member, 2, 2, 64, cpu)       # one group: no process group needed
     xyz = torch.rand(40, 4, 3)
     mask = torch.rand(40, 4) > 0.2
     fp = 2.0 ** (-8 * torch.rand(40, 4))
     w, lf = model.sub_sample_weights(xyz, mask, fp)
-    x = model.grid.normalise(xyz)
-    a = ref.encode(x, w, lf, model.grid.table)
-    b = fast.encode(x, w, lf, model.grid.table)
+    x = grid.normalise(xyz)
+    wts = lp.weights(w, lf)
+    a = grid.encode_levels(x, wts, lp.own)             # CPU tensors: the PyTorch encoder
+    b = fast.encode_levels(x, grid.table, wts, lp.own)
     assert a.shape == b.shape == (40, len(lp.own) * 4)
     torch.testing.assert_close(b, a, rtol=1e-3, atol=5e-5)
     g = torch.randn_like(a)
-    torch.testing.assert_close(fast.encode_backward(x, w, lf, g, model.grid.table),
-                               ref.encode_backward(x, w, lf, g, model.grid.table), rtol=1e-3, atol=5e-5)
+    torch.testing.assert_close(fast.encode_levels_backward(x, g, grid.table, wts, lp.own),
+                               grid.encode_levels_backward(x, wts, lp.own, g), rtol=1e-3, atol=5e-5)
 print("ok")
 """
 
 
 @needs_triton
 def test_level_parallel_encodes_with_the_kernels_as_with_the_reference():
-    """LevelParallel.encode / encode_backward through the fused kernels (Triton interpreter) equal
-    the PyTorch reference path, with the model's sub-sample weights and footprints."""
+    """The grid's level-subset encode and its backward through the fused kernels (Triton
+    interpreter) equal the PyTorch reference path, with level parallel's sub-sample weights and
+    footprints."""
     r = run_triton_interpreted(["-c", _GLUE_CHECK], timeout=900)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
@@ -171,7 +166,7 @@ def test_exchanges_put_every_level_back_in_place():
     from backend.model import Manifold
     model = Manifold(ModelConfig(grid=HashGridConfig(n_levels=7, log2_table=12)), [0, 0, 0], [1, 1, 1], 3)
     G, batch = 3, 10
-    lps = [tp.LevelParallel(model, m, G, G, batch, 4, torch.device("cpu")) for m in range(G)]
+    lps = [tp.LevelParallel(model, m, G, G, batch, torch.device("cpu")) for m in range(G)]
     assert len({len(lp.own) for lp in lps}) > 1                 # uneven level counts
     L, F, P = lps[0].L, lps[0].F, lps[0].P
     full = torch.randn(G * P, L, F)                             # every ray's features, rays by process
@@ -200,3 +195,22 @@ def test_exchanges_put_every_level_back_in_place():
             assert torch.equal(got, expect)
     finally:
         tp.dist.all_to_all_single = old
+
+
+def test_strategy_is_chosen_once_from_the_processes_and_the_grid(monkeypatch):
+    """One process; several: level parallel where the grid's encoder splits levels and
+    XSCALE_TABLE_PARALLEL groups processes, else data parallel (tiny-cuda-nn: never split)."""
+    from backend.distributed import Context
+    from backend.model import Manifold
+    from backend.table_parallel import LevelParallel
+    from backend.train_strategy import DataParallel, OneProcess, choose
+    model = Manifold(ModelConfig(grid=HashGridConfig(n_levels=7, log2_table=12)), [0, 0, 0], [1, 1, 1], 3)
+    cpu = torch.device("cpu")
+    assert type(choose(Context(0, 1, 0, cpu), model, 64, 4)) is OneProcess
+    two = Context(0, 2, 0, cpu, local_world=2)
+    for setting, kind in (("auto", LevelParallel), ("off", DataParallel)):
+        monkeypatch.setenv("XSCALE_TABLE_PARALLEL", setting)
+        assert type(choose(two, model, 64, 4)) is kind, setting
+    monkeypatch.setenv("XSCALE_TABLE_PARALLEL", "auto")
+    model.grid.backend = "tcnn"
+    assert type(choose(two, model, 64, 4)) is DataParallel

@@ -1,8 +1,8 @@
 """`HashGrid`: the hash encoding as a torch module over the mesh's bounding box.
 
-The implementation is an argument (`backend`), not process state: "auto" (Triton on CUDA
-tensors, PyTorch otherwise), "torch", "triton" or "tcnn". All compute the same function from
-the same parameters (layout.py); reference.py is the plain PyTorch twin of triton_kernels.py.
+The implementation is an argument (`backend`, a name of registry.py), not process state: "auto"
+(Triton on CUDA tensors, PyTorch otherwise), "torch", "triton" or "tcnn", picked for the device
+of the points. All compute the same function from the same parameters (layout.py).
 """
 from __future__ import annotations
 
@@ -10,44 +10,19 @@ import torch
 from torch import nn
 
 from ..config import HashGridConfig
-from ..errors import DeviceError
-from .layout import log2_cells, log2_footprint_offset, n_params, normalisation
-from .reference import encode_pixels_reference, encode_reference, level_weights
-
-BACKENDS = ("auto", "torch", "triton", "tcnn")
-
-
-def check_backend(name: str) -> str:
-    """`name` if this machine can run it, else DeviceError naming --grid-backend and the fix.
-    tcnn is accepted only after its self-check passes in a child process."""
-    if name not in BACKENDS:
-        raise DeviceError(f"--grid-backend {name}: choose {', '.join(BACKENDS)}.")
-    if name == "tcnn":
-        from .tcnn import self_check
-        ok, msg = self_check()
-        if not ok:
-            raise DeviceError(f"--grid-backend tcnn: tinycudann is not usable here ({msg}); "
-                              "use --grid-backend auto.")
-    if name == "triton" and not torch.cuda.is_available():
-        raise DeviceError("--grid-backend triton needs a CUDA GPU; use --grid-backend auto.")
-    return name
-
-
-def _triton():
-    """The Triton kernels module, or None where Triton cannot be imported."""
-    try:
-        from . import triton_kernels
-    except ImportError:
-        return None
-    return triton_kernels
+from .encoder import Encoder, Weights
+from .layout import levels, log2_footprint_offset, n_params, normalisation
+from .registry import encoder_class
 
 
 class HashGrid(nn.Module):
-    """Hash grid over an AABB; call with world-space points (N, 3)."""
+    """Hash grid over an AABB; call with world-space points (N, 3). `levels`: the layout of its
+    levels (layout.Level: resolution, rows of the table)."""
 
     def __init__(self, cfg: HashGridConfig, aabb_min, aabb_max, backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
+        self.levels = levels(cfg)
         lo, inv_extent = normalisation(aabb_min, aabb_max)
         self.register_buffer("lo", torch.from_numpy(lo))
         self.register_buffer("inv_extent", torch.from_numpy(inv_extent))
@@ -55,6 +30,14 @@ class HashGrid(nn.Module):
         # Instant-NGP initialisation: uniform in [-1e-4, 1e-4].
         self.table = nn.Parameter(torch.empty(n_params(cfg), cfg.n_features).uniform_(-1e-4, 1e-4))
         self.backend = backend
+        self._encoders: dict[tuple[str, str], Encoder] = {}
+
+    def encoder(self, device: torch.device) -> Encoder:
+        """The implementation of `backend` for tensors on `device`."""
+        key = (self.backend, device.type)
+        if key not in self._encoders:
+            self._encoders[key] = encoder_class(self.backend, device)(self.cfg)
+        return self._encoders[key]
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.lo) * self.inv_extent).clamp(0.0, 1.0)
@@ -63,13 +46,7 @@ class HashGrid(nn.Module):
         """World points (N, 3) -> features (N, L*F). `coherent`: the points come in frame (pixel)
         order, for which the CUDA path has a faster launch."""
         x = self.normalise(x_world.float())
-        if self.backend == "tcnn":
-            from .tcnn import encode_tcnn
-            return encode_tcnn(x, self.table, self.cfg)
-        kernels = self._kernels(x)
-        if kernels is not None:
-            return kernels.encode_triton(x, self.table, self.cfg, coherent=coherent)
-        return encode_reference(x, self.table, self.cfg)
+        return self.encoder(x.device).points(x, self.table, coherent)
 
     def log2_footprint(self, footprint_world: torch.Tensor) -> torch.Tensor:
         """World-space footprints -> log2 in normalised units (layout.log2_footprint_offset: the
@@ -82,27 +59,39 @@ class HashGrid(nn.Module):
         sub-sample's footprint (reference.encode_pixels_reference): x_world (N, S, 3), w (N, S),
         log2_footprint (N, S) normalised (see log2_footprint) or None (all levels at weight 1)
         -> (N, L*F). Fused on CUDA (forward and backward) for S a power of two."""
-        N, S, _ = x_world.shape
         x = self.normalise(x_world.float())
-        kernels = self._kernels(x)
-        if self.backend != "tcnn" and kernels is not None and kernels.supports(S, kernels.FWD_LAUNCH):
-            weights = kernels.Weights(w=w, log2_footprint=log2_footprint, fade=fade, bias=bias)
-            return kernels.encode_pixels_triton(x, self.table, self.cfg, weights, coherent)
-        if self.backend != "tcnn" and kernels is None:
-            return encode_pixels_reference(x, w, self.table, self.cfg, log2_footprint, fade, bias)
-        # tiny-cuda-nn, or a sub-sample count the fused kernels do not reduce: per point, then weights.
-        f = self(x_world.reshape(N * S, 3), coherent).reshape(N, S, self.cfg.n_levels, -1)
-        scale = w.to(f.dtype)[..., None].expand(N, S, self.cfg.n_levels)
-        if log2_footprint is not None:
-            lc = torch.from_numpy(log2_cells(self.cfg)).to(f.device)
-            scale = scale * level_weights(log2_footprint.float(), lc, fade, bias)
-        return (f * scale[..., None]).sum(1).reshape(N, -1)
+        return self.encoder(x.device).pixels(x, self.table, Weights(w, log2_footprint, fade, bias), coherent)
 
-    def _kernels(self, x: torch.Tensor):
-        """The Triton kernels when this call should use them (CUDA tensors, backend auto/triton)."""
-        if self.backend not in ("auto", "triton") or not x.is_cuda:
-            return None
-        kernels = _triton()
-        if kernels is None and self.backend == "triton":
-            raise DeviceError("--grid-backend triton: Triton cannot be imported; pip install triton.")
-        return kernels
+    # --- level-parallel training (table_parallel.py): each process computes some levels -------
+
+    def splits_levels(self, S: int, device: torch.device) -> bool:
+        """Whether encode_levels runs on `device` for pixels of S sub-samples."""
+        return self.encoder(device).splits_levels(S, device)
+
+    def encode_levels(self, x: torch.Tensor, weights: Weights, ids: list[int]) -> torch.Tensor:
+        """The columns of the levels `ids` (increasing) of `pixels` at normalised points x
+        (N, S, 3): (N, len(ids) * F), without autograd."""
+        return self.encoder(x.device).encode_levels(x, self.table, weights, ids)
+
+    def encode_levels_backward(self, x: torch.Tensor, weights: Weights, ids: list[int],
+                               grad_out: torch.Tensor) -> torch.Tensor:
+        """Gradient of sum(encode_levels(x, weights, ids) * grad_out) w.r.t. those levels' rows of
+        the table, one level after the other."""
+        return self.encoder(x.device).encode_levels_backward(x, grad_out, self.table, weights, ids)
+
+    @torch.no_grad()
+    def add_decay_grads(self, decay: float, own: list[nn.Parameter] | None = None) -> None:
+        """OptimConfig.grid_decay: adds decay x the gradient of each level's mean square entry to
+        the gradients (after any reduction over processes). `own`: whole levels' rows as
+        Parameters with their gradients (level-parallel training), else the table's levels."""
+        if decay <= 0:
+            return
+        if own is None:
+            t = self.table
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+            parts = [(t[lv.rows], t.grad[lv.rows]) for lv in self.levels]
+        else:
+            parts = [(p, p.grad) for p in own]
+        for values, grad in parts:
+            grad.add_(values, alpha=2.0 * decay / values.numel())

@@ -36,6 +36,11 @@ class Level:
     def hashed(self) -> bool:
         return self.res ** 3 > self.size
 
+    @property
+    def rows(self) -> slice:
+        """The level's rows of the flat table."""
+        return slice(self.offset, self.offset + self.size)
+
 
 def level_scale(level: int, per_level_scale: float, base_res: int) -> float:
     """The level's float32 scale, computed as tiny-cuda-nn does: exp2f(l * log2f(s)) * base - 1."""

@@ -1,14 +1,15 @@
 """Multi-resolution hash encoding (Instant-NGP): the plain PyTorch implementation.
 
 The reference every fast path is tested against (see layout.py for the parameter layout), and
-the CPU path. `encode_reference` is differentiable w.r.t. the table.
+the CPU path (torch_encoder.py): the twin of each wrapper of the fused kernels (triton_kernels.py)
+says which one it is. `encode_reference` is differentiable w.r.t. the table.
 """
 from __future__ import annotations
 
 import torch
 
 from ..config import HashGridConfig
-from .layout import PRIMES, levels
+from .layout import PRIMES, levels, log2_cells
 
 
 def fma_pos(x: torch.Tensor, scale) -> torch.Tensor:
@@ -102,8 +103,6 @@ def encode_reference(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
-
-
 def level_weights(log2_footprint: torch.Tensor, log2_cell: torch.Tensor, fade: float, bias: float) -> torch.Tensor:
     """Weight of every level for sub-samples of the given footprints (normalised units, log2):
     t = log2(cell) - log2(footprint) + bias octaves; 1 for t >= 0 (the footprint resolves the
@@ -115,18 +114,55 @@ def level_weights(log2_footprint: torch.Tensor, log2_cell: torch.Tensor, fade: f
     return u * u * (3.0 - 2.0 * u)
 
 
+def weigh_sub_samples(f: torch.Tensor, w: torch.Tensor | None, cfg: HashGridConfig,
+                      log2_footprint: torch.Tensor | None = None, fade: float = 1.0,
+                      bias: float = 0.0) -> torch.Tensor:
+    """Per pixel, the w-weighted sum of its S sub-samples' features f (N, S, L, F), each level
+    weighted by the sub-sample's footprint (level_weights; log2_footprint None: every level at
+    weight 1; w None: every sub-sample at weight 1) -> (N, L*F). The fused kernels' reduction."""
+    N, S, L, F = f.shape
+    scale = (w.to(f.dtype) if w is not None else f.new_ones(N, S))[..., None].expand(N, S, L)
+    if log2_footprint is not None:
+        lw = level_weights(log2_footprint.float(), torch.from_numpy(log2_cells(cfg)), fade, bias)
+        scale = scale * lw.to(f.dtype)
+    return (f * scale[..., None]).sum(1).reshape(N, L * F)
+
+
 def encode_pixels_reference(x: torch.Tensor, w: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
                             log2_footprint: torch.Tensor | None = None, fade: float = 1.0,
                             bias: float = 0.0) -> torch.Tensor:
     """Per pixel, the w-weighted sum over its S sub-samples of their level-weighted features:
     x (N, S, 3) normalised points, w (N, S), log2_footprint (N, S) or None (every level at
-    weight 1) -> (N, L*F). Differentiable w.r.t. the table."""
+    weight 1) -> (N, L*F). Differentiable w.r.t. the table. Twin of triton_kernels.forward_pixels."""
     N, S, _ = x.shape
-    L, F = cfg.n_levels, cfg.n_features
-    f = encode_reference(x.reshape(N * S, 3), table, cfg).reshape(N, S, L, F)
-    scale = w.to(f.dtype)[..., None].expand(N, S, L)
-    if log2_footprint is not None:
-        from .layout import log2_cells
-        lw = level_weights(log2_footprint.float(), torch.from_numpy(log2_cells(cfg)), fade, bias)
-        scale = scale * lw.to(f.dtype)
-    return (f * scale[..., None]).sum(1).reshape(N, L * F)
+    f = encode_reference(x.reshape(N * S, 3), table, cfg).reshape(N, S, cfg.n_levels, cfg.n_features)
+    return weigh_sub_samples(f, w, cfg, log2_footprint, fade, bias)
+
+
+def encode_levels_reference(x: torch.Tensor, w: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
+                            ids: list[int], log2_footprint: torch.Tensor | None = None, fade: float = 1.0,
+                            bias: float = 0.0) -> torch.Tensor:
+    """The columns of the levels `ids` of encode_pixels_reference, (N, len(ids) * F), without
+    autograd. Twin of triton_kernels.forward_pixels on a level set."""
+    with torch.no_grad():
+        return _columns(encode_pixels_reference(x, w, table.detach(), cfg, log2_footprint, fade, bias), cfg, ids)
+
+
+def encode_levels_backward_reference(x: torch.Tensor, w: torch.Tensor, grad_out: torch.Tensor,
+                                     table: torch.Tensor, cfg: HashGridConfig, ids: list[int],
+                                     log2_footprint: torch.Tensor | None = None, fade: float = 1.0,
+                                     bias: float = 0.0) -> torch.Tensor:
+    """Gradient of sum(encode_levels_reference(...) * grad_out) w.r.t. the rows of the levels
+    `ids`, one level after the other. Twin of triton_kernels.backward_pixels on a compact level set."""
+    with torch.enable_grad():
+        tab = table.detach().requires_grad_()
+        f = _columns(encode_pixels_reference(x, w, tab, cfg, log2_footprint, fade, bias), cfg, ids)
+        torch.autograd.backward(f, grad_out.view_as(f))
+    lay = levels(cfg)
+    return torch.cat([tab.grad[lay[i].rows] for i in ids])
+
+
+def _columns(f: torch.Tensor, cfg: HashGridConfig, ids: list[int]) -> torch.Tensor:
+    """The levels `ids`' columns of per-pixel features f (N, L*F)."""
+    idx = torch.tensor(ids, dtype=torch.int64, device=f.device)
+    return f.view(-1, cfg.n_levels, cfg.n_features).index_select(1, idx).reshape(len(f), -1)

@@ -1,8 +1,9 @@
-"""tiny-cuda-nn's HashGrid on our parameter tensor (same layout, see layout.py): optional.
+"""`TcnnEncoder`: tiny-cuda-nn's HashGrid on our parameter tensor (same layout, see layout.py): optional.
 
 Used only when asked for (--grid-backend tcnn) and after a self-check in a child process: some
 builds crash in their first forward (seen: tinycudann 2.0 for sm_90 with CUDA 13 and torch 2.11),
-and a crash there must not take the caller down.
+and a crash there must not take the caller down. Pixels go per point, then through the generic
+weights (encoder.py); it does not split levels (level-parallel training runs data parallel).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import torch
 
 from ..config import HashGridConfig
+from ..errors import DeviceError
+from .encoder import Encoder
 
 SELF_CHECK = r"""
 import torch, tinycudann as tcnn
@@ -54,3 +57,16 @@ def encode_tcnn(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig) -> to
     if enc.params.numel() != table.numel():
         raise RuntimeError(f"tinycudann expects {enc.params.numel()} parameters, ours has {table.numel()}")
     return _module_function.apply(enc.native_tcnn_module, x.contiguous(), table.reshape(-1), enc.loss_scale)
+
+
+class TcnnEncoder(Encoder):
+
+    @classmethod
+    def check(cls) -> None:
+        ok, msg = self_check()
+        if not ok:
+            raise DeviceError(f"--grid-backend tcnn: tinycudann is not usable here ({msg}); "
+                              "use --grid-backend auto.")
+
+    def points(self, x: torch.Tensor, table: torch.Tensor, coherent: bool = False) -> torch.Tensor:
+        return encode_tcnn(x, table, self.cfg)

@@ -1,8 +1,10 @@
-"""Fused Triton kernels for the multi-resolution hash encoding (CUDA path of `HashGrid`).
+"""Fused Triton kernels for the multi-resolution hash encoding and their launches (no autograd:
+triton_encoder.py makes them the differentiable CUDA encoder).
 
-Computes exactly the function of `reference.encode_reference` (its plain PyTorch twin): same level layout, corner indices,
-float32 rounding of `pos = fma(x, scale, 0.5)` (one rounding, as tiny-cuda-nn), same smoothstep and
-weight products (FMA contraction is otherwise switched off so the products round as the reference's). Differentiable w.r.t. the table.
+Computes exactly the function of `reference.encode_reference` (its plain PyTorch twin; each wrapper
+below names its twin): same level layout, corner indices, float32 rounding of
+`pos = fma(x, scale, 0.5)` (one rounding, as tiny-cuda-nn), same smoothstep and weight products
+(FMA contraction is otherwise switched off so the products round as the reference's).
 
 Work split: one program encodes BLOCK points at one level (grid = point blocks x levels, blocks
 of a level launched together). With random points a hashed level's table (134 MB at 2^22 x 8
@@ -22,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..config import HashGridConfig
+from .encoder import Weights
 from .layout import levels, log2_cells, n_params
 
 # Hash primes of tiny-cuda-nn (uint32 arithmetic), as in layout.PRIMES.
@@ -282,22 +285,14 @@ def _grid(n: int, n_levels: int, launch: Launch) -> tuple[int, ...]:
     return (nb, n_levels) if launch.per_level else (nb,)
 
 
-@dataclass(frozen=True)
-class Weights:
-    """Optional per-sub-sample inputs of the pixel encoding: w (N, S) sub-sample weights, log2
-    footprint (N, S) in normalised units with the level fade (octaves) and bias (reference.py)."""
-    w: torch.Tensor | None = None
-    log2_footprint: torch.Tensor | None = None
-    fade: float = 1.0
-    bias: float = 0.0
-
-    def args(self, n: int, device) -> tuple:
-        """Kernel arguments: w, lf pointers (a dummy where absent), fade_inv, bias, HAS_W, FOOT."""
-        dummy = torch.empty(1, dtype=torch.float32, device=device)
-        w = self.w.float().contiguous().reshape(-1) if self.w is not None else dummy
-        lf = self.log2_footprint.float().contiguous().reshape(-1) if self.log2_footprint is not None else dummy
-        foot = self.log2_footprint is not None
-        return (w, lf, float(1.0 / self.fade) if foot else 1.0, float(self.bias), self.w is not None, foot)
+def _weight_args(weights: Weights, device) -> tuple:
+    """Kernel arguments: w, lf pointers (a dummy where absent), fade_inv, bias, HAS_W, FOOT."""
+    dummy = torch.empty(1, dtype=torch.float32, device=device)
+    w = weights.w.float().contiguous().reshape(-1) if weights.w is not None else dummy
+    lf = weights.log2_footprint
+    foot = lf is not None
+    lf = lf.float().contiguous().reshape(-1) if foot else dummy
+    return (w, lf, float(1.0 / weights.fade) if foot else 1.0, float(weights.bias), weights.w is not None, foot)
 
 
 def supports(S: int, launch: Launch) -> bool:
@@ -308,8 +303,8 @@ def supports(S: int, launch: Launch) -> bool:
 def forward_pixels(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
                    launch: Launch = FWD_LAUNCH, levels: LevelSet | None = None) -> torch.Tensor:
     """x (N, S, 3) normalised points -> (N, L*F): per pixel, the sum over its S sub-samples of
-    w * level weight * encode(x) (reference.encode_pixels_reference); no autograd. `levels`: only
-    those levels' columns, (N, levels.n * F)."""
+    w * level weight * encode(x) (twin: reference.encode_pixels_reference); no autograd. `levels`:
+    only those levels' columns, (N, levels.n * F) (twin: reference.encode_levels_reference)."""
     n, S, _ = x.shape
     if not supports(S, launch):
         raise ValueError(f"{S} sub-samples per pixel: the fused kernels need a power of two <= {launch.block}")
@@ -318,7 +313,7 @@ def forward_pixels(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, we
     out = torch.empty(n, L * cfg.n_features, dtype=torch.float32, device=x.device)
     if n == 0:
         return out
-    w, lf, fade_inv, bias, has_w, foot = weights.args(n, x.device)
+    w, lf, fade_inv, bias, has_w, foot = _weight_args(weights, x.device)
     _fwd_kernel[_grid(n * S, L, launch)](
         x.contiguous(), w, lf, table.contiguous(), out, scale, meta, lcell, n, fade_inv, bias, on, S=S,
         F=cfg.n_features, L=L, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
@@ -330,14 +325,15 @@ def forward_pixels(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, we
 def backward_pixels(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
                     launch: Launch = BWD_LAUNCH, levels: LevelSet | None = None) -> torch.Tensor:
     """Gradient of sum(forward_pixels(x) * grad_out) w.r.t. the table: (P, F) float32 (with
-    `levels`: grad_out (N, levels.n * F), the gradient of its levels' rows, (levels.rows, F))."""
+    `levels`: grad_out (N, levels.n * F), the gradient of its levels' rows, (levels.rows, F); twin:
+    reference.encode_levels_backward_reference with a compact level set)."""
     n, S, _ = x.shape
     scale, meta, lcell, on, L = _levels(cfg, x.device, levels)
     rows = n_params(cfg) if levels is None else levels.rows
     gtable = torch.zeros(rows, cfg.n_features, dtype=torch.float32, device=x.device)
     if n == 0:
         return gtable
-    w, lf, fade_inv, bias, has_w, foot = weights.args(n, x.device)
+    w, lf, fade_inv, bias, has_w, foot = _weight_args(weights, x.device)
     _bwd_kernel[_grid(n * S, L, launch)](
         x.contiguous(), w, lf, grad_out.contiguous(), gtable, scale, meta, lcell, n * S, fade_inv, bias, on,
         S=S, F=cfg.n_features, L=L, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
@@ -348,7 +344,7 @@ def backward_pixels(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig
 
 def forward(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
             launch: Launch = FWD_LAUNCH) -> torch.Tensor:
-    """Encode x (N, 3) -> (N, L*F) float32; no autograd."""
+    """Encode x (N, 3) -> (N, L*F) float32 (twin: reference.encode_reference); no autograd."""
     return forward_pixels(x.reshape(-1, 1, 3), table, cfg, Weights(), launch)
 
 
@@ -363,36 +359,3 @@ def backward(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig,
              launch: Launch = BWD_LAUNCH) -> torch.Tensor:
     """Gradient of sum(encode(x) * grad_out) w.r.t. the table: (P, F) float32."""
     return backward_pixels(x.reshape(-1, 1, 3), grad_out, cfg, Weights(), launch)
-
-
-class _EncodePixels(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, weights: Weights,
-                coherent: bool) -> torch.Tensor:
-        ctx.cfg, ctx.weights, ctx.coherent, ctx.table_dtype = cfg, weights, coherent, table.dtype
-        ctx.save_for_backward(x)
-        return forward_pixels(x, table, cfg, weights, COHERENT_LAUNCH if coherent else FWD_LAUNCH)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        gtable = None
-        if ctx.needs_input_grad[1]:
-            launch = COHERENT_LAUNCH if ctx.coherent else BWD_LAUNCH
-            gtable = backward_pixels(x, grad_out.float(), ctx.cfg, ctx.weights, launch).to(ctx.table_dtype)
-        # No gradient w.r.t. positions or weights: surface points and footprints are fixed inputs.
-        return None, gtable, None, None, None
-
-
-def encode_pixels_triton(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
-                         coherent: bool = False) -> torch.Tensor:
-    """Fused, differentiable pixel encoding: x (N, S, 3) normalised -> (N, L*F) float32 (see
-    forward_pixels). coherent=True picks the launch for spatially ordered points (a frame's pixels
-    in raster order): all levels per program, reading x once and writing whole output rows."""
-    return _EncodePixels.apply(x, table, cfg, weights, coherent)
-
-
-def encode_triton(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig,
-                  coherent: bool = False) -> torch.Tensor:
-    """Fused encoding of normalised points x (N, 3) in [0, 1] -> (N, L*F) float32."""
-    return encode_pixels_triton(x.reshape(-1, 1, 3), table, cfg, Weights(), coherent)
