@@ -18,7 +18,6 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 from . import job_runner, jobs, preferences, reporting
 from .backend_link import pythonpath
 
-SETUP_LABEL = "set up backend"
 SETUP_SCRIPT = Path(__file__).resolve().with_name("backend_setup.py")
 
 
@@ -184,7 +183,7 @@ class XSCALE_OT_setup_backend(bpy.types.Operator):
         blocking = job_runner._blocking(self.wait)
         argv = setup_argv(os.path.normpath(venv), python, self.hardware, self.torch_index_url,
                           self.torch_requirement)
-        job = jobs.Job(argv, env=_setup_env(), label=SETUP_LABEL,
+        job = jobs.Job(argv, env=_setup_env(), label=jobs.SETUP_LABEL,
                        on_finish=lambda j: setup_finished(j, check=not blocking))
         result = job_runner.run_job(self, job, blocking)
         if blocking and job.state.status == jobs.DONE:

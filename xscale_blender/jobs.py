@@ -24,6 +24,9 @@ _EOF = object()
 
 RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
 
+# The label of Set Up Backend's job: the preferences show its progress under the button.
+SETUP_LABEL = "set up backend"
+
 
 @dataclass
 class JobState:
