@@ -39,7 +39,7 @@ silenced_events = _events.silenced
 
 
 # Modules that need numpy load on first use (`from .backend_link import cameras` in a module
-# that numpy-less Blenders never import; see deps.py).
+# that numpy-less Blenders never import; see core/deps.py).
 _NEEDS_NUMPY = {
     "cameras": "cameras",
     "campath": "campath",

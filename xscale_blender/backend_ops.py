@@ -15,10 +15,11 @@ from typing import Callable, Optional
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import job_runner, jobs, preferences, reporting
+from . import job_runner, preferences, reporting
 from .backend_link import pythonpath
+from .core import jobs
 
-SETUP_SCRIPT = Path(__file__).resolve().with_name("backend_setup.py")
+SETUP_SCRIPT = Path(__file__).resolve().parent / "core" / "backend_setup.py"
 
 
 def _doctor_lines(job: jobs.Job) -> list[str]:

@@ -24,10 +24,11 @@ import bpy
 import numpy as np
 from bpy.app.handlers import persistent
 
-from . import camera_convert as cc
-from . import campath_export, jobs, preferences, render_server
+from . import campath_export, preferences
 from .backend_link import pythonpath
-from .preview import Preview, View
+from .core import camera_convert as cc
+from .core import jobs, render_server
+from .core.preview import Preview, View
 from .properties import SCENE_OPTIONS, run_folder
 
 ENGINE_ID = "XSCALE_NVS"

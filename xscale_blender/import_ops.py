@@ -13,8 +13,9 @@ from typing import Optional
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import importer, jobs, preferences
+from . import importer, preferences
 from .backend_link import config, prepare, silenced_events
+from .core import jobs
 from .job_runner import start_backend
 from .properties import abspath, option_property
 

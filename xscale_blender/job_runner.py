@@ -12,8 +12,9 @@ from typing import Callable, Optional
 
 import bpy
 
-from . import jobs, preferences, reporting
+from . import preferences, reporting
 from .backend_link import config, pythonpath
+from .core import jobs
 
 POLL_INTERVAL_S = 0.25
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import deps, jobs, ui_text
+from .core import deps, jobs, ui_text
 
 
 class XScalePanelBase:

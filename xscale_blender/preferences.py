@@ -7,7 +7,8 @@ from typing import Optional
 import bpy
 from bpy.props import StringProperty
 
-from . import deps, jobs, panels, ui_text
+from . import panels
+from .core import deps, jobs, ui_text
 
 ENV_PYTHON = "XSCALE_BACKEND_PYTHON"   # overrides the preference, e.g. for headless farm jobs
 

@@ -15,8 +15,9 @@ import re
 import bpy
 from bpy.props import BoolProperty, IntProperty, StringProperty
 
-from . import campath_export, importer, job_runner, jobs, sequencer
+from . import campath_export, importer, job_runner, sequencer
 from .backend_link import campath
+from .core import jobs
 from .properties import abspath, option_arguments, run_folder
 
 # Scene settings passed to `backend render` as their backend options (properties.SCENE_OPTIONS).

@@ -8,7 +8,7 @@ from typing import Callable
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import jobs
+from .core import jobs
 
 Sink = Callable[[str, str], None]      # (level "INFO" | "WARNING" | "ERROR", message)
 
