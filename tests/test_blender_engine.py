@@ -284,13 +284,13 @@ def test_viewport_camera_matches_the_camera_projection(engine_scene, bpy_module)
 
 def test_settings_panel_draws(engine_scene, bpy_module):
     from test_blender_ui import draw
-    from xscale_blender import engine
+    from xscale_blender import engine, render_panels
     bpy = bpy_module
     ctx = bpy.context
-    log = draw(bpy, engine.RENDER_PT_xscale, ctx)
+    log = draw(bpy, render_panels.RENDER_PT_xscale, ctx)
     props = [c[1][1] for c in log if c[0] == "prop"]
     assert {"run_dir", "exposure", "render_supersample", "preview_supersample", "preview_divisor",
             "film_transparent"} <= set(props)
-    draw(bpy, engine.RENDER_PT_xscale_server, ctx)
-    draw(bpy, engine.VIEWLAYER_PT_xscale_passes, ctx)
+    draw(bpy, render_panels.RENDER_PT_xscale_server, ctx)
+    draw(bpy, render_panels.VIEWLAYER_PT_xscale_passes, ctx)
     assert math.isclose(engine.DEPTH_MISS, 1e10)
