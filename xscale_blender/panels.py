@@ -79,7 +79,7 @@ def draw_job(layout: "bpy.types.UILayout", context=None,
     if st.psnr is not None:
         grid.label(text=f"PSNR {st.psnr:.2f} dB")
     if st.eta_s is not None or st.unit != "%":
-        grid.label(text=f"ETA {jobs.format_duration(st.eta_s)}")
+        grid.label(text=jobs.eta_text(st))
     if st.message:
         ui_text.draw_wrapped(box, context, st.message, margin_px=margin_px)
     box.operator("xscale.stop", text="Kill" if job.stopping else "Stop", icon="CANCEL")
