@@ -18,6 +18,7 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 from . import job_runner, preferences, reporting
 from .backend_link import pythonpath
 from .core import jobs
+from .reporting import refuse
 
 SETUP_SCRIPT = Path(__file__).resolve().parent / "core" / "backend_setup.py"
 
@@ -175,8 +176,7 @@ class XSCALE_OT_setup_backend(bpy.types.Operator):
 
     def execute(self, context):
         if jobs.busy():
-            self.report({"ERROR"}, "An XScale job is running; stop it or wait for it first.")
-            return {"CANCELLED"}
+            return refuse(self, "An XScale job is running; stop it or wait for it first.")
         prefs = preferences.addon_preferences()
         python = self.python or (getattr(prefs, "setup_python", "") if prefs is not None else "")
         python = bpy.path.abspath(python) if python else ""

@@ -40,6 +40,12 @@ class XSCALE_OT_report(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def refuse(op: "bpy.types.Operator", message: str) -> set[str]:
+    """An operator's error: reported on it, and the operator cancelled (`return refuse(self, ...)`)."""
+    op.report({"ERROR"}, message)
+    return {"CANCELLED"}
+
+
 def report(level: str, message: str) -> None:
     """Report from a timer: console always, status bar when there is a window."""
     print(f"XScale: {level.lower()}: {message}", file=sys.stderr if level == "ERROR" else sys.stdout)
