@@ -39,9 +39,7 @@ class XScalePreferences(bpy.types.AddonPreferences):
         layout = self.layout
         if deps.missing():
             panels.draw_missing(layout, context)
-        col = layout.column()
-        col.use_property_split = True
-        col.use_property_decorate = False
+        col = panels.property_split(layout.column())
         row = col.row(align=True)
         row.prop(self, "python")
         row.operator("xscale.check_backend", text="Check", icon="CHECKMARK")

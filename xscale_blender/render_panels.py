@@ -7,6 +7,7 @@ import bpy
 
 from .core import render_server
 from .engine import ENGINE_ID
+from .panels import draw_props, property_split
 
 
 class XScaleRenderPanel:
@@ -24,15 +25,10 @@ class RENDER_PT_xscale(XScaleRenderPanel, bpy.types.Panel):
     bl_label = "XScale-NVS"
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = property_split(self.layout)
         scene = context.scene
         s = scene.xscale
-        col = layout.column()
-        col.prop(s, "run_dir")
-        col.prop(s, "device")
-        col.prop(s, "exposure")
+        draw_props(layout.column(), s, ("run_dir", "device", "exposure"))
         col = layout.column(heading="Supersampling", align=True)
         col.prop(s, "render_supersample", text="Render")
         col.prop(s, "preview_supersample", text="Viewport")
@@ -63,9 +59,7 @@ class VIEWLAYER_PT_xscale_passes(XScaleRenderPanel, bpy.types.Panel):
     bl_label = "Passes"
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = property_split(self.layout)
         layout.prop(context.view_layer, "use_pass_z", text="Z")
 
 
