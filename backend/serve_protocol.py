@@ -1,5 +1,5 @@
 """The render server's wire format (docs/protocol.md, "Render server"), shared by the server
-(backend/serve.py) and the Blender add-on's client (xscale_blender/render_server.py).
+(backend/serve.py) and the Blender add-on's client (xscale_blender/core/render_server.py).
 
 Standard library only: the add-on loads this module in Blender's Python (no torch, no numpy).
 

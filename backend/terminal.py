@@ -4,7 +4,8 @@ PSNR, elapsed, ETA), log lines as text, a short summary when a stage is done, a 
 
 Used only when stdout is a terminal and --json is not given (backend.cli); the JSON lines of
 docs/protocol.md stay the output everywhere else (the Blender add-on reads a pipe). The view
-consumes the same events (backend.events.set_view), so the commands do not know about it.
+consumes the same events (backend.events.set_view), so the commands do not know about it. Stage
+names, durations and where a stop stopped are worded by backend.event_text, as in the add-on.
 """
 from __future__ import annotations
 
@@ -15,17 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-STAGE_NAMES = {"cache": "ray cache", "train": "training", "render": "rendering", "eval": "evaluation",
-               "check": "check", "check:photos": "photos", "prepare": "prepare"}
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "--"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+from .event_text import STAGE_NAMES, duration, stopped
 
 
 def _si(x: float) -> str:
@@ -136,19 +127,9 @@ class TerminalView:
 
 
 def stopped_line(ev: dict, resume_hint: str | None) -> str:
-    stage = ev.get("stage", "")
-    if stage == "train":
-        where = f"stopped at step {ev.get('step')}"
-        if ev.get("total"):
-            where += f" of {ev['total']}"
-        if ev.get("checkpoint"):
-            where += f"; checkpoint saved to {ev['checkpoint']}"
-    elif stage == "cache":
-        where = f"stopped the ray cache after {ev.get('step')} of {ev.get('total')} views (kept)"
-    elif stage == "render":
-        where = f"stopped rendering after {ev.get('step')} of {ev.get('total')} frames"
-    else:
-        where = f"stopped ({stage})"
+    where = stopped(ev)
+    if ev.get("checkpoint"):
+        where += f"; checkpoint saved to {ev['checkpoint']}"
     return where[0].upper() + where[1:] + "." + (f"\nResume with: {resume_hint}" if resume_hint else "")
 
 

@@ -1,5 +1,5 @@
 """Render server round trip: a camera request to pixels in the client's numpy arrays, through a
-real `backend serve` process and the add-on's client (xscale_blender/render_server.py, the code
+real `backend serve` process and the add-on's client (xscale_blender/core/render_server.py, the code
 Blender runs), for the viewport (1280x720, ss 1, RGBA) and F12 (1920x1080, ss 2, RGBA + depth).
 
 No training needed: the run folder is written here with an untrained reference-preset model
@@ -145,7 +145,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from backend.synthetic.procedural import make_flythrough
     from common import print_table, report, write_json
-    from xscale_blender import render_server as rs
+    from xscale_blender.core import render_server as rs
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

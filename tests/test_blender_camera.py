@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from blender_fixtures import TINY_VIEWS, look_at, read_obj_vertices
-from xscale_blender import camera_convert as cc
+from xscale_blender.core import camera_convert as cc
 
 # (width, height, fx, fy, cx, cy): landscape/portrait, fx > fy and fx < fy, off-centre points.
 CASES = [

@@ -104,6 +104,17 @@ def test_orthographic_camera_rejected(blank, bpy_module, animated_camera, tmp_pa
         campath_export.export_camera_path(bpy_module.context, str(tmp_path / "p.json"))
 
 
+
+def test_export_operator_writes_the_path_a_script_names(blank, bpy_module, animated_camera, tmp_path):
+    """Export Camera Path from a script: the file it names (the UI's file browser fills it in);
+    without one the operator stops with an error."""
+    bpy = bpy_module
+    out = tmp_path / "op.json"
+    assert bpy.ops.xscale.export_path(filepath=str(out)) == {"FINISHED"}
+    assert json.loads(out.read_text())["version"] == 1
+    with pytest.raises(RuntimeError, match="Choose a file"):
+        bpy.ops.xscale.export_path()
+
 def write_frames(folder, numbers, size=(8, 6)):
     from PIL import Image
     folder.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def colmap_workspace(root: Path, views=COLMAP_VIEWS, model: str = "PINHOLE") -> 
 
 def opencv_of(ob) -> tuple[np.ndarray, np.ndarray]:
     """(K, world_to_camera) read back from an imported Blender camera."""
-    from xscale_blender import camera_convert as cc
+    from xscale_blender.core import camera_convert as cc
     from xscale_blender import importer
     d = ob.data
     w, h = (int(v) for v in ob[importer.P_RESOLUTION])

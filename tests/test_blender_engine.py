@@ -110,7 +110,7 @@ def test_engine_is_a_renderer(engine_scene, bpy_module):
 
 def test_still_and_animation_match_backend_render(engine_scene, bpy_module, tmp_path):
     bpy = bpy_module
-    from xscale_blender import render_server as rs
+    from xscale_blender.core import render_server as rs
     scene = engine_scene
     ref = backend_frames(bpy, scene, [1, 2, 3], tmp_path)
     rs.shutdown()
@@ -166,7 +166,7 @@ def test_pixel_aspect_and_opaque_film(engine_scene, bpy_module, tmp_path):
 
 def test_dead_server_is_reported_and_restarted(engine_scene, bpy_module, tmp_path, capfd):
     bpy = bpy_module
-    from xscale_blender import render_server as rs
+    from xscale_blender.core import render_server as rs
     scene = engine_scene
     scene.render.filepath = str(tmp_path / "a.exr")
     bpy.ops.render.render(write_still=True)
@@ -198,7 +198,7 @@ def test_server_stops_with_the_addon_and_on_file_load(engine_scene, bpy_module, 
     bpy = bpy_module
     import xscale_blender
     from test_serve import gone
-    from xscale_blender import render_server as rs
+    from xscale_blender.core import render_server as rs
     scene = engine_scene
     scene.render.filepath = str(tmp_path / "a.exr")
     bpy.ops.render.render(write_still=True)
@@ -224,7 +224,7 @@ QUIT = r"""
 import os, sys, signal
 sys.path.insert(0, sys.argv[1])
 import bpy, xscale_blender
-from xscale_blender import render_server
+from xscale_blender.core import render_server
 xscale_blender.register()
 bpy.ops.wm.open_mainfile(filepath=sys.argv[2])
 bpy.ops.render.render(animation=True)
@@ -260,7 +260,7 @@ def test_viewport_camera_matches_the_camera_projection(engine_scene, bpy_module)
     (what camera view draws, with lens, shift, sensor fit, pixel aspect) gives the K that
     camera_convert computes for a render."""
     bpy = bpy_module
-    from xscale_blender import camera_convert as cc
+    from xscale_blender.core import camera_convert as cc
     from xscale_blender import campath_export
     scene = engine_scene
     cam = scene.camera
@@ -284,13 +284,13 @@ def test_viewport_camera_matches_the_camera_projection(engine_scene, bpy_module)
 
 def test_settings_panel_draws(engine_scene, bpy_module):
     from test_blender_ui import draw
-    from xscale_blender import engine
+    from xscale_blender import engine, render_panels
     bpy = bpy_module
     ctx = bpy.context
-    log = draw(bpy, engine.RENDER_PT_xscale, ctx)
+    log = draw(bpy, render_panels.RENDER_PT_xscale, ctx)
     props = [c[1][1] for c in log if c[0] == "prop"]
     assert {"run_dir", "exposure", "render_supersample", "preview_supersample", "preview_divisor",
             "film_transparent"} <= set(props)
-    draw(bpy, engine.RENDER_PT_xscale_server, ctx)
-    draw(bpy, engine.VIEWLAYER_PT_xscale_passes, ctx)
+    draw(bpy, render_panels.RENDER_PT_xscale_server, ctx)
+    draw(bpy, render_panels.VIEWLAYER_PT_xscale_passes, ctx)
     assert math.isclose(engine.DEPTH_MISS, 1e10)

@@ -54,10 +54,10 @@ def test_zip_layout(built_zip):
     names = zipfile.ZipFile(built_zip).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names
     assert "backend/__init__.py" in names and "backend/__main__.py" in names
-    assert "camera_convert.py" in names and "backend/campath.py" in names
+    assert "core/camera_convert.py" in names and "backend/campath.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "xscale_blender/"))]
-    assert "pyproject.toml" in names and "README.md" in names and "backend_setup.py" in names
+    assert "pyproject.toml" in names and "README.md" in names and "core/backend_setup.py" in names
 
 
 def test_validates_with_blender_ext(bpy_module, built_zip):

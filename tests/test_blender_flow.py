@@ -37,7 +37,8 @@ def monkeypatch_module():
 def test_import_train_render_strip(blank, bpy_module, real_backend, tiny_scene, tmp_path, capsys):
     from PIL import Image
 
-    from xscale_blender import jobs, sequencer
+    from xscale_blender import sequencer
+    from xscale_blender.core import jobs
     bpy = bpy_module
     assert bpy.ops.import_scene.xscale_mvsnet(directory=str(tiny_scene)) == {"FINISHED"}
     s = blank.xscale
@@ -78,7 +79,8 @@ def test_stop_saves_checkpoint_then_resume(blank, bpy_module, real_backend, tiny
     """Stop = SIGTERM: the real trainer saves a checkpoint and exits 0; Resume continues it."""
     import time
 
-    from xscale_blender import job_runner, jobs, train_ops
+    from xscale_blender import job_runner, train_ops
+    from xscale_blender.core import jobs
     bpy = bpy_module
     bpy.ops.import_scene.xscale_mvsnet(directory=str(tiny_scene), show_photos=False)
     s = blank.xscale

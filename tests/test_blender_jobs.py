@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from xscale_blender import jobs
+from xscale_blender.core import jobs
 
 # Behaves like `python -u -m backend COMMAND ...`; FAKE_MODE picks the scenario.
 FAKE_BACKEND = textwrap.dedent('''

@@ -16,7 +16,13 @@ import pytest
 from blender_fixtures import ROOT
 
 ADDON = ROOT / "xscale_blender"
-MODULES = sorted(p.stem for p in ADDON.glob("*.py") if p.stem != "__init__")
+# Dotted names below the package ("engine", "core.jobs").
+MODULES = sorted(".".join(p.relative_to(ADDON).with_suffix("").parts) for p in ADDON.rglob("*.py")
+                 if p.stem != "__init__")
+
+
+def _path(module: str):
+    return ADDON.joinpath(*module.split(".")).with_suffix(".py")
 
 
 def _names(node: ast.AST) -> set[str]:
@@ -43,7 +49,7 @@ def _evaluated_bpy_annotations(path) -> list[str]:
 
 
 def test_no_bpy_classes_in_evaluated_annotations():
-    found = [hit for m in MODULES for hit in _evaluated_bpy_annotations(ADDON / f"{m}.py")]
+    found = [hit for m in MODULES for hit in _evaluated_bpy_annotations(_path(m))]
     assert not found, "quote these annotations (or use `from __future__ import annotations`): " + ", ".join(found)
 
 
@@ -60,9 +66,24 @@ def _property_annotations(tree) -> list[str]:
 
 def test_modules_with_bpy_properties_keep_their_annotations_evaluated():
     """Blender reads property annotations from the class; they stay plain expressions."""
-    both = [m for m in MODULES if _has_future_annotations(tree := ast.parse((ADDON / f"{m}.py").read_text()))
+    both = [m for m in MODULES if _has_future_annotations(tree := ast.parse(_path(m).read_text()))
             and _property_annotations(tree)]
     assert not both, f"modules with bpy properties and `from __future__ import annotations`: {both}"
+
+
+def _imported_roots(tree) -> set[str]:
+    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    return roots | {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+
+def test_core_never_imports_blender():
+    """core/ is the add-on's bpy-free half: it runs and is tested without Blender (ui_text measures
+    with blf only where Blender has it)."""
+    core = [m for m in MODULES if m.startswith("core.")]
+    assert "core.jobs" in core
+    found = {m: sorted(roots) for m in core
+             if (roots := _imported_roots(ast.parse(_path(m).read_text())) & {"bpy", "mathutils", "bpy_extras"})}
+    assert not found, found
 
 
 CODE = """

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from blender_fixtures import ROOT
-from xscale_blender import backend_setup as bs
-from xscale_blender import jobs
+from xscale_blender.core import backend_setup as bs
+from xscale_blender.core import jobs
 
 PIP_TORCH = """\
 Looking in indexes: https://download.pytorch.org/whl/cpu

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from xscale_blender import jobs
+from xscale_blender.core import jobs
 
 
 class RecordingLayout:
@@ -143,7 +143,7 @@ def test_gpus_setting_launches_through_torchrun(blank, bpy_module, tmp_path):
 # --- text that fits the sidebar (ui_text) ------------------------------------------------------
 
 def test_wrap_breaks_between_words_and_shortens_long_paths():
-    from xscale_blender import ui_text
+    from xscale_blender.core import ui_text
     measure = ui_text.estimate(1.0)                 # 6.5 px per character
     text = ("ray cache is up to date; skipping the cache step; training from "
             "/home/artist/projects/2026_castle_survey/xscale_runs/castle_full_res_ss2/cache now")
@@ -165,7 +165,7 @@ def _sidebar_context(bpy, width, active=None):
 
 
 def test_sidebar_fits_its_width_with_one_stop_button(panels, bpy_module):
-    from xscale_blender import ui_text
+    from xscale_blender.core import ui_text
     bpy = bpy_module
     s = bpy.context.scene.xscale
     s.run_dir = "/home/artist/projects/2026_castle_survey/xscale_runs/castle_full_res_ss2/"
@@ -199,7 +199,7 @@ def test_sidebar_fits_its_width_with_one_stop_button(panels, bpy_module):
 # --- Blender's Python without numpy (deps) -----------------------------------------------------
 
 def test_install_command_for_this_blenders_python(tmp_path):
-    from xscale_blender import deps
+    from xscale_blender.core import deps
     stdlib = tmp_path / "lib" / "python3.13"
     stdlib.mkdir(parents=True)
     (stdlib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\n")

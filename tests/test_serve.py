@@ -1,4 +1,4 @@
-"""The render server (`backend serve`) and its client (xscale_blender.render_server, no bpy):
+"""The render server (`backend serve`) and its client (xscale_blender.core.render_server, no bpy):
 framing, pixels equal to `backend render`'s, errors as messages, and a process that never
 outlives its parent."""
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from backend import serve_protocol as sp
 from conftest import ROOT, cli
 from helpers import odd_camera
-from xscale_blender import render_server as rs
-from xscale_blender.preview import Preview, View
+from xscale_blender.core import render_server as rs
+from xscale_blender.core.preview import Preview, View
 
 
 def server_argv(run, *extra):
@@ -197,7 +197,7 @@ def test_garbage_is_answered_then_the_server_exits(trained_run):
 CHILD = r"""
 import os, sys
 sys.path.insert(0, sys.argv[2])
-from xscale_blender import render_server as rs
+from xscale_blender.core import render_server as rs
 argv = [sys.executable, "-m", "backend", "serve", "--run", sys.argv[1], "--device", "cpu"]
 srv = rs.RenderServer(argv, dict(os.environ, PYTHONPATH=sys.argv[2])).start()
 print(srv.pid, flush=True)

@@ -94,3 +94,16 @@ def test_errors_in_a_terminal_are_one_line(tmp_path):
     rc, text = in_terminal(["train", "--run", str(tmp_path / "missing"), "--device", "cpu"])
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "no complete ray cache" in lines[0]
+
+
+def test_the_terminal_and_blender_word_durations_and_stops_alike():
+    """backend.event_text words both: the terminal's compact durations, the add-on's spaced ones,
+    and where a stop stopped."""
+    from backend import event_text, terminal
+    assert [event_text.duration(s) for s in (None, -1, 7, 123, 3900)] == ["--", "--", "7s", "2m03s", "1h05m"]
+    assert event_text.duration(410, sep=" ") == "6m 50s"
+    cache = {"event": "stopped", "stage": "cache", "phase": "views", "step": 12, "total": 40}
+    assert terminal.stopped_line(cache, None) == "Stopped the ray cache after 12 of 40 views (kept)."
+    train = {"event": "stopped", "stage": "train", "step": 7, "total": 9, "checkpoint": "c.pt"}
+    assert terminal.stopped_line(train, "X") == "Stopped at step 7 of 9; checkpoint saved to c.pt.\nResume with: X"
+    assert event_text.stopped({"stage": "render", "step": 3, "total": 5}) == "stopped rendering after 3 of 5 frames"

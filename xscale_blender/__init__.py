@@ -4,18 +4,17 @@ background process, render camera paths into the Video Sequence Editor.
 Metadata lives in blender_manifest.toml (Blender 4.2+ extension). This side never imports
 torch: the backend runs as `python -m backend` in the interpreter set in the preferences, and
 the backend code the add-on uses in-process comes through backend_link.
-Submodules that need bpy are imported in register(), so the pure ones (camera_convert, jobs)
-can be used and tested without Blender.
+The bpy-free logic is in core/ (jobs, camera conversion, the render server's client, Set Up
+Backend's script, ...); the modules here are the Blender glue on top of it, imported in
+register(), so core/ can be used and tested without Blender.
 
 Layout, by feature: import_ops (File > Import, conversion, scene check), train_ops (Cache +
 Train, Resume), render_ops (camera path render, its sequencer strip, path export, photo cameras),
-backend_ops (Check Backend, Set Up Backend with the bpy-free script backend_setup), engine
-(the XScale-NVS render engine: F12, animation, viewport; on the render server client
-render_server and the viewport thread preview); job_runner runs their
-backend processes (timer in the UI, blocking in background mode, Stop) and reporting tells the
-user; properties holds the scene settings, built from backend.config's options; panels and
-preferences draw them (ui_text fits text to the region). Without numpy in Blender's Python
-(deps) the modules that need it are left out and the panels say how to install it.
+backend_ops (Check Backend, Set Up Backend), engine (the XScale-NVS render engine: F12,
+animation, viewport; its Properties panels in render_panels); job_runner runs their backend processes (timer in the UI, blocking in
+background mode, Stop) and reporting tells the user; properties holds the scene settings, built
+from backend.config's options; panels and preferences draw them. Without numpy in Blender's
+Python (core.deps) the modules that need it are left out and the panels say how to install it.
 """
 from __future__ import annotations
 
@@ -24,15 +23,15 @@ import sys
 
 # Registration order: settings and helpers first, the panels that use them last.
 _MODULE_NAMES = ("preferences", "properties", "reporting", "job_runner", "import_ops", "train_ops",
-                 "render_ops", "backend_ops", "engine", "panels", "importer")
+                 "render_ops", "backend_ops", "engine", "render_panels", "panels", "importer")
 # Left out when Blender's Python has no numpy (deps.py): the panels then say how to install it.
-NEEDS_NUMPY = frozenset({"import_ops", "render_ops", "engine", "importer"})
+NEEDS_NUMPY = frozenset({"import_ops", "render_ops", "engine", "render_panels", "importer"})
 
 _registered: list = []
 
 
 def _module_names() -> list[str]:
-    from . import deps
+    from .core import deps
     if not deps.refresh():
         return list(_MODULE_NAMES)
     print(f"XScale: {deps.message()}", file=sys.stderr, flush=True)

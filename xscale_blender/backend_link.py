@@ -29,6 +29,7 @@ def _load(name: str):
 config = _load("config")        # options (defaults, limits, choices), presets, output formats
 errors = _load("errors")
 serve_protocol = _load("serve_protocol")   # the render server's message format
+event_text = _load("event_text")           # progress events in words: stages, durations, stops
 _events = _load("events")
 _runfolder = _load("runfolder")
 
@@ -39,7 +40,7 @@ silenced_events = _events.silenced
 
 
 # Modules that need numpy load on first use (`from .backend_link import cameras` in a module
-# that numpy-less Blenders never import; see deps.py).
+# that numpy-less Blenders never import; see core/deps.py).
 _NEEDS_NUMPY = {
     "cameras": "cameras",
     "campath": "campath",

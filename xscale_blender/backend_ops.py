@@ -15,11 +15,12 @@ from typing import Callable, Optional
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import job_runner, jobs, preferences, reporting
+from . import job_runner, preferences, reporting
 from .backend_link import pythonpath
+from .core import jobs
+from .reporting import refuse
 
-SETUP_LABEL = "set up backend"
-SETUP_SCRIPT = Path(__file__).resolve().with_name("backend_setup.py")
+SETUP_SCRIPT = Path(__file__).resolve().parent / "core" / "backend_setup.py"
 
 
 def _doctor_lines(job: jobs.Job) -> list[str]:
@@ -175,8 +176,7 @@ class XSCALE_OT_setup_backend(bpy.types.Operator):
 
     def execute(self, context):
         if jobs.busy():
-            self.report({"ERROR"}, "An XScale job is running; stop it or wait for it first.")
-            return {"CANCELLED"}
+            return refuse(self, "An XScale job is running; stop it or wait for it first.")
         prefs = preferences.addon_preferences()
         python = self.python or (getattr(prefs, "setup_python", "") if prefs is not None else "")
         python = bpy.path.abspath(python) if python else ""
@@ -184,7 +184,7 @@ class XSCALE_OT_setup_backend(bpy.types.Operator):
         blocking = job_runner._blocking(self.wait)
         argv = setup_argv(os.path.normpath(venv), python, self.hardware, self.torch_index_url,
                           self.torch_requirement)
-        job = jobs.Job(argv, env=_setup_env(), label=SETUP_LABEL,
+        job = jobs.Job(argv, env=_setup_env(), label=jobs.SETUP_LABEL,
                        on_finish=lambda j: setup_finished(j, check=not blocking))
         result = job_runner.run_job(self, job, blocking)
         if blocking and job.state.status == jobs.DONE:

@@ -6,8 +6,8 @@ from typing import Iterable, Optional
 import bpy
 import numpy as np
 
-from . import camera_convert as cc
 from .backend_link import cameras, campath
+from .core import camera_convert as cc
 
 
 def blender_camera(scene: bpy.types.Scene, cam_obj: bpy.types.Object,

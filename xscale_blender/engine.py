@@ -12,6 +12,8 @@ from there.
 Viewport: view_draw posts the region's view (camera view or a free perspective view) to a
 preview.Preview thread and draws the latest frame it has; the thread talks to the server and
 asks for a redraw when a frame arrives, so the UI never waits for the GPU.
+
+The engine's panels in the Properties editor are render_panels.
 """
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ import bpy
 import numpy as np
 from bpy.app.handlers import persistent
 
-from . import camera_convert as cc
-from . import campath_export, jobs, preferences, render_server
+from . import campath_export, preferences
 from .backend_link import pythonpath
-from .preview import Preview, View
+from .core import camera_convert as cc
+from .core import jobs, render_server
+from .core.preview import Preview, View
 from .properties import SCENE_OPTIONS, run_folder
 
 ENGINE_ID = "XSCALE_NVS"
@@ -272,67 +275,7 @@ def _preview_frame(view: View, divisor: int, abort) -> np.ndarray:
     return frame.rgba
 
 
-# --- panels: the engine's settings, and Blender's own panels that apply to it ---------------
-
-class XScaleRenderPanel:
-    bl_space_type = "PROPERTIES"
-    bl_region_type = "WINDOW"
-    bl_context = "render"
-    COMPAT_ENGINES = {ENGINE_ID}
-
-    @classmethod
-    def poll(cls, context):
-        return context.engine in cls.COMPAT_ENGINES
-
-
-class RENDER_PT_xscale(XScaleRenderPanel, bpy.types.Panel):
-    bl_label = "XScale-NVS"
-
-    def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
-        scene = context.scene
-        s = scene.xscale
-        col = layout.column()
-        col.prop(s, "run_dir")
-        col.prop(s, "device")
-        col.prop(s, "exposure")
-        col = layout.column(heading="Supersampling", align=True)
-        col.prop(s, "render_supersample", text="Render")
-        col.prop(s, "preview_supersample", text="Viewport")
-        layout.prop(s, "preview_divisor", text="Moving 1/N")
-        layout.column(heading="Film").prop(scene.render, "film_transparent", text="Transparent")
-
-
-class RENDER_PT_xscale_server(XScaleRenderPanel, bpy.types.Panel):
-    bl_label = "Render Server"
-    bl_parent_id = "RENDER_PT_xscale"
-    bl_options = {"DEFAULT_CLOSED"}
-
-    def draw(self, context):
-        layout = self.layout
-        srv = render_server.current()
-        col = layout.column(align=True)
-        if srv is None or not srv.alive:
-            col.label(text="Not running (starts with the first render)", icon="INFO")
-        else:
-            info = srv.info
-            col.label(text=f"Running, process {srv.pid}", icon="CHECKMARK")
-            col.label(text=f"{info.get('device', '')}, {info.get('triangles', 0):,} triangles")
-        layout.operator("xscale.stop_render_server", icon="CANCEL")
-
-
-class VIEWLAYER_PT_xscale_passes(XScaleRenderPanel, bpy.types.Panel):
-    bl_context = "view_layer"
-    bl_label = "Passes"
-
-    def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
-        layout.prop(context.view_layer, "use_pass_z", text="Z")
-
+# --- the render server's lifetime ------------------------------------------------------------
 
 class XSCALE_OT_stop_render_server(bpy.types.Operator):
     """Stop the render server and free its GPU memory (the next render starts it again)"""
@@ -344,25 +287,7 @@ class XSCALE_OT_stop_render_server(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (XScaleRenderEngine, RENDER_PT_xscale, RENDER_PT_xscale_server, VIEWLAYER_PT_xscale_passes,
-           XSCALE_OT_stop_render_server)
-
-# Blender's panels that list the engines they apply to: ours too, except those for features the
-# engine does not have (Freestyle, light probes, EEVEE's and Grease Pencil's render settings).
-_SKIP_PANELS = ("freestyle", "lightprobe", "eevee", "gpencil", "grease_pencil", "DATA_PT_preview")
-
-
-def compatible_panels() -> list:
-    out = []
-    for name in dir(bpy.types):
-        cls = getattr(bpy.types, name, None)
-        engines = getattr(cls, "COMPAT_ENGINES", None)
-        if not isinstance(engines, set) or "BLENDER_RENDER" not in engines:
-            continue
-        if any(skip.lower() in name.lower() for skip in _SKIP_PANELS):
-            continue
-        out.append(cls)
-    return out
+CLASSES = (XScaleRenderEngine, XSCALE_OT_stop_render_server)
 
 
 @persistent
@@ -373,8 +298,6 @@ def _on_load_pre(*_args):
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
-    for panel in compatible_panels():
-        panel.COMPAT_ENGINES.add(ENGINE_ID)
     if _on_load_pre not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(_on_load_pre)
 
@@ -383,7 +306,5 @@ def unregister() -> None:
     render_server.shutdown()
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
-    for panel in compatible_panels():
-        panel.COMPAT_ENGINES.discard(ENGINE_ID)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

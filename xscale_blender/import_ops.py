@@ -13,10 +13,12 @@ from typing import Optional
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import importer, jobs, preferences
+from . import importer, preferences
 from .backend_link import config, prepare, silenced_events
+from .core import jobs
 from .job_runner import start_backend
 from .properties import abspath, option_property
+from .reporting import refuse
 
 P_REPORT = "xscale_report"       # check report text, stored on the imported collection
 CHECK_MAX_SIDE = 128
@@ -63,8 +65,10 @@ def _finish_import(op: "bpy.types.Operator", coll: "bpy.types.Collection", scene
     return {"FINISHED"}
 
 
-class _ImportOptions:
-    """Options shared by the import operators."""
+class _FolderImport:
+    """What the import operators share: the file browser, which picks a folder (`directory`),
+    and their options."""
+    filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     import_mesh: BoolProperty(name="Mesh", default=True, description="Import the scene mesh")
     show_photos: BoolProperty(name="Photos as Backgrounds", default=True,
                               description="Show each photo as its camera's background image")
@@ -76,33 +80,30 @@ class _ImportOptions:
                               description="Run the scene check (mesh coverage per view) after importing and "
                                           "store its report on the collection (slow on huge meshes)")
 
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
 
-class IMPORT_SCENE_OT_xscale_mvsnet(_ImportOptions, bpy.types.Operator):
+
+class IMPORT_SCENE_OT_xscale_mvsnet(_FolderImport, bpy.types.Operator):
     """Import an MVSNet scene folder: the mesh and one camera per photo"""
     bl_idname = "import_scene.xscale_mvsnet"
     bl_label = "Import XScale-NVS Scene"
     bl_options = {"REGISTER", "UNDO"}
 
     directory: StringProperty(name="Scene Folder", subtype="DIR_PATH")
-    filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     level: option_property(config.LEVEL, "Image Level", unset=-1)
-
-    def invoke(self, context, event):
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def execute(self, context):
         if not self.directory:
-            self.report({"ERROR"}, "Choose a scene folder")
-            return {"CANCELLED"}
+            return refuse(self, "Choose a scene folder")
         level = None if self.level < 0 else self.level
         try:
             coll = importer.import_scene(
                 context, self.directory, mesh=self.import_mesh, photos=self.show_photos,
                 test_every=self.test_every, level=level, set_active=self.set_active)
         except importer.InputError as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
+            return refuse(self, str(e))
         return _finish_import(self, coll, context.scene.xscale.scene_dir, level)
 
 
@@ -138,10 +139,9 @@ def _convert_in_backend(op, src: str, dst: str) -> set[str]:
     try:
         preferences.backend_python()
     except preferences.BackendNotConfigured as e:
-        op.report({"ERROR"}, f"These photos need undistorting or resizing in the backend environment: {e} "
-                             "Or run this there and import the result as an MVSNet scene: "
-                             f"{prepare_command(src, dst, op.source, op.downsample)}")
-        return {"CANCELLED"}
+        return refuse(op, f"These photos need undistorting or resizing in the backend environment: {e} "
+                          "Or run this there and import the result as an MVSNet scene: "
+                          f"{prepare_command(src, dst, op.source, op.downsample)}")
     opts = dict(mesh=op.import_mesh, photos=op.show_photos, test_every=op.test_every, set_active=op.set_active)
     check = op.check_scene
 
@@ -162,7 +162,7 @@ def _convert_in_backend(op, src: str, dst: str) -> set[str]:
     return start_backend(op, "prepare", args, "convert", False, on_finish)
 
 
-class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
+class IMPORT_SCENE_OT_xscale_convert(_FolderImport, bpy.types.Operator):
     """Convert a source of another format (CONVERTED) into an MVSNet scene folder, then import it"""
     bl_idname = "import_scene.xscale_convert"
     bl_label = f"Import {CONVERTED_LABELS}"
@@ -172,7 +172,6 @@ class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
     directory: StringProperty(name="Source Folder", subtype="DIR_PATH",
                               description=f"{CONVERTED_FOLDERS} (photos with lens distortion are undistorted "
                                           "by the backend)")
-    filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     output_dir: StringProperty(name="Output Scene Folder", subtype="DIR_PATH",
                                description="Where to write the MVSNet scene (empty: SOURCE_mvsnet next to "
                                            "the source folder)")
@@ -182,14 +181,9 @@ class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
                             description="Shrink the photos this many times (above 1 the conversion runs in the "
                                         "backend environment)")
 
-    def invoke(self, context, event):
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
     def execute(self, context):
         if not self.directory:
-            self.report({"ERROR"}, f"Choose a {prepare.sources.either([s.label for s in CONVERTED])} folder")
-            return {"CANCELLED"}
+            return refuse(self, f"Choose a {prepare.sources.either([s.label for s in CONVERTED])} folder")
         src = abspath(self.directory)
         dst = abspath(self.output_dir) if self.output_dir else default_convert_output(src)
         if self.downsample > 1 and not _has_pillow():
@@ -204,8 +198,7 @@ class IMPORT_SCENE_OT_xscale_convert(_ImportOptions, bpy.types.Operator):
         except prepare.NeedsBackend:      # lens distortion: OpenCV, in the backend environment
             return _convert_in_backend(self, src, dst)
         except importer.InputError as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
+            return refuse(self, str(e))
         print(f"XScale: converted {summary['views']} view(s) into {summary['images_dir']} and "
               f"{summary['cams_dir']}; mesh {summary['mesh']}", flush=True)
         for note in summary.get("notes") or ():

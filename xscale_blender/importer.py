@@ -8,8 +8,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from . import camera_convert as cc
 from .backend_link import config, errors, scene as scene_io
+from .core import camera_convert as cc
 
 # Custom properties on imported camera objects (read back by apply_camera_settings).
 P_VIEW = "xscale_view"

@@ -12,8 +12,10 @@ from typing import Callable, Optional
 
 import bpy
 
-from . import jobs, preferences, reporting
+from . import preferences, reporting
 from .backend_link import config, pythonpath
+from .core import jobs
+from .reporting import refuse
 
 POLL_INTERVAL_S = 0.25
 
@@ -37,13 +39,11 @@ def start_backend(op: bpy.types.Operator, command: str, args: list[str], label: 
     """An operator's backend job: refused while another runs, else started (and, when blocking,
     waited for); returns the operator's result."""
     if jobs.busy():
-        op.report({"ERROR"}, "An XScale job is already running; stop it first.")
-        return {"CANCELLED"}
+        return refuse(op, "An XScale job is already running; stop it first.")
     try:
         job = backend_job(command, args, label, on_finish)
     except preferences.BackendNotConfigured as e:
-        op.report({"ERROR"}, str(e))
-        return {"CANCELLED"}
+        return refuse(op, str(e))
     return run_job(op, job, _blocking(wait))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import deps, jobs, ui_text
+from .core import deps, jobs, ui_text
 
 
 class XScalePanelBase:
@@ -46,6 +46,20 @@ class VIEW3D_PT_xscale(XScalePanelBase, bpy.types.Panel):
         draw_job(layout, context)
 
 
+def property_split(layout: "bpy.types.UILayout") -> "bpy.types.UILayout":
+    """`layout` set up as Blender's property panels are: labels left of their fields, no
+    animation decorators."""
+    layout.use_property_split = True
+    layout.use_property_decorate = False
+    return layout
+
+
+def draw_props(layout: "bpy.types.UILayout", data, names: tuple[str, ...]) -> None:
+    """A row for each of `data`'s properties `names`, in order."""
+    for name in names:
+        layout.prop(data, name)
+
+
 def draw_missing(layout: "bpy.types.UILayout", context) -> None:
     """What Blender's Python lacks and the command that installs it."""
     box = layout.box()
@@ -79,7 +93,7 @@ def draw_job(layout: "bpy.types.UILayout", context=None,
     if st.psnr is not None:
         grid.label(text=f"PSNR {st.psnr:.2f} dB")
     if st.eta_s is not None or st.unit != "%":
-        grid.label(text=f"ETA {jobs.format_duration(st.eta_s)}")
+        grid.label(text=jobs.eta_text(st))
     if st.message:
         ui_text.draw_wrapped(box, context, st.message, margin_px=margin_px)
     box.operator("xscale.stop", text="Kill" if job.stopping else "Stop", icon="CANCEL")
@@ -90,19 +104,10 @@ class VIEW3D_PT_xscale_train(XScaleSubPanel, bpy.types.Panel):
     bl_label = "Training"
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = property_split(self.layout)
         s = context.scene.xscale
-        col = layout.column()
-        col.prop(s, "preset")
-        col.prop(s, "iterations")
-        col.prop(s, "device")
-        col.prop(s, "gpus")
-        col.prop(s, "supersample")
-        col.prop(s, "test_every")
-        col.prop(s, "level")
-        col.prop(s, "mesh_path")
+        draw_props(layout.column(), s, ("preset", "iterations", "device", "gpus", "supersample", "test_every",
+                                        "level", "mesh_path"))
         row = layout.row(align=True)
         row.enabled = not jobs.busy()      # Stop is in the job's box above
         row.operator("xscale.train", text="Cache + Train", icon="PLAY").resume = False
@@ -114,19 +119,13 @@ class VIEW3D_PT_xscale_render(XScaleSubPanel, bpy.types.Panel):
     bl_label = "Render Camera Path"
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = property_split(self.layout)
         scene = context.scene
         s = scene.xscale
         col = layout.column()
-        col.prop(s, "render_format")
-        col.prop(s, "exposure")
-        col.prop(s, "render_supersample")
-        col.prop(s, "render_dir")
+        draw_props(col, s, ("render_format", "exposure", "render_supersample", "render_dir"))
         col.separator()
-        col.prop(s, "strip_channel")
-        col.prop(s, "strip_use_path_start")
+        draw_props(col, s, ("strip_channel", "strip_use_path_start"))
         sub = col.row()
         sub.enabled = not s.strip_use_path_start
         sub.prop(s, "strip_frame_start")

@@ -7,7 +7,8 @@ from typing import Optional
 import bpy
 from bpy.props import StringProperty
 
-from . import deps, ui_text
+from . import panels
+from .core import deps, jobs, ui_text
 
 ENV_PYTHON = "XSCALE_BACKEND_PYTHON"   # overrides the preference, e.g. for headless farm jobs
 
@@ -35,13 +36,10 @@ class XScalePreferences(bpy.types.AddonPreferences):
                     "(empty: one found on this machine, else Blender's own)")
 
     def draw(self, context: "bpy.types.Context") -> None:
-        from . import backend_ops, jobs, panels
         layout = self.layout
         if deps.missing():
             panels.draw_missing(layout, context)
-        col = layout.column()
-        col.use_property_split = True
-        col.use_property_decorate = False
+        col = panels.property_split(layout.column())
         row = col.row(align=True)
         row.prop(self, "python")
         row.operator("xscale.check_backend", text="Check", icon="CHECKMARK")
@@ -53,7 +51,7 @@ class XScalePreferences(bpy.types.AddonPreferences):
         job = jobs.active()
         row.enabled = not jobs.busy()
         row.operator("xscale.setup_backend", icon="IMPORT")
-        if job is not None and job.label == backend_ops.SETUP_LABEL:
+        if job is not None and job.label == jobs.SETUP_LABEL:
             panels.draw_job(layout, context, margin_px=PREFS_MARGIN_PX)
         elif not self.python and not os.environ.get(ENV_PYTHON):
             ui_text.draw_wrapped(layout, context, "No backend yet: Set Up Backend installs it (a Python "

@@ -14,10 +14,13 @@ import re
 
 import bpy
 from bpy.props import BoolProperty, IntProperty, StringProperty
+from bpy_extras.io_utils import ExportHelper
 
-from . import campath_export, importer, job_runner, jobs, sequencer
+from . import campath_export, importer, job_runner, sequencer
 from .backend_link import campath
+from .core import jobs
 from .properties import abspath, option_arguments, run_folder
+from .reporting import refuse
 
 # Scene settings passed to `backend render` as their backend options (properties.SCENE_OPTIONS).
 RENDER_SETTINGS = ("render_format", "exposure", "render_supersample")
@@ -107,16 +110,13 @@ class XSCALE_OT_render_path(bpy.types.Operator):
         s = scene.xscale
         cam = scene.camera
         if cam is None:
-            self.report({"ERROR"}, "The scene has no active camera")
-            return {"CANCELLED"}
+            return refuse(self, "The scene has no active camera")
         run = run_folder(s)
         if run is None or not run.latest.is_file():
-            self.report({"ERROR"}, f"No trained model in run folder '{run.root if run else ''}': train first.")
-            return {"CANCELLED"}
+            return refuse(self, f"No trained model in run folder '{run.root if run else ''}': train first.")
         frames = operator_frames(self, scene)
         if not frames:
-            self.report({"ERROR"}, "The frame range is empty")
-            return {"CANCELLED"}
+            return refuse(self, "The frame range is empty")
         fmt = s.render_format
         out_dir = render_output_dir(s, cam.name)
         os.makedirs(out_dir, exist_ok=True)
@@ -132,8 +132,7 @@ class XSCALE_OT_render_path(bpy.types.Operator):
             try:
                 finish_strip(scene)
             except (FileNotFoundError, ValueError, RuntimeError) as e:
-                self.report({"ERROR"}, str(e))
-                return {"CANCELLED"}
+                return refuse(self, str(e))
             self.report({"INFO"}, f"XScale: all {len(frames)} frames exist in {out_dir}")
             return {"FINISHED"}
         # One path file per frame range: chunks of a render farm share the output folder.
@@ -141,8 +140,7 @@ class XSCALE_OT_render_path(bpy.types.Operator):
         try:
             campath_export.export_camera_path(context, path_file, todo)
         except ValueError as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
+            return refuse(self, str(e))
 
         def on_finish(job: jobs.Job) -> None:
             if job.state.status != jobs.DONE:
@@ -176,45 +174,39 @@ class XSCALE_OT_assemble_strip(bpy.types.Operator):
         s = scene.xscale
         cam = scene.camera
         if cam is None:
-            self.report({"ERROR"}, "The scene has no active camera")
-            return {"CANCELLED"}
+            return refuse(self, "The scene has no active camera")
         frames = operator_frames(self, scene)
         if not frames:
-            self.report({"ERROR"}, "The frame range is empty")
-            return {"CANCELLED"}
+            return refuse(self, "The frame range is empty")
         try:
             out_dir = render_output_dir(s, cam.name)
             add_render_strip(scene, out_dir, frames, s.render_format, f"XScale {cam.name}")
         except (FileNotFoundError, ValueError) as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
+            return refuse(self, str(e))
         self.report({"INFO"}, f"XScale: strip of {len(frames)} frames from {out_dir}")
         return {"FINISHED"}
 
 
-class XSCALE_OT_export_path(bpy.types.Operator):
+class XSCALE_OT_export_path(ExportHelper, bpy.types.Operator):
     """Write the scene camera's path over the frame range as a backend camera path JSON"""
     bl_idname = "xscale.export_path"
     bl_label = "Export Camera Path"
 
-    filepath: StringProperty(subtype="FILE_PATH")
+    filename_ext = ".json"
     filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
 
     def invoke(self, context, event):
         if not self.filepath:
-            self.filepath = "camera_path.json"
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
+            self.filepath = "camera_path.json"      # ExportHelper would name it after the .blend
+        return super().invoke(context, event)
 
     def execute(self, context):
         if not self.filepath:
-            self.report({"ERROR"}, "Choose a file")
-            return {"CANCELLED"}
+            return refuse(self, "Choose a file")
         try:
             numbers = campath_export.export_camera_path(context, abspath(self.filepath))
         except ValueError as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
+            return refuse(self, str(e))
         self.report({"INFO"}, f"Wrote {len(numbers)} frames to {self.filepath}")
         return {"FINISHED"}
 

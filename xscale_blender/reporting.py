@@ -8,7 +8,7 @@ from typing import Callable
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import jobs
+from .core import jobs
 
 Sink = Callable[[str, str], None]      # (level "INFO" | "WARNING" | "ERROR", message)
 
@@ -38,6 +38,12 @@ class XSCALE_OT_report(bpy.types.Operator):
     def execute(self, context):
         self.report({self.level}, self.message)
         return {"FINISHED"}
+
+
+def refuse(op: "bpy.types.Operator", message: str) -> set[str]:
+    """An operator's error: reported on it, and the operator cancelled (`return refuse(self, ...)`)."""
+    op.report({"ERROR"}, message)
+    return {"CANCELLED"}
 
 
 def report(level: str, message: str) -> None:

@@ -11,6 +11,7 @@ from bpy.props import BoolProperty
 from . import job_runner
 from .backend_link import RunFolder
 from .properties import abspath, option_arguments, run_folder
+from .reporting import refuse
 
 # Scene settings passed to `backend fit` as their backend options (properties.SCENE_OPTIONS).
 FIT_SETTINGS = ("supersample", "test_every", "level", "device", "preset", "iterations")
@@ -74,20 +75,16 @@ class XSCALE_OT_train(bpy.types.Operator):
         s = context.scene.xscale
         scene_dir, run = abspath(s.scene_dir), run_folder(s)
         if not scene_dir or not os.path.isdir(scene_dir):
-            self.report({"ERROR"}, f"Scene folder not found: '{scene_dir}'. Import a scene or set it in the XScale panel.")
-            return {"CANCELLED"}
+            return refuse(self, f"Scene folder not found: '{scene_dir}'. Import a scene or set it in the XScale panel.")
         if run is None:
-            self.report({"ERROR"}, "Set a run folder in the XScale panel.")
-            return {"CANCELLED"}
+            return refuse(self, "Set a run folder in the XScale panel.")
         if self.resume and not resumable(run):
-            self.report({"ERROR"}, f"Nothing to resume in {run.root}: no checkpoint and no ray cache yet. "
-                                   "Use Cache + Train.")
-            return {"CANCELLED"}
+            return refuse(self, f"Nothing to resume in {run.root}: no checkpoint and no ray cache yet. "
+                                "Use Cache + Train.")
         if not self.resume and not self.overwrite and trained(run):
-            self.report({"ERROR"}, f"{run.root} already holds a trained model: Resume continues it; to start "
-                                   "over (replacing it) confirm Cache + Train, or from a script call "
-                                   "bpy.ops.xscale.train(overwrite=True).")
-            return {"CANCELLED"}
+            return refuse(self, f"{run.root} already holds a trained model: Resume continues it; to start "
+                                "over (replacing it) confirm Cache + Train, or from a script call "
+                                "bpy.ops.xscale.train(overwrite=True).")
         run.root.mkdir(parents=True, exist_ok=True)
         label = "resume" if self.resume else "train"
         args = fit_arguments(s, self.resume, overwrite=self.overwrite and not self.resume)

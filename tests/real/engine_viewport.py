@@ -81,7 +81,7 @@ def screenshot(name: str) -> None:
 
 
 def report(phase: str) -> None:
-    rs = addon("render_server")
+    rs = addon("core.render_server")
     srv = rs.current()
     ms = sorted(draw_ms)
     worst = ms[-1] if ms else 0.0
@@ -116,7 +116,7 @@ def free_view() -> None:
 
 def kill_server_and_move() -> None:
     import mathutils
-    srv = addon("render_server").current()
+    srv = addon("core.render_server").current()
     if srv is not None:
         os.kill(srv.pid, signal.SIGKILL)
         say("killed the render server", srv.pid)

@@ -33,7 +33,7 @@ def addon(name: str):
 
 def setup():
     scene_dir = os.environ.get("XS_SCENE")
-    numpy_ok = not getattr(addon("deps"), "missing", lambda: {})() if _has("deps") else True
+    numpy_ok = not getattr(addon("core.deps"), "missing", lambda: {})() if _has("core.deps") else True
     if scene_dir and numpy_ok:
         bpy.ops.import_scene.xscale_mvsnet(directory=scene_dir, show_photos=False, check_scene=False)
     s = bpy.context.scene.xscale
@@ -42,7 +42,7 @@ def setup():
     if cam is not None:
         bpy.context.view_layer.objects.active = cam
         cam.select_set(True)
-    jobs = addon("jobs")
+    jobs = addon("core.jobs")
     if os.environ.get("XS_NOJOB"):
         return _open_windows()
     job = jobs.Job([sys.executable, "-c", "import time; time.sleep(600)"], label="train").start()

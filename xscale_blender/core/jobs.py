@@ -1,4 +1,5 @@
-"""Backend processes: launch, non-blocking event reading, polling, stop (stdlib only, no bpy).
+"""Backend processes: launch, non-blocking event reading, polling, stop (no bpy; the events are
+worded by the backend's event_text, as in a terminal).
 
 The backend prints one JSON object per line on stdout (docs/protocol.md). A reader thread
 turns lines into queue items so the owner never blocks on the pipe: the Blender UI calls
@@ -20,9 +21,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..backend_link import event_text
+
 _EOF = object()
 
 RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
+
+# The label of Set Up Backend's job: the preferences show its progress under the button.
+SETUP_LABEL = "set up backend"
 
 
 @dataclass
@@ -60,15 +66,6 @@ def parse_event(line: str) -> Optional[dict]:
     return obj if isinstance(obj, dict) and isinstance(obj.get("event"), str) else None
 
 
-def format_duration(seconds: Optional[float]) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "--"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def describe(state: JobState) -> str:
     """One line for consoles and the panel: 'train 1200/30000 loss 0.0310 PSNR 27.40 ETA 6m 50s'."""
     parts = [state.stage or "starting"]
@@ -79,7 +76,7 @@ def describe(state: JobState) -> str:
     if state.psnr is not None:
         parts.append(f"PSNR {state.psnr:.2f}")
     if state.status == RUNNING and state.eta_s is not None:
-        parts.append(f"ETA {format_duration(state.eta_s)}")
+        parts.append(eta_text(state))
     return " ".join(parts)
 
 
@@ -88,23 +85,25 @@ def progress_text(state: JobState) -> str:
     return f"{state.step}%" if state.unit == "%" else f"{state.step}/{state.total}"
 
 
+def eta_text(state: JobState) -> str:
+    """'ETA 6m 50s' ('ETA --' while unknown)."""
+    return f"ETA {event_text.duration(state.eta_s, sep=' ')}"
+
+
 def describe_stop(ev: dict) -> str:
-    """What a `stopped` event means, in one line: where the job stopped and what was kept."""
-    stage, step, total = ev.get("stage"), ev.get("step"), ev.get("total")
-    of = f" of {total}" if total else ""
+    """What a `stopped` event means, in one line: where the job stopped, what was kept and which
+    button continues it."""
+    stage = ev.get("stage")
     if stage == "setup":
         return "stopped; Set Up Backend again continues it"
-    if step is None:
-        return "stopped"
+    where = event_text.stopped(ev)
+    if ev.get("step") is None:
+        return where
     if stage == "cache":
-        if ev.get("phase") == "shards":
-            return (f"stopped the ray cache while writing its shards ({step}{of} written, kept); "
-                    "Resume finishes it")
-        return f"stopped the ray cache after {step}{of} views (kept); Resume continues it"
+        return where + ("; Resume finishes it" if ev.get("phase") == "shards" else "; Resume continues it")
     if stage == "render":
-        return f"stopped rendering after {step}{of} frames (those frames are kept)"
-    text = f"stopped at step {step}{of}"
-    return text + ("; checkpoint saved, Resume continues it" if ev.get("checkpoint") else "")
+        return where + " (those frames are kept)"
+    return where + ("; checkpoint saved, Resume continues it" if ev.get("checkpoint") else "")
 
 
 class Job:

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .backend_link import serve_protocol as sp
+from ..backend_link import serve_protocol as sp
 
 STOP_WAIT_S = 5.0          # for BYE and the exit after STOP, before the process is killed
 POLL_S = 0.1               # while waiting for a reply: how often death and abort() are checked
