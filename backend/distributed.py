@@ -79,7 +79,7 @@ def setup(device: str = "auto") -> Context:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not active():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+        dist.init_process_group(collective_backend(dev),
                                 device_id=dev if dev.type == "cuda" else None)
         # Stop votes and long waits run on the host, off the GPU stream, with a long timeout.
         _control = dist.new_group(backend="gloo", timeout=LONG_WAIT)
@@ -87,6 +87,12 @@ def setup(device: str = "auto") -> Context:
             events.set_stream(_ErrorsOnly(sys.stdout))
     world = dist.get_world_size()
     return Context(dist.get_rank(), world, local, dev, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+
+
+def collective_backend(dev: torch.device) -> str:
+    """NCCL for CUDA tensors where torch has it (Linux); gloo otherwise: the CPU, and Windows, whose
+    torch builds have no NCCL (gloo on CUDA tensors has no all_to_all: no level parallel there)."""
+    return "nccl" if dev.type == "cuda" and dist.is_nccl_available() else "gloo"
 
 
 def shutdown() -> None:

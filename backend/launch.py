@@ -29,6 +29,9 @@ def relaunch(argv: list[str], nproc: int) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     # Time between a stop and SIGKILL: rank 0 must be able to write a multi-GB checkpoint.
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")
+    if sys.platform == "win32":
+        # torch's Windows builds have no libuv, which torchrun's rendezvous store uses by default.
+        env.setdefault("USE_LIBUV", "0")
     # `--` ends torchrun's options: it would take e.g. `--run` for its own `--run-path`.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "--", "backend", *argv]
@@ -40,7 +43,10 @@ def relaunch(argv: list[str], nproc: int) -> int:
         if signum == signal.SIGTERM and proc.poll() is None:
             proc.send_signal(signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGBREAK (Windows): Blender's Stop sends CTRL_BREAK to the job's process group, which the
+    # ranks are in too; the launcher must outlive it to relay their `stopped` events.
+    stops = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)) if s is not None]
+    old = {s: signal.signal(s, forward) for s in stops}
     seen_errors: set[str] = set()
     stopped = bad_input = False
     try:

@@ -104,6 +104,7 @@ def check_rasterizer(device) -> Check:
 def check_hash_grid(device) -> Check:
     import torch
     from .config import preset
+    from .encoding.registry import ENCODERS
     from .model import Manifold
     cfg = preset("small", device.type).model
     gen = torch.Generator().manual_seed(0)
@@ -117,7 +118,8 @@ def check_hash_grid(device) -> Check:
             m.grid.table.normal_(0, 0.1, generator=torch.Generator(device).manual_seed(1))
         feat = m.features(xyz, mask)
         (feat * torch.linspace(-1, 1, feat.shape[1], device=device)).sum().backward()
-        name = backend if backend != "auto" else ("triton" if m.grid._kernels(xyz) is not None else "torch")
+        impl = type(m.grid.encoder(device)).__name__
+        name = next(n for n, e in ENCODERS.items() if e.cls == impl)
         return name, feat.detach(), m.grid.table.grad
 
     name, feat, grad = run("auto")

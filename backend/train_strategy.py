@@ -112,12 +112,14 @@ class DataParallel(OneProcess):
 
 def choose(ctx: distributed.Context, model, batch: int, S: int) -> Strategy:
     """The run's strategy. Several processes: level parallel where the grid splits its levels on
-    this device (S sub-samples per ray) and XSCALE_TABLE_PARALLEL forms groups of several
-    processes (table_parallel.group_size), else data parallel."""
+    this device (S sub-samples per ray), the processes can exchange them (all_to_all: not gloo on
+    CUDA, as on Windows) and XSCALE_TABLE_PARALLEL forms groups of several processes
+    (table_parallel.group_size), else data parallel."""
     if ctx.world == 1:
         return OneProcess(model)
     G = 1
-    if model.grid.splits_levels(S, ctx.device):
+    exchange = ctx.device.type == "cpu" or distributed.collective_backend(ctx.device) == "nccl"   # all_to_all
+    if exchange and model.grid.splits_levels(S, ctx.device):
         G = table_parallel.group_size(table_parallel.setting(), ctx.world, ctx.local_world,
                                       model.cfg.grid.n_levels)
     if G > 1:
