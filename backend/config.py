@@ -10,7 +10,7 @@ The configs nest by name, as RUN/train.json stores them:
       .model: ModelConfig             decoder widths and SIREN frequencies
         .grid: HashGridConfig         multi-resolution hash encoding
 The ray cache's settings (supersampling, held-out split, image level) are the CACHE_OPTIONS below
-and live in RUN/config.json.
+and live in RUN/config.json (read through runfolder.RunFolder.settings).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from . import serve_protocol as sp
 from .cameras import Camera
 from .config import RENDER_SS
 from .errors import DeviceError, InputError
-from .runfolder import RunFolder, read_json
+from .runfolder import RunFolder
 
 PARENT_CHECK_S = 1.0     # how often the watchdog thread looks for a dead parent
 
@@ -39,14 +39,12 @@ class Server:
         from .raster import Rasterizer, resolve_device
         t0 = time.monotonic()
         self.run = RunFolder(run_dir)
-        if not self.run.config.is_file():
-            raise InputError(f"{self.run.root}: not a run folder (no config.json); train a model first.")
-        cfg = read_json(self.run.config)
+        settings = self.run.settings(need_cache=False)
         self.device = resolve_device(device)
         self.model, ckpt = load_model(self.run, self.device, grid_backend)
-        self.views = [v["name"] for v in cfg["views"]]
-        self.default_ss = int(cfg.get("ss", 1))
-        self.mesh = load_mesh(cfg["mesh"])
+        self.views = settings.view_names
+        self.default_ss = settings.ss
+        self.mesh = load_mesh(settings.mesh)
         self.rast = Rasterizer(self.mesh, self.device)
         self.step = ckpt.get("step")
         self.load_s = time.monotonic() - t0

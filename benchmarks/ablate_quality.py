@@ -90,8 +90,7 @@ def main() -> None:
     if a.prepare_only:
         return
     ctx = distributed.setup(a.device)
-    cfg = RunFolder(base).read_config()
-    rast = Rasterizer(load_mesh(cfg["mesh"]), ctx.device)
+    rast = Rasterizer(load_mesh(RunFolder(base).settings().mesh), ctx.device)
     views = capture_views(truth, rast)
     held = [v for v in views if v.group in ("far", "close")]
     variants = dict(v.split("=", 1) for v in a.variant) or {"defaults": "{}"}

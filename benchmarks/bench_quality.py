@@ -244,12 +244,12 @@ def score_clean(run_dir: str | Path, truth: Truth, dev: torch.device) -> dict:
     """A trained run's held-out views against a capture scene's clean reference at the true
     cameras (exposure: the mean code): mean PSNR and SSIM over all held-out views and per group."""
     run = RunFolder(run_dir)
-    cfg = run.read_config()
+    settings = run.settings()
     model, ckpt = load_model(run, dev)
-    rast = Rasterizer(load_mesh(cfg["mesh"]), dev)
+    rast = Rasterizer(load_mesh(settings.mesh), dev)
     per = []
     for v in capture_views(truth, rast, magnified=False):
-        pred = linear_to_srgb(render_camera(model, rast, v.cam, cfg["ss"]).rgb_linear)
+        pred = linear_to_srgb(render_camera(model, rast, v.cam, settings.ss).rgb_linear)
         per.append((v.group, psnr(pred, v.gt, v.mask), ssim(pred, v.gt, v.mask)))
     res = {"step": ckpt["step"], "psnr": float(np.mean([p for _g, p, _s in per])),
            "ssim": float(np.mean([s for _g, _p, s in per]))}

@@ -65,7 +65,7 @@ def test_render_files_hold_the_rendered_frames(run, tmp_path, device):
         render_path(str(r), str(tmp_path / "path.json"), str(tmp_path / fmt), fmt=fmt, device=device)
     dev = torch.device(device)
     model, _ = load_model(RunFolder(str(r)), dev)
-    rast = Rasterizer(load_mesh(RunFolder(str(r)).read_config()["mesh"]), dev)
+    rast = Rasterizer(load_mesh(RunFolder(str(r)).settings().mesh), dev)
     for n, cam in zip(range(1, n_frames + 1), cams):
         fr = render_camera(model, rast, cam, 2)
         assert fr.alpha.max() > 0
