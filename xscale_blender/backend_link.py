@@ -29,6 +29,7 @@ def _load(name: str):
 config = _load("config")        # options (defaults, limits, choices), presets, output formats
 errors = _load("errors")
 serve_protocol = _load("serve_protocol")   # the render server's message format
+passes = _load("passes")        # render passes: names, channels, what Blender calls them
 _events = _load("events")
 _runfolder = _load("runfolder")
 
