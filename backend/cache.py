@@ -414,12 +414,12 @@ def cache_matches(run_dir: str, scene_dir: str, ss: int, test_every: int, level:
     """True when RUN has a complete cache built from the same inputs and settings."""
     run = RunFolder(run_dir)
     try:
-        cfg = run.read_config()
+        cfg = run.settings()
     except InputError:
         return False
-    same_mesh = mesh is None or str(Path(mesh).resolve()) == cfg["mesh"]
-    return (cfg["scene"] == str(Path(scene_dir).resolve()) and cfg["ss"] == ss and
-            cfg["test_every"] == test_every and cfg["level"] == level and same_mesh)
+    same_mesh = mesh is None or str(Path(mesh).resolve()) == cfg.mesh
+    return (cfg.scene == str(Path(scene_dir).resolve()) and cfg.ss == ss and
+            cfg.test_every == test_every and cfg.level == level and same_mesh)
 
 
 class ShardReader:

@@ -10,7 +10,7 @@ The configs nest by name, as RUN/train.json stores them:
       .model: ModelConfig             decoder widths and SIREN frequencies
         .grid: HashGridConfig         multi-resolution hash encoding
 The ray cache's settings (supersampling, held-out split, image level) are the CACHE_OPTIONS below
-and live in RUN/config.json.
+and live in RUN/config.json (read through runfolder.RunFolder.settings).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class ModelConfig:
     # directions of the training photos: on held-out close-ups of the multiscale procedural
     # scene 3 gave +3.9 dB (far views +1.5 dB) over 30 (CPU, small preset, 300 steps, one seed).
     omega_dir: float = 3.0
-    # Scale-aware levels (DESIGN, "Scale"): each sub-sample weights level l by how well its
+    # Scale-aware levels (backend/footprint.py): each sub-sample weights level l by how well its
     # footprint on the surface resolves the level's cells: 1 where a cell is at least the
     # footprint, fading to 0 over `level_fade` octaves below it (0 switches the weighting off:
     # every level at weight 1, as in the paper). `level_bias` (octaves) moves the fade towards
@@ -180,7 +180,7 @@ def preset(name: str, device_type: str) -> TrainConfig:
     return PRESETS[name].config
 
 
-# --- output formats (what the add-on and the CLI need to know; the writers are in render_output) --
+# --- output formats (what the add-on and the CLI need to know; the writers are in frame_files) ---
 
 @dataclass(frozen=True)
 class OutputFormat:

@@ -8,11 +8,10 @@ import numpy as np
 from . import events
 from .cameras import Camera
 from .checkpoint import load_model
-from .colour import linear_to_srgb
 from .errors import InputError
 from .meshio import load_mesh
 from .raster import Rasterizer, resolve_device
-from .render import render_camera
+from .render import render_srgb
 from .runfolder import RunFolder, write_json
 
 
@@ -22,22 +21,22 @@ def evaluate(run_dir: str, device: str = "auto", write_images: bool = True, grid
     from .metrics import lpips_or_none, psnr, ssim
     dev = resolve_device(device)
     run = RunFolder(run_dir)
-    cfg = run.read_config()
-    test = cfg["test_views"]
+    settings = run.settings()
+    test = settings.test_views
     if not test:
         raise InputError(f"{run.root}: no held-out views (the cache was built with --test-every 0).")
     model, ckpt = load_model(run, dev, grid_backend)
-    rast = Rasterizer(load_mesh(cfg["mesh"]), dev)
+    rast = Rasterizer(load_mesh(settings.mesh), dev)
     per_view = []
     run.eval_dir.mkdir(parents=True, exist_ok=True)
     prog = events.Progress("eval", len(test))
     for k, i in enumerate(test):
-        v = cfg["views"][i]
+        v = settings.views[i]
         cam = Camera.from_dict(v["camera"])
         gt = read_image(v["image"])
-        fr = render_camera(model, rast, cam, cfg["ss"], "mean")
-        pred = linear_to_srgb(fr.rgb_linear).astype(np.float32)
-        mask = fr.alpha >= 1.0
+        pred, alpha = render_srgb(model, rast, cam, settings.ss, "mean")
+        pred = pred.astype(np.float32)
+        mask = alpha >= 1.0
         valid = read_mask(mask_path_for(v["image"]), cam.width, cam.height)
         if valid is not None:
             mask &= valid

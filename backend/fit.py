@@ -58,7 +58,7 @@ def _cache_step(folder: RunFolder, scene, mesh, level, ss, test_every, device, r
 
 def _complete_cache(folder: RunFolder) -> bool:
     try:
-        folder.read_config()
+        folder.settings()
     except InputError:
         return False
     return True

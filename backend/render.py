@@ -1,7 +1,9 @@
 """Rendering: rasterize the mesh for a camera, query the manifold at covered pixels, decode.
 Pixels the mesh does not cover are transparent (alpha 0); alpha is the covered fraction of the
-ss x ss sub-samples. Frames are packed for their file format on the GPU, copied to host memory on
-a side stream and written in background threads, all overlapped with the next frames' GPU work."""
+ss x ss sub-samples. A frame is a dict of the passes of backend/passes.py (only those asked
+for), each computed by its function in PASS_FUNCTIONS from the rasterized surface. Frames are
+packed for their file format on the GPU, copied to host memory on a side stream and written in
+background threads, all overlapped with the next frames' GPU work."""
 from __future__ import annotations
 
 import os
@@ -11,6 +13,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -20,50 +23,82 @@ from . import distributed, events
 from .cameras import Camera
 from .campath import frame_filename, read_camera_path
 from .checkpoint import load_model
+from .colour import linear_to_srgb
 from .config import FORMAT
 from .errors import InputError
 from .footprint import camera_rows, footprints
 from .frame_files import frame_buffers, write_buffers
 from .meshio import load_mesh
 from .model import Manifold
-from .raster import Rasterizer, pixel_directions
+from .passes import PASSES, for_format
+from .raster import Rasterizer, Surface, pixel_directions
 from .runfolder import RunFolder, make_dir
 from .stopflag import StopFlag
 
 
-@dataclass
-class Frame:
-    rgb_linear: np.ndarray   # (H, W, 3) float32, straight (not premultiplied), 0 where alpha = 0
-    alpha: np.ndarray        # (H, W) float32 covered fraction
-    depth: np.ndarray        # (H, W) float32 camera z, inf where uncovered
+@dataclass(frozen=True)
+class Shot:
+    """One frame as the pass functions see it: the model, the camera and its rasterized surface."""
+    model: Manifold
+    cam: Camera
+    ss: int
+    exposure: str | int
+    chunk: int
+    surface: Surface
+    device: torch.device
 
 
-@torch.no_grad()
-def render_tensors(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, exposure="mean",
-                   chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One frame on the model's device: linear RGB (H, W, 3), alpha (H, W), depth (H, W)."""
-    dev = next(model.parameters()).device
-    with record_function("render.surface"):
-        s = rast.surface(cam, ss, normals=False)
+def _rgba(shot: Shot) -> torch.Tensor:
+    """Linear RGB (straight, 0 where alpha = 0) and alpha = the covered fraction of the sub-samples."""
+    s, cam, dev, n = shot.surface, shot.cam, shot.device, shot.chunk
     covered = s.mask.any(-1)
     jj, ii = torch.nonzero(covered, as_tuple=True)
-    rgb = torch.zeros(cam.height, cam.width, 3, device=dev)
+    rgba = torch.zeros(cam.height, cam.width, 4, device=dev)
     if len(jj):
         dirs = pixel_directions(cam, ii, jj).to(dev)
         xyz, m = s.xyz[covered].to(dev), s.mask[covered].to(dev)
         row = camera_rows([cam])[0]
         with record_function("render.model"):
-            out = torch.cat([model.render(xyz[k:k + chunk], m[k:k + chunk], dirs[k:k + chunk], exposure,
-                                          footprints(xyz[k:k + chunk], row, ss))
-                             for k in range(0, len(jj), chunk)])
-        rgb[jj.to(dev), ii.to(dev)] = out
-    return rgb, s.mask.float().mean(-1).to(dev), s.depth.to(dev)
+            out = torch.cat([shot.model.render(xyz[k:k + n], m[k:k + n], dirs[k:k + n], shot.exposure,
+                                               footprints(xyz[k:k + n], row, shot.ss))
+                             for k in range(0, len(jj), n)])
+        rgba[jj.to(dev), ii.to(dev), :3] = out
+    rgba[..., 3] = s.mask.float().mean(-1).to(dev)
+    return rgba
+
+
+def _depth(shot: Shot) -> torch.Tensor:
+    """Camera z, infinity where the mesh is not seen."""
+    return shot.surface.depth.to(shot.device)
+
+
+# How each pass of backend/passes.py is computed.
+PASS_FUNCTIONS: dict[str, Callable[[Shot], torch.Tensor]] = {"rgba": _rgba, "depth": _depth}
+assert PASS_FUNCTIONS.keys() == PASSES.keys(), "every render pass needs a function that computes it"
+
+
+@torch.no_grad()
+def render_tensors(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, exposure="mean",
+                   chunk: int = 1 << 20, passes: Iterable[str] = tuple(PASSES)) -> dict[str, torch.Tensor]:
+    """The passes named in `passes` (backend/passes.py) of one frame, on the model's device."""
+    dev = next(model.parameters()).device
+    with record_function("render.surface"):
+        s = rast.surface(cam, ss, normals=False)
+    shot = Shot(model, cam, ss, exposure, chunk, s, dev)
+    return {name: PASS_FUNCTIONS[name](shot) for name in dict.fromkeys(passes)}
 
 
 def render_camera(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, exposure="mean",
-                  chunk: int = 1 << 20) -> Frame:
-    rgb, alpha, depth = render_tensors(model, rast, cam, ss, exposure, chunk)
-    return Frame(rgb.cpu().numpy(), alpha.cpu().numpy(), depth.cpu().numpy())
+                  chunk: int = 1 << 20, passes: Iterable[str] = tuple(PASSES)) -> dict[str, np.ndarray]:
+    """render_tensors' passes as numpy arrays."""
+    return {k: v.cpu().numpy() for k, v in render_tensors(model, rast, cam, ss, exposure, chunk, passes).items()}
+
+
+def render_srgb(model: Manifold, rast: Rasterizer, cam: Camera, ss: int,
+                exposure="mean") -> tuple[np.ndarray, np.ndarray]:
+    """A frame as photos hold it, to score it against them: sRGB (H, W, 3) and coverage (H, W)."""
+    rgba = render_camera(model, rast, cam, ss, exposure, passes=("rgba",))["rgba"]
+    return linear_to_srgb(rgba[..., :3]), rgba[..., 3]
 
 
 class HostCopy:
@@ -118,10 +153,11 @@ class FrameWriter:
                                                   for k, t in bufs.items())
         return host if same else None
 
-    def submit(self, path: Path, rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor) -> None:
+    def submit(self, path: Path, passes: dict[str, torch.Tensor]) -> None:
+        """Write the file of a frame's passes (those of the writer's format are needed)."""
         while len(self.pending) >= self.max_pending:
             self.pending.popleft().result()
-        bufs = frame_buffers(rgb, alpha, depth, self.fmt)
+        bufs = frame_buffers(passes, self.fmt)
         copy = HostCopy(bufs, self._host_for(bufs))
 
         def write():
@@ -161,19 +197,20 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = FORMAT.de
     ctx = distributed.setup(device)     # under torchrun: this rank's GPU
     dev = ctx.device
     run = RunFolder(run_dir)
-    cfg = run.read_config()
+    settings = run.settings()
     numbers, cams, _fps = read_camera_path(path_json)
     model, _ = load_model(run, dev, grid_backend)
-    names = [v["name"] for v in cfg["views"]]
+    names = settings.view_names
     expo = parse_exposure(exposure, len(names), names)
-    rast = Rasterizer(load_mesh(cfg["mesh"]), dev)
-    ss = ss or cfg["ss"]
+    rast = Rasterizer(load_mesh(settings.mesh), dev)
+    ss = ss or settings.ss
     out = make_dir(out_dir, "--out")
     todo = list(zip(numbers, cams))[ctx.rank::ctx.world]    # under torchrun: every W-th frame
     prog = events.Progress("render", len(todo))
     writer = FrameWriter(fmt)
+    passes = for_format(fmt)
     if len(todo) >= WARMUP_MIN_FRAMES:   # kernels compiled or loaded before the clock starts
-        render_tensors(model, rast, todo[0][1], ss, expo)
+        render_tensors(model, rast, todo[0][1], ss, expo, passes=passes)
     distributed.barrier()     # every rank is ready: `seconds` times the frame loop alone
     t0 = time.monotonic()
     written = 0
@@ -182,7 +219,7 @@ def render_path(run_dir: str, path_json: str, out_dir: str, fmt: str = FORMAT.de
             for k, (n, cam) in enumerate(todo):
                 if flag.stop:
                     break
-                writer.submit(out / frame_filename(n, fmt), *render_tensors(model, rast, cam, ss, expo))
+                writer.submit(out / frame_filename(n, fmt), render_tensors(model, rast, cam, ss, expo, passes=passes))
                 written = k + 1
                 prog.update(k + 1, frame=n)
         finally:

@@ -1,13 +1,34 @@
-"""Run folder layout and atomic file helpers (one place for paths)."""
+"""Run folder layout, the run's settings, and atomic file helpers (one place for paths)."""
 from __future__ import annotations
 
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InputError
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """RUN/config.json: what the ray cache was built from and with (backend/cache.py writes it).
+    Every reader takes it from RunFolder.settings(), so the fallback of a setting that a file
+    lacks (an older or a hand-written one) is defined here once."""
+    mesh: str
+    views: list[dict]                   # per photo: name, image, camera (Camera.to_dict), split
+    ss: int = 1                         # sub-samples per pixel side: the cache's, so the model's
+    aabb: list | None = None            # [min xyz, max xyz] of the mesh
+    scene: str | None = None
+    level: int | None = None            # images_k/, cams_k/ of the scene
+    test_every: int = 0
+    train_views: list[int] = field(default_factory=list)
+    test_views: list[int] = field(default_factory=list)
+
+    @property
+    def view_names(self) -> list[str]:
+        return [v["name"] for v in self.views]
 
 
 class RunFolder:
@@ -41,11 +62,21 @@ class RunFolder:
         finally:
             f.close()      # closing releases the lock
 
-    def read_config(self) -> dict:
-        if not self.config.is_file() or not (self.cache / "meta.json").is_file():
+    def settings(self, need_cache: bool = True) -> RunSettings:
+        """The run's settings; InputError unless the ray cache is complete (`need_cache`: training,
+        evaluation, camera paths) or, for the render server, at least RUN/config.json is there."""
+        if need_cache and not (self.config.is_file() and (self.cache / "meta.json").is_file()):
             raise InputError(f"{self.root}: no complete ray cache in this run folder; run "
                              f"'backend cache --scene SCENE --run {self.root}' first.")
-        return read_json(self.config)
+        if not self.config.is_file():
+            raise InputError(f"{self.root}: not a run folder (no config.json); train a model first.")
+        d = read_json(self.config)
+        known = {f.name for f in fields(RunSettings)}
+        try:
+            return RunSettings(**{k: v for k, v in d.items() if k in known})
+        except (AttributeError, TypeError):       # not an object, or without mesh and views
+            raise InputError(f"{self.config}: not a run's settings (it needs at least 'mesh' and 'views'); "
+                             "build the ray cache again.") from None
 
 
 def make_dir(path: str | Path, what: str) -> Path:

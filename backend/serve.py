@@ -25,9 +25,37 @@ from . import serve_protocol as sp
 from .cameras import Camera
 from .config import RENDER_SS
 from .errors import DeviceError, InputError
-from .runfolder import RunFolder, read_json
+from .passes import PASSES, shape as pass_shape
+from .runfolder import RunFolder
 
 PARENT_CHECK_S = 1.0     # how often the watchdog thread looks for a dead parent
+
+
+# --- what a request's options do to a pass (a pass not named here is sent as rendered) ---------
+
+def _rgba_as_asked(rgba: torch.Tensor, options: dict) -> torch.Tensor:
+    """Straight or premultiplied alpha, or the covered pixels over a background colour, alpha 1."""
+    rgb, a = rgba[..., :3], rgba[..., 3:]
+    bg = options["background"]
+    if bg is not None:
+        rgb = rgb * a + torch.as_tensor(bg, dtype=rgb.dtype, device=rgb.device) * (1 - a)
+        a = torch.ones_like(a)
+    elif options["alpha"] == "premultiplied":
+        rgb = rgb * a
+    return torch.cat([rgb, a], -1)
+
+
+def _depth_as_asked(depth: torch.Tensor, options: dict) -> torch.Tensor:
+    """Uncovered pixels at infinity, or at the requested depth_miss."""
+    miss = options["depth_miss"]
+    return depth if miss is None else torch.where(torch.isinf(depth), float(miss), depth)
+
+
+def _as_rendered(img: torch.Tensor, options: dict) -> torch.Tensor:
+    return img
+
+
+AS_ASKED = {"rgba": _rgba_as_asked, "depth": _depth_as_asked}
 
 
 class Server:
@@ -39,14 +67,12 @@ class Server:
         from .raster import Rasterizer, resolve_device
         t0 = time.monotonic()
         self.run = RunFolder(run_dir)
-        if not self.run.config.is_file():
-            raise InputError(f"{self.run.root}: not a run folder (no config.json); train a model first.")
-        cfg = read_json(self.run.config)
+        settings = self.run.settings(need_cache=False)
         self.device = resolve_device(device)
         self.model, ckpt = load_model(self.run, self.device, grid_backend)
-        self.views = [v["name"] for v in cfg["views"]]
-        self.default_ss = int(cfg.get("ss", 1))
-        self.mesh = load_mesh(cfg["mesh"])
+        self.views = settings.view_names
+        self.default_ss = settings.ss
+        self.mesh = load_mesh(settings.mesh)
         self.rast = Rasterizer(self.mesh, self.device)
         self.step = ckpt.get("step")
         self.load_s = time.monotonic() - t0
@@ -58,7 +84,7 @@ class Server:
             dev += f" ({torch.cuda.get_device_name(self.device)})"
         return {"protocol": sp.VERSION, "pid": os.getpid(), "run": str(self.run.root), "device": dev,
                 "views": self.views, "ss": self.default_ss, "triangles": int(len(self.mesh.faces)),
-                "step": self.step, "load_s": self.load_s, "passes": sorted(sp.PASSES)}
+                "step": self.step, "load_s": self.load_s, "passes": sorted(PASSES)}
 
     # --- requests --------------------------------------------------------------------------
     def camera(self, req: dict) -> Camera:
@@ -84,40 +110,30 @@ class Server:
         ss = req.get("ss") or self.default_ss
         RENDER_SS.check(ss)
         expo = parse_exposure(str(req.get("exposure") or "mean"), len(self.views), self.views)
-        passes = list(req.get("passes") or ("rgba", "depth"))
-        for name in passes:
-            if name not in sp.PASSES:
-                raise InputError(f"render request: unknown pass {name!r} (choose {', '.join(sp.PASSES)}).")
+        names = list(req.get("passes") or sp.DEFAULT_PASSES)
+        for name in names:
+            if name not in PASSES:
+                raise InputError(f"render request: unknown pass {name!r} (choose {', '.join(PASSES)}).")
         rows, alpha = req.get("rows", "top_down"), req.get("alpha", "straight")
         if rows not in sp.ROWS or alpha not in sp.ALPHA:
             raise InputError(f"render request: rows must be one of {sp.ROWS}, alpha one of {sp.ALPHA}.")
-        bg = req.get("background")
-        miss = req.get("depth_miss")
+        options = {"alpha": alpha, "background": req.get("background"), "depth_miss": req.get("depth_miss")}
 
         t0 = time.perf_counter()
-        rgb, cov, depth = render_tensors(self.model, self.rast, cam, ss, expo)
+        passes = render_tensors(self.model, self.rast, cam, ss, expo, passes=names)
         self._sync()
         t1 = time.perf_counter()
         flat = []
-        for name in passes:
-            if name == "rgba":
-                a = cov[..., None]
-                if bg is not None:
-                    c = rgb * a + torch.as_tensor(bg, dtype=rgb.dtype, device=rgb.device) * (1 - a)
-                    a = torch.ones_like(a)
-                else:
-                    c = rgb * a if alpha == "premultiplied" else rgb
-                img = torch.cat([c, a], -1)
-            else:
-                img = depth if miss is None else torch.where(torch.isinf(depth), float(miss), depth)
+        for name in names:
+            img = AS_ASKED.get(name, _as_rendered)(passes[name], options)
             if rows == "bottom_up":
                 img = img.flip(0)
             flat.append(img.reshape(-1).float())
         host = self._to_host(torch.cat(flat) if len(flat) > 1 else flat[0])
         t2 = time.perf_counter()
-        shapes = {"rgba": [cam.height, cam.width, 4], "depth": [cam.height, cam.width]}
         meta = {"width": cam.width, "height": cam.height, "ss": ss, "rows": rows,
-                "passes": [{"name": n, "dtype": "float32", "shape": shapes[n]} for n in passes],
+                "passes": [{"name": n, "dtype": "float32", "shape": pass_shape(n, cam.height, cam.width)}
+                           for n in names],
                 "seconds": {"render": t1 - t0, "pack_copy": t2 - t1}}
         return meta, [host]
 

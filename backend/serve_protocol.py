@@ -31,7 +31,7 @@ KIND_NAMES = {INFO: "info", RENDER: "render", STOP: "stop", READY: "ready", INFO
 
 MAX_META = 1 << 20            # bytes of JSON in one message
 MAX_SIDE = 16384              # largest image side a render request may ask for
-PASSES = {"rgba": 4, "depth": 1}     # name -> float32 channels per pixel
+DEFAULT_PASSES = ("rgba", "depth")   # what a RENDER request that names none gets (backend/passes.py)
 ROWS = ("top_down", "bottom_up")     # image row order of the returned passes
 ALPHA = ("straight", "premultiplied")
 
@@ -135,7 +135,7 @@ def read_message(inp, alloc: Callable[[int], Any] = bytearray) -> Message:
 # --- what a render request and its frame reply carry (both ends agree on these) ---------------
 
 def render_request(width: int, height: int, K, world_to_camera, *, ss: int | None = None,
-                   exposure: str = "mean", passes: Iterable[str] = ("rgba", "depth"),
+                   exposure: str = "mean", passes: Iterable[str] = DEFAULT_PASSES,
                    alpha: str = "straight", background=None, rows: str = "top_down",
                    depth_miss: float | None = None) -> dict:
     """The meta of a RENDER request. Camera: OpenCV convention (backend/cameras.py), K 3x3 and

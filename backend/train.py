@@ -60,18 +60,18 @@ class Trainer:
                  grid_backend: str = "auto"):
         self.ctx, self.run, self.tc = ctx, run, tc
         dev = ctx.device
-        cfg_run = run.read_config()
-        self.aabb, self.n_views = cfg_run["aabb"], len(cfg_run["views"])
+        cfg_run = run.settings()
+        self.aabb, self.n_views = cfg_run.aabb, len(cfg_run.views)
         torch.manual_seed(tc.seed)
         self.model = Manifold(tc.model, *self.aabb, self.n_views, grid_backend).to(dev)
         # Each ray's footprint comes from its photo's camera (footprint.py); the field of the finest
         # footprints seen travels with the model for rendering.
-        self.ss = cfg_run["ss"]
-        self.camera_rows = camera_rows([Camera.from_dict(v["camera"]) for v in cfg_run["views"]]).to(dev)
+        self.ss = cfg_run.ss
+        self.camera_rows = camera_rows([Camera.from_dict(v["camera"]) for v in cfg_run.views]).to(dev)
         if (run.cache / FIELD_FILE).is_file():
             self.model.field.set(np.load(run.cache / FIELD_FILE))
         if self.model.log_gain is not None:       # the photos whose gains average to one
-            self.model.gain_train.zero_()[cfg_run["train_views"]] = True
+            self.model.gain_train.zero_()[cfg_run.train_views] = True
         batch = tc.optim.batch_rays
         self.strategy = train_strategy.choose(ctx, self.model, batch, self.ss ** 2)
         groups = self.strategy.param_groups(self.model.param_groups(tc.optim))
@@ -151,7 +151,7 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
     already holds a checkpoint is refused unless `resume` or `overwrite` says what to do with it."""
     ctx = distributed.setup(device)     # one process, or this rank's place under torchrun
     run = RunFolder(run_dir)
-    run.read_config()                   # a complete ray cache, before anything is written
+    run.settings()                      # a complete ray cache, before anything is written
     if not resume:
         refuse_to_replace(run, overwrite)
     with run.exclusive("training") if ctx.main else nullcontext():

@@ -25,14 +25,13 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from backend import distributed, events  # noqa: E402
 from backend.cache import build_cache, cache_matches  # noqa: E402
-from backend.colour import linear_to_srgb  # noqa: E402
 from backend.config import apply_overrides, preset, with_value  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.metrics import psnr, speckle_fraction, ssim  # noqa: E402
 from backend.synthetic.capture import make_capture  # noqa: E402
 from backend.synthetic.truth import load_truth  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
-from backend.render import render_camera  # noqa: E402
+from backend.render import render_srgb  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import Trainer  # noqa: E402
 from bench_quality import capture_views  # noqa: E402
@@ -44,7 +43,7 @@ def score(model, rast, views, ss: int) -> dict:
     model.eval()
     per: dict[str, list] = {}
     for v in views:
-        pred = linear_to_srgb(render_camera(model, rast, v.cam, ss).rgb_linear)
+        pred, _ = render_srgb(model, rast, v.cam, ss)
         per.setdefault(v.group, []).append(
             (psnr(pred, v.gt, v.mask), ssim(pred, v.gt, v.mask), 100 * speckle_fraction(pred, v.mask),
              100 * speckle_fraction(v.gt, v.mask)))
@@ -55,7 +54,7 @@ def score(model, rast, views, ss: int) -> dict:
 def heldout_psnr(model, rast, views, ss: int) -> float:
     """The curve's point: mean PSNR over the held-out views."""
     model.eval()
-    p = [psnr(linear_to_srgb(render_camera(model, rast, v.cam, ss).rgb_linear), v.gt, v.mask) for v in views]
+    p = [psnr(render_srgb(model, rast, v.cam, ss)[0], v.gt, v.mask) for v in views]
     model.train()
     return float(np.mean(p))
 
@@ -91,8 +90,7 @@ def main() -> None:
     if a.prepare_only:
         return
     ctx = distributed.setup(a.device)
-    cfg = RunFolder(base).read_config()
-    rast = Rasterizer(load_mesh(cfg["mesh"]), ctx.device)
+    rast = Rasterizer(load_mesh(RunFolder(base).settings().mesh), ctx.device)
     views = capture_views(truth, rast)
     held = [v for v in views if v.group in ("far", "close")]
     variants = dict(v.split("=", 1) for v in a.variant) or {"defaults": "{}"}

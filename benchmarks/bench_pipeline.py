@@ -200,7 +200,7 @@ def main() -> None:
     steady = float(np.median(rates[len(rates) // 3:])) if rates else float("nan")
     wait = float(np.median(waits[len(waits) // 3:])) if waits else float("nan")
     mp = a.width * a.height / 1e6
-    n_train = len(RunFolder(run).read_config()["train_views"])
+    n_train = len(RunFolder(run).settings().train_views)
     tag = ", decoder compiled" if a.compile_decoder else ""
     report(rows, {"metric": f"train rays/s ({n_train} photos of {mp:.1f} MP, ss={a.ss}{tag}, loading incl.)",
                   "value": steady / 1e6, "target": RATE_TARGETS.get(a.ss, 20.0), "unit": "M rays/s"})

@@ -76,7 +76,6 @@ from backend import events  # noqa: E402
 from backend.cache import build_cache, load_rgb8  # noqa: E402
 from backend.cameras import Camera  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
-from backend.colour import linear_to_srgb  # noqa: E402
 from backend.imageio import read_image  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.metrics import lpips_or_none, psnr, speckle_fraction, ssim  # noqa: E402
@@ -84,7 +83,7 @@ from backend.synthetic.procedural import VIEWS_JSON, make_scene, pick_test_every
 from backend.synthetic.capture import make_capture  # noqa: E402
 from backend.synthetic.truth import Truth, load_truth, read_gt  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
-from backend.render import render_camera  # noqa: E402
+from backend.render import render_srgb  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.scene import load_scene  # noqa: E402
 from backend.config import TrainConfig  # noqa: E402
@@ -245,12 +244,12 @@ def score_clean(run_dir: str | Path, truth: Truth, dev: torch.device) -> dict:
     """A trained run's held-out views against a capture scene's clean reference at the true
     cameras (exposure: the mean code): mean PSNR and SSIM over all held-out views and per group."""
     run = RunFolder(run_dir)
-    cfg = run.read_config()
+    settings = run.settings()
     model, ckpt = load_model(run, dev)
-    rast = Rasterizer(load_mesh(cfg["mesh"]), dev)
+    rast = Rasterizer(load_mesh(settings.mesh), dev)
     per = []
     for v in capture_views(truth, rast, magnified=False):
-        pred = linear_to_srgb(render_camera(model, rast, v.cam, cfg["ss"]).rgb_linear)
+        pred, _ = render_srgb(model, rast, v.cam, settings.ss)
         per.append((v.group, psnr(pred, v.gt, v.mask), ssim(pred, v.gt, v.mask)))
     res = {"step": ckpt["step"], "psnr": float(np.mean([p for _g, p, _s in per])),
            "ssim": float(np.mean([s for _g, _p, s in per]))}
@@ -378,8 +377,7 @@ def run_scene(label: str, scene: Path, mode: Mode, dev: torch.device, gs_reason:
             log(f"{label}: {n} views, {len(cfg['test_views'])} held out (every {te}th from {te // 2}); scored: "
                 + ", ".join(f"{g} {sum(v.group == g for v in views)}" for g in dict.fromkeys(v.group for v in views)))
         model, _ = load_model(RunFolder(runs[ss]), dev)
-        scorer.score(f"ours (ss={ss})", lambda c, m=model, s=ss: linear_to_srgb(render_camera(m, rast, c, s).rgb_linear),
-                     train_s)
+        scorer.score(f"ours (ss={ss})", lambda c, m=model, s=ss: render_srgb(m, rast, c, s)[0], train_s)
         del model
     assert scorer is not None
     train_ids = cfg["train_views"]

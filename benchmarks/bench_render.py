@@ -58,7 +58,7 @@ def render_rates(model: Manifold, rast: Rasterizer, cams: list, ss: int, rows: l
     with tempfile.TemporaryDirectory() as d, Timer() as t:
         writer = FrameWriter("png")
         for k, c in enumerate(cams):
-            writer.submit(Path(d) / f"{k:04d}.png", *render_tensors(model, rast, c, ss))
+            writer.submit(Path(d) / f"{k:04d}.png", render_tensors(model, rast, c, ss))
         writer.close()
     report(rows, {"metric": f"{label}, end to end (PNG)", "value": len(cams) / t.s,
                   "target": 0.8 * target if target else None, "unit": "frames/s"})
@@ -87,7 +87,7 @@ def main() -> None:
         cams = make_flythrough(spec, a.frames, w, h)
         render_rates(model, rast, cams, a.ss, rows, f"render {w}x{h} ss={a.ss}", TARGETS.get((w, h)))
         # What the writer threads alone sustain: the same frames' PNG files from host memory.
-        frames = [HostCopy(frame_buffers(*render_tensors(model, rast, c, a.ss), "png")).result() for c in cams[:8]]
+        frames = [HostCopy(frame_buffers(render_tensors(model, rast, c, a.ss), "png")).result() for c in cams[:8]]
         for level in (4, 1):
             with tempfile.TemporaryDirectory() as d, Timer() as t, ThreadPoolExecutor(WRITER_THREADS) as pool:
                 list(pool.map(lambda k: _save_png(Path(d) / f"{k:04d}.png", frames[k % 8]["rgba"], level), range(len(cams))))

@@ -65,7 +65,7 @@ def round_trips(srv, cams, ss: int, options: dict, warmup: int) -> dict:
         t0 = time.perf_counter()
         f = srv.render(c.width, c.height, c.K, c.world_to_camera, ss=ss, **options)
         dt = time.perf_counter() - t0
-        assert f.rgba is not None and f.rgba.shape == (c.height, c.width, 4)
+        assert f.passes["rgba"].shape == (c.height, c.width, 4)
         if k >= warmup:
             sec = f.meta["seconds"]
             totals.append(dt)

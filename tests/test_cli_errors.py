@@ -67,6 +67,27 @@ def test_error_train_without_cache(tmp_path):
     expect_error(cli("train", "--run", str(tmp_path / "nothing"), "--device", "cpu"), "backend cache")
 
 
+def test_run_settings_fallbacks_and_errors(tmp_path):
+    """RUN/config.json is read in one place (RunFolder.settings): a file without the supersampling
+    (a hand-written run for the render server) means 1; one that is not a run's settings is a
+    one-line error naming the file."""
+    import json
+    from backend.errors import InputError
+    from backend.runfolder import RunFolder
+    run = RunFolder(tmp_path)
+    with pytest.raises(InputError, match="not a run folder"):
+        run.settings(need_cache=False)
+    with pytest.raises(InputError, match="no complete ray cache"):
+        run.settings()
+    run.config.write_text(json.dumps({"version": 1, "mesh": "m.ply", "views": [{"name": "a"}]}))
+    s = run.settings(need_cache=False)
+    assert s.ss == 1 and s.view_names == ["a"] and s.test_views == [] and s.mesh == "m.ply"
+    for bad in ("[1]", '{"mesh": "m.ply"}'):
+        run.config.write_text(bad)
+        with pytest.raises(InputError, match="config.json: not a run's settings"):
+            run.settings(need_cache=False)
+
+
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tinycudann") is not None,
                     reason="checks the message when tinycudann is missing")
 def test_error_tcnn_backend_unavailable(run):

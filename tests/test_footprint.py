@@ -128,8 +128,8 @@ def test_close_up_of_a_trained_scene_cannot_light_up_levels_no_photo_resolved(tr
     close = odd_camera(96, 64, eye=tuple(np.array((0.4, -2.6, 1.8)) / 8))   # the photos' orbit, 8x nearer
 
     def shot():
-        f = render_camera(model, rast, close, 2)
-        return linear_to_srgb(torch.from_numpy(f.rgb_linear)).numpy(), f.alpha > 0.99
+        rgba = render_camera(model, rast, close, 2)["rgba"]
+        return linear_to_srgb(torch.from_numpy(rgba[..., :3])).numpy(), rgba[..., 3] > 0.99
 
     before, covered = shot()
     assert covered.mean() > 0.9 and speckle_fraction(before, covered) < 0.002

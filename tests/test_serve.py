@@ -94,29 +94,30 @@ def test_pixels_equal_backend_render(server, trained_run, tmp_path):
     assert res.returncode == 0, res.stderr
     for n, cam in zip((1, 2), cams):
         f = server.render(cam.width, cam.height, cam.K, cam.world_to_camera)
+        rgba, depth = f.passes["rgba"], f.passes["depth"]
         exr = read_exr(tmp_path / "exr" / f"frame_{n:06d}.exr")
-        assert f.rgba.shape == (30, 40, 4) and f.depth.shape == (30, 40) and f.rgba.dtype == np.float32
-        assert np.array_equal(f.rgba[..., :3], np.stack([exr["R"], exr["G"], exr["B"]], -1))
-        assert np.array_equal(f.rgba[..., 3], exr["A"]) and np.array_equal(f.depth, exr["Z"])
-        assert 0 < f.rgba[..., 3].mean() < 1 and f.meta["ss"] == 2      # the run's supersampling
+        assert rgba.shape == (30, 40, 4) and depth.shape == (30, 40) and rgba.dtype == np.float32
+        assert np.array_equal(rgba[..., :3], np.stack([exr["R"], exr["G"], exr["B"]], -1))
+        assert np.array_equal(rgba[..., 3], exr["A"]) and np.array_equal(depth, exr["Z"])
+        assert 0 < rgba[..., 3].mean() < 1 and f.meta["ss"] == 2      # the run's supersampling
 
 
 def test_frame_options(server):
     cam = odd_camera(24, 16)
     args = (cam.width, cam.height, cam.K, cam.world_to_camera)
-    ref = server.render(*args)
-    a = ref.rgba[..., 3:]
+    ref = server.render(*args).passes
+    a = ref["rgba"][..., 3:]
     f = server.render(*args, alpha="premultiplied", rows="bottom_up", depth_miss=1e10, ss=1)
     assert f.meta["ss"] == 1
-    f = server.render(*args, alpha="premultiplied", rows="bottom_up", depth_miss=1e10)
-    assert np.array_equal(f.rgba[::-1, :, :3], ref.rgba[..., :3] * a)
-    assert np.array_equal(f.depth[::-1], np.where(np.isinf(ref.depth), np.float32(1e10), ref.depth))
+    f = server.render(*args, alpha="premultiplied", rows="bottom_up", depth_miss=1e10).passes
+    assert np.array_equal(f["rgba"][::-1, :, :3], ref["rgba"][..., :3] * a)
+    assert np.array_equal(f["depth"][::-1], np.where(np.isinf(ref["depth"]), np.float32(1e10), ref["depth"]))
     bg = (0.25, 0.5, 1.0)
-    f = server.render(*args, background=bg, passes=["rgba"])
-    assert f.depth is None and (f.rgba[..., 3] == 1).all()
-    assert np.allclose(f.rgba[..., :3], ref.rgba[..., :3] * a + np.float32(bg) * (1 - a), atol=1e-6)
-    f = server.render(*args, passes=["depth"])
-    assert f.rgba is None and np.array_equal(f.depth, ref.depth)
+    f = server.render(*args, background=bg, passes=["rgba"]).passes
+    assert "depth" not in f and (f["rgba"][..., 3] == 1).all()
+    assert np.allclose(f["rgba"][..., :3], ref["rgba"][..., :3] * a + np.float32(bg) * (1 - a), atol=1e-6)
+    f = server.render(*args, passes=["depth"]).passes
+    assert "rgba" not in f and np.array_equal(f["depth"], ref["depth"])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -146,12 +147,12 @@ def test_info(server, trained_run):
 def test_recycled_reply_buffer(server):
     cam = odd_camera(24, 16)
     args = (cam.width, cam.height, cam.K, cam.world_to_camera)
-    ref = server.render(*args)
-    a = server.render(*args, recycle=True)
-    rgba_a = a.rgba.copy()
-    b = server.render(*args, recycle=True, passes=["rgba"], background=(1, 0, 0))
-    assert np.shares_memory(a.rgba, b.rgba) and not np.shares_memory(ref.rgba, b.rgba)
-    assert np.array_equal(rgba_a, ref.rgba) and (b.rgba[..., 3] == 1).all()
+    ref = server.render(*args).passes["rgba"]
+    a = server.render(*args, recycle=True).passes["rgba"]
+    rgba_a = a.copy()
+    b = server.render(*args, recycle=True, passes=["rgba"], background=(1, 0, 0)).passes["rgba"]
+    assert np.shares_memory(a, b) and not np.shares_memory(ref, b)
+    assert np.array_equal(rgba_a, ref) and (b[..., 3] == 1).all()
 
 
 def test_abandoned_reply_is_drained(server):
@@ -161,7 +162,7 @@ def test_abandoned_reply_is_drained(server):
     with pytest.raises(rs.Cancelled):
         server.render(cam.width, cam.height, cam.K, cam.world_to_camera, abort=lambda: True)
     f = server.render(12, 8, cam.K * [[12 / 64], [8 / 48], [1]], cam.world_to_camera)
-    assert f.rgba.shape == (8, 12, 4)
+    assert f.passes["rgba"].shape == (8, 12, 4)
 
 
 def test_start_error_is_a_message(run, tmp_path):
@@ -267,7 +268,7 @@ def test_acquire_reuses_replaces_and_restarts(trained_run, run, tmp_path):
         b.proc.wait(timeout=10)
         cam = odd_camera(12, 8)
         f = rs.call("b", argv["b"], lambda s: s.render(12, 8, cam.K, cam.world_to_camera))
-        assert f.rgba.shape == (8, 12, 4) and rs.starts == starts + 3
+        assert f.passes["rgba"].shape == (8, 12, 4) and rs.starts == starts + 3
         assert any("signal 9" in n for n in rs.take_notices())
         c = rs.current()
         # dies in the middle of the call: reported, restarted, the call answered
@@ -276,7 +277,7 @@ def test_acquire_reuses_replaces_and_restarts(trained_run, run, tmp_path):
                 os.kill(s.pid, signal.SIGKILL)
             return s.render(12, 8, cam.K, cam.world_to_camera)
         f = rs.call("b", argv["b"], die_once)
-        assert f.rgba.shape == (8, 12, 4) and rs.current() is not c and rs.starts == starts + 4
+        assert f.passes["rgba"].shape == (8, 12, 4) and rs.current() is not c and rs.starts == starts + 4
         assert any("died" in n and "restarting" in n for n in rs.take_notices())
     finally:
         last = rs.current()

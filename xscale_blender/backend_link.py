@@ -30,6 +30,7 @@ config = _load("config")        # options (defaults, limits, choices), presets, 
 errors = _load("errors")
 serve_protocol = _load("serve_protocol")   # the render server's message format
 event_text = _load("event_text")           # progress events in words: stages, durations, stops
+passes = _load("passes")        # render passes: names, channels, what Blender calls them
 _events = _load("events")
 _runfolder = _load("runfolder")
 

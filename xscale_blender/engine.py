@@ -27,7 +27,7 @@ import numpy as np
 from bpy.app.handlers import persistent
 
 from . import campath_export, preferences
-from .backend_link import pythonpath
+from .backend_link import passes, pythonpath
 from .core import camera_convert as cc
 from .core import jobs, render_server
 from .core.preview import Preview, View
@@ -105,6 +105,13 @@ def render_camera(scene, camera_obj):
         raise EngineError(str(e)) from None
 
 
+def wanted_passes(view_layer) -> list:
+    """The render passes (backend/passes.py) the view layer asks for: Combined always, the others
+    when their toggle (View Layer > Passes) is on."""
+    return [p for p in passes.PASSES.values()
+            if p.blender_toggle is None or (view_layer is not None and getattr(view_layer, p.blender_toggle))]
+
+
 def report_notices(sink) -> None:
     for message in render_server.take_notices():
         sink({"WARNING"}, f"XScale-NVS: {message}")
@@ -122,22 +129,21 @@ class XScaleRenderEngine(bpy.types.RenderEngine):
 
     # Final renders (F12, animation frames, `blender -b -a`) ----------------------------------
     def update_render_passes(self, scene=None, renderlayer=None):
-        self.register_pass(scene, renderlayer, "Combined", 4, "RGBA", "COLOR")
-        if renderlayer is not None and renderlayer.use_pass_z:
-            self.register_pass(scene, renderlayer, "Depth", 1, "Z", "VALUE")
+        for p in wanted_passes(renderlayer):
+            self.register_pass(scene, renderlayer, p.blender_pass, p.channels, p.blender_channels, p.blender_type)
 
     def render(self, depsgraph):
         scene, view_layer = depsgraph.scene_eval, depsgraph.view_layer_eval
         try:
             cam = render_camera(scene, self.camera_override or scene.camera)
             key, argv = server_for(scene)
-            passes = ("rgba", "depth") if view_layer.use_pass_z else ("rgba",)
+            wanted = [p.name for p in wanted_passes(view_layer)]
             options = frame_options(scene, SCENE_OPTIONS["render_supersample"].value(scene.xscale.render_supersample))
             if render_server.current() is None or render_server.current().key != key:
                 self.update_stats("", "XScale-NVS: starting the render server")
 
             def request(srv):       # the frame is copied into the result before the next request
-                return srv.render(cam.width, cam.height, cam.K, cam.world_to_camera, passes=passes,
+                return srv.render(cam.width, cam.height, cam.K, cam.world_to_camera, passes=wanted,
                                   depth_miss=DEPTH_MISS, abort=self.test_break, recycle=True, **options)
             frame = render_server.call(key, argv, request, abort=self.test_break, timeout=SERVER_START_TIMEOUT_S)
         except render_server.Cancelled:
@@ -150,9 +156,10 @@ class XScaleRenderEngine(bpy.types.RenderEngine):
         result = self.begin_result(0, 0, cam.width, cam.height, layer=view_layer.name)
         try:
             layer = result.layers[0]
-            layer.passes["Combined"].rect.foreach_set(frame.rgba.reshape(-1))
-            if frame.depth is not None and "Depth" in layer.passes:
-                layer.passes["Depth"].rect.foreach_set(frame.depth.reshape(-1))
+            for name, pixels in frame.passes.items():
+                blender_pass = passes.PASSES[name].blender_pass
+                if blender_pass in layer.passes:
+                    layer.passes[blender_pass].rect.foreach_set(pixels.reshape(-1))
         finally:
             self.end_result(result)
         sec = frame.meta.get("seconds", {})
@@ -272,7 +279,7 @@ def _preview_frame(view: View, divisor: int, abort) -> np.ndarray:
     frame = render_server.call(
         key, argv, lambda srv: srv.render(w, h, K, view.world_to_camera, passes=("rgba",), abort=abort, **options),
         abort=abort, timeout=SERVER_START_TIMEOUT_S)
-    return frame.rgba
+    return frame.passes["rgba"]
 
 
 # --- the render server's lifetime ------------------------------------------------------------

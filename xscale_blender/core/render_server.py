@@ -45,9 +45,9 @@ class Cancelled(Exception):
 
 @dataclass
 class Frame:
-    """A rendered frame: float32 arrays in the requested row order."""
-    rgba: Optional[np.ndarray]          # (H, W, 4)
-    depth: Optional[np.ndarray]         # (H, W)
+    """A rendered frame: the requested passes (backend/passes.py) by name, float32 arrays in the
+    requested row order (rgba (H, W, 4), depth (H, W))."""
+    passes: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
 
 
@@ -196,10 +196,8 @@ class RenderServer:
         meta = sp.render_request(width, height, np.asarray(K).tolist(), np.asarray(world_to_camera).tolist(),
                                  **options)
         msg = self.request(sp.RENDER, meta, abort, timeout, recycle)
-        out = {"rgba": None, "depth": None}
-        for name, shape, offset, size in sp.pass_layout(msg.meta):
-            out[name] = msg.data[offset:offset + size].view(np.float32).reshape(shape)
-        return Frame(out["rgba"], out["depth"], msg.meta)
+        return Frame({name: msg.data[offset:offset + size].view(np.float32).reshape(shape)
+                      for name, shape, offset, size in sp.pass_layout(msg.meta)}, msg.meta)
 
     def _recycled(self, n: int) -> np.ndarray:
         if self._spare is None or self._spare.nbytes < n:
