@@ -26,7 +26,7 @@ def test_resume_is_exact(run, tmp_path, device):
     assert pa["step"] == pb["step"] == 6
     assert pa["loader"] == pb["loader"]
     for k in pa["model"]:
-        if device == "cpu":
+        if device == "cpu" or not pa["model"][k].is_floating_point():   # masks and counts: exact everywhere
             assert torch.equal(pa["model"][k], pb["model"][k]), k
         else:   # CUDA gradients are summed with atomics (order varies): equal but for rare rows
             off = (pa["model"][k] - pb["model"][k]).abs() > 1e-3
