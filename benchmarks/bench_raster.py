@@ -5,7 +5,8 @@ procedural scene's mesh subdivided to 14.6 M triangles (and --big-subdivide for 
 frame of `Rasterizer.surface` (candidate triangles + the exact resolve, what rendering and the
 ray cache call) and of the candidate pass alone, at each of --sizes with --ss; agreement with the
 first rasterizer (same triangle after the exact resolve, same surface point within 1e-6 of the
-scene's extent, same coverage); the ray-cache build rate (Mpix/s) of the procedural scene.
+scene's extent, same coverage) and with the exact CPU rasterizer on windows of the frames (the
+truth); the ray-cache build rate (Mpix/s) of the procedural scene.
 Prints a table (metric, value, target, ratio) as its last lines.
 
     python benchmarks/bench_raster.py --out results/raster.json [--rasterizers triton,nvdiffrast]
@@ -19,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,6 +74,42 @@ def agreement(a: Rasterizer, b: Rasterizer, cams: list, ss: int, extent: float) 
     return {"same": same / max(covered, 1), "cover_diff": cover_diff / max(covered, 1), "xyz": worst}
 
 
+def crops_vs_exact(rasts: dict, mesh, cams: list, ss: int, n_crops: int, size: int = 64) -> dict:
+    """Each rasterizer against the exact CPU rasterizer (raster_cpu) on `n_crops` windows of
+    size x size samples per camera: % of covered samples with the exact triangle, % the exact one
+    covers and it misses, % it covers and the exact one does not."""
+    from backend.cameras import Camera
+    from backend.raster_cpu import rasterize
+    from backend.meshio import Mesh
+    out = {n: [0, 0, 0, 0] for n in rasts}           # covered, same, missing, extra
+    rng = np.random.default_rng(0)
+    for cam in cams:
+        big = cam.scaled(ss)
+        uv, z = big.project(mesh.vertices.astype(np.float64))
+        fu, fv, fz = uv[:, 0][mesh.faces], uv[:, 1][mesh.faces], z[mesh.faces]
+        lo_u, hi_u, lo_v, hi_v = fu.min(1), fu.max(1), fv.min(1), fv.max(1)
+        behind = (fz <= 0).any(1)                    # such triangles' boxes are unbounded: keep them
+        for _ in range(n_crops):
+            x0, y0 = int(rng.integers(0, big.width - size)), int(rng.integers(0, big.height - size))
+            keep = np.nonzero(behind | ((hi_u >= x0) & (lo_u <= x0 + size) & (hi_v >= y0) & (lo_v <= y0 + size)))[0]
+            K = big.K.copy()
+            K[0, 2] -= x0
+            K[1, 2] -= y0
+            crop = Camera(size, size, K, big.world_to_camera)
+            ref = rasterize(Mesh(mesh.vertices, mesh.faces[keep]), crop).tri
+            ref = np.where(ref >= 0, keep[np.maximum(ref, 0)] if len(keep) else -1, -1)
+            for n, r in rasts.items():
+                tri = r.hits(big)[0][y0:y0 + size, x0:x0 + size].cpu().numpy()
+                hit = (tri >= 0) | (ref >= 0)
+                o = out[n]
+                o[0] += int(hit.sum())
+                o[1] += int((hit & (tri == ref)).sum())
+                o[2] += int(((ref >= 0) & (tri < 0)).sum())
+                o[3] += int(((tri >= 0) & (ref < 0)).sum())
+    return {n: {"same": o[1] / max(o[0], 1), "missing": o[2] / max(o[0], 1), "extra": o[3] / max(o[0], 1)}
+            for n, o in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/raster.json")
@@ -83,6 +121,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--agree-frames", type=int, default=4)
     ap.add_argument("--cache-views", type=int, default=32, help="procedural photos for the cache rate; 0: skip")
+    ap.add_argument("--crops", type=int, default=4, help="windows per frame compared with the exact CPU rasterizer")
     a = ap.parse_args()
     dev = torch.device("cuda")
     names = available(a.rasterizers.split(","))
@@ -105,6 +144,13 @@ def main() -> None:
                 report(rows, {"metric": f"{n} {w}x{h} ss{a.ss} surface", "value": surf, "unit": "ms/frame",
                               "target": tgt, "higher_is_better": False})
                 report(rows, {"metric": f"  {n} of which candidates", "value": ids, "unit": "ms/frame"})
+            if a.crops and w * h <= 3840 * 2160:
+                for n, g in crops_vs_exact(rasts, mesh, cams[:2], a.ss, a.crops).items():
+                    report(rows, {"metric": f"  {n} vs exact: same triangle", "value": 100 * g["same"], "unit": "%",
+                                  "target": 99.99})
+                    report(rows, {"metric": f"  {n} vs exact: samples missed", "value": 100 * g["missing"], "unit": "%"})
+                    report(rows, {"metric": f"  {n} vs exact: samples covered in excess", "value": 100 * g["extra"],
+                                  "unit": "%"})
             if len(rasts) > 1 and w * h <= 3840 * 2160:
                 ref, *others = names
                 for n in others:
