@@ -121,7 +121,7 @@ def read_mvsnet_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[flo
     """Parse an MVSNet `*_cam.txt`: returns (world_to_camera 4x4, K 3x3, depth range or None)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot read camera file ({e.strerror}).") from None
     lines = [ln.strip() for ln in text.splitlines()]
@@ -173,5 +173,5 @@ def write_mvsnet_cam(path: str | Path, cam: Camera) -> None:
     lines += [f"{dmin!r} {(dmax - dmin) / 192.0!r} 192 {dmax!r}", ""]
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(lines))
+    tmp.write_text("\n".join(lines), encoding="utf-8")
     tmp.replace(path)

@@ -22,7 +22,7 @@ from .errors import InputError
 def read_camera_path(path: str | Path) -> tuple[list[int], list[Camera], float]:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise InputError(f"{path}: cannot read camera path ({e.strerror}).") from None
     except json.JSONDecodeError as e:
@@ -81,7 +81,7 @@ def write_camera_path(path: str | Path, numbers: list[int], cams: list[Camera], 
          "world_to_camera": c.world_to_camera.tolist()} for n, c in zip(numbers, cams)]}
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -76,7 +76,7 @@ def validate_mesh(mesh: Mesh, path: str | Path = "mesh") -> None:
 
 def _load_obj(path: Path) -> Mesh:
     verts, faces = [], []
-    with open(path, "r", errors="replace") as fh:
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
         for line in fh:
             if line.startswith("v "):
                 verts.append(line.split()[1:4])
@@ -202,7 +202,7 @@ def _collect(name, props, rows, verts, faces):
 def write_obj(path: str | Path, mesh: Mesh) -> None:
     path = Path(path)
     tmp = path.with_suffix(".tmp.obj")
-    with open(tmp, "w") as fh:
+    with open(tmp, "w", encoding="utf-8") as fh:
         fh.write("".join(f"v {x:.9g} {y:.9g} {z:.9g}\n" for x, y, z in mesh.vertices))
         fh.write("".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in mesh.faces))
     tmp.replace(path)

@@ -50,7 +50,7 @@ class RunFolder:
         same folder stops with a clear error instead of interleaving files. The OS drops the lock
         when the process ends, so a crash or kill leaves nothing stale behind."""
         self.root.mkdir(parents=True, exist_ok=True)
-        f = open(self.root / ".lock", "a+")
+        f = open(self.root / ".lock", "a+", encoding="utf-8")
         try:
             _lock(f)
         except OSError:
@@ -93,7 +93,7 @@ def make_dir(path: str | Path, what: str) -> Path:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e}); delete it and run the step that writes it again.") from None
 
@@ -102,7 +102,7 @@ def write_json(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -175,7 +175,7 @@ def _grow_pipe(fd: int) -> None:
     """Larger pipe buffer (Linux): fewer context switches per frame. Best effort."""
     try:
         import fcntl
-        size = int(open("/proc/sys/fs/pipe-max-size").read())
+        size = int(open("/proc/sys/fs/pipe-max-size", encoding="ascii").read())
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), min(size, 1 << 20))
     except (ImportError, OSError, ValueError):
         pass

@@ -35,7 +35,7 @@ def _files(folder: Path) -> list[Path]:
 
 
 def build(out_dir: Path) -> Path:
-    manifest = tomllib.loads(MANIFEST.read_text())
+    manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
     out_dir.mkdir(parents=True, exist_ok=True)
     zpath = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
     tmp = zpath.with_suffix(".zip.tmp")

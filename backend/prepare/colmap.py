@@ -153,7 +153,7 @@ def read_model(model_dir: Path) -> tuple[dict[int, ColmapCamera], dict[int, Colm
 
 def _text_lines(path: Path) -> list[str]:
     try:
-        return path.read_text(errors="replace").splitlines()
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror}).") from None
 

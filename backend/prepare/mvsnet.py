@@ -41,7 +41,7 @@ def convert_mvsnet(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
 def _undistortion_record(src: Path, images_dir: str) -> dict | None:
     """What prepare recorded about undistorting the source level's photos (carried to the new level)."""
     try:
-        info = json.loads((src / "prepare.json").read_text())
+        info = json.loads((src / "prepare.json").read_text(encoding="utf-8"))
         entry = info["levels"][images_dir[len("images_"):]] if images_dir.startswith("images_") else None
     except (OSError, ValueError, KeyError, TypeError):
         return None

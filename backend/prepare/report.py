@@ -152,7 +152,7 @@ def _undistortion(root: Path, img_dir: Path | None) -> dict | None:
     if img_dir is None or not img_dir.name.startswith("images_"):
         return None
     try:
-        entry = json.loads((root / "prepare.json").read_text())["levels"][img_dir.name[len("images_"):]]
+        entry = json.loads((root / "prepare.json").read_text(encoding="utf-8"))["levels"][img_dir.name[len("images_"):]]
         rec = entry.get("undistortion")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

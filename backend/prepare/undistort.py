@@ -100,7 +100,7 @@ def view_key(src: Path, lens: Lens, canvas: Canvas, k: int, out_name: str) -> st
 
 def read_manifest(masks_dir: Path) -> dict[str, dict]:
     try:
-        data = json.loads((masks_dir / MANIFEST).read_text())
+        data = json.loads((masks_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     views = data.get("views") if isinstance(data, dict) and data.get("version") == _VERSION else None
@@ -110,7 +110,7 @@ def read_manifest(masks_dir: Path) -> dict[str, dict]:
 def write_manifest(masks_dir: Path, views: dict[str, dict]) -> None:
     path = masks_dir / MANIFEST
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"version": _VERSION, "views": views}, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps({"version": _VERSION, "views": views}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

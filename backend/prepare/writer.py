@@ -91,7 +91,7 @@ def atomic_copy(src: Path, dst: Path, link: bool = False) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -164,7 +164,7 @@ def _mesh_target(dst: Path, mesh_src: Path, transformed: bool) -> tuple[Path, bo
 
 def _read_info(dst: Path) -> dict:
     try:
-        info = json.loads((dst / "prepare.json").read_text())
+        info = json.loads((dst / "prepare.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}

@@ -100,7 +100,7 @@ def capture_matches(out_dir: str | Path, **kw) -> bool:
     """True when OUT holds a complete capture scene (views.json is written last) made with
     these settings (keyword arguments of make_capture)."""
     try:
-        info = json.loads((Path(out_dir) / P.VIEWS_JSON).read_text())
+        info = json.loads((Path(out_dir) / P.VIEWS_JSON).read_text(encoding="utf-8"))
         return info.get("generator") == GENERATOR and info.get("version") == VERSION \
             and info["settings"] == settings(**kw)
     except (OSError, KeyError, TypeError, ValueError):
@@ -193,13 +193,13 @@ def make_capture(out_dir: str | Path, variant: str = "sparse", n_views: int | No
              "mesh": mesh_stats, "views": views, "magnified_targets": targets_m, "magnified": mag,
              "background_linear": spec.background.tolist(),
              "seconds": {"mesh": t_mesh, "photos": t_photos, "magnified": t_mag, "workers": workers}}
-    (out / TRUTH / "capture.json").write_text(json.dumps(truth, indent=1))
+    (out / TRUTH / "capture.json").write_text(json.dumps(truth, indent=1), encoding="utf-8")
     info = {"generator": GENERATOR, "version": VERSION, "seed": seed, "detail": DETAIL, "layout": "multiscale",
             "ss_ref": ss_ref, "width": W, "height": H, "variant": variant, "test_every": test_every,
             "background_linear": spec.background.tolist(), "settings": st,
             "views": [{"name": c.name, "closeup": bool(cl), "held_out": bool(h)}
                       for c, cl, h in zip(cams, close, held)]}
     tmp = out / (P.VIEWS_JSON + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
+    tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
     tmp.replace(out / P.VIEWS_JSON)
     return out

@@ -341,7 +341,7 @@ def scene_matches(out_dir: str | Path, n_views: int = 24, width: int = 160, heig
                   ss_ref: int = 4, seed: int = 0, layout: str = "orbit") -> bool:
     """True when OUT holds a complete scene (views.json is written last) made with these settings."""
     try:
-        info = json.loads((Path(out_dir) / VIEWS_JSON).read_text())
+        info = json.loads((Path(out_dir) / VIEWS_JSON).read_text(encoding="utf-8"))
         made = (len(info["views"]), info["width"], info["height"], info["ss_ref"], info["seed"], info["layout"])
     except (OSError, KeyError, TypeError, ValueError):
         return False
@@ -375,7 +375,7 @@ def make_scene(out_dir: str | Path, n_views: int = 24, width: int = 160, height:
             "background_linear": spec.background.tolist(),
             "views": [{"name": c.name, "closeup": bool(cl)} for c, cl in zip(cams, close)]}
     tmp = out / (VIEWS_JSON + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
+    tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
     tmp.replace(out / VIEWS_JSON)
     return out
 
@@ -402,7 +402,7 @@ def load_spec(scene_dir: str | Path) -> SceneSpec:
     """The true SceneSpec of a folder written by make_scene or capture.make_capture
     (from the seed and tessellation detail in its views.json)."""
     path = Path(scene_dir) / VIEWS_JSON
-    info = json.loads(path.read_text())
+    info = json.loads(path.read_text(encoding="utf-8"))
     if info.get("generator") not in GENERATORS:
         raise ValueError(f"{path}: not a procedural scene")
     return make_spec(int(info["seed"]), int(info.get("detail", 1)))

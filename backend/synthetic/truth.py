@@ -73,7 +73,7 @@ def mag_group(factor: float) -> str:
 
 def is_capture(scene_dir: str | Path) -> bool:
     try:
-        return json.loads((Path(scene_dir) / P.VIEWS_JSON).read_text()).get("generator") == GENERATOR
+        return json.loads((Path(scene_dir) / P.VIEWS_JSON).read_text(encoding="utf-8")).get("generator") == GENERATOR
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -83,7 +83,7 @@ def load_truth(scene_dir: str | Path) -> Truth | None:
     root = Path(scene_dir)
     if not is_capture(root):
         return None
-    info = json.loads((root / TRUTH / "capture.json").read_text())
+    info = json.loads((root / TRUTH / "capture.json").read_text(encoding="utf-8"))
     tr = Truth(root, info)
     for v in info["views"]:
         if v["held_out"]:

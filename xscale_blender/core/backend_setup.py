@@ -345,7 +345,7 @@ def stage_source(source: Path, dest: Path) -> Path:
     if (source / "README.md").is_file():
         shutil.copy2(source / "README.md", dest / "README.md")
     else:
-        (dest / "README.md").write_text("XScale-NVS backend\n")
+        (dest / "README.md").write_text("XScale-NVS backend\n", encoding="utf-8")
     shutil.copytree(source / "backend", dest / "backend",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest

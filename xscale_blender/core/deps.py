@@ -63,7 +63,7 @@ def _quote(path: str) -> str:
 def _os_release(text: Optional[str]) -> set[str]:
     if text is None:
         try:
-            text = Path("/etc/os-release").read_text()
+            text = Path("/etc/os-release").read_text(encoding="utf-8")
         except OSError:
             return set()
     ids: set[str] = set()
