@@ -56,6 +56,10 @@ def test_pip_output_becomes_progress_and_messages():
     (["ERROR: Could not find a version that satisfies the requirement torch (from versions: none)",
       "ERROR: No matching distribution found for torch"], "no torch package for Python 3.14"),
     (["ERROR: Could not install packages due to an OSError: [Errno 13] Permission denied: '/x'"], "no permission"),
+    (["WARNING: Retrying (Retry(total=4)) after connection broken by 'SSLError(SSLCertVerificationError(1, "
+      "'[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in certificate "
+      "chain (_ssl.c:1006)'))'", "ERROR: Could not find a version that satisfies the requirement torch"],
+     "PIP_CERT"),
     (["ERROR: something odd"], "ERROR: something odd"),
 ])
 def test_pip_failures_say_what_to_do(lines, needle, tmp_path):
@@ -169,7 +173,10 @@ def test_setup_backend_headless(prefs, bpy_module, fake_base, tmp_path, capsys):
     installs = [c for c in _pip_calls(tmp_path) if c[:1] == ["install"]]
     assert installs[0] == ["install", "--upgrade", "pip"]
     assert installs[1] == ["install", "--progress-bar", "raw", "torch", "--index-url", bs.CPU_INDEX_URL]
-    assert installs[2] == ["install", "--progress-bar", "raw", str(venv.parent / "src")]   # no cuda extra
+    pin = venv.parent / "torch-constraint.txt"          # the torch just installed stays; wheels only
+    assert installs[2] == ["install", "--progress-bar", "raw", "--only-binary", ":all:", "--constraint", str(pin),
+                           str(venv.parent / "src")]                                  # no cuda extra
+    assert pin.read_text(encoding="utf-8") == "torch==2.13.0+cpu\n"
     src = venv.parent / "src"
     assert (src / "pyproject.toml").is_file() and (src / "backend" / "__main__.py").is_file()
     out = capsys.readouterr().out
@@ -183,6 +190,15 @@ def test_setup_backend_without_network_says_so(prefs, bpy_module, fake_base, tmp
         bpy_module.ops.xscale.setup_backend(python=str(fake_base), venv_dir=str(tmp_path / "venv"))
     assert prefs.python == ""                  # nothing set on failure
     assert jobs.active().state.status == jobs.FAILED
+
+
+def test_setup_backend_refuses_a_cpu_torch_for_cuda(prefs, bpy_module, fake_base, tmp_path):
+    """Asked for CUDA, an index that serves a CPU build of torch (the stand-in's) is refused, before
+    the backend is installed on top of it."""
+    with pytest.raises(RuntimeError, match=r"\(2.13.0\+cpu\) has no CUDA support: set Torch Index URL"):
+        bpy_module.ops.xscale.setup_backend(python=str(fake_base), venv_dir=str(tmp_path / "venv"), hardware="cuda",
+                                            torch_index_url="https://mirror.example/simple")
+    assert not any("src" in " ".join(c) for c in _pip_calls(tmp_path) if c[:1] == ["install"])
 
 
 def test_setup_backend_without_a_suitable_python(prefs, bpy_module, tmp_path):

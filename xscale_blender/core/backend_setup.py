@@ -251,6 +251,8 @@ class PipProgress:
         self.fraction = max(self.fraction, fraction)
 
 
+TLS = ("CERTIFICATE_VERIFY_FAILED", "SSLCertVerificationError", "certificate verify failed",
+       "self signed certificate in certificate chain", "self-signed certificate in certificate chain")
 NETWORK = ("Failed to establish a new connection", "Temporary failure in name resolution",
            "Name or service not known", "Network is unreachable", "Max retries exceeded", "Read timed out",
            "ConnectTimeoutError", "ProxyError", "SSLError", "Could not fetch URL", "NewConnectionError",
@@ -266,6 +268,10 @@ def diagnose(lines: list[str], what: str, folder: Path, python_version: str) -> 
     if "Permission denied" in text or "Errno 13" in text:
         return (f"{what} failed: no permission to write in {folder}. Check the folder's permissions, then press "
                 "Set Up Backend again.")
+    if any(s in text for s in TLS):
+        return (f"{what} failed: pip could not verify the package index's certificate (a proxy or firewall that "
+                "inspects encrypted connections?). Save your organisation's certificate as a .pem file and set "
+                "PIP_CERT (or SSL_CERT_FILE) to it before starting Blender, then press Set Up Backend again.")
     if any(s in text for s in NETWORK):
         return (f"{what} failed: pip could not reach the package index (no network?). Connect to the internet "
                 "(behind a proxy: set HTTPS_PROXY before starting Blender), then press Set Up Backend again.")
@@ -381,20 +387,52 @@ def setup(args: argparse.Namespace, runner: Runner) -> dict:
     log(f"installing {args.torch}" + (f" from {index}" if index else ""))
     runner.run(torch_argv, "install torch", "installing torch", folder, version,
                install_note="torch takes a few minutes")
+    torch_version, torch_cuda = torch_build(vpy)
+    if hardware == "cuda" and torch_cuda is None and args.torch_index_url.lower() != "none":
+        raise SetupError(f"the torch installed from {index or 'PyPI'} ({torch_version}) has no CUDA support: set "
+                         "Torch Index URL to PyTorch's CUDA index for your system, then press Set Up Backend again.")
     src = stage_source(Path(args.source), folder / "src")
     target = f"{src}[cuda]" if hardware == "cuda" else str(src)
+    # The torch just installed stays (pip could otherwise swap a CPU build for PyPI's CUDA one), and
+    # every library comes as a wheel: nothing compiles on the user's machine.
+    pin = folder / "torch-constraint.txt"
+    pin.write_text(f"torch=={torch_version}\n", encoding="utf-8")
     log("installing the backend and its libraries")
-    runner.run([*pip, "install", *bar, target], "install backend", "installing the backend", folder, version)
+    runner.run([*pip, "install", *bar, "--only-binary", ":all:", "--constraint", str(pin), target],
+               "install backend", "installing the backend", folder, version)
     progress("verify")
     res = subprocess.run([str(vpy), "-c", VERIFY], capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         why = (res.stderr.strip().splitlines() or ["no output"])[-1]
         raise SetupError(f"the new environment cannot import the backend's libraries ({why}); press Set Up "
                          f"Backend again (details in {folder / 'setup.log'}).")
-    torch_version = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "?"
     progress("verify", 1.0)
+    log(f"the environment takes {folder_gb(venv):.1f} GB on disk ({venv})")
     return {"python": str(vpy), "torch": torch_version, "hardware": hardware, "base_python": " ".join(base),
             "python_version": version}
+
+
+def torch_build(vpy: Path) -> tuple[str, Optional[str]]:
+    """The environment's torch version and CUDA version (None: a CPU build)."""
+    res = subprocess.run([str(vpy), "-c", "import torch; print(torch.__version__, torch.version.cuda)"],
+                         capture_output=True, text=True, timeout=600)
+    words = (res.stdout.strip().splitlines() or ["?"])[-1].split()
+    if res.returncode != 0 or not words:
+        raise SetupError(f"torch does not import in the new environment ({(res.stderr.strip().splitlines() or ['?'])[-1]}); "
+                         "press Set Up Backend again.")
+    cuda = words[1] if len(words) > 1 and words[1] != "None" else None
+    return words[0], cuda
+
+
+def folder_gb(path: Path) -> float:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total / 1e9
 
 
 def _pip_has_raw_progress(vpy: Path) -> bool:
