@@ -35,21 +35,32 @@ def relaunch(argv: list[str], nproc: int) -> int:
     # `--` ends torchrun's options: it would take e.g. `--run` for its own `--run-path`.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "--", "backend", *argv]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
+    proc: subprocess.Popen | None = None
+    early_stop = False
 
     def forward(signum, frame):
-        # SIGTERM (e.g. from the Blender job) reaches only this process: pass it on. A terminal's
-        # Ctrl+C already reaches the whole process group, so SIGINT is not sent a second time.
-        if signum == signal.SIGTERM and proc.poll() is None:
+        # SIGTERM (e.g. from the Blender job) reaches only this process: pass it on (once torchrun
+        # runs). A terminal's Ctrl+C already reaches the whole process group, so SIGINT is not sent
+        # a second time.
+        nonlocal early_stop
+        if signum != signal.SIGTERM:
+            return
+        if proc is None:
+            early_stop = True
+        elif proc.poll() is None:
             proc.send_signal(signum)
 
     # SIGBREAK (Windows): Blender's Stop sends CTRL_BREAK to the job's process group, which the
-    # ranks are in too; the launcher must outlive it to relay their `stopped` events.
+    # ranks are in too; the launcher must outlive it to relay their `stopped` events. The handlers
+    # come first: a stop while torchrun starts must not end the launcher.
     stops = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)) if s is not None]
     old = {s: signal.signal(s, forward) for s in stops}
     seen_errors: set[str] = set()
     stopped = bad_input = False
     try:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
+        if early_stop:
+            forward(signal.SIGTERM, None)
         assert proc.stdout is not None
         for line in proc.stdout:
             kind, message = _event_of(line)
