@@ -17,6 +17,7 @@ for s in $STEPS; do
     hashgrid) python3 benchmarks/bench_hashgrid.py --out "$OUT/hashgrid.json" 2>&1 | tee "$OUT/hashgrid.log" | tail -20 ;;
     pipeline) python3 benchmarks/bench_pipeline.py --out "$OUT/pipeline.json" ${PIPELINE_ARGS:-} 2>"$OUT/pipeline_events.log" | tee "$OUT/pipeline.log" | tail -20 ;;
     server)   python3 benchmarks/bench_server.py --out "$OUT/server.json" ${SERVER_ARGS:-} 2>"$OUT/server_events.log" | tee "$OUT/server.log" | tail -22 ;;
+    raster)   python3 benchmarks/bench_raster.py --out "$OUT/raster.json" ${RASTER_ARGS:-} 2>&1 | tee "$OUT/raster.log" | tail -40 ;;
     render)   python3 benchmarks/bench_render.py --out "$OUT/render.json" ${RENDER_ARGS:-} 2>&1 | tee "$OUT/render.log" | tail -8 ;;
     quality)  python3 benchmarks/bench_quality.py --quick --out "$OUT/quality" 2>"$OUT/quality_events.log" | tee "$OUT/quality.log" | tail -20 ;;
     outofcore) python3 benchmarks/bench_outofcore.py --views ${OOC_VIEWS:-40} --out "$OUT/outofcore.json" 2>"$OUT/outofcore_events.log" | tee "$OUT/outofcore.log" | tail -12 ;;
