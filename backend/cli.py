@@ -252,7 +252,7 @@ def _run_reporting_errors(a: argparse.Namespace, multi: bool, quiet_stderr: bool
         events.emit("error", message="interrupted")
         return 130
     except Exception as e:  # unexpected: keep the traceback for bug reports, still emit an event
-        from .readiness import explain
+        from .toolchain import explain
         if (why := explain(e)) is not None:       # a missing build tool is the user's to fix: no traceback
             events.emit("error", message=why)
             to_stderr(f"error: {why}\n")

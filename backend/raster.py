@@ -46,7 +46,7 @@ def _triton(device: torch.device) -> Callable:
 
 def _nvdiffrast(device: torch.device) -> Callable:
     from .raster_nvdiffrast import NvdiffrastIds
-    from .readiness import explain
+    from .toolchain import explain
     try:
         return NvdiffrastIds(device)           # builds nvdiffrast's plugin on first use
     except ImportError as e:

@@ -26,3 +26,20 @@ def test_doctor_child_check_survives_a_crashing_extension():
     assert not ok and "exit code" in msg
     ok, msg = self_check("print('ok')")
     assert ok
+
+
+def test_missing_build_tools_are_named_with_their_fix():
+    """Triton's launcher build without a C compiler (as an artist's Linux machine may be), and
+    nvdiffrast's without ninja: one line naming the tool and its install command, whatever wraps it."""
+    from backend.toolchain import explain
+    try:
+        try:
+            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+        except RuntimeError as e:
+            raise ValueError("kernel launch failed") from e
+    except ValueError as e:
+        msg = explain(e)
+    assert "a C compiler" in msg and ("install gcc" in msg or "-S gcc" in msg)
+    assert "Python's headers" in explain(RuntimeError("fatal error: Python.h: No such file or directory"))
+    assert "ninja" in explain(RuntimeError("Ninja is required to load C++ extensions"))
+    assert explain(RuntimeError("CUDA out of memory")) is None
