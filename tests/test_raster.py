@@ -139,3 +139,21 @@ def test_gpu_paths_in_triton_interpreter(module):
     tiling, sub-sample grouping) with nvdiffrast replaced by an exact stand-in (standin_raster.py)."""
     r = run_triton_interpreted(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / module)])
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+
+
+def test_rasterizer_registry_picks_and_refuses(monkeypatch):
+    """auto: the exact rasterizer on the CPU, Triton on CUDA; XSCALE_RASTERIZER picks another; an
+    unknown name or a GPU rasterizer on the CPU is refused with what to do."""
+    from backend.errors import DeviceError
+    from backend.raster import ENV, choose
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert choose("auto", torch.device("cpu")).name == "cpu"
+    assert choose("auto", torch.device("cuda")).name == "triton"
+    monkeypatch.setenv(ENV, "nvdiffrast")
+    assert choose("auto", torch.device("cuda")).name == "nvdiffrast"
+    with pytest.raises(DeviceError, match="needs a CUDA device"):
+        choose("auto", torch.device("cpu"))
+    monkeypatch.setenv(ENV, "optix")
+    with pytest.raises(DeviceError, match="unknown rasterizer 'optix'.*known: triton, nvdiffrast, cpu"):
+        choose("auto", torch.device("cuda"))
