@@ -34,8 +34,8 @@ from backend.raster import Rasterizer  # noqa: E402
 from backend.render import render_srgb  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import Trainer  # noqa: E402
-from bench_quality import capture_views  # noqa: E402
 from common import device_name, sync  # noqa: E402
+from quality_scoring import capture_views  # noqa: E402
 
 
 def score(model, rast, views, ss: int) -> dict:

@@ -45,9 +45,9 @@ from backend.synthetic.truth import load_truth  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
 from backend.train import train  # noqa: E402
-from bench_quality import score_clean  # noqa: E402
 from bench_render import TARGETS, render_rates  # noqa: E402
 from common import Timer, print_table, report, subdivide, write_json  # noqa: E402
+from quality_scoring import score_clean  # noqa: E402
 
 
 KINDS = ("procedural", "capture-sparse", "capture-dense")

@@ -62,9 +62,8 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -76,12 +75,10 @@ from backend import events  # noqa: E402
 from backend.cache import build_cache, load_rgb8  # noqa: E402
 from backend.cameras import Camera  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
-from backend.imageio import read_image  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
-from backend.metrics import lpips_or_none, psnr, speckle_fraction, ssim  # noqa: E402
 from backend.synthetic.procedural import VIEWS_JSON, make_scene, pick_test_every  # noqa: E402
 from backend.synthetic.capture import make_capture  # noqa: E402
-from backend.synthetic.truth import Truth, load_truth, read_gt  # noqa: E402
+from backend.synthetic.truth import load_truth  # noqa: E402
 from backend.raster import Rasterizer  # noqa: E402
 from backend.render import render_srgb  # noqa: E402
 from backend.runfolder import RunFolder  # noqa: E402
@@ -91,15 +88,10 @@ from backend.train import train  # noqa: E402
 from baselines import gsplat_baseline as gs  # noqa: E402
 from baselines import vertex_colour as vc  # noqa: E402
 from common import device_name, sync  # noqa: E402
+from quality_report import check_targets, print_table, print_targets, summarise  # noqa: E402
+from quality_scoring import GS, VC, VC_SS, Scorer, Sheet, capture_sheets, capture_views, log, photo_views  # noqa: E402
 
-VC_SS = 2
-OURS = "ours (ss=2)"             # the pipeline's default: the method the targets are about
-GS = "3DGS (gsplat)"
-VC = f"vertex colour (ss={VC_SS})"
-TRUTH = "ground truth"
 SCENES = ("procedural", "capture-sparse", "capture-dense")
-CROP_FACTORS = (1.0, 4.0, 8.0)
-GT_ALPHA = 0.999                 # capture scenes: pixels the true surface fully covers
 LPIPS_NOTE = ("LPIPS not reported: the `lpips` package from PyPI ships only its linear calibration "
               "layers and fetches the AlexNet backbone from the PyTorch download server on first use; "
               "no package registry serves those weights and this benchmark downloads nothing. Put "
@@ -134,10 +126,6 @@ MODES = {
     "smoke": Mode("smoke", 16, 96, 72, 2, "small", 80, 1024, 0, 150, 4096,
                   (16, 96, 72), (48, 80, 60), scenes="capture-sparse"),
 }
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def procedural_scene(work: Path, mode: Mode) -> Path:
@@ -175,167 +163,6 @@ def warm_up_ours(mesh, dev: torch.device) -> None:
         m(xyz, torch.ones(4096, S, dtype=torch.bool, device=dev), d,
           view=torch.zeros(4096, dtype=torch.long, device=dev)).sum().backward()
     sync()
-
-
-def full_cover(rast: Rasterizer, cam: Camera) -> np.ndarray:
-    """Pixels whose 2x2 sub-samples and centre all hit the mesh."""
-    return (rast.surface(cam, 2).mask.all(-1) & rast.surface(cam, 1).mask[..., 0]).cpu().numpy()
-
-
-@dataclass
-class EvalView:
-    """One scored view: the camera every method renders, the reference image and the pixels."""
-    name: str
-    group: str
-    cam: Camera
-    gt: np.ndarray                      # sRGB (H, W, 3) in [0, 1]
-    mask: np.ndarray                    # (H, W) bool, scored pixels
-    photo: np.ndarray | None = None     # crop panel "photo" (None: the reference is the photo)
-    centre: tuple[float, float] | None = None   # crop centre in pixels (None: the image centre)
-
-
-@dataclass
-class Sheet:
-    """A crop sheet: one row per view, one panel per method."""
-    stem: str
-    rows: list[tuple[str, str]]         # (row label, view name)
-    panels: dict[str, list[tuple[str, np.ndarray, float]]] = field(default_factory=dict)
-
-
-def photo_views(cfg: dict, groups: list[str], rast: Rasterizer) -> list[EvalView]:
-    """Held-out photos as their own reference (the clean procedural scene, or a real capture)."""
-    out = []
-    for i in cfg["test_views"]:
-        v = cfg["views"][i]
-        cam = Camera.from_dict(v["camera"])
-        out.append(EvalView(v["name"], groups[i], cam, read_image(v["image"]), full_cover(rast, cam)))
-    return out
-
-
-def capture_views(truth: Truth, rast: Rasterizer, magnified: bool = True) -> list[EvalView]:
-    """Held-out (and magnified) views of a capture scene at their true cameras with the clean
-    reference, scored on the pixels both the pipeline's mesh and the true surface fully cover."""
-    out = []
-    for tv in truth.heldout + (truth.magnified if magnified else []):
-        g = read_gt(tv.path)
-        mask = full_cover(rast, tv.camera) & (g["alpha"] >= GT_ALPHA)
-        if tv.factor is None:
-            photo, centre = read_image(tv.photo), None
-        else:
-            point = truth.info["magnified_targets"][tv.target]["point"]
-            uv, _ = tv.camera.project(np.array([point]))
-            photo, centre = g["photo"], (float(uv[0, 0]), float(uv[0, 1]))
-        out.append(EvalView(tv.name, tv.group, tv.camera, g["srgb"], mask, photo, centre))
-    return out
-
-
-def capture_sheets(label: str, truth: Truth) -> list[Sheet]:
-    """One crop sheet per magnified point: rows 1x, 4x, 8x."""
-    sheets = []
-    for t in range(len(truth.info["magnified_targets"])):
-        rows = [(f"{v.factor:g}x", v.name) for v in truth.magnified if v.target == t and v.factor in CROP_FACTORS]
-        if rows:
-            sheets.append(Sheet(f"crops_{label}_point{t}", rows))
-    return sheets
-
-
-@torch.no_grad()
-def score_clean(run_dir: str | Path, truth: Truth, dev: torch.device) -> dict:
-    """A trained run's held-out views against a capture scene's clean reference at the true
-    cameras (exposure: the mean code): mean PSNR and SSIM over all held-out views and per group."""
-    run = RunFolder(run_dir)
-    settings = run.settings()
-    model, ckpt = load_model(run, dev)
-    rast = Rasterizer(load_mesh(settings.mesh), dev)
-    per = []
-    for v in capture_views(truth, rast, magnified=False):
-        pred, _ = render_srgb(model, rast, v.cam, settings.ss)
-        per.append((v.group, psnr(pred, v.gt, v.mask), ssim(pred, v.gt, v.mask)))
-    res = {"step": ckpt["step"], "psnr": float(np.mean([p for _g, p, _s in per])),
-           "ssim": float(np.mean([s for _g, _p, s in per]))}
-    for g in dict.fromkeys(g for g, _p, _s in per):
-        res[f"psnr_{g}"] = float(np.mean([p for gg, p, _s in per if gg == g]))
-    return res
-
-
-class Scorer:
-    """Scored views of one scene, every method's metrics, and the crop sheets."""
-
-    def __init__(self, label: str, views: list[EvalView], sheets: list[Sheet], device: torch.device | None = None):
-        self.label, self.views, self.sheets = label, views, sheets
-        self.device = device or torch.device("cpu")           # where PSNR and SSIM are computed
-        self.by_name = {v.name: v for v in views}
-        self.records: list[dict] = []
-        self.lpips_ok = True
-        for sh in sheets:
-            for _row, name in sh.rows:
-                v = self.by_name[name]
-                sh.panels[name] = [("ground truth" if v.photo is not None else "photo", v.gt, math.inf)] \
-                    + ([("photo", v.photo, math.inf)] if v.photo is not None else [])
-        for v in views:                                     # the reference's own speckle
-            self.records.append({"scene": label, "view": v.name, "group": v.group, "method": TRUTH,
-                                 "covered": float(v.mask.mean()), "train_s": None, "render_ms": None,
-                                 "psnr": None, "ssim": None, "lpips": None,
-                                 "speckle": speckle_fraction(v.gt, v.mask)})
-
-    def score(self, method: str, render: Callable[[Camera], np.ndarray], train_s: float) -> None:
-        render(self.views[0].cam)                           # warm-up frame
-        for v in self.views:
-            sync()
-            t0 = time.perf_counter()
-            pred = np.asarray(render(v.cam), np.float32)
-            dt = time.perf_counter() - t0
-            m = v.mask
-            p_, g_, m_ = (torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in (pred, v.gt, m))
-            rec = {"scene": self.label, "view": v.name, "group": v.group, "method": method,
-                   "covered": float(m.mean()), "train_s": train_s, "render_ms": 1e3 * dt,
-                   "psnr": psnr(p_, g_, m_), "ssim": ssim(p_, g_, m_), "lpips": None,
-                   "speckle": speckle_fraction(pred, m)}
-            if self.lpips_ok:
-                lp = lpips_or_none(pred * m[..., None], v.gt * m[..., None])
-                self.lpips_ok = lp is not None
-                rec["lpips"] = lp
-            self.records.append(rec)
-            for sh in self.sheets:
-                if v.name in sh.panels:
-                    sh.panels[v.name].append((method, pred * m[..., None], rec["psnr"]))
-        last = [r for r in self.records if r["method"] == method]
-        log(f"  {method}: PSNR {np.mean([r['psnr'] for r in last]):.2f} dB, "
-            f"train {train_s:.1f} s, render {np.mean([r['render_ms'] for r in last]):.1f} ms")
-
-    def write_crops(self, out: Path) -> list[str]:
-        files = []
-        for sh in self.sheets:
-            rows = [(label, sh.panels[name], self.by_name[name]) for label, name in sh.rows]
-            save_sheet(out / f"{sh.stem}.png", rows)
-            files.append(f"{sh.stem}.png")
-        return files
-
-
-def save_sheet(path: Path, rows: list[tuple[str, list[tuple[str, np.ndarray, float]], EvalView]]) -> None:
-    """Rows of panels: a square crop (a third of the short side, around the view's crop centre)
-    of every panel, upscaled to >= 256 px, labelled with the row, the panel and its PSNR."""
-    from PIL import Image, ImageDraw
-    cam0 = rows[0][2].cam
-    side = max(16, min(cam0.width, cam0.height) // 3)
-    f = -(-256 // side)
-    tile, band, gap = side * f, 14, 4
-    ncol = max(len(panels) for _l, panels, _v in rows)
-    canvas = Image.new("RGB", (ncol * (tile + gap) - gap, len(rows) * (tile + band + gap) - gap), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, (row_label, panels, v) in enumerate(rows):
-        cx, cy = v.centre or (v.cam.width / 2, v.cam.height / 2)
-        x0 = int(np.clip(round(cx - side / 2), 0, v.cam.width - side))
-        y0 = int(np.clip(round(cy - side / 2), 0, v.cam.height - side))
-        y = r * (tile + band + gap)
-        for k, (label, img, p) in enumerate(panels):
-            crop = np.clip(img[y0:y0 + side, x0:x0 + side], 0, 1)
-            im = Image.fromarray((crop * 255).round().astype(np.uint8)).resize((tile, tile), Image.NEAREST)
-            x = k * (tile + gap)
-            canvas.paste(im, (x, y + band))
-            text = f"{row_label} {label}".strip()
-            draw.text((x + 2, y + 1), text if not math.isfinite(p) else f"{text} {p:.1f} dB", fill=(0, 0, 0))
-    canvas.save(path)
 
 
 def run_scene(label: str, scene: Path, mode: Mode, dev: torch.device, gs_reason: str | None, work: Path,
@@ -432,108 +259,6 @@ def run_scene(label: str, scene: Path, mode: Mode, dev: torch.device, gs_reason:
     if err > 1e-4 * size:
         notes.append(f"{label}: WARNING the vertex-colour rasterization differs from the pipeline's by {err:.3g}")
     return scorer.records, scorer.write_crops(out)
-
-
-HELDOUT_GROUPS = ("far", "close", "all")
-
-
-def group_order(groups: list[str]) -> list[str]:
-    """far, close, all (the held-out photos), then the magnified groups by factor, then others."""
-    held = [g for g in ("far", "close") if g in groups]
-    if len(held) > 1 or "all" in groups:
-        held.append("all")
-    mags = sorted((g for g in groups if g.startswith("mag ")), key=lambda g: float(g[4:-1]))
-    return held + mags + [g for g in groups if g not in held and g not in mags]
-
-
-def _mean(sel: list[dict], k: str) -> float | None:
-    """Mean of a metric over records, None unless every record has a finite value."""
-    vals = [r[k] for r in sel if r[k] is not None and math.isfinite(r[k])]
-    return float(np.mean(vals)) if vals and len(vals) == len(sel) else None
-
-
-def summarise(records: list[dict]) -> list[dict]:
-    """Mean over views per (scene, group, method); the group 'all' holds the held-out photos
-    (far and close), never the magnified views."""
-    rows = []
-    for scene in dict.fromkeys(r["scene"] for r in records):
-        rs = [r for r in records if r["scene"] == scene]
-        for g in group_order(list(dict.fromkeys(r["group"] for r in rs))):
-            for method in dict.fromkeys(r["method"] for r in rs):
-                sel = [r for r in rs if r["method"] == method
-                       and (r["group"] == g or (g == "all" and r["group"] in HELDOUT_GROUPS))]
-                if not sel:
-                    continue
-
-                rows.append({"scene": scene, "group": g, "views": len(sel), "method": method,
-                             **{k: _mean(sel, k) for k in ("psnr", "ssim", "lpips", "speckle")},
-                             "train_s": sel[0]["train_s"], "render_ms": _mean(sel, "render_ms")})
-    return rows
-
-
-def _target(scene: str, group: str, target: str, margin: float | None) -> dict:
-    return {"scene": scene, "group": group, "target": target, "margin": margin,
-            "met": None if margin is None else bool(margin >= 0)}
-
-
-def _over(a: float | None, b: float | None, need: float = 0.0) -> float | None:
-    return None if a is None or b is None else a - b - need
-
-
-def check_targets(rows: list[dict]) -> list[dict]:
-    """The quality issue's targets on the capture scenes. One entry per (scene, group, target):
-    the margin (>= 0: met) and met (None when a term is missing, e.g. 3DGS skipped)."""
-    get = {(r["scene"], r["group"], r["method"]): r for r in rows}
-
-    def val(scene: str, group: str, method: str, key: str) -> float | None:
-        r = get.get((scene, group, method))
-        return None if r is None else r[key]
-    out = []
-    for sc in dict.fromkeys(r["scene"] for r in rows if r["scene"].startswith("capture")):
-        for g in ("far", "close"):
-            ours = val(sc, g, OURS, "psnr")
-            out.append(_target(sc, g, "PSNR >= 3DGS + 1 dB", _over(ours, val(sc, g, GS, "psnr"), 1.0)))
-            out.append(_target(sc, g, "PSNR >= vertex colour + 2 dB", _over(ours, val(sc, g, VC, "psnr"), 2.0)))
-            out.append(_target(sc, g, "SSIM >= 3DGS", _over(val(sc, g, OURS, "ssim"), val(sc, g, GS, "ssim"))))
-        for f in (2, 4, 8):
-            g = f"mag {f}x"
-            sp, ref = val(sc, g, OURS, "speckle"), val(sc, g, TRUTH, "speckle")
-            out.append(_target(sc, g, "speckle <= 2 x ground truth + 0.2 %",
-                               None if sp is None or ref is None else 2 * ref + 0.002 - sp))
-            base = {m: val(sc, g, m, "psnr") for m in (GS, VC) if val(sc, g, m, "psnr") is not None}
-            t = _target(sc, g, "PSNR >= every baseline",
-                        _over(val(sc, g, OURS, "psnr"), max(base.values())) if base else None)
-            t["baselines"] = list(base)                     # the ones that ran
-            out.append(t)
-    return out
-
-
-def print_targets(targets: list[dict]) -> None:
-    for t in targets:
-        verdict = "n/a" if t["met"] is None else "met" if t["met"] else "MISSED"
-        if t["margin"] is None:
-            margin = "n/a"
-        elif "speckle" in t["target"]:
-            margin = f"{100 * t['margin']:+.3f} %"
-        elif "SSIM" in t["target"]:
-            margin = f"{t['margin']:+.4f}"
-        else:
-            margin = f"{t['margin']:+.2f} dB"
-        only = f" ({', '.join(t['baselines'])} only)" if t.get("baselines") and len(t["baselines"]) < 2 else ""
-        log(f"target {t['scene']} {t['group']}: {t['target']}{only}: margin {margin}: {verdict}")
-
-
-def print_table(rows: list[dict]) -> None:
-    def f(v, spec: str, scale: float = 1.0) -> str:
-        return "n/a" if v is None else format(v * scale, spec)
-    print(f"\nXScale-NVS quality benchmark -- {device_name()}")
-    print(f"{'scene':14s} {'view group':12s} {'method':22s} {'PSNR':>7s} {'SSIM':>7s} {'LPIPS':>7s} "
-          f"{'speckle%':>8s} {'train s':>9s} {'render ms':>10s}")
-    for r in rows:
-        print(f"{r['scene'][:14]:14s} {r['group'] + ' (' + str(r['views']) + ')':12s} {r['method']:22s} "
-              f"{f(r['psnr'], '.2f'):>7s} {f(r['ssim'], '.4f'):>7s} {f(r['lpips'], '.4f'):>7s} "
-              f"{f(r['speckle'], '.3f', 100.0):>8s} {f(r['train_s'], '.1f'):>9s} {f(r['render_ms'], '.1f'):>10s}",
-              flush=True)
 
 
 def _clean(o):

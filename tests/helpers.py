@@ -32,6 +32,17 @@ def uv_sphere(n: int = 24, r: float = 1.0, centre=(0, 0, 0)) -> Mesh:
     return Mesh(V.astype(np.float32), F.astype(np.int32))
 
 
+def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
+    """COLMAP quaternion (w, x, y, z) of a rotation matrix."""
+    m = np.asarray(R, dtype=np.float64)
+    w = np.sqrt(max(0.0, 1.0 + m[0, 0] + m[1, 1] + m[2, 2])) / 2
+    x = np.copysign(np.sqrt(max(0.0, 1.0 + m[0, 0] - m[1, 1] - m[2, 2])) / 2, m[2, 1] - m[1, 2])
+    y = np.copysign(np.sqrt(max(0.0, 1.0 - m[0, 0] + m[1, 1] - m[2, 2])) / 2, m[0, 2] - m[2, 0])
+    z = np.copysign(np.sqrt(max(0.0, 1.0 - m[0, 0] - m[1, 1] + m[2, 2])) / 2, m[1, 0] - m[0, 1])
+    q = np.array([w, x, y, z])
+    return q / np.linalg.norm(q)
+
+
 def odd_camera(width=96, height=64, eye=(0.4, -2.6, 1.8), target=(0, 0, 0)) -> Camera:
     """Anisotropic focal lengths and an off-centre principal point."""
     K = np.array([[80.0, 0, 0.56 * width], [0, 73.0, 0.44 * height], [0, 0, 1]])

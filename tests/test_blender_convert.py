@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("bpy")
 
 from blender_fixtures import bumpy_grid, look_at  # noqa: E402
+from helpers import rotmat_to_qvec  # noqa: E402
 
 # name, width, height, fx, fy, cx, cy, eye (PINHOLE: fx, fy, cx, cy)
 COLMAP_VIEWS = [
@@ -18,17 +19,6 @@ COLMAP_VIEWS = [
     ("b.png", 32, 48, 44.0, 47.5, 15.25, 25.5, (2.6, 1.2, 1.8)),
     ("c.png", 40, 30, 41.0, 41.0, 20.0, 15.0, (-2.4, 1.5, 2.2)),
 ]
-
-
-def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
-    """COLMAP quaternion (w, x, y, z) of a rotation matrix."""
-    m = np.asarray(R, dtype=np.float64)
-    w = np.sqrt(max(0.0, 1.0 + m[0, 0] + m[1, 1] + m[2, 2])) / 2
-    x = np.copysign(np.sqrt(max(0.0, 1.0 + m[0, 0] - m[1, 1] - m[2, 2])) / 2, m[2, 1] - m[1, 2])
-    y = np.copysign(np.sqrt(max(0.0, 1.0 - m[0, 0] + m[1, 1] - m[2, 2])) / 2, m[0, 2] - m[2, 0])
-    z = np.copysign(np.sqrt(max(0.0, 1.0 - m[0, 0] - m[1, 1] + m[2, 2])) / 2, m[1, 0] - m[0, 1])
-    q = np.array([w, x, y, z])
-    return q / np.linalg.norm(q)
 
 
 def colmap_workspace(root: Path, views=COLMAP_VIEWS, model: str = "PINHOLE") -> Path:

@@ -309,46 +309,54 @@ def test_frustum_culling_changes_no_pixel(spec):
 # --- the quality benchmark's scoring on a capture scene -----------------------------------
 
 @pytest.fixture(scope="module")
-def bq():
+def qs():
+    """The quality benchmark's scoring (benchmarks/quality_scoring.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench_quality
-    return bench_quality
+    import quality_scoring
+    return quality_scoring
 
 
-def test_benchmark_scores_every_group_against_the_clean_reference(scene, truth, spec, bq, tmp_path):
+@pytest.fixture(scope="module")
+def qr(qs):
+    """The quality benchmark's summary and targets (benchmarks/quality_report.py)."""
+    import quality_report
+    return quality_report
+
+
+def test_benchmark_scores_every_group_against_the_clean_reference(scene, truth, spec, qs, qr, tmp_path):
     from baselines import vertex_colour as vc
     rast = Rasterizer(load_mesh(scene / "1.obj"), torch.device("cpu"))
     # One far and one close held-out photo, and the magnified views of the first point (seconds).
     first = {v.group: v.name for v in reversed(truth.heldout)}
     sub = Truth(truth.root, truth.info, [v for v in truth.heldout if v.name in first.values()],
                   [v for v in truth.magnified if v.target == 0])
-    views = bq.capture_views(sub, rast)
+    views = qs.capture_views(sub, rast)
     assert [v.name for v in views] == [v.name for v in sub.views] and len(views) == 6
     assert all(0.05 < v.mask.mean() for v in views)
-    sheets = bq.capture_sheets("capture-sparse", sub)
+    sheets = qs.capture_sheets("capture-sparse", sub)
     assert [row for row, _name in sheets[0].rows] == ["1x", "4x", "8x"]
-    scorer = bq.Scorer("capture-sparse", views, sheets[:1])
+    scorer = qs.Scorer("capture-sparse", views, sheets[:1])
     # A perfect method: the clean renderer at the camera it is given (exact at the true cameras).
-    scorer.score(bq.OURS, lambda c: linear_to_srgb(render_clean(spec, c, SS)[0]), 0.0)
+    scorer.score(qs.OURS, lambda c: linear_to_srgb(render_clean(spec, c, SS)[0]), 0.0)
     # The vertex-colour baseline fitted to the photos, briefly.
     s = load_scene(scene)
     train_ids, _ = s.split(truth.test_every)
     photos = [(s.views[i].camera, np.asarray(Image.open(s.views[i].image_path).convert("RGB"))) for i in train_ids]
     model = vc.fit(vc.pixel_table(rast, photos, 2), rast.mesh.faces, len(rast.mesh.vertices), iters=15, batch=2048)
-    scorer.score(bq.VC, lambda c: vc.render(model, rast, c, 2)[0], 1.0)
-    rows = bq.summarise(scorer.records)
+    scorer.score(qs.VC, lambda c: vc.render(model, rast, c, 2)[0], 1.0)
+    rows = qr.summarise(scorer.records)
     groups = ["far", "close", "all", "mag 1x", "mag 2x", "mag 4x", "mag 8x"]
     assert list(dict.fromkeys(r["group"] for r in rows)) == groups
     got = {(r["group"], r["method"]): r for r in rows}
     for g in groups:
-        assert {m for gg, m in got if gg == g} == {bq.TRUTH, bq.OURS, bq.VC}
-        assert np.isfinite(got[g, bq.TRUTH]["speckle"]) and got[g, bq.TRUTH]["psnr"] is None
-        assert got[g, bq.OURS]["psnr"] > 60                      # the reference is the clean render
-        assert got[g, bq.OURS]["speckle"] == pytest.approx(got[g, bq.TRUTH]["speckle"], abs=1e-9)
-        assert 10 < got[g, bq.VC]["psnr"] < 35 and 0 < got[g, bq.VC]["ssim"] < 1
-        assert 0 <= got[g, bq.VC]["speckle"] < 0.5
-    assert got["all", bq.VC]["views"] == 2                     # 'all' never holds magnified views
-    targets = bq.check_targets(rows)
+        assert {m for gg, m in got if gg == g} == {qs.TRUTH, qs.OURS, qs.VC}
+        assert np.isfinite(got[g, qs.TRUTH]["speckle"]) and got[g, qs.TRUTH]["psnr"] is None
+        assert got[g, qs.OURS]["psnr"] > 60                      # the reference is the clean render
+        assert got[g, qs.OURS]["speckle"] == pytest.approx(got[g, qs.TRUTH]["speckle"], abs=1e-9)
+        assert 10 < got[g, qs.VC]["psnr"] < 35 and 0 < got[g, qs.VC]["ssim"] < 1
+        assert 0 <= got[g, qs.VC]["speckle"] < 0.5
+    assert got["all", qs.VC]["views"] == 2                     # 'all' never holds magnified views
+    targets = qr.check_targets(rows)
     by = {(t["group"], t["target"]): t for t in targets}
     assert by["far", "PSNR >= vertex colour + 2 dB"]["met"] is True
     assert by["far", "PSNR >= 3DGS + 1 dB"]["met"] is None     # no 3DGS row
