@@ -18,6 +18,8 @@ from .runfolder import RunFolder
 from .stopflag import StopFlag
 
 STOPPABLE = ("cache", "train", "fit", "render", "demo")
+# The commands that read a run folder made by `fit` (serve answers in its own binary framing).
+READS_RUN = ("train", "render", "eval")
 
 
 def _add(p: argparse.ArgumentParser, opt: Option, **kw) -> None:
@@ -123,6 +125,10 @@ def _check_limits(a: argparse.Namespace) -> None:
         config.RENDER_SS.check(a.ss)
     if getattr(a, "resume", False) and getattr(a, "overwrite", False):
         raise InputError("--resume and --overwrite: choose one (continue the run's training, or start it over).")
+    if a.command in READS_RUN and not os.path.isdir(a.run):
+        what = "is a file, not a run folder" if os.path.exists(a.run) else "the run folder does not exist"
+        raise InputError(f"{a.run}: {what}; make one with: {_prog()} fit --scene SCENE --run "
+                         f"{shlex.quote(a.run)} (or pass --run the folder that fit made).")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
@@ -225,8 +231,12 @@ def _resume_hint(a: argparse.Namespace, argv: list[str]) -> str | None:
     args = [x for x in argv if x != "--overwrite"]
     if a.command in ("train", "fit") and "--resume" not in args:
         args.append("--resume")
-    prog = "xscale-nvs" if os.path.basename(sys.argv[0]) == "xscale-nvs" else "python -m backend"
-    return f"{prog} {shlex.join(args)}"
+    return f"{_prog()} {shlex.join(args)}"
+
+
+def _prog() -> str:
+    """How this command was started, for the commands it suggests."""
+    return "xscale-nvs" if os.path.basename(sys.argv[0]) == "xscale-nvs" else "python -m backend"
 
 
 def _run_reporting_errors(a: argparse.Namespace, multi: bool, quiet_stderr: bool = False) -> int:

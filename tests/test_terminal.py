@@ -93,7 +93,7 @@ def test_ctrl_c_in_a_terminal_says_where_it_stopped_and_how_to_resume(run, tmp_p
 def test_errors_in_a_terminal_are_one_line(tmp_path):
     rc, text = in_terminal(["train", "--run", str(tmp_path / "missing"), "--device", "cpu"])
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "no complete ray cache" in lines[0]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0]
 
 
 def test_the_terminal_and_blender_word_durations_and_stops_alike():
