@@ -4,7 +4,7 @@ import shlex
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, cli
 
 
 def _readme_test_command() -> str:
@@ -50,3 +50,15 @@ def test_demo_output_folder_is_ignored_by_git():
 def test_readme_tells_cpu_only_users_how_to_get_the_cpu_wheel():
     readme = (ROOT / "README.md").read_text()
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def test_every_command_line_flag_has_help():
+    """`--help` of every command explains each of its flags (render's --run and --out among them)."""
+    from backend.cli import build_parser
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    missing = [(name, a.option_strings) for name, p in commands.items() for a in p._actions if not a.help]
+    assert not missing, missing
+    res = cli("render", "--help")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "--run RUN run folder of a trained model" in text and "--out OUT folder for the frames" in text
