@@ -1,7 +1,7 @@
 """The events shown to a person at a terminal: a progress bar per stage (step/total, rate,
 PSNR, elapsed, ETA; the less needed parts give way on a narrow terminal), log lines as text, a
-short summary when a stage is done, a stop as a "stopped at ..., resume with ..." line and
-errors as one red line.
+short summary when a stage is done (a red ✗ when a check found errors), a stop as a
+"stopped at ..., resume with ..." line and errors as one red line.
 
 Used only when stdout is a terminal and --json is not given (backend.cli); the JSON lines of
 docs/protocol.md stay the output everywhere else (the Blender add-on reads a pipe). The view
@@ -25,6 +25,8 @@ BAR_MAX, BAR_MIN = 30, 15
 # A bar's optional parts in the order they give way when the terminal is too narrow for all of
 # them; the stage's name, the bar, the step count and the ETA always stay.
 GIVE_WAY = ("rays", "loss", "item", "elapsed", "rate", "psnr")
+# The status of a `done` event that carries one (check, prepare): its mark and colour.
+MARKS = {"error": ("✗", "red"), "warning": ("!", "yellow")}
 
 
 def _si(x: float) -> str:
@@ -168,7 +170,8 @@ class TerminalView:
             self._finish(ev.get("stage"))
             line = summary(ev)
             if line:
-                self._print(f"[green]✓[/green] {escape(line)}")
+                mark, colour = MARKS.get(ev.get("status"), ("✓", "green"))
+                self._print(f"[{colour}]{mark}[/{colour}] {escape(line)}")
         elif kind == "stopped":
             self.close()
             self._print(f"[yellow]{escape(stopped_line(ev, self.resume_hint))}[/yellow]", soft_wrap=True)
@@ -210,7 +213,8 @@ def summary(ev: dict) -> str:
     if stage == "check":
         return f"Check: {str(ev.get('status', '')).upper()} ({ev.get('n_views')} views)"
     if stage == "prepare":
-        return f"Prepared {ev.get('views')} views in {ev.get('scene')}"
+        checked = f" (check: {ev['status'].upper()})" if ev.get("status") in MARKS else ""
+        return f"Prepared {ev.get('views')} views in {ev.get('scene')}{checked}"
     if stage == "demo":
         return ""                   # the demo prints its own summary text
     return f"{stage} done"

@@ -148,6 +148,25 @@ def test_at_80_columns_a_long_run_shows_its_step_count_and_eta_and_a_stop_comes_
     assert shown[-1].endswith("--resume"), shown
 
 
+def test_check_of_a_bad_scene_ends_in_a_red_cross_not_a_green_tick(scene, tmp_path):
+    bad = shutil.copytree(scene, tmp_path / "bad")
+    data = (bad / "images" / "00000002.png").read_bytes()
+    (bad / "images" / "00000002.png").write_bytes(data[:len(data) // 2])        # a truncated photo
+    rc, screen = on_screen(["check", str(bad)], columns=80)
+    shown = lines(screen)
+    assert rc == 2 and not any("✓" in ln for ln in shown), shown
+    row = next(y for y, ln in enumerate(screen.display) if "Check: ERROR" in ln)
+    assert screen.display[row].startswith("✗ Check: ERROR (6 views)") and screen.buffer[row][0].fg == "red"
+    cross, err = shown.index(screen.display[row].rstrip()), len(shown) - 1
+    while not shown[err].startswith("error: "):
+        err -= 1
+    assert cross < err and "".join(shown[err:]).endswith("re-export it as PNG or JPEG."), shown   # the error last
+    assert all(ln.startswith(("photos ", "check ")) for ln in shown[:2]), shown   # bars above the report
+    rc, screen = on_screen(["check", str(scene)], columns=80)
+    row = next(y for y, ln in enumerate(screen.display) if "Check: OK" in ln)
+    assert rc == 0 and screen.display[row].startswith("✓ Check: OK") and screen.buffer[row][0].fg == "green"
+
+
 def _row(**ev):
     from backend.terminal import row_parts
     ev = {"step": 1200, "total": 30000, "psnr": 27.41, "loss": 0.0312, "rays_per_s": 1.2e6,
@@ -193,14 +212,14 @@ def test_a_finished_stage_leaves_its_bars_above_its_report_and_summary():
     view = TerminalView(file=out)
     view.event({"event": "progress", "stage": "check", "phase": "photos", "step": 6, "total": 6})
     view.event({"event": "progress", "stage": "check", "step": 6, "total": 6, "view": "00000005"})
-    view.text("Scene s: OK")
+    view.text("Scene s: ERROR")
     view.event({"event": "progress", "stage": "check", "step": 6, "total": 6, "view": "00000005"})  # again
-    view.event({"event": "done", "stage": "check", "status": "ok", "n_views": 6})
+    view.event({"event": "done", "stage": "check", "status": "error", "n_views": 6})
     view.event({"event": "error", "message": "s: broken"})
     view.close()
     shown = [ln for ln in out.getvalue().splitlines() if ln.strip()]
-    assert [ln.split()[0] for ln in shown] == ["photos", "check", "Scene", "✓", "error:"], shown
-    assert shown[3] == "✓ Check: OK (6 views)"
+    assert [ln.split()[0] for ln in shown] == ["photos", "check", "Scene", "✗", "error:"], shown
+    assert shown[3] == "✗ Check: ERROR (6 views)"
 
 
 def test_the_terminal_and_blender_word_durations_and_stops_alike():
