@@ -18,6 +18,9 @@ from .runfolder import RunFolder
 from .stopflag import StopFlag
 
 STOPPABLE = ("cache", "train", "fit", "render", "demo")
+# The commands that read a run folder made by `fit` (serve answers in its own binary framing).
+READS_RUN = ("train", "render", "eval")
+TRAINED_RUN = "run folder of a trained model (from fit or train)"
 
 
 def _add(p: argparse.ArgumentParser, opt: Option, **kw) -> None:
@@ -62,44 +65,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="report torch, CUDA, the rasterizer, disk; ready = the default "
                                       "components ran here")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--recheck", action="store_true", help="run the component checks again (a pass is "
                    "remembered per Python, torch, Triton, GPU and backend version)")
     p.add_argument("--path", default=".", help="folder whose free disk space to report (the run folder)")
 
     p = sub.add_parser("cache", help="rasterize the mesh into the photos, write the ray cache")
     _add_cache_opts(p)
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="run folder to write the ray cache to (made if missing)")
     _add_device(p, grid_backend=False)
 
     p = sub.add_parser("train", help="train the hash featurized manifold")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="run folder holding the ray cache (from cache or fit); "
+                   "checkpoints go there")
     _add_train_opts(p)
 
     p = sub.add_parser("fit", help="cache (unless up to date) then train")
     _add_cache_opts(p)
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="run folder for the ray cache, checkpoints and log (made if "
+                   "missing)")
     _add_train_opts(p)
 
     p = sub.add_parser("render", help="render a camera path JSON")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=TRAINED_RUN)
     p.add_argument("--path", required=True, help="camera path JSON (docs/protocol.md)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for the frames, frame_NNNNNN.png or .exr (made if "
+                   "missing)")
     for opt in (config.FORMAT, config.EXPOSURE, config.RENDER_SS):
         _add(p, opt)
     _add_device(p)
     _add(p, config.NPROC)
 
     p = sub.add_parser("serve", help="render server: answer camera requests on stdin/stdout (binary)")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=TRAINED_RUN)
     _add_device(p)
 
     p = sub.add_parser("eval", help="metrics on the held-out views")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=TRAINED_RUN + "; writes RUN/eval.json and RUN/eval/")
     _add_device(p)
 
     p = sub.add_parser("demo", help="procedural scene end to end")
-    p.add_argument("--out", default="xscale_demo")
+    p.add_argument("--out", default="xscale_demo", help="folder for the demo's scene, run and flythrough "
+                   "(default xscale_demo)")
     _add(p, config.ITERS)
     _add_device(p, grid_backend=False)
 
@@ -123,6 +130,10 @@ def _check_limits(a: argparse.Namespace) -> None:
         config.RENDER_SS.check(a.ss)
     if getattr(a, "resume", False) and getattr(a, "overwrite", False):
         raise InputError("--resume and --overwrite: choose one (continue the run's training, or start it over).")
+    if a.command in READS_RUN and not os.path.isdir(a.run):
+        what = "is a file, not a run folder" if os.path.exists(a.run) else "the run folder does not exist"
+        raise InputError(f"{a.run}: {what}; make one with: {_prog()} fit --scene SCENE --run "
+                         f"{shlex.quote(a.run)} (or pass --run the folder that fit made).")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
@@ -225,8 +236,12 @@ def _resume_hint(a: argparse.Namespace, argv: list[str]) -> str | None:
     args = [x for x in argv if x != "--overwrite"]
     if a.command in ("train", "fit") and "--resume" not in args:
         args.append("--resume")
-    prog = "xscale-nvs" if os.path.basename(sys.argv[0]) == "xscale-nvs" else "python -m backend"
-    return f"{prog} {shlex.join(args)}"
+    return f"{_prog()} {shlex.join(args)}"
+
+
+def _prog() -> str:
+    """How this command was started, for the commands it suggests."""
+    return "xscale-nvs" if os.path.basename(sys.argv[0]) == "xscale-nvs" else "python -m backend"
 
 
 def _run_reporting_errors(a: argparse.Namespace, multi: bool, quiet_stderr: bool = False) -> int:

@@ -64,7 +64,23 @@ def test_error_no_cuda(scene, tmp_path):
 
 
 def test_error_train_without_cache(tmp_path):
-    expect_error(cli("train", "--run", str(tmp_path / "nothing"), "--device", "cpu"), "backend cache")
+    (tmp_path / "empty").mkdir()
+    expect_error(cli("train", "--run", str(tmp_path / "empty"), "--device", "cpu"), "backend cache")
+
+
+def test_a_run_folder_that_does_not_exist_is_named_and_fit_suggested(tmp_path):
+    """eval, render and train on a mistyped --run say that the folder is not there and how to
+    make one, not that its ray cache is missing."""
+    import shlex
+    missing = tmp_path / "my runs" / "castle"
+    (tmp_path / "p.json").write_text("{}")
+    for args in (("eval",), ("train",), ("render", "--path", str(tmp_path / "p.json"), "--out", str(tmp_path / "o"))):
+        expect_error(cli(*args, "--run", str(missing), "--device", "cpu"),
+                     f"{missing}: the run folder does not exist",
+                     f"python -m backend fit --scene SCENE --run {shlex.quote(str(missing))}")
+    assert not (tmp_path / "my runs").exists() and not (tmp_path / "o").exists()
+    expect_error(cli("eval", "--run", str(tmp_path / "p.json"), "--device", "cpu"),
+                 "p.json: is a file, not a run folder", "fit --scene SCENE")
 
 
 def test_run_settings_fallbacks_and_errors(tmp_path):
@@ -112,10 +128,10 @@ def test_failed_commands_create_nothing(scene, run, tmp_path):
     cpu = ("--device", "cpu")
     cases = [(("fit", "--scene", str(w / "no_scene"), "--run", str(w / "r1"), *cpu), "scene folder not found"),
              (("cache", "--scene", str(w / "no_scene"), "--run", str(w / "r2"), *cpu), "scene folder not found"),
-             (("train", "--run", str(w / "r3"), *cpu), "no complete ray cache"),
-             (("eval", "--run", str(w / "r4"), *cpu), "no complete ray cache"),
+             (("train", "--run", str(w / "r3"), *cpu), "the run folder does not exist"),
+             (("eval", "--run", str(w / "r4"), *cpu), "the run folder does not exist"),
              (("render", "--run", str(w / "r5"), "--path", str(tmp_path / "p.json"), "--out", str(w / "o5"), *cpu),
-              "no complete ray cache"),
+              "the run folder does not exist"),
              (("render", "--run", str(trained), "--path", str(w / "no.json"), "--out", str(w / "o6"), *cpu),
               "cannot read camera path"),
              (("render", "--run", str(trained), "--path", str(tmp_path / "p.json"), "--out",

@@ -1,10 +1,14 @@
 """What README.md tells a new user to run is what CI runs, and it fails clearly where it cannot work."""
+import importlib.metadata
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, cli
 
 
 def _readme_test_command() -> str:
@@ -37,7 +41,18 @@ def test_readme_test_command_needs_python_311_and_says_so():
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert (res.returncode != 0) == fails, (version, res)
         if fails:
-            assert "needs Python 3.11" in res.stderr and "pip install -e .[test]" in res.stderr
+            assert "needs Python 3.11" in res.stderr and 'pip install -e ".[test]"' in res.stderr
+            hint = res.stderr.split("run: ", 1)[1].strip()
+            _runs_in_a_shell_that_refuses_unmatched_globs(hint)
+
+
+def _runs_in_a_shell_that_refuses_unmatched_globs(command):
+    """`command` (pip and pytest replaced by echo) in bash with failglob, which refuses an
+    unmatched glob as zsh (macOS's shell) does: an unquoted .[test] fails there."""
+    with tempfile.TemporaryDirectory() as empty:
+        echoed = re.sub(r"\b(pip|pytest)\b", "echo", command)
+        res = subprocess.run(["bash", "-O", "failglob", "-c", echoed], cwd=empty, capture_output=True, text=True)
+    assert res.returncode == 0 and "install -e .[test]" in res.stdout, (command, res)
 
 
 def test_demo_output_folder_is_ignored_by_git():
@@ -50,3 +65,45 @@ def test_demo_output_folder_is_ignored_by_git():
 def test_readme_tells_cpu_only_users_how_to_get_the_cpu_wheel():
     readme = (ROOT / "README.md").read_text()
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def _quick_start() -> tuple[str, list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return section, [ln.strip() for ln in section.splitlines() if ln.startswith("    ")]
+
+
+def test_quick_start_clones_first_then_the_cpu_install_then_says_what_the_tests_cost():
+    section, commands = _quick_start()
+    assert re.match(r"git clone \S+ (\S+) && cd \1$", commands[0]), commands[0]
+    cpu = next(i for i, c in enumerate(commands) if "download.pytorch.org/whl/cpu" in c)
+    gpu = next(i for i, c in enumerate(commands) if "pip install -e . &&" in c and "whl/cpu" not in c)
+    assert 0 < cpu < gpu, commands
+    before_tests = " ".join(section.split(_readme_test_command())[0].split("\n\n")[-2].split())
+    for claim in ("Python 3.11", "820 MB", "15-20 minutes on two CPU cores"):
+        assert claim in before_tests, (claim, before_tests)
+
+
+def test_the_readme_size_of_bpy_is_what_it_takes_on_disk():
+    """The quick start says what the test command's bpy costs; checked against the installed one."""
+    said = int(re.search(r"about (\d+) MB of disk for `bpy`", " ".join(_quick_start()[0].split())).group(1))
+    try:
+        files = importlib.metadata.distribution("bpy").files
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("bpy is not installed")
+    if importlib.metadata.version("bpy") != "5.0.1":           # the test command's bpy
+        pytest.skip("another bpy than the test command's")
+    size_mb = sum(f.locate().stat().st_size for f in files if f.locate().is_file()) / 2**20
+    assert abs(size_mb - said) < 0.1 * said, (size_mb, said)
+
+
+def test_every_command_line_flag_has_help():
+    """`--help` of every command explains each of its flags (render's --run and --out among them)."""
+    from backend.cli import build_parser
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    missing = [(name, a.option_strings) for name, p in commands.items() for a in p._actions if not a.help]
+    assert not missing, missing
+    res = cli("render", "--help")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "--run RUN run folder of a trained model" in text and "--out OUT folder for the frames" in text
