@@ -43,24 +43,28 @@ class RunFolder:
     eval_dir = property(lambda s: s.root / "eval")
     log = property(lambda s: s.root / "log.jsonl")                 # a copy of the commands' events
     renders = property(lambda s: s.root / "renders")           # the Blender add-on's default render output
+    lock = property(lambda s: s.root / ".lock")
 
     @contextmanager
     def exclusive(self, what: str) -> Iterator[None]:
         """Hold RUN/.lock while `what` (cache, train) writes the folder, so a second process on the
         same folder stops with a clear error instead of interleaving files. The OS drops the lock
         when the process ends, so a crash or kill leaves nothing stale behind."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        f = open(self.root / ".lock", "a+", encoding="utf-8")
+        from filelock import FileLock, Timeout      # not at the top: the add-on loads this module too
+        lock = FileLock(str(self.lock), timeout=0)
         try:
-            _lock(f)
-        except OSError:
-            f.close()
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except Timeout:
             raise InputError(f"{self.root}: another process is already writing this run folder; wait for it "
                              f"to finish (or stop it) before starting {what}, or use another --run folder.") from None
+        except OSError as e:
+            raise InputError(f"{self.root}: cannot write this run folder ({e.strerror or e}); make it writable "
+                             "or use another --run folder.") from None
         try:
             yield
         finally:
-            f.close()      # closing releases the lock
+            lock.release()
 
     def settings(self, need_cache: bool = True) -> RunSettings:
         """The run's settings; InputError unless the ray cache is complete (`need_cache`: training,
@@ -104,14 +108,3 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _lock(f) -> None:
-    """Non-blocking exclusive lock on an open file; OSError when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:        # Windows
-        import msvcrt
-        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-    else:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
