@@ -252,7 +252,8 @@ CACHE_OPTIONS = (SS, TEST_EVERY, LEVEL)
 # How training starts on a run folder that already holds a checkpoint: neither (refused), one or
 # the other (not both).
 RESUME = Option("resume", bool, False, "continue from the run's checkpoint (fit: and an interrupted ray cache)")
-OVERWRITE = Option("overwrite", bool, False, "start over on a trained run folder, replacing its checkpoint")
+OVERWRITE = Option("overwrite", bool, False, "start over on a trained run folder, or one of another scene, "
+                   "replacing its checkpoint")
 START_OPTIONS = (RESUME, OVERWRITE)
 
 PRESET = Option("preset", str, "auto", "model and training settings",

@@ -18,13 +18,14 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from . import stopflag
 
 _stream: TextIO = sys.stdout
 _quiet = False
 _log_file: Path | None = None
+_log_when: Callable[[], bool] | None = None      # whether the log's folder takes the copy now
 _lost = False                                    # the reader of _stream is gone
 _view: Any = None        # shows events instead of writing JSON lines (backend.terminal.TerminalView)
 
@@ -128,15 +129,16 @@ def _clean(v: Any) -> Any:
 
 
 @contextmanager
-def copied_to(path: Path) -> Iterator[None]:
+def copied_to(path: Path, when: Callable[[], bool] | None = None) -> Iterator[None]:
     """Also append every event to `path` (a run folder's log.jsonl) while inside, once its folder
-    exists: nothing is created for a command that fails before it makes the run folder."""
-    global _log_file
-    old, _log_file = _log_file, Path(path)
+    exists and `when()` is true (a run folder: nothing is added to a folder the backend does not
+    own, and nothing is created for a command that fails before it makes the run folder)."""
+    global _log_file, _log_when
+    old, _log_file, _log_when = (_log_file, _log_when), Path(path), when
     try:
         yield
     finally:
-        _log_file = old
+        _log_file, _log_when = old
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -153,7 +155,7 @@ def emit(event: str, **fields: Any) -> None:
                 _stream.flush()
         except (OSError, ValueError):   # BrokenPipeError, EIO of a closed terminal, a closed file
             lose_output()
-    if _log_file is not None and _log_file.parent.is_dir():
+    if _log_file is not None and _log_file.parent.is_dir() and (_log_when is None or _log_when()):
         with open(_log_file, "a", encoding="utf-8") as fh:
             fh.write(line)
 

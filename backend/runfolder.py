@@ -1,4 +1,5 @@
-"""Run folder layout, the run's settings, and atomic file helpers (one place for paths)."""
+"""Run folder layout, the run's settings, which scene a run folder belongs to, its lock, and atomic
+file helpers (one place for paths)."""
 from __future__ import annotations
 
 import json
@@ -34,9 +35,13 @@ class RunSettings:
 class RunFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._known_run = False
 
+    marker = property(lambda s: s.root / "run.json")            # the scene the folder belongs to
     config = property(lambda s: s.root / "config.json")        # scene, split, cache settings
     cache = property(lambda s: s.root / "cache")
+    cache_tmp = property(lambda s: s.root / "cache.tmp")        # a ray cache being built
+    cache_progress = property(lambda s: s.root / "cache.tmp" / "progress.json")
     train_config = property(lambda s: s.root / "train.json")
     latest = property(lambda s: s.root / "checkpoints" / "latest.pt")
     eval_json = property(lambda s: s.root / "eval.json")
@@ -82,6 +87,76 @@ class RunFolder:
             raise InputError(f"{self.config}: not a run's settings (it needs at least 'mesh' and 'views'); "
                              "build the ray cache again.") from None
 
+    # --- which scene the folder belongs to -------------------------------------------------------
+
+    def is_run(self) -> bool:
+        """The backend wrote here (for the copy of the events: asked often, so a yes is kept)."""
+        if not self._known_run:
+            self._known_run = self.marker.is_file() or self.owner() is not None
+        return self._known_run
+
+    def owner(self) -> str | None:
+        """The scene folder this run folder belongs to: RUN/run.json's, or for a folder from before
+        that file, its ray cache's (complete or interrupted); "" for a run folder of an unknown
+        scene (a hand-written config.json); None when nothing here shows that the backend wrote it."""
+        sources = ((self.marker, ("scene",)), (self.config, ("scene",)), (self.cache_progress, ("key", "scene")))
+        for path, keys in sources:
+            try:
+                d = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if path == self.config and not (isinstance(d, dict) and {"mesh", "views"} <= set(d)):
+                continue                                    # someone else's config.json
+            for k in keys:
+                d = d.get(k) if isinstance(d, dict) else None
+            if isinstance(d, str):
+                return d
+            if path == self.config:
+                return ""
+        return None
+
+    def claim(self, scene: str, cache_config: dict, overwrite: bool, write: bool = True) -> None:
+        """Before the ray cache of `scene` is built here (RUN/config.json to be `cache_config`):
+        InputError for a folder the backend did not write (its files are never deleted), a run of
+        another scene, and a trained run whose cache would change, unless `overwrite` (start over:
+        the model and the cache's settings go). With `write`, then record the scene (RUN/run.json)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: a file, not a folder; give --run a folder.")
+        owner = self.owner()
+        if owner is None and self.root.is_dir():
+            foreign = sorted(p.name for p in self.root.iterdir() if p.name != self.lock.name)
+            if foreign:
+                shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+                raise InputError(f"{self.root}: not a run folder (it holds {shown}, which the backend did not "
+                                 "write, and a ray cache would replace its cache folders); give --run a new or "
+                                 "empty folder.")
+        if owner and not same_path(owner, scene) and not overwrite:
+            raise self.other_scene(owner, scene, "or --overwrite to start this one over with it (its ray cache "
+                                   "and trained model are replaced)")
+        same_cache = _json_or_none(self.config) == json.loads(json.dumps(cache_config))    # as the file has it
+        if self.latest.is_file() and not overwrite and not same_cache:
+            raise InputError(f"{self.root}: this run folder holds a model trained on its ray cache ({self.latest}); "
+                             "a cache built with other settings would no longer match it. Keep the settings it was "
+                             "built with, use another --run folder, or --overwrite to start over (deletes the model).")
+        if write:
+            if overwrite:
+                self.latest.unlink(missing_ok=True)
+                self.config.unlink(missing_ok=True)        # the old cache is no longer this run's
+            write_json(self.marker, {"scene": scene})
+
+    def other_scene(self, owner: str, scene: str, fix: str) -> InputError:
+        """The error for a run folder used with a scene it does not belong to; `fix`: the other way out."""
+        return InputError(f"{self.root}: this run folder belongs to the scene {owner}, not {scene}; use another "
+                          f"--run folder for {scene}, {fix}.")
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """The same folder (a symbolic link or, on Windows, other letter case included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:                   # one of them is gone: compare the names
+        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
 
 def make_dir(path: str | Path, what: str) -> Path:
     """Create the folder `path` (and its parents) for `what` ("--out"); InputError naming it when
@@ -100,6 +175,13 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e}); delete it and run the step that writes it again.") from None
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def write_json(path: str | Path, data: Any) -> None:
