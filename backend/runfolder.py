@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -54,7 +54,8 @@ class RunFolder:
     def exclusive(self, what: str) -> Iterator[None]:
         """Hold RUN/.lock while `what` (cache, train) writes the folder, so a second process on the
         same folder stops with a clear error instead of interleaving files. The OS drops the lock
-        when the process ends, so a crash or kill leaves nothing stale behind."""
+        when the process ends, so a crash or kill leaves nothing stale behind; the temporary files
+        of a writer that was killed are deleted once the lock is held."""
         from filelock import FileLock, Timeout      # not at the top: the add-on loads this module too
         lock = FileLock(str(self.lock), timeout=0)
         try:
@@ -67,6 +68,8 @@ class RunFolder:
             raise InputError(f"{self.root}: cannot write this run folder ({e.strerror or e}); make it writable "
                              "or use another --run folder.") from None
         try:
+            for path in (self.latest, self.marker, self.config, self.train_config):
+                temporary(path).unlink(missing_ok=True)     # only writers holding the lock make these
             yield
         finally:
             lock.release()
@@ -184,9 +187,22 @@ def _json_or_none(path: Path) -> Any:
         return None
 
 
+def temporary(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place (an atomic replace)."""
+    return path.with_name(path.name + ".tmp")
+
+
 def write_json(path: str | Path, data: Any) -> None:
+    """Replace `path` atomically; InputError naming it when it cannot be written (a read-only
+    folder, a full disk)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = temporary(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write ({e.strerror or e}); free some space on its disk or make "
+                         "its folder writable, then run again.") from None
