@@ -38,14 +38,16 @@ def relaunch(argv: list[str], nproc: int) -> int:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def forward(signum, frame):
-        # SIGTERM (e.g. from the Blender job) reaches only this process: pass it on. A terminal's
-        # Ctrl+C already reaches the whole process group, so SIGINT is not sent a second time.
-        if signum == signal.SIGTERM and proc.poll() is None:
-            proc.send_signal(signum)
+        # SIGTERM (e.g. from the Blender job) reaches only this process: pass it on (a SIGHUP too,
+        # as a SIGTERM: its ranks stop the same way). A terminal's Ctrl+C already reaches the whole
+        # process group, so SIGINT is not sent a second time.
+        if signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
 
     # SIGBREAK (Windows): Blender's Stop sends CTRL_BREAK to the job's process group, which the
     # ranks are in too; the launcher must outlive it to relay their `stopped` events.
-    stops = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)) if s is not None]
+    stops = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None),
+                         getattr(signal, "SIGHUP", None)) if s is not None]
     old = {s: signal.signal(s, forward) for s in stops}
     seen_errors: set[str] = set()
     stopped = bad_input = False

@@ -27,7 +27,8 @@ from . import distributed, events, stepprof, train_strategy
 from .cache import FIELD_FILE
 from .cameras import Camera
 from .checkpoint import DiskFull, load_checkpoint, model_config, model_state, save_atomic, size_text
-from .config import TrainConfig, apply_overrides, preset as preset_config, to_dict, train_config_from_dict, with_value
+from .config import (CHECKPOINT_EVERY, TrainConfig, apply_overrides, preset as preset_config, to_dict,
+                     train_config_from_dict, with_value)
 from .errors import InputError
 from .footprint import camera_rows, footprints
 from .loader import RayLoader, batch_part
@@ -45,9 +46,13 @@ def psnr_from_mse(mse: float) -> float:
 
 def resolve_config(run: RunFolder, ckpt: dict | None, iters: int | None, preset: str,
                    overrides: dict | None, device: torch.device) -> TrainConfig:
-    """The checkpoint's settings when resuming, else the preset with the overrides; `iters` wins."""
+    """The checkpoint's settings when resuming (but the checkpoint interval given now), else the
+    preset with the overrides; `iters` wins."""
     if ckpt is not None:     # the model as it was trained (settings it predates keep their old values)
         tc = dataclasses.replace(train_config_from_dict(ckpt["train_config"]), model=model_config(ckpt))
+        every = (overrides or {}).get(CHECKPOINT_EVERY.name)
+        if every is not None:
+            tc = with_value(tc, CHECKPOINT_EVERY.path, CHECKPOINT_EVERY.check(every))
     else:
         tc = apply_overrides(preset_config(preset, device.type), overrides or {})
     return with_value(tc, "iters", iters) if iters is not None else tc
@@ -174,6 +179,8 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
         elif ctx.main:
             run.latest.unlink(missing_ok=True)      # --overwrite: no stale model next to new settings
         tc = resolve_config(run, ckpt, iters, preset, overrides, ctx.device)
+        if ckpt is not None and ctx.main:           # a kill loses the steps after the last checkpoint
+            events.log(f"resuming training at step {ckpt['step']} of {tc.iters} (the last checkpoint)")
         if tc.optim.batch_rays < ctx.world:
             raise InputError(f"--batch-rays {tc.optim.batch_rays}: fewer rays than the {ctx.world} "
                              "processes; raise --batch-rays or use fewer processes.")
@@ -185,7 +192,8 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
 def _loop(t: Trainer, stop_at: int | None) -> dict:
     tc = t.tc
     main = t.ctx.main
-    prog = events.Progress("train", tc.iters, start_step=t.step_n)
+    start = t.step_n
+    prog = events.Progress("train", tc.iters, start_step=start)
     if main and t.ctx.world > 1:
         events.log(f"training on {t.ctx.world} processes ({t.strategy.mode})")
     end = tc.iters if stop_at is None else min(tc.iters, max(stop_at, t.step_n))
@@ -228,8 +236,8 @@ def _loop(t: Trainer, stop_at: int | None) -> dict:
                 prof.end_step()
         vote.close()
         _save_last(t)
-        events.emit("done", stage="train", step=t.step_n, loss=loss_v, psnr=psnr_v, checkpoint=str(t.run.latest),
-                    **_profile_fields(t, prof))
+        events.emit("done", stage="train", step=t.step_n, start_step=start, loss=loss_v, psnr=psnr_v,
+                    checkpoint=str(t.run.latest), **_profile_fields(t, prof))
         return {"step": t.step_n, "loss": loss_v, "psnr": psnr_v}
     finally:
         t.loader.close()

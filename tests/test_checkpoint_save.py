@@ -1,10 +1,12 @@
 """Saving checkpoints: a full disk keeps the last good checkpoint and says how much room is
 needed (training goes on after a periodic save, stops cleanly at the last one); an interrupted
-save leaves no temporary file."""
+save leaves no temporary file; the interval is an option; a resume says where it continues."""
 import errno
 import io
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -111,7 +113,7 @@ FULL_DISK = ("import shutil, sys\n"
              "sys.exit(main(sys.argv[1:]))\n")
 
 
-def test_a_full_disk_ends_training_with_one_line(trained_run, tmp_path):
+def test_a_full_disk_ends_training_with_one_line_and_resume_says_where_it_continues(trained_run, tmp_path):
     r = shutil.copytree(trained_run, tmp_path / "r")
     before = (r / "checkpoints" / "latest.pt").read_bytes()
     step = _checkpoint(r)["step"]
@@ -123,7 +125,11 @@ def test_a_full_disk_ends_training_with_one_line(trained_run, tmp_path):
     assert (r / "checkpoints" / "latest.pt").read_bytes() == before and _no_temporaries(r)
     res = cli(*args)
     assert res.returncode == 0, res.stderr
-    assert events_of(res.stdout)[-1]["event"] == "done"
+    evs = events_of(res.stdout)
+    assert f"resuming training at step {step} of {step + 2} (the last checkpoint)" in [e.get("message") for e in evs]
+    assert evs[-1]["event"] == "done" and (evs[-1]["start_step"], evs[-1]["step"]) == (step, step + 2)
+    from backend.terminal import summary
+    assert summary(evs[-1]).startswith(f"Trained steps {step}-{step + 2}, training PSNR")
 
 
 def test_a_failed_save_leaves_no_temporary_and_a_killed_one_is_cleaned_up(trained_run, tmp_path, monkeypatch):
@@ -150,3 +156,35 @@ def test_a_failed_save_leaves_no_temporary_and_a_killed_one_is_cleaned_up(traine
     monkeypatch.setattr(Trainer, "step", step_and_look)
     train(str(r), iters=step + 1, resume=True, device="cpu")
     assert seen == [False] and _no_temporaries(r)
+
+
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGKILL"])
+def test_a_closed_terminal_saves_and_a_kill_loses_at_most_the_checkpoint_interval(run, tmp_path, sig):
+    """SIGHUP (the terminal closed) stops training like SIGTERM: a checkpoint and a `stopped`
+    event. kill -9 cannot be caught: with --checkpoint-every 1 the run still has a checkpoint
+    of at most about a second before the kill."""
+    r = shutil.copytree(run, tmp_path / "r")
+    p = subprocess.Popen([sys.executable, "-m", "backend", "train", "--run", str(r), "--iters", "100000",
+                          "--device", "cpu", "--preset", "small", "--batch-rays", "256", "--log2-table", "12",
+                          "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    last = None
+    for line in p.stdout:
+        if '"progress"' in line:
+            last = json.loads(line)
+            if last["elapsed_s"] > 2.5:
+                break
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=60)
+    ck = _checkpoint(r)
+    if sig == "SIGHUP":
+        assert p.returncode == 0, err
+        assert events_of(out)[-1]["event"] == "stopped" and ck["step"] == events_of(out)[-1]["step"] >= last["step"]
+    else:
+        assert 0 < ck["step"] <= last["step"]
+
+
+def test_the_checkpoint_interval_is_an_option_with_limits(run):
+    res = cli("train", "--run", str(run), "--checkpoint-every", "0.5", "--device", "cpu")
+    expect_error(res, "--checkpoint-every 0.5", "from 1 to 86400")
+    assert "--checkpoint-every" in cli("fit", "--help").stdout
