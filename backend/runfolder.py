@@ -93,10 +93,16 @@ class RunFolder:
     # --- which scene the folder belongs to -------------------------------------------------------
 
     def is_run(self) -> bool:
-        """The backend wrote here (for the copy of the events: asked often, so a yes is kept)."""
+        """A run folder, or an empty one that may become one: the backend may write here (for the
+        copy of the events: asked often, so a yes is kept)."""
         if not self._known_run:
-            self._known_run = self.marker.is_file() or self.owner() is not None
+            self._known_run = self.owner() is not None or (self.root.is_dir() and not self._foreign())
         return self._known_run
+
+    def _foreign(self) -> list[str]:
+        """The names in the folder that the backend did not write (for a folder without an owner)."""
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.name != self.lock.name and not (p == self.log and _is_event_log(p)))
 
     def owner(self) -> str | None:
         """The scene folder this run folder belongs to: RUN/run.json's, or for a folder from before
@@ -127,7 +133,7 @@ class RunFolder:
             raise InputError(f"{self.root}: a file, not a folder; give --run a folder.")
         owner = self.owner()
         if owner is None and self.root.is_dir():
-            foreign = sorted(p.name for p in self.root.iterdir() if p.name != self.lock.name)
+            foreign = self._foreign()
             if foreign:
                 shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
                 raise InputError(f"{self.root}: not a run folder (it holds {shown}, which the backend did not "
@@ -185,6 +191,19 @@ def _json_or_none(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _is_event_log(path: Path) -> bool:
+    """Every line of `path` is an event (a line a killed writer left unfinished aside): a log the
+    backend wrote."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, ValueError):
+        return False
+    try:
+        return all(isinstance(d := json.loads(x), dict) and "event" in d for x in lines[:-1])
+    except ValueError:
+        return False
 
 
 def temporary(path: Path) -> Path:

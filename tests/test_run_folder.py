@@ -79,3 +79,24 @@ def test_a_trained_run_keeps_the_cache_it_was_trained_on(scene, run, trained_run
     assert train(str(r), iters=4, resume=True, device="cpu")["step"] == 4
     fresh = shutil.copytree(run, tmp_path / "fresh")
     assert build_cache(str(scene), str(fresh), **{**CACHE, "ss": 1})["ss"] == 1
+
+
+def test_the_log_of_a_new_run_folder_starts_with_its_first_event(scene, tmp_path):
+    """Blender creates the (empty) run folder before `fit`: the events from before the cache
+    claims it (here the mesh warning) are in RUN/log.jsonl too."""
+    import numpy as np
+    from backend.meshio import Mesh, write_obj
+    from conftest import events_of
+    from helpers import grid_plane
+    s = shutil.copytree(scene, tmp_path / "s")
+    m = grid_plane(10)
+    fin = np.array([[0.0, 0.0, 0.5]], np.float32)                  # a third face on an inner edge
+    faces = np.concatenate([m.faces, [[1, 10, len(m.vertices)]]]).astype(np.int32)
+    write_obj(s / "1.obj", Mesh(np.concatenate([m.vertices, fin]), faces))
+    r = tmp_path / "r"
+    r.mkdir()
+    res = cli("cache", "--scene", str(s), "--run", str(r), "--ss", "1", "--test-every", "3", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    printed = events_of(res.stdout)
+    assert "non-manifold edges" in printed[0]["message"]
+    assert [json.loads(x) for x in (r / "log.jsonl").read_text().splitlines()] == printed
