@@ -139,12 +139,13 @@ def bucket_parts(rec: dict[str, torch.Tensor], bucket: np.ndarray, n_buckets: in
 
 def build_cache(scene_dir: str, run_dir: str, mesh: str | None = None, level: int | None = None,
                 ss: int = SS.default, test_every: int = TEST_EVERY.default, device: str = "auto",
-                shard_rays: int = 1 << 22, seed: int = 0) -> dict:
+                shard_rays: int = 1 << 22, seed: int = 0, overwrite: bool = False) -> dict:
     """The ray cache of SCENE in RUN/cache (see the module doc). Returns RUN/config.json's
     content, or {"stopped": True} after a requested stop (the build continues from there when
-    run again)."""
+    run again). RUN must be new, empty or a run folder of SCENE whose model (if any) the cache
+    still matches, unless `overwrite` (RunFolder.claim)."""
     # Inputs are read and checked before the run folder is created or locked.
-    return CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed).build()
+    return CacheBuild(scene_dir, run_dir, mesh, level, ss, test_every, device, shard_rays, seed).build(overwrite)
 
 
 class CacheBuild:
@@ -165,11 +166,10 @@ class CacheBuild:
         nm = self.mesh.non_manifold_edges()
         if nm:
             events.log(f"{self.scene.mesh_path}: {nm} non-manifold edges (kept; they do not affect rasterization)")
-        self.level, self.ss, self.test_every, self.seed = level, ss, test_every, seed
+        self.ss, self.seed = ss, seed
         self.train_ids, self.test_ids = self.scene.split(test_every)
         self.run = RunFolder(run_dir)
-        self.tmp = self.run.root / "cache.tmp"
-        self.progress = self.tmp / "progress.json"
+        self.tmp, self.progress = self.run.cache_tmp, self.run.cache_progress
         self.rast = Rasterizer(self.mesh, self.dev)
         views = self.scene.views
         max_rays = sum(views[i].camera.width * views[i].camera.height for i in self.train_ids)
@@ -179,21 +179,33 @@ class CacheBuild:
         self.key = {"scene": str(self.scene.root.resolve()), "mesh": str(self.scene.mesh_path.resolve()),
                     "level": level, "ss": ss, "test_every": test_every, "shard_rays": shard_rays,
                     "seed": seed, "train_views": self.train_ids}
+        lo, hi = self.mesh.bounds
+        entries = [{"name": v.name, "image": str(v.image_path.resolve()), "camera": v.camera.to_dict(),
+                    "split": "test" if i in self.test_ids else "train"} for i, v in enumerate(views)]
+        # RUN/config.json, once the cache is complete
+        self.config = {"version": CACHE_VERSION, "scene": self.key["scene"], "mesh": self.key["mesh"],
+                       "level": level, "ss": ss, "test_every": test_every, "aabb": [lo.tolist(), hi.tolist()],
+                       "views": entries, "train_views": self.train_ids, "test_views": self.test_ids}
         self.done, self.coverage, self.total = 0, {}, 0
         self.clock = PhaseClock()
         self.camera_rows = camera_rows([v.camera for v in views])
-        lo, hi = self.mesh.bounds
         self.field = FieldBuilder(*normalisation(lo, hi), self.dev)
         self.flag: StopFlag | None = None
         # Held-out photos are otherwise decoded only by `eval`, after the training time.
         check_photos([views[i] for i in self.test_ids], "held-out")
 
-    def build(self) -> dict:
+    def build(self, overwrite: bool = False) -> dict:
         with StopFlag() as self.flag:
             if self.flag.stop:          # asked to stop while the inputs were read: nothing written
                 return self._stopped("views", 0, len(self.train_ids))
+            self.check_run_folder(overwrite)            # before the lock creates anything there
             with self.run.exclusive("the ray cache"):
+                self.run.claim(self.key["scene"], self.config, overwrite)
                 return self._build()
+
+    def check_run_folder(self, overwrite: bool = False) -> None:
+        """InputError unless this cache may be built in the run folder (RunFolder.claim)."""
+        self.run.claim(self.key["scene"], self.config, overwrite, write=False)
 
     def _build(self) -> dict:
         self.start_or_resume()
@@ -361,14 +373,7 @@ class CacheBuild:
 
     def finish(self, shards: list[dict]) -> dict:
         """RUN/cache.tmp -> RUN/cache, then RUN/config.json (scene, split, cameras, AABB)."""
-        scene, run, tmp = self.scene, self.run, self.tmp
-        lo, hi = self.mesh.bounds
-        views = [{"name": v.name, "image": str(v.image_path.resolve()), "camera": v.camera.to_dict(),
-                  "split": "test" if i in self.test_ids else "train"} for i, v in enumerate(scene.views)]
-        config = {"version": CACHE_VERSION, "scene": str(scene.root.resolve()),
-                  "mesh": str(scene.mesh_path.resolve()), "level": self.level, "ss": self.ss,
-                  "test_every": self.test_every, "aabb": [lo.tolist(), hi.tolist()], "views": views,
-                  "train_views": self.train_ids, "test_views": self.test_ids}
+        run, tmp, config = self.run, self.tmp, self.config
         meta = {"version": CACHE_VERSION, "ss": self.ss, "n_rays": int(self.total), "shards": shards,
                 "coverage": self.coverage, "seconds": self.clock.seconds}   # this run's, not a resumed one's
         np.save(tmp / FIELD_FILE, self.field.finish())

@@ -5,8 +5,11 @@ travel between machines, and unpickling anything else could run code, so files a
 torch.load(weights_only=True) and one that needs more is refused."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +20,80 @@ import torch
 from .config import ModelConfig, from_dict
 from .errors import InputError
 from .model import Manifold
-from .runfolder import RunFolder
+from .runfolder import RunFolder, temporary
+
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))     # a full disk or quota
+
+
+class DiskFull(InputError):
+    """A checkpoint did not fit on its disk (`need` bytes, `free` there); the previous one is untouched."""
+
+    def __init__(self, path: Path, need: int, free: int):
+        super().__init__(f"{path}: the disk is full: the checkpoint needs {size_text(need)} and "
+                         f"{size_text(free)} are free")
+        self.need, self.free = need, free
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(_plain(obj), tmp)
-    os.replace(tmp, path)
+    """Write `obj` to PATH.tmp, then rename it over `path`: a failed or interrupted save never
+    touches the previous file and leaves no temporary behind. DiskFull says how much room the
+    file needs and how much there is; InputError for other reasons the file cannot be written
+    (the caller says what to do)."""
+    obj = _plain(obj)
+    tmp = temporary(path)
+    need = _nbytes(obj) + (1 << 20)                     # tensors, plus room for the archive's records
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)                     # a killed save's: its space counts below
+        if shutil.disk_usage(path.parent).free < need:  # do not fill the disk other writers need
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())                        # on the disk before it replaces the last good one
+        os.replace(tmp, path)
+    except BaseException as e:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if not isinstance(e, Exception):
+            raise                                       # KeyboardInterrupt, SystemExit: after the clean-up
+        os_error, free = _os_error(e), _free_bytes(path.parent)
+        if (os_error is not None and os_error.errno in _NO_SPACE) or (free is not None and free < need):
+            raise DiskFull(path, need, free or 0) from None
+        if os_error is not None:
+            raise InputError(f"{path}: cannot write the checkpoint ({os_error.strerror or os_error})") from None
+        raise
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in `obj`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """`e`, or the error it was raised from, that is an OSError (torch's archive writer turns the
+    OSError of a write into a RuntimeError)."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def size_text(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def load_checkpoint(run: RunFolder, device: torch.device) -> dict:

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="rasterize the mesh into the photos, write the ray cache")
     _add_cache_opts(p)
     p.add_argument("--run", required=True, help="run folder to write the ray cache to (made if missing)")
+    _add(p, config.OVERWRITE)
     _add_device(p, grid_backend=False)
 
     p = sub.add_parser("train", help="train the hash featurized manifold")
@@ -151,7 +152,7 @@ def run_command(a: argparse.Namespace) -> int:
         return main(a.json, a.path, a.recheck)
     if a.command == "cache":
         from .cache import build_cache
-        build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device)
+        build_cache(a.scene, a.run, a.mesh, a.level, a.ss, a.test_every, a.device, overwrite=a.overwrite)
     elif a.command == "train":
         from .train import train
         train(a.run, a.iters, a.resume, a.device, a.preset, _train_overrides(a), grid_backend=grid_backend,
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.command not in ("train", "fit", "render") and distributed.env_rank() != 0:
                 return 0    # one-process commands run once, on rank 0
         # Every command on a run folder also appends its events to RUN/log.jsonl.
-        with events.copied_to(RunFolder(a.run).log) if getattr(a, "run", None) else nullcontext():
+        run = RunFolder(a.run) if getattr(a, "run", None) else None
+        with events.copied_to(run.log, when=run.is_run) if run else nullcontext():
             return _run_reporting_errors(a, multi, quiet_stderr=view is not None)
     finally:
         if view is not None:

@@ -252,15 +252,22 @@ CACHE_OPTIONS = (SS, TEST_EVERY, LEVEL)
 # How training starts on a run folder that already holds a checkpoint: neither (refused), one or
 # the other (not both).
 RESUME = Option("resume", bool, False, "continue from the run's checkpoint (fit: and an interrupted ray cache)")
-OVERWRITE = Option("overwrite", bool, False, "start over on a trained run folder, replacing its checkpoint")
+OVERWRITE = Option("overwrite", bool, False, "start over on a trained run folder, or one of another scene, "
+                   "replacing its checkpoint")
 START_OPTIONS = (RESUME, OVERWRITE)
 
 PRESET = Option("preset", str, "auto", "model and training settings",
                 choices=(("auto", "Auto", "Reference on a CUDA GPU, Small on the CPU"),)
                 + tuple((k, p.label, p.description) for k, p in PRESETS.items()))
 ITERS = Option("iters", int, None, "training steps (default: the preset's)", min=1, path="iters")
+# How often this process saves, not a setting of the model: a resumed run takes the value given now.
+CHECKPOINT_EVERY = Option("checkpoint_every", float, TrainConfig.checkpoint_every_s,
+                          "seconds between checkpoints while training (a crash or kill -9 loses at most "
+                          "this much training; Ctrl-C and a stop always save)", min=1.0, max=86400.0,
+                          path="checkpoint_every_s")
 TRAIN_OPTIONS = (
     ITERS,
+    CHECKPOINT_EVERY,
     Option("batch_rays", int, None, "rays per step (reference: 32 x 49152)", min=1, path="optim.batch_rays"),
     Option("log2_table", int, None, "hash table entries per level, log2 (reference 22)", min=8, max=30,
            path="model.grid.log2_table"),

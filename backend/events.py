@@ -6,7 +6,9 @@ Event kinds: "progress" (stage, step, total, plus stage-specific numbers),
 A reader that goes away (Blender quit: the pipe is closed) never ends the job: the first write
 that fails turns the output off (the file descriptor is pointed at the null device, so Python's
 own flush at exit cannot fail either) and requests a stop, so a running job saves and exits 0.
-The copy in RUN/log.jsonl is still written. `set_view` replaces the JSON lines by another
+The copy in RUN/log.jsonl is still written. That copy is a convenience: a log that cannot be
+written (a read-only folder, a full disk) is reported once and the job goes on without it, and
+a line is appended whole or not at all. `set_view` replaces the JSON lines by another
 presentation of the same events (the terminal view, backend.terminal).
 """
 from __future__ import annotations
@@ -16,15 +18,16 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from . import stopflag
 
 _stream: TextIO = sys.stdout
 _quiet = False
 _log_file: Path | None = None
+_log_when: Callable[[], bool] | None = None      # whether the log's folder takes the copy now
 _lost = False                                    # the reader of _stream is gone
 _view: Any = None        # shows events instead of writing JSON lines (backend.terminal.TerminalView)
 
@@ -128,15 +131,53 @@ def _clean(v: Any) -> Any:
 
 
 @contextmanager
-def copied_to(path: Path) -> Iterator[None]:
+def copied_to(path: Path, when: Callable[[], bool] | None = None) -> Iterator[None]:
     """Also append every event to `path` (a run folder's log.jsonl) while inside, once its folder
-    exists: nothing is created for a command that fails before it makes the run folder."""
-    global _log_file
-    old, _log_file = _log_file, Path(path)
+    exists and `when()` is true (a run folder: nothing is added to a folder the backend does not
+    own, and nothing is created for a command that fails before it makes the run folder)."""
+    global _log_file, _log_when
+    old, _log_file, _log_when = (_log_file, _log_when), Path(path), when
     try:
         yield
     finally:
-        _log_file = old
+        _log_file, _log_when = old
+
+
+def _copy_to_log(line: str) -> None:
+    """Append `line` to the log whole: a failed write is cut off again, and a line left unfinished
+    by a process that was killed is ended first, so no event is glued onto another. A log that
+    cannot be written is reported once (on the event stream) and not tried again."""
+    path = _log_file
+    if path is None or not path.parent.is_dir() or (_log_when is not None and not _log_when()):
+        return
+    data = line.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        return _log_failed(path, e)
+    end = None
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end:
+            os.lseek(fd, end - 1, os.SEEK_SET)
+            if os.read(fd, 1) != b"\n":
+                data = b"\n" + data
+        written = 0
+        while written < len(data):                     # O_APPEND: every write goes to the end
+            written += os.write(fd, data[written:])
+    except OSError as e:
+        if end is not None:
+            with suppress(OSError):
+                os.ftruncate(fd, end)
+        _log_failed(path, e)
+    finally:
+        os.close(fd)
+
+
+def _log_failed(path: Path, e: OSError) -> None:
+    global _log_file
+    _log_file = None                                   # one warning, then no more tries
+    log(f"warning: cannot write {path} ({e.strerror or e}); this command goes on without its log there")
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -153,9 +194,7 @@ def emit(event: str, **fields: Any) -> None:
                 _stream.flush()
         except (OSError, ValueError):   # BrokenPipeError, EIO of a closed terminal, a closed file
             lose_output()
-    if _log_file is not None and _log_file.parent.is_dir():
-        with open(_log_file, "a", encoding="utf-8") as fh:
-            fh.write(line)
+    _copy_to_log(line)
 
 
 def log(message: str) -> None:

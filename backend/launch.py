@@ -40,20 +40,21 @@ def relaunch(argv: list[str], nproc: int) -> int:
 
     def forward(signum, frame):
         # SIGTERM (e.g. from the Blender job) reaches only this process: pass it on (once torchrun
-        # runs). A terminal's Ctrl+C already reaches the whole process group, so SIGINT is not sent
-        # a second time.
+        # runs; a SIGHUP too, as a SIGTERM: its ranks stop the same way). A terminal's Ctrl+C
+        # already reaches the whole process group, so SIGINT is not sent a second time.
         nonlocal early_stop
-        if signum != signal.SIGTERM:
+        if signum not in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             return
         if proc is None:
             early_stop = True
         elif proc.poll() is None:
-            proc.send_signal(signum)
+            proc.send_signal(signal.SIGTERM)
 
     # SIGBREAK (Windows): Blender's Stop sends CTRL_BREAK to the job's process group, which the
     # ranks are in too; the launcher must outlive it to relay their `stopped` events. The handlers
     # come first: a stop while torchrun starts must not end the launcher.
-    stops = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)) if s is not None]
+    stops = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None),
+                         getattr(signal, "SIGHUP", None)) if s is not None]
     old = {s: signal.signal(s, forward) for s in stops}
     seen_errors: set[str] = set()
     stopped = bad_input = False

@@ -1,4 +1,4 @@
-"""Requested stops: SIGINT/SIGTERM (and a lost reader of the events, see backend.events) become
+"""Requested stops: SIGINT/SIGTERM/SIGHUP (and a lost reader of the events, see backend.events) become
 a flag that long loops check between units of work, so they save before exiting.
 
 One flag per process: nested `StopFlag` blocks (fit -> cache, then fit -> train) share it, so a
@@ -25,7 +25,7 @@ def stop_requested() -> bool:
 
 
 class StopFlag:
-    """Within the block SIGINT/SIGTERM set the process's stop flag instead of ending it;
+    """Within the block SIGINT/SIGTERM/SIGHUP set the process's stop flag instead of ending it;
     `flag.stop` is true once a stop was requested."""
 
     @property
@@ -35,8 +35,10 @@ class StopFlag:
     def __enter__(self):
         global _depth
         if _depth == 0 and threading.current_thread() is threading.main_thread():
-            # SIGBREAK: what a Windows console parent (Blender's Stop) can send.
-            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
+            # SIGBREAK: what a Windows console parent (Blender's Stop) can send; SIGHUP: the terminal
+            # was closed (POSIX only).
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None),
+                        getattr(signal, "SIGHUP", None)):
                 if sig is not None:
                     _old_handlers[sig] = signal.signal(sig, _handle)
         _depth += 1

@@ -203,7 +203,8 @@ def summary(ev: dict) -> str:
                 f"({ev.get('test_views')} held out) in {duration(secs)}: {ev.get('cache')}")
     if stage == "train":
         psnr = f", training PSNR {ev['psnr']:.2f} dB" if ev.get("psnr") is not None else ""
-        return f"Trained {ev.get('step')} steps{psnr}; checkpoint: {ev.get('checkpoint')}"
+        steps = f"steps {ev['start_step']}-{ev.get('step')}" if ev.get("start_step") else f"{ev.get('step')} steps"
+        return f"Trained {steps}{psnr}; checkpoint: {ev.get('checkpoint')}"
     if stage == "render":
         return f"Rendered {ev.get('frames')} frames in {duration(ev.get('seconds'))} to {ev.get('out_dir')}"
     if stage == "eval":

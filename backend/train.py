@@ -26,8 +26,9 @@ import torch
 from . import distributed, events, stepprof, train_strategy
 from .cache import FIELD_FILE
 from .cameras import Camera
-from .checkpoint import load_checkpoint, model_config, model_state, save_atomic
-from .config import TrainConfig, apply_overrides, preset as preset_config, to_dict, train_config_from_dict, with_value
+from .checkpoint import DiskFull, load_checkpoint, model_config, model_state, save_atomic, size_text
+from .config import (CHECKPOINT_EVERY, TrainConfig, apply_overrides, preset as preset_config, to_dict,
+                     train_config_from_dict, with_value)
 from .errors import InputError
 from .footprint import camera_rows, footprints
 from .loader import RayLoader, batch_part
@@ -45,9 +46,13 @@ def psnr_from_mse(mse: float) -> float:
 
 def resolve_config(run: RunFolder, ckpt: dict | None, iters: int | None, preset: str,
                    overrides: dict | None, device: torch.device) -> TrainConfig:
-    """The checkpoint's settings when resuming, else the preset with the overrides; `iters` wins."""
+    """The checkpoint's settings when resuming (but the checkpoint interval given now), else the
+    preset with the overrides; `iters` wins."""
     if ckpt is not None:     # the model as it was trained (settings it predates keep their old values)
         tc = dataclasses.replace(train_config_from_dict(ckpt["train_config"]), model=model_config(ckpt))
+        every = (overrides or {}).get(CHECKPOINT_EVERY.name)
+        if every is not None:
+            tc = with_value(tc, CHECKPOINT_EVERY.path, CHECKPOINT_EVERY.check(every))
     else:
         tc = apply_overrides(preset_config(preset, device.type), overrides or {})
     return with_value(tc, "iters", iters) if iters is not None else tc
@@ -79,11 +84,12 @@ class Trainer:
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99),
                                     fused=dev.type == "cuda")   # one kernel for the 2 GB table update
         self.step_n = 0
+        self.saved_step: int | None = None          # the step of the checkpoint on disk
         loader_state = None
         if ckpt is not None:
             self.model.load_state_dict(model_state(ckpt))
             self.strategy.load_optimizer_state(self.opt, ckpt["optimizer"])
-            self.step_n = ckpt["step"]
+            self.step_n = self.saved_step = ckpt["step"]
             loader_state = ckpt["loader"]
             torch.set_rng_state(ckpt["rng_cpu"].cpu())     # map_location moved it to the device
         self.strategy.start()
@@ -124,14 +130,24 @@ class Trainer:
 
     def save(self) -> None:
         """Rank 0 writes the checkpoint (one-process layout). Every rank calls this after the same
-        step (level parallel: the owners of the levels send them to rank 0 first)."""
+        step (level parallel: the owners of the levels send them to rank 0 first). InputError
+        (DiskFull on a full disk) saying which checkpoint is kept when the file cannot be written."""
         opt_state = self.strategy.optimizer_state(self.opt)
         if not self.ctx.main:     # one writer; every rank holds the same state
             return
-        save_atomic({"model": self.model.state_dict(), "optimizer": opt_state,
-                     "step": self.step_n, "loader": self.loader.state(), "train_config": to_dict(self.tc),
-                     "model_config": to_dict(self.tc.model), "aabb": self.aabb, "n_views": self.n_views,
-                     "rng_cpu": torch.get_rng_state()}, self.run.latest)
+        try:
+            save_atomic({"model": self.model.state_dict(), "optimizer": opt_state,
+                         "step": self.step_n, "loader": self.loader.state(), "train_config": to_dict(self.tc),
+                         "model_config": to_dict(self.tc.model), "aabb": self.aabb, "n_views": self.n_views,
+                         "rng_cpu": torch.get_rng_state()}, self.run.latest)
+        except InputError as e:
+            kept = ("no checkpoint was saved yet" if self.saved_step is None else
+                    f"the last good checkpoint (step {self.saved_step}) is kept")
+            fix = (f"free at least {size_text(e.need - e.free)} there" if isinstance(e, DiskFull) else
+                   "check that its folder can be written")
+            e.args = (f"{e}; {kept}; {fix}",)
+            raise
+        self.saved_step = self.step_n
 
 
 def refuse_to_replace(run: RunFolder, overwrite: bool) -> None:
@@ -163,6 +179,8 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
         elif ctx.main:
             run.latest.unlink(missing_ok=True)      # --overwrite: no stale model next to new settings
         tc = resolve_config(run, ckpt, iters, preset, overrides, ctx.device)
+        if ckpt is not None and ctx.main:           # a kill loses the steps after the last checkpoint
+            events.log(f"resuming training at step {ckpt['step']} of {tc.iters} (the last checkpoint)")
         if tc.optim.batch_rays < ctx.world:
             raise InputError(f"--batch-rays {tc.optim.batch_rays}: fewer rays than the {ctx.world} "
                              "processes; raise --batch-rays or use fewer processes.")
@@ -174,7 +192,8 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
 def _loop(t: Trainer, stop_at: int | None) -> dict:
     tc = t.tc
     main = t.ctx.main
-    prog = events.Progress("train", tc.iters, start_step=t.step_n)
+    start = t.step_n
+    prog = events.Progress("train", tc.iters, start_step=start)
     if main and t.ctx.world > 1:
         events.log(f"training on {t.ctx.world} processes ({t.strategy.mode})")
     end = tc.iters if stop_at is None else min(tc.iters, max(stop_at, t.step_n))
@@ -193,12 +212,16 @@ def _loop(t: Trainer, stop_at: int | None) -> dict:
                 prof.mark("vote")
                 if stop or (stop_at is not None and t.step_n >= stop_at):
                     vote.close()
-                    t.save()
+                    _save_last(t)
                     events.emit("stopped", stage="train", step=t.step_n, total=tc.iters,
                                 checkpoint=str(t.run.latest), **_profile_fields(t, prof))
                     return {"step": t.step_n, "stopped": True}
                 if save:
-                    t.save()
+                    try:
+                        t.save()
+                    except InputError as e:     # a full disk, say: the last good checkpoint stays
+                        events.log(f"warning: {e}. Training goes on and saves again in "
+                                   f"{tc.checkpoint_every_s:g} s.")
                     last_save = time.monotonic()
                 loss, mse = t.step(prof)
                 n_rays += tc.optim.batch_rays
@@ -212,12 +235,21 @@ def _loop(t: Trainer, stop_at: int | None) -> dict:
                 prof.mark("events")
                 prof.end_step()
         vote.close()
-        t.save()
-        events.emit("done", stage="train", step=t.step_n, loss=loss_v, psnr=psnr_v, checkpoint=str(t.run.latest),
-                    **_profile_fields(t, prof))
+        _save_last(t)
+        events.emit("done", stage="train", step=t.step_n, start_step=start, loss=loss_v, psnr=psnr_v,
+                    checkpoint=str(t.run.latest), **_profile_fields(t, prof))
         return {"step": t.step_n, "loss": loss_v, "psnr": psnr_v}
     finally:
         t.loader.close()
+
+
+def _save_last(t: Trainer) -> None:
+    """The checkpoint at the end or at a stop: an error that ends the command when it fails."""
+    try:
+        t.save()
+    except InputError as e:
+        e.args = (f"{e}, then " + ("continue with --resume." if t.saved_step is not None else "train again."),)
+        raise
 
 
 def _profile_fields(t: Trainer, prof: stepprof.StepProfile) -> dict:

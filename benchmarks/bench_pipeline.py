@@ -152,7 +152,7 @@ def main() -> None:
             json.loads(views_json.read_text()).get("test_every", 8) if views_json.is_file() else 8
     if not (same and cache_matches(str(run), str(scene), a.ss, a.test_every, None, None)):
         with Timer() as t:
-            build_cache(str(scene), str(run), ss=a.ss, test_every=a.test_every, device=a.device)
+            build_cache(str(scene), str(run), ss=a.ss, test_every=a.test_every, device=a.device, overwrite=True)
         mp = a.views * a.width * a.height / 1e6
         report(rows, {"metric": f"cache (rasterize+write), ss={a.ss}", "value": mp / t.s, "unit": "Mpix/s"})
     if truth is not None and a.test_every != truth.test_every:

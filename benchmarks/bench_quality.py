@@ -184,7 +184,7 @@ def run_scene(label: str, scene: Path, mode: Mode, dev: torch.device, gs_reason:
     overrides = {"batch_rays": mode.ours_batch} if mode.ours_batch else {}
     for ss in ours_ss:
         t0 = time.perf_counter()
-        cfg = build_cache(str(scene), str(runs[ss]), ss=ss, test_every=te, device=device)
+        cfg = build_cache(str(scene), str(runs[ss]), ss=ss, test_every=te, device=device, overwrite=True)
         train(str(runs[ss]), iters=mode.ours_iters, device=device, preset=mode.ours_preset, overrides=overrides,
               overwrite=True)
         sync()

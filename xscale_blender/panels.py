@@ -106,8 +106,8 @@ class VIEW3D_PT_xscale_train(XScaleSubPanel, bpy.types.Panel):
     def draw(self, context):
         layout = property_split(self.layout)
         s = context.scene.xscale
-        draw_props(layout.column(), s, ("preset", "iterations", "device", "gpus", "supersample", "test_every",
-                                        "level", "mesh_path"))
+        draw_props(layout.column(), s, ("preset", "iterations", "checkpoint_every", "device", "gpus", "supersample",
+                                        "test_every", "level", "mesh_path"))
         row = layout.row(align=True)
         row.enabled = not jobs.busy()      # Stop is in the job's box above
         row.operator("xscale.train", text="Cache + Train", icon="PLAY").resume = False

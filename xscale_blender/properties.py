@@ -87,6 +87,7 @@ SCENE_OPTIONS: dict[str, OptionSetting] = {
     # train
     "preset": OptionSetting(config.PRESET, "Model"),
     "iterations": OptionSetting(config.ITERS, "Iterations", unset=0, soft_max=200000),
+    "checkpoint_every": OptionSetting(config.CHECKPOINT_EVERY, "Checkpoint Every (s)", soft_max=3600),
     # render
     "render_format": OptionSetting(config.FORMAT, "Format"),
     "exposure": OptionSetting(config.EXPOSURE, "Exposure", unset=""),

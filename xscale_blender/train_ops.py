@@ -14,7 +14,7 @@ from .properties import abspath, option_arguments, run_folder
 from .reporting import refuse
 
 # Scene settings passed to `backend fit` as their backend options (properties.SCENE_OPTIONS).
-FIT_SETTINGS = ("supersample", "test_every", "level", "device", "preset", "iterations")
+FIT_SETTINGS = ("supersample", "test_every", "level", "device", "preset", "iterations", "checkpoint_every")
 
 
 def fit_arguments(s, resume: bool, overwrite: bool = False) -> list[str]:
