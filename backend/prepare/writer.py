@@ -26,6 +26,7 @@ import numpy as np
 from .. import events
 from ..cameras import Camera, write_mvsnet_cam
 from ..errors import InputError
+from ..imageio import pillow_errors
 from ..meshio import Mesh, load_mesh, write_ply
 from ..scene import IMAGE_EXTS, image_size
 from .downsample import block_all, crop_size, downsample_camera, resize_image_file
@@ -58,11 +59,8 @@ def image_size_any(path: Path) -> tuple[int, int]:
     except ImportError:
         raise InputError(f"{path}: only PNG and JPEG can be read without Pillow; convert the photos "
                          "or run 'python -m backend prepare' from the backend environment.") from None
-    try:
-        with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable image ({e}).") from None
+    with pillow_errors(path), Image.open(path) as im:
+        return int(im.width), int(im.height)
 
 
 def safe_name(rel: str) -> str:
