@@ -180,6 +180,9 @@ def read_mvsnet_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[flo
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot read camera file ({e.strerror}).") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text camera file (byte {e.start} is not UTF-8); write it as "
+                         "plain text (MVSNet's NAME_cam.txt).") from None
     lines = [ln.strip() for ln in text.splitlines()]
     try:
         ie = lines.index("extrinsic")
