@@ -28,6 +28,7 @@ from ..cameras import Camera, write_mvsnet_cam
 from ..errors import InputError
 from ..imageio import pillow_errors
 from ..meshio import Mesh, load_mesh, write_ply
+from ..runfolder import make_dir
 from ..scene import IMAGE_EXTS, image_size
 from .downsample import block_all, crop_size, downsample_camera, resize_image_file
 from .lens import Canvas, Lens, pinhole_canvas
@@ -209,7 +210,7 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
         require_libraries()
     notes = list(notes or [])
     dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
+    make_dir(dst, "--out")
 
     mesh = load_mesh(mesh_src)
     if mesh_transform is not None:
@@ -221,8 +222,8 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
 
     level = k if level is None else int(level)
     img_dir, cam_dir = dst / f"images_{level}", dst / f"cams_{level}"
-    img_dir.mkdir(exist_ok=True)
-    cam_dir.mkdir(exist_ok=True)
+    make_dir(img_dir, "scene")
+    make_dir(cam_dir, "scene")
     from .undistort import masks_dir_for
     mask_dir = masks_dir_for(img_dir)
     job = _Job(k, copy_images, img_dir, cam_dir, mask_dir, verts)
@@ -240,7 +241,7 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
             uses[lens] = uses.get(lens, 0) + 1
         job.maps = MapCache(uses, job.canvases)
     if lenses or any(v.mask is not None for v in views):
-        mask_dir.mkdir(exist_ok=True)
+        make_dir(mask_dir, "scene")
 
     # Photos of one lens together: its map is built once and freed when they are done.
     rank = {lens: r for r, lens in enumerate(dict.fromkeys(lenses))}
