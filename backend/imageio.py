@@ -9,6 +9,7 @@ are written by our own small encoder (see `_save_png` for why).
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -192,6 +193,11 @@ def write_exr(path: str | Path, channels: dict[str, np.ndarray]) -> None:
     try:
         OpenEXR.File({"compression": OpenEXR.NO_COMPRESSION, "type": OpenEXR.scanlineimage},
                      chans).write(str(tmp))
+    except RuntimeError as e:       # how OpenEXR reports a failed write (a full disk)
+        tmp.unlink(missing_ok=True)
+        full = "No space left on device" in str(e)
+        raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else str(e),
+                      str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
