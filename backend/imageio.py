@@ -10,8 +10,10 @@ are written by our own small encoder (see `_save_png` for why).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import struct
+import warnings
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +39,11 @@ def _replace(tmp: Path, path: Path) -> None:
 
 
 # --- reading ------------------------------------------------------------------
+
+# Pillow also warns and logs (on stderr) about damaged metadata and large images it decodes all
+# the same: a file is decoded or it is an error naming it, and extra lines would break that line.
+warnings.filterwarnings("ignore", module=r"PIL\.")
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 # How Pillow reports a file it cannot decode (unknown format, truncated or corrupt data).
 _PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)

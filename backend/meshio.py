@@ -45,12 +45,13 @@ def load_mesh(path: str | Path) -> Mesh:
                          "(OBJ or PLY) or pass --mesh PATH.")
     ext = path.suffix.lower()
     try:
-        if ext == ".obj":
-            mesh = _load_obj(path)
-        elif ext == ".ply":
-            mesh = _load_ply(path)
-        else:
-            raise InputError(f"{path}: unsupported mesh format '{ext}'; export the mesh as .obj or .ply.")
+        with np.errstate(over="ignore", invalid="ignore"):    # 1e300 becomes inf, refused below (no warning)
+            if ext == ".obj":
+                mesh = _load_obj(path)
+            elif ext == ".ply":
+                mesh = _load_ply(path)
+            else:
+                raise InputError(f"{path}: unsupported mesh format '{ext}'; export the mesh as .obj or .ply.")
     except InputError:
         raise
     except (ValueError, IndexError, OverflowError, OSError) as e:

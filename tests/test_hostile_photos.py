@@ -117,3 +117,21 @@ def test_messages_quoting_library_text_stay_one_line():
     for cls in (InputError, DeviceError):
         assert str(cls("x.png: cannot decode (OpenCV: error:\n  (-215) pixels <= MAX\n)")) == \
             "x.png: cannot decode (OpenCV: error: (-215) pixels <= MAX )"
+
+
+def test_pillow_warnings_and_logs_stay_off_stderr(tmp_path):
+    """A TIFF photo (prepare converts those) claiming 20000 samples per pixel: Pillow logged a line
+    to stderr above the error; the error is the one line there."""
+    from conftest import cli
+    from test_prepare_colmap import IMAGES_TXT, workspace
+    ws = workspace(tmp_path / "ws")
+    data = bytearray(photo_bytes("TIFF"))
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack("<H", data[entry:entry + 2])[0] == 277:          # SamplesPerPixel
+            data[entry + 8:entry + 10] = struct.pack("<H", 20000)
+    (ws / "images" / "a.png").unlink()
+    (ws / "images" / "a.tif").write_bytes(bytes(data))
+    (ws / "sparse" / "images.txt").write_text(IMAGES_TXT.replace(" a.png", " a.tif"))
+    expect_error(cli("prepare", str(ws), "--out", str(tmp_path / "out"), "--json"), "a.tif", "cannot decode")

@@ -70,3 +70,12 @@ def test_check_refuses_such_a_mesh_in_one_line(scene, tmp_path, name, content):
     (s / "1.obj").unlink()
     (s / name).write_bytes(content.encode() if isinstance(content, str) else content)
     expect_error(run_main("check", str(s)), name)
+
+
+def test_overflowing_coordinates_print_no_warning(scene, tmp_path):
+    """A vertex at 1e300 (infinite in float32): numpy's overflow warning came before the error on
+    stderr; the error is the one line there."""
+    from conftest import cli
+    s = shutil.copytree(scene, tmp_path / "s")
+    (s / "1.obj").write_text(TRI.replace("v 1 1 0", "v 1e300 1 0") + "f 1 2 3\nf 2 4 3\n")
+    expect_error(cli("check", str(s), "--no-coverage", "--json"), "1.obj", "infinite")
