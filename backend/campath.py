@@ -28,8 +28,12 @@ def read_camera_path(path: str | Path) -> tuple[list[int], list[Camera], float]:
     frame) for anything that is not a valid path: every frame is checked before one is rendered."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            blob = fh.read(MAX_BYTES + 1)
+        with open(path, "rb") as fh:      # in pieces: read(MAX_BYTES + 1) would allocate all of it at once
+            pieces, size = [], 0
+            while size <= MAX_BYTES and (piece := fh.read(1 << 20)):
+                pieces.append(piece)
+                size += len(piece)
+        blob = b"".join(pieces)
     except OSError as e:
         raise InputError(f"{path}: cannot read camera path ({e.strerror}).") from None
     if len(blob) > MAX_BYTES:

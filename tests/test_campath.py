@@ -10,7 +10,7 @@ import pytest
 from backend.campath import read_camera_path, write_camera_path
 from backend.errors import InputError
 from conftest import expect_error
-from fuzzing import run_main
+from fuzzing import refused_or_read, run_main
 from helpers import odd_camera
 
 
@@ -98,6 +98,12 @@ def test_path_file_size_is_bounded(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(InputError, match="larger than 64 MiB"):
         read_camera_path("/dev/zero")
+
+
+def test_a_small_path_takes_little_memory(tmp_path):
+    """Reading up to the limit in one read() allocated the whole 64 MiB for every path."""
+    numbers, _, _ = refused_or_read(read_camera_path, _path(tmp_path), max_bytes=4 << 20)
+    assert numbers == [1, 2, 3]
 
 
 @pytest.mark.parametrize("name, edit, needle", [
