@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 import tracemalloc
 from pathlib import Path
@@ -14,9 +15,9 @@ from hypothesis import HealthCheck, settings
 from backend import events
 from backend.errors import InputError
 
-# A few seconds per property on a busy 2-core CI machine; tmp_path is reused across examples
-# (each example writes its own files under a fresh name).
-FUZZ = settings(max_examples=40, deadline=None,
+# A few seconds per property on a busy 2-core CI machine (XSCALE_FUZZ_EXAMPLES=2000 searches
+# longer); tmp_path is reused across examples, each of which rewrites its files.
+FUZZ = settings(max_examples=int(os.environ.get("XSCALE_FUZZ_EXAMPLES", 40)), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -51,6 +52,17 @@ def refused_or_read(fn, *args, max_bytes: int = 64 << 20):
     if isinstance(result, InputError):
         assert str(result) and "\n" not in str(result), repr(str(result))
     return result
+
+
+def parsed(fn, path: Path, blob: bytes, *args, max_bytes: int = 64 << 20):
+    """fn(path, *args) on a file holding `blob`, under refused_or_read's contract; None when it
+    was refused (the message then starts with the file's name), else what it returned."""
+    path.write_bytes(blob)
+    got = refused_or_read(fn, path, *args, max_bytes=max_bytes)
+    if isinstance(got, InputError):
+        assert str(got).startswith(f"{path}: "), str(got)
+        return None
+    return got
 
 
 def files_under(root: Path) -> dict[str, int]:

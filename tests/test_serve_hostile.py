@@ -26,8 +26,8 @@ def local_server(trained_run):
     return Server(str(trained_run), "cpu")
 
 
-def header(kind, msg_id, meta_len=0, data_len=0):
-    return sp.HEADER.pack(sp.MAGIC, sp.VERSION, kind, msg_id, meta_len, data_len)
+def header(kind, msg_id, meta_len=0, data_len=0, magic=sp.MAGIC, version=sp.VERSION):
+    return sp.HEADER.pack(magic, version, kind, msg_id, meta_len, data_len)
 
 
 def message(kind, msg_id, blob=b""):
