@@ -23,11 +23,12 @@ def nesting(data: bytes) -> int:
 def loads(data: bytes, max_depth: int) -> Any:
     """The value of the UTF-8 JSON text `data`; ValueError (a one-line reason) for bytes that are
     not UTF-8, text that is not JSON, and JSON nested deeper than `max_depth`."""
+    data = bytes(data)
     try:
-        text = bytes(data).decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 text (byte {e.start})") from None
-    depth = nesting(bytes(data))
+    depth = nesting(data)
     if depth > max_depth:
         raise ValueError(f"nested {depth} levels deep, at most {max_depth} allowed")
     try:
@@ -36,3 +37,10 @@ def loads(data: bytes, max_depth: int) -> Any:
         raise ValueError(f"{e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e:   # e.g. an integer of more than 4300 digits
         raise ValueError((str(e).splitlines() or [type(e).__name__])[0]) from None
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A value read from outside as an error message quotes it: its repr, cut to `limit`
+    characters (it may be a megabyte of text)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .boundedjson import shown
 from .errors import InputError
 
 
@@ -113,8 +114,8 @@ def checked_camera(width, height, K, world_to_camera, where: str, name: str = ""
     determinant +1, last row 0 0 0 1): the one check of `render`'s camera paths and `serve`'s
     requests."""
     if not all(whole_number(x) and 1 <= x <= MAX_SIDE for x in (width, height)):
-        raise InputError(f"{where}: image size {width!r}x{height!r}; width and height must be whole numbers "
-                         f"of pixels from 1 to {MAX_SIDE}.")
+        raise InputError(f"{where}: image size {shown(width)}x{shown(height)}; width and height must be whole "
+                         f"numbers of pixels from 1 to {MAX_SIDE}.")
     try:
         K = np.array(K, dtype=np.float64)
         E = np.array(world_to_camera, dtype=np.float64)

@@ -48,7 +48,8 @@ def read_camera_path(path: str | Path) -> tuple[list[int], list[Camera], float]:
         raise InputError(f"{path}: camera path has no list of 'frames'; export it again from Blender.")
     fps = data.get("fps", 24.0)
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < 1e6:
-        raise InputError(f"{path}: fps {fps!r} is not a positive number; export the path again from Blender.")
+        raise InputError(f"{path}: fps {boundedjson.shown(fps)} is not a positive number; export the path again "
+                         "from Blender.")
     numbers, cams, seen = [], [], {}
     for k, f in enumerate(frames):
         n = _frame_number(path, k, f)
@@ -68,8 +69,8 @@ def _frame_number(path: Path, k: int, f) -> int:
         raise InputError(f"{path}: frame entry {k} is not an object with width, height, K and world_to_camera.")
     n = f.get("frame", k)
     if not (whole_number(n) and abs(n) <= MAX_FRAME):
-        raise InputError(f"{path}: frame entry {k} has frame number {n!r}; frame numbers are whole numbers "
-                         f"from {-MAX_FRAME} to {MAX_FRAME}.")
+        raise InputError(f"{path}: frame entry {k} has frame number {boundedjson.shown(n)}; frame numbers are "
+                         f"whole numbers from {-MAX_FRAME} to {MAX_FRAME}.")
     return int(n)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from . import events
 from . import serve_protocol as sp
+from .boundedjson import shown
 from .cameras import camera_from_json, whole_number
 from .config import RENDER_SS
 from .errors import DeviceError, InputError
@@ -144,20 +145,20 @@ def check_request(req: dict) -> None:
     ss, expo, names = req.get("ss"), req.get("exposure"), req.get("passes")
     if ss is not None:
         if not whole_number(ss):
-            fail(f"ss {ss!r} is not a whole number")
+            fail(f"ss {shown(ss)} is not a whole number")
         RENDER_SS.check(int(ss))
     if expo is not None and not isinstance(expo, str) and not whole_number(expo):
-        fail(f"exposure {expo!r} is not a photo's name or index")
+        fail(f"exposure {shown(expo)} is not a photo's name or index")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        fail(f"passes {names!r} is not a list of pass names")
+        fail(f"passes {shown(names)} is not a list of pass names")
     for key, choices in (("rows", sp.ROWS), ("alpha", sp.ALPHA)):
         if req.get(key, choices[0]) not in choices:
-            fail(f"{key} must be one of {', '.join(choices)}, not {req[key]!r}")
+            fail(f"{key} must be one of {', '.join(choices)}, not {shown(req[key])}")
     bg, miss = req.get("background"), req.get("depth_miss")
     if bg is not None and not (isinstance(bg, list) and len(bg) == 3 and all(_finite(c) for c in bg)):
-        fail(f"background {bg!r} is not a linear RGB colour [r, g, b]")
+        fail(f"background {shown(bg)} is not a linear RGB colour [r, g, b]")
     if miss is not None and not _finite(miss):
-        fail(f"depth_miss {miss!r} is not a finite number")
+        fail(f"depth_miss {shown(miss)} is not a finite number")
 
 
 def _finite(x) -> bool:

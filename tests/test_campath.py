@@ -119,3 +119,10 @@ def test_render_refuses_bad_paths_before_writing(trained_run, tmp_path, name, ed
     expect_error(run_main("render", "--run", str(trained_run), "--path", str(path), "--out", str(out),
                           "--device", "cpu"), f"{name}.json", needle)
     assert not out.exists()
+
+
+def test_values_quoted_in_messages_are_cut_short(tmp_path):
+    """A megabyte of text where a number belongs is quoted in 40 characters, not all of it."""
+    with pytest.raises(InputError) as e:
+        read_camera_path(_path(tmp_path, edit=_frames(f0={"frame": "x" * 1_000_000})))
+    assert "'xxxxxxxxx" in str(e.value) and len(str(e.value)) < 300
