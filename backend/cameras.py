@@ -10,11 +10,13 @@ MVSNet cam files hold world_to_camera ("extrinsic") and K ("intrinsic") in this 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .boundedjson import shown
 from .errors import InputError
 
 
@@ -99,6 +101,61 @@ class Camera:
                    d.get("name", ""))
 
 
+# --- render cameras from outside (camera path frames, render server requests) -------------------
+
+MAX_SIDE = 16384      # largest image side a render camera may have (a frame of it: ~5 GB of passes)
+RIGID_TOL = 1e-4      # rotation rows orthonormal and det +1 within this (float32 exports: ~1e-7)
+
+
+def checked_camera(width, height, K, world_to_camera, where: str, name: str = "") -> Camera:
+    """A render camera from untrusted JSON values, after checking them; InputError starting with
+    `where` otherwise. Whole width and height from 1 to MAX_SIDE, K 3x3 finite with positive
+    focal lengths and no skew, world_to_camera 4x4 finite and rigid (rotation orthonormal with
+    determinant +1, last row 0 0 0 1): the one check of `render`'s camera paths and `serve`'s
+    requests."""
+    if not all(whole_number(x) and 1 <= x <= MAX_SIDE for x in (width, height)):
+        raise InputError(f"{where}: image size {shown(width)}x{shown(height)}; width and height must be whole "
+                         f"numbers of pixels from 1 to {MAX_SIDE}.")
+    try:
+        K = np.array(K, dtype=np.float64)
+        E = np.array(world_to_camera, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        K = E = np.zeros(0)
+    if K.shape != (3, 3) or E.shape != (4, 4):
+        raise InputError(f"{where}: K must be 3x3 and world_to_camera 4x4, nested lists of numbers.")
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(f"{where}: K must have finite entries and positive focal lengths fx, fy "
+                         f"(got fx={K[0, 0]:g}, fy={K[1, 1]:g}).")
+    if K[0, 1] != 0 or K[1, 0] != 0 or not np.allclose(K[2], [0, 0, 1]):
+        raise InputError(f"{where}: K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew).")
+    if not np.isfinite(E).all():
+        raise InputError(f"{where}: world_to_camera has NaN or infinite entries.")
+    R = E[:3, :3]
+    ortho = float(np.abs(R @ R.T - np.eye(3)).max())
+    det = float(np.linalg.det(R))
+    if not (ortho <= RIGID_TOL and abs(det - 1) <= RIGID_TOL and np.abs(E[3] - [0, 0, 0, 1]).max() <= RIGID_TOL):
+        raise InputError(f"{where}: world_to_camera is not a rigid camera pose (rotation not orthonormal "
+                         f"with determinant +1: off by {ortho:.2g}, determinant {det:.4g}); export the "
+                         "camera without scale or shear.")
+    return Camera(int(width), int(height), K, E, name=name)
+
+
+def camera_from_json(d: dict, where: str, name: str = "") -> Camera:
+    """checked_camera of a JSON object's width, height, K and world_to_camera."""
+    missing = [key for key in ("width", "height", "K", "world_to_camera") if key not in d]
+    if missing:
+        raise InputError(f"{where} has no {', '.join(missing)}; it needs width, height, K (3x3) and "
+                         "world_to_camera (4x4).")
+    return checked_camera(d["width"], d["height"], d["K"], d["world_to_camera"], where, name)
+
+
+def whole_number(x) -> bool:
+    """A JSON number with a whole value (2 or 2.0; not true, 2.5, NaN or infinity)."""
+    if isinstance(x, bool):
+        return False
+    return isinstance(x, int) or (isinstance(x, float) and math.isfinite(x) and x.is_integer())
+
+
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """OpenCV world_to_camera (x right, y down, z towards the target), world up = `up`."""
     eye, target = np.asarray(eye, float), np.asarray(target, float)
@@ -124,6 +181,9 @@ def read_mvsnet_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[flo
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot read camera file ({e.strerror}).") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text camera file (byte {e.start} is not UTF-8); write it as "
+                         "plain text (MVSNet's NAME_cam.txt).") from None
     lines = [ln.strip() for ln in text.splitlines()]
     try:
         ie = lines.index("extrinsic")

@@ -12,67 +12,66 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
-from .cameras import Camera
+from . import boundedjson
+from .cameras import Camera, camera_from_json, whole_number
 from .config import FORMATS
 from .errors import InputError
 
 
+MAX_BYTES = 64 << 20     # a camera path file: ~100,000 frames (a longer shot: one path per frame range)
+MAX_NESTING = 8          # a valid path nests 4 deep (path, frames, frame, rows of K)
+MAX_FRAME = 999_999_999  # frame numbers name files: frame_NNNNNN.png
+
+
 def read_camera_path(path: str | Path) -> tuple[list[int], list[Camera], float]:
+    """Frame numbers, cameras and fps of a camera path file; InputError naming the file (and the
+    frame) for anything that is not a valid path: every frame is checked before one is rendered."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:      # in pieces: read(MAX_BYTES + 1) would allocate all of it at once
+            pieces, size = [], 0
+            while size <= MAX_BYTES and (piece := fh.read(1 << 20)):
+                pieces.append(piece)
+                size += len(piece)
+        blob = b"".join(pieces)
     except OSError as e:
         raise InputError(f"{path}: cannot read camera path ({e.strerror}).") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: camera path is not valid JSON ({e.msg} at line {e.lineno}).") from None
-    frames = data.get("frames") if isinstance(data, dict) else None
-    if not frames:
-        raise InputError(f"{path}: camera path has no 'frames'; export it again from Blender.")
-    numbers, cams = [], []
-    for k, f in enumerate(frames):
-        cam = _frame_camera(path, k, f)
-        numbers.append(int(f.get("frame", k)))
-        cams.append(cam)
-    return numbers, cams, float(data.get("fps", 24.0))
-
-
-RIGID_TOL = 1e-4      # rotation rows orthonormal and det +1 within this (float32 exports: ~1e-7)
-
-
-def _frame_camera(path: Path, k: int, f) -> Camera:
-    """The camera of frame entry `k`, after checking it (InputError naming the file and frame):
-    positive integer size, finite K with positive focal lengths and no skew, finite rigid
-    world_to_camera (rotation orthonormal with determinant +1, last row 0 0 0 1)."""
-    label = f"frame {f['frame']}" if isinstance(f, dict) and "frame" in f else f"frame entry {k}"
-    where = f"{path}: {label}"
+    if len(blob) > MAX_BYTES:
+        raise InputError(f"{path}: camera path is larger than {MAX_BYTES / 2 ** 20:g} MiB; export the shot as "
+                         "several paths (a frame range each).")
     try:
-        w, h = f["width"], f["height"]
-        K = np.array(f["K"], float).reshape(3, 3)
-        E = np.array(f["world_to_camera"], float).reshape(4, 4)
-        number = int(f.get("frame", k))
-    except (KeyError, ValueError, TypeError) as e:
-        raise InputError(f"{where} is malformed ({e}); each frame needs width, height, "
-                         "K (3x3) and world_to_camera (4x4).") from None
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and float(x) == int(x) and x > 0
-               for x in (w, h)):
-        raise InputError(f"{where} has size {w}x{h}; width and height must be positive whole numbers of pixels.")
-    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise InputError(f"{where}: K must have finite entries and positive focal lengths fx, fy "
-                         f"(got fx={K[0, 0]:g}, fy={K[1, 1]:g}).")
-    if K[0, 1] != 0 or K[1, 0] != 0 or not np.allclose(K[2], [0, 0, 1]):
-        raise InputError(f"{where}: K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew).")
-    if not np.isfinite(E).all():
-        raise InputError(f"{where}: world_to_camera has NaN or infinite entries.")
-    R = E[:3, :3]
-    ortho = float(np.abs(R @ R.T - np.eye(3)).max())
-    det = float(np.linalg.det(R))
-    if ortho > RIGID_TOL or abs(det - 1) > RIGID_TOL or np.abs(E[3] - [0, 0, 0, 1]).max() > RIGID_TOL:
-        raise InputError(f"{where}: world_to_camera is not a rigid camera pose (rotation not orthonormal "
-                         f"with determinant +1: off by {ortho:.2g}, determinant {det:.4g}); export the "
-                         "camera without scale or shear.")
-    return Camera(int(w), int(h), K, E, name=f"frame_{number:06d}")
+        data = boundedjson.loads(blob, MAX_NESTING)
+    except ValueError as e:
+        raise InputError(f"{path}: camera path is not valid JSON ({e}); export it again from Blender.") from None
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not isinstance(frames, list) or not frames:
+        raise InputError(f"{path}: camera path has no list of 'frames'; export it again from Blender.")
+    fps = data.get("fps", 24.0)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < 1e6:
+        raise InputError(f"{path}: fps {boundedjson.shown(fps)} is not a positive number; export the path again "
+                         "from Blender.")
+    numbers, cams, seen = [], [], {}
+    for k, f in enumerate(frames):
+        n = _frame_number(path, k, f)
+        if n in seen:
+            raise InputError(f"{path}: frame entries {seen[n]} and {k} both have frame number {n} (one "
+                             "file each); give every frame its own number.")
+        seen[n] = k
+        numbers.append(n)
+        cams.append(camera_from_json(f, f"{path}: frame {n}", name=f"frame_{n:06d}"))
+    return numbers, cams, float(fps)
+
+
+def _frame_number(path: Path, k: int, f) -> int:
+    """The frame number of entry `k` (its index when it has none): a whole number, since it
+    names the frame's file."""
+    if not isinstance(f, dict):
+        raise InputError(f"{path}: frame entry {k} is not an object with width, height, K and world_to_camera.")
+    n = f.get("frame", k)
+    if not (whole_number(n) and abs(n) <= MAX_FRAME):
+        raise InputError(f"{path}: frame entry {k} has frame number {boundedjson.shown(n)}; frame numbers are "
+                         f"whole numbers from {-MAX_FRAME} to {MAX_FRAME}.")
+    return int(n)
 
 
 def write_camera_path(path: str | Path, numbers: list[int], cams: list[Camera], fps: float = 24.0) -> None:

@@ -129,6 +129,10 @@ def _check_limits(a: argparse.Namespace) -> None:
             opt.check(getattr(a, opt.name))
     if a.command == "render":
         config.RENDER_SS.check(a.ss)
+    for flag in ("run", "out"):          # folders (made if missing), never an existing file
+        folder = getattr(a, flag, None)
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise InputError(f"{folder}: --{flag} names a file, not a folder; choose a folder.")
     if getattr(a, "resume", False) and getattr(a, "overwrite", False):
         raise InputError("--resume and --overwrite: choose one (continue the run's training, or start it over).")
     if a.command in READS_RUN and not os.path.isdir(a.run):

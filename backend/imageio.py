@@ -9,9 +9,13 @@ are written by our own small encoder (see `_save_png` for why).
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import struct
+import warnings
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,30 @@ def _replace(tmp: Path, path: Path) -> None:
 
 
 # --- reading ------------------------------------------------------------------
+
+# Pillow also warns and logs (on stderr) about damaged metadata and large images it decodes all
+# the same: a file is decoded or it is an error naming it, and extra lines would break that line.
+warnings.filterwarnings("ignore", module=r"PIL\.")
+logging.getLogger("PIL").addHandler(logging.NullHandler())
+
+# How Pillow reports a file it cannot decode (unknown format, truncated or corrupt data).
+_PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
+
+
+@contextmanager
+def pillow_errors(path: str | Path, what: str = "image", fix: str = "re-export it as PNG or JPEG"):
+    """Pillow's decoding errors in the block become one InputError naming the file, decompression
+    bombs included (a small file that declares more pixels than Pillow decodes, ~179 million:
+    damaged, or built to exhaust memory). InputErrors raised in the block pass unchanged."""
+    from PIL import Image
+    try:
+        yield
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{path}: the {what} declares too many pixels ({e}); a damaged file, or a photo "
+                         "too large to decode: shrink it with an image editor first.") from None
+    except _PILLOW_ERRORS as e:
+        raise InputError(f"{path}: cannot decode the {what} ({e}); {fix}.") from None
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """Photo -> float32 (H, W, 3) in [0, 1] (sRGB values, alpha dropped, grey expanded to RGB)."""
@@ -62,36 +90,31 @@ def read_mask(path: str | Path | None, width: int, height: int) -> np.ndarray | 
     True = valid; None when the photo has no mask."""
     if path is None:
         return None
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            m = np.asarray(im.convert("L")) >= 128
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable mask ({e}); delete the masks folder or prepare the scene "
-                         "again.") from None
-    if m.shape != (height, width):
-        raise InputError(f"{path}: the mask is {m.shape[1]}x{m.shape[0]} but its photo is {width}x{height}; "
-                         "delete the masks folder or prepare the scene again.")
-    return m
+    from PIL import Image
+    with pillow_errors(path, "mask", "delete the masks folder or prepare the scene again"), Image.open(path) as im:
+        if im.size != (width, height):         # checked before the pixels are decoded
+            raise InputError(f"{path}: the mask is {im.width}x{im.height} but its photo is {width}x{height}; "
+                             "delete the masks folder or prepare the scene again.")
+        return np.asarray(im.convert("L")) >= 128
 
 
 def _read_pil(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L"):
-                return np.asarray(im, dtype=np.float32) / 65535.0
-            if im.mode not in ("RGB", "RGBA", "L", "LA"):
-                im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
-            return np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: not a readable image ({e}); convert the photo to PNG or JPEG.") from None
+    from PIL import Image
+    with pillow_errors(path), Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(im, dtype=np.float32) / 65535.0
+        if im.mode not in ("RGB", "RGBA", "L", "LA"):
+            im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+        return np.asarray(im, dtype=np.float32) / 255.0
 
 
 def _read_png16(path: Path) -> np.ndarray:
     """16-bit PNG -> float32 (H, W[, C]) in [0, 1], channels in RGB(A) order."""
     import cv2
+    from PIL import Image
+    with pillow_errors(path), Image.open(path):    # the header, and Pillow's size limit (OpenCV's is 6x larger)
+        pass
     try:
         a = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)   # any path, any OS
     except (OSError, cv2.error) as e:
@@ -177,6 +200,11 @@ def write_exr(path: str | Path, channels: dict[str, np.ndarray]) -> None:
     try:
         OpenEXR.File({"compression": OpenEXR.NO_COMPRESSION, "type": OpenEXR.scanlineimage},
                      chans).write(str(tmp))
+    except RuntimeError as e:       # how OpenEXR reports a failed write (a full disk)
+        tmp.unlink(missing_ok=True)
+        full = "No space left on device" in str(e)
+        raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else str(e),
+                      str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

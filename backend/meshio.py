@@ -45,18 +45,19 @@ def load_mesh(path: str | Path) -> Mesh:
                          "(OBJ or PLY) or pass --mesh PATH.")
     ext = path.suffix.lower()
     try:
-        if ext == ".obj":
-            mesh = _load_obj(path)
-        elif ext == ".ply":
-            mesh = _load_ply(path)
-        else:
-            raise InputError(f"{path}: unsupported mesh format '{ext}'; export the mesh as .obj or .ply.")
+        with np.errstate(over="ignore", invalid="ignore"):    # 1e300 becomes inf, refused below (no warning)
+            if ext == ".obj":
+                mesh = _load_obj(path)
+            elif ext == ".ply":
+                mesh = _load_ply(path)
+            else:
+                raise InputError(f"{path}: unsupported mesh format '{ext}'; export the mesh as .obj or .ply.")
     except InputError:
         raise
-    except (ValueError, IndexError, UnicodeDecodeError, OSError) as e:
+    except (ValueError, IndexError, OverflowError, OSError) as e:
         raise InputError(f"{path}: could not parse the mesh ({e}); re-export it as OBJ or PLY.") from None
-    validate_mesh(mesh, path)
-    return mesh
+    validate_mesh(mesh, path)       # on 64-bit indices: 2^32 + 1 must not wrap around to a valid 1
+    return Mesh(mesh.vertices, mesh.faces.astype(np.int32))
 
 
 def validate_mesh(mesh: Mesh, path: str | Path = "mesh") -> None:
@@ -87,7 +88,7 @@ def _load_obj(path: Path) -> Mesh:
                 for k in range(1, len(idx) - 1):          # fan-triangulate polygons
                     faces.append((idx[0], idx[k], idx[k + 1]))
     v = np.array(verts, dtype=np.float64).reshape(-1, 3).astype(np.float32)
-    f = np.array(faces, dtype=np.int64).reshape(-1, 3).astype(np.int32)
+    f = np.array(faces, dtype=np.int64).reshape(-1, 3)
     return Mesh(v, f)
 
 
@@ -111,13 +112,17 @@ def _load_ply(path: Path) -> Mesh:
             continue
         if tok[0] == "format":
             fmt = tok[1]
+            if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
+                raise InputError(f"{path}: unknown PLY format '{fmt}'; re-export the mesh as OBJ or PLY.")
         elif tok[0] == "element":
             elements.append([tok[1], int(tok[2]), []])
+            if elements[-1][1] < 0:
+                raise InputError(f"{path}: the PLY element '{tok[1]}' has a negative count; re-export the mesh.")
         elif tok[0] == "property":
             if tok[1] == "list":
-                elements[-1][2].append((tok[4], _PLY_TYPES[tok[3]], _PLY_TYPES[tok[2]]))
+                elements[-1][2].append((tok[4], _ply_type(path, tok[3]), _ply_type(path, tok[2])))
             else:
-                elements[-1][2].append((tok[2], _PLY_TYPES[tok[1]], None))
+                elements[-1][2].append((tok[2], _ply_type(path, tok[1]), None))
     verts = faces = None
     if fmt == "ascii":
         tokens = data[body_start:].split()
@@ -174,14 +179,21 @@ def _load_ply(path: Path) -> Mesh:
     if verts is None:
         verts = np.zeros((0, 3), np.float32)
     if faces is None:
-        faces = np.zeros((0, 3), np.int32)
-    return Mesh(np.ascontiguousarray(verts, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.int32))
+        faces = np.zeros((0, 3), np.int64)
+    return Mesh(np.ascontiguousarray(verts, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.int64))
+
+
+def _ply_type(path: Path, name: str) -> str:
+    if name not in _PLY_TYPES:
+        raise InputError(f"{path}: unknown PLY property type '{name}' (known: {', '.join(_PLY_TYPES)}); "
+                         "re-export the mesh.")
+    return _PLY_TYPES[name]
 
 
 def _fan(polys: np.ndarray) -> np.ndarray:
     n = polys.shape[1]
     tris = [polys[:, [0, k, k + 1]] for k in range(1, n - 1)]
-    return np.concatenate(tris).astype(np.int32) if tris else np.zeros((0, 3), np.int32)
+    return np.concatenate(tris).astype(np.int64) if tris else np.zeros((0, 3), np.int64)
 
 
 def _collect(name, props, rows, verts, faces):
@@ -190,12 +202,14 @@ def _collect(name, props, rows, verts, faces):
         ix, iy, iz = names.index("x"), names.index("y"), names.index("z")
         verts = np.array([[r[ix], r[iy], r[iz]] for r in rows], dtype=np.float32).reshape(-1, 3)
     elif name == "face":
-        li = next(i for i, (_, _, lt) in enumerate(props) if lt)
+        li = next((i for i, (_, _, lt) in enumerate(props) if lt), None)
+        if li is None:
+            raise ValueError("the face element has no list of vertex indices")
         tris = []
         for r in rows:
             idx = r[li]
             tris += [(idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1)]
-        faces = np.array(tris, dtype=np.int32).reshape(-1, 3)
+        faces = np.array(tris, dtype=np.int64).reshape(-1, 3)
     return verts, faces
 
 

@@ -12,25 +12,21 @@ import numpy as np
 
 from .cameras import Camera
 from .errors import InputError
+from .imageio import pillow_errors
 
 
 def load_rgb8(path: Path, cam: Camera) -> np.ndarray:
     """The photo as (H, W, 3) uint8 sRGB; InputError naming the file when it cannot be decoded
     or its size is not the camera's."""
     from PIL import Image
-    try:
-        with Image.open(path) as im:
-            if im.mode == "I;16" or im.mode.startswith("I;16"):
-                a = (np.asarray(im, dtype=np.float32) / 257.0).round().astype(np.uint8)
-                a = np.repeat(a[..., None], 3, -1)
-            else:
-                a = np.array(im.convert("RGB"))      # writable: handed to torch
-    except (OSError, ValueError, SyntaxError) as e:   # PIL reports bad data with any of these
-        raise InputError(f"{path}: cannot decode the image ({e}); re-export it as PNG or JPEG.") from None
-    if a.shape[:2] != (cam.height, cam.width):
-        raise InputError(f"{path}: image is {a.shape[1]}x{a.shape[0]} but its camera expects "
-                         f"{cam.width}x{cam.height}.")
-    return a
+    with pillow_errors(path), Image.open(path) as im:
+        if im.size != (cam.width, cam.height):          # checked before the pixels are decoded
+            raise InputError(f"{path}: image is {im.width}x{im.height} but its camera expects "
+                             f"{cam.width}x{cam.height}.")
+        if im.mode == "I;16" or im.mode.startswith("I;16"):
+            a = (np.asarray(im, dtype=np.float32) / 257.0).round().astype(np.uint8)
+            return np.repeat(a[..., None], 3, -1)
+        return np.array(im.convert("RGB"))      # writable: handed to torch
 
 
 def decode_problem(path: Path, cam: Camera) -> str | None:

@@ -163,6 +163,11 @@ class FrameWriter:
         def write():
             try:
                 write_buffers(path, copy.result(), self.fmt)
+            except OSError as e:      # nothing of the frame is left behind (files are renamed when complete)
+                n = sum(b.numel() * b.element_size() for b in bufs.values())
+                size = f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+                raise InputError(f"{path}: cannot write the frame ({e.strerror or e}; a frame takes up to "
+                                 f"{size}): free space on that disk or choose another --out folder.") from None
             finally:
                 if copy.done is not None:
                     self.free.put(copy.host)

@@ -17,6 +17,7 @@ from .cameras import Camera, read_mvsnet_cam
 from .errors import InputError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+MAX_PHOTO_PIXELS = 2 * 89_478_485     # Pillow decodes no larger image (its decompression-bomb limit)
 
 
 @dataclass
@@ -56,28 +57,40 @@ class Scene:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) read from a PNG or JPEG header without decoding the pixels."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-        if head.startswith(b"\x89PNG\r\n\x1a\n"):
-            w, h = struct.unpack(">II", head[16:24])
-            return int(w), int(h)
-        if head.startswith(b"\xff\xd8"):
-            fh.seek(2)
-            while True:
+    try:
+        with open(path, "rb") as fh:
+            size = _png_or_jpeg_size(fh)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the image ({e.strerror}).") from None
+    except struct.error:              # the header ends early
+        size = None
+    if size is None:
+        raise InputError(f"{path}: not a readable PNG or JPEG image; convert the photos to PNG or JPEG.")
+    return size
+
+
+def _png_or_jpeg_size(fh) -> tuple[int, int] | None:
+    head = fh.read(32)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        w, h = struct.unpack(">II", head[16:24])
+        return int(w), int(h)
+    if head.startswith(b"\xff\xd8"):
+        fh.seek(2)
+        while True:
+            b = fh.read(1)
+            while b and b != b"\xff":
                 b = fh.read(1)
-                while b and b != b"\xff":
-                    b = fh.read(1)
-                while b == b"\xff":
-                    b = fh.read(1)
-                if not b:
-                    break
-                marker = b[0]
-                seglen = struct.unpack(">H", fh.read(2))[0]
-                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                    _p, h, w = struct.unpack(">BHH", fh.read(5))
-                    return int(w), int(h)
-                fh.seek(seglen - 2, 1)
-    raise InputError(f"{path}: not a readable PNG or JPEG image; convert the photos to PNG or JPEG.")
+            while b == b"\xff":
+                b = fh.read(1)
+            if not b:
+                break
+            marker = b[0]
+            seglen = struct.unpack(">H", fh.read(2))[0]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                _p, h, w = struct.unpack(">BHH", fh.read(5))
+                return int(w), int(h)
+            fh.seek(seglen - 2, 1)
+    return None
 
 
 def _pick_dir(root: Path, base: str, level: int | None) -> Path:
@@ -142,6 +155,9 @@ def load_scene(root: str | Path, mesh: str | Path | None = None, level: int | No
                              "(or .png). Add the photo or remove the camera file.")
         E, K, depth = read_mvsnet_cam(cf)
         w, h = image_size(img)
+        if w * h > MAX_PHOTO_PIXELS:
+            raise InputError(f"{img}: the photo is {w}x{h}, more than the {MAX_PHOTO_PIXELS / 1e6:.0f} megapixels "
+                             "that can be decoded; a damaged file, or a photo to shrink with an image editor first.")
         for c, size, axis in ((K[0, 2], w, "cx"), (K[1, 2], h, "cy")):
             if not 0.3 * size < c < 0.7 * size:
                 raise InputError(

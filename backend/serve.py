@@ -17,12 +17,12 @@ import threading
 import time
 import traceback
 
-import numpy as np
 import torch
 
 from . import events
 from . import serve_protocol as sp
-from .cameras import Camera
+from .boundedjson import shown
+from .cameras import camera_from_json, whole_number
 from .config import RENDER_SS
 from .errors import DeviceError, InputError
 from .passes import PASSES, shape as pass_shape
@@ -87,36 +87,18 @@ class Server:
                 "step": self.step, "load_s": self.load_s, "passes": sorted(PASSES)}
 
     # --- requests --------------------------------------------------------------------------
-    def camera(self, req: dict) -> Camera:
-        try:
-            w, h = int(req["width"]), int(req["height"])
-            K = np.asarray(req["K"], dtype=np.float64)
-            E = np.asarray(req["world_to_camera"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"render request: bad camera ({e}); it needs width, height, K (3x3) and "
-                             "world_to_camera (4x4).") from None
-        if not (1 <= w <= sp.MAX_SIDE and 1 <= h <= sp.MAX_SIDE):
-            raise InputError(f"render request: image size {w}x{h} (each side 1 to {sp.MAX_SIDE}).")
-        if K.shape != (3, 3) or E.shape != (4, 4) or not (np.isfinite(K).all() and np.isfinite(E).all()):
-            raise InputError("render request: K must be 3x3 and world_to_camera 4x4, all finite.")
-        if K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise InputError("render request: the focal lengths must be positive.")
-        return Camera(w, h, K, E)
-
     def render(self, req: dict) -> tuple[dict, list]:
         """FRAME meta and its data buffers for a RENDER request."""
         from .render import parse_exposure, render_tensors
-        cam = self.camera(req)
-        ss = req.get("ss") or self.default_ss
-        RENDER_SS.check(ss)
+        check_request(req)
+        cam = camera_from_json(req, "render request")
+        ss = int(req.get("ss") or self.default_ss)
         expo = parse_exposure(str(req.get("exposure") or "mean"), len(self.views), self.views)
         names = list(req.get("passes") or sp.DEFAULT_PASSES)
         for name in names:
             if name not in PASSES:
                 raise InputError(f"render request: unknown pass {name!r} (choose {', '.join(PASSES)}).")
         rows, alpha = req.get("rows", "top_down"), req.get("alpha", "straight")
-        if rows not in sp.ROWS or alpha not in sp.ALPHA:
-            raise InputError(f"render request: rows must be one of {sp.ROWS}, alpha one of {sp.ALPHA}.")
         options = {"alpha": alpha, "background": req.get("background"), "depth_miss": req.get("depth_miss")}
 
         t0 = time.perf_counter()
@@ -152,6 +134,36 @@ class Server:
         dst = self._host[:n]
         dst.copy_(flat)
         return memoryview(dst.numpy()).cast("B")
+
+
+def check_request(req: dict) -> None:
+    """The types and ranges of a RENDER request's options (InputError naming the option); the
+    camera is checked by cameras.camera_from_json, names (passes, exposure) by the render."""
+    def fail(what: str) -> None:
+        raise InputError(f"render request: {what} (docs/protocol.md, Render server).")
+
+    ss, expo, names = req.get("ss"), req.get("exposure"), req.get("passes")
+    if ss is not None:
+        if not whole_number(ss):
+            fail(f"ss {shown(ss)} is not a whole number")
+        RENDER_SS.check(int(ss))
+    if expo is not None and not isinstance(expo, str) and not whole_number(expo):
+        fail(f"exposure {shown(expo)} is not a photo's name or index")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        fail(f"passes {shown(names)} is not a list of pass names")
+    for key, choices in (("rows", sp.ROWS), ("alpha", sp.ALPHA)):
+        if req.get(key, choices[0]) not in choices:
+            fail(f"{key} must be one of {', '.join(choices)}, not {shown(req[key])}")
+    bg, miss = req.get("background"), req.get("depth_miss")
+    if bg is not None and not (isinstance(bg, list) and len(bg) == 3 and all(_finite(c) for c in bg)):
+        fail(f"background {shown(bg)} is not a linear RGB colour [r, g, b]")
+    if miss is not None and not _finite(miss):
+        fail(f"depth_miss {shown(miss)} is not a finite number")
+
+
+def _finite(x) -> bool:
+    """A JSON number that float32 pixels can hold (not NaN, infinity or 1e400)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 3e38
 
 
 # --- the process -----------------------------------------------------------------------------
@@ -230,9 +242,13 @@ def _send(out, kind: int, msg_id: int, meta: dict | None = None, data=()) -> boo
 def _loop(server: Server, inp, out) -> int:
     while True:
         try:
-            msg = sp.read_message(inp)
+            msg = sp.read_message(inp, max_data=0)
         except sp.ConnectionClosed:
             return 0                          # the client (Blender) closed our stdin or died
+        except sp.BadMessage as e:            # still in step with the stream: answer, go on
+            if not _send(out, sp.ERROR, e.id, _error_meta(e)):
+                return 0
+            continue
         except sp.ProtocolError as e:
             _send(out, sp.ERROR, 0, _error_meta(e))
             print(f"error: render server: {e}", file=sys.stderr)

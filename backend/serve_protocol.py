@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from . import boundedjson
+
 MAGIC = b"XSNV"
 VERSION = 1
 HEADER = struct.Struct("<4sHHIIQ")
@@ -30,7 +32,7 @@ KIND_NAMES = {INFO: "info", RENDER: "render", STOP: "stop", READY: "ready", INFO
               FRAME: "frame", ERROR: "error", BYE: "bye"}
 
 MAX_META = 1 << 20            # bytes of JSON in one message
-MAX_SIDE = 16384              # largest image side a render request may ask for
+MAX_NESTING = 16              # JSON levels in one meta (a FRAME's nests 4 deep)
 DEFAULT_PASSES = ("rgba", "depth")   # what a RENDER request that names none gets (backend/passes.py)
 ROWS = ("top_down", "bottom_up")     # image row order of the returned passes
 ALPHA = ("straight", "premultiplied")
@@ -42,6 +44,15 @@ class ConnectionClosed(Exception):
 
 class ProtocolError(Exception):
     """Bytes that are not a message of this protocol (or a stream cut inside a message)."""
+
+
+class BadMessage(ProtocolError):
+    """A complete message whose meta is not a JSON object: the stream is still in step, so the
+    message can be answered (ERROR, with its id) and the next one read."""
+
+    def __init__(self, msg_id: int, reason: str):
+        super().__init__(reason)
+        self.id = msg_id
 
 
 @dataclass
@@ -97,10 +108,12 @@ def readinto_exact(inp, view: memoryview) -> int:
     return got
 
 
-def read_message(inp, alloc: Callable[[int], Any] = bytearray) -> Message:
+def read_message(inp, alloc: Callable[[int], Any] = bytearray, max_data: int | None = None) -> Message:
     """The next message of the binary stream `inp`. `alloc(n)` gives the writable buffer the
-    data is read into (a bytearray by default; the client passes a numpy array).
-    ConnectionClosed at a clean end of stream, ProtocolError for anything malformed."""
+    data is read into (a bytearray by default; the client passes a numpy array). `max_data`:
+    the most data bytes a message may declare (the server: 0, requests carry none), checked
+    before anything is allocated. ConnectionClosed at a clean end of stream, BadMessage for a
+    complete message whose meta is malformed, ProtocolError for anything else malformed."""
     head = bytearray(HEADER.size)
     got = readinto_exact(inp, memoryview(head))
     if got == 0:
@@ -115,20 +128,23 @@ def read_message(inp, alloc: Callable[[int], Any] = bytearray) -> Message:
                             "come from different releases")
     if meta_len > MAX_META:
         raise ProtocolError(f"message meta of {meta_len} bytes (at most {MAX_META})")
-    meta: dict = {}
-    if meta_len:
-        blob = bytearray(meta_len)
-        if readinto_exact(inp, memoryview(blob)) < meta_len:
-            raise ProtocolError("stream ended inside a message")
-        try:
-            meta = json.loads(blob)
-        except ValueError as e:
-            raise ProtocolError(f"message meta is not JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise ProtocolError("message meta is not a JSON object")
+    if max_data is not None and data_len > max_data:
+        raise ProtocolError(f"message of kind {kind} with {data_len} bytes of data (at most {max_data}; "
+                            "requests carry none)")
+    blob = bytearray(meta_len)
+    if readinto_exact(inp, memoryview(blob)) < meta_len:
+        raise ProtocolError("stream ended inside a message")
     data = alloc(data_len)
     if data_len and readinto_exact(inp, memoryview(data)) < data_len:
         raise ProtocolError("stream ended inside a message")
+    meta: dict = {}
+    if meta_len:
+        try:
+            meta = boundedjson.loads(blob, MAX_NESTING)
+        except ValueError as e:
+            raise BadMessage(msg_id, f"message meta is not JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise BadMessage(msg_id, "message meta is not a JSON object")
     return Message(kind, msg_id, meta, data)
 
 

@@ -52,3 +52,16 @@ def test_malformed_cam_files_name_the_problem(tmp_path, text, needle):
     with pytest.raises(InputError) as e:
         read_mvsnet_cam(p)
     assert str(p) in str(e.value) and needle in str(e.value)
+
+
+def test_cam_file_that_is_not_utf8_is_named(scene, tmp_path):
+    """A cams file in Latin-1 (or binary) ended in a UnicodeDecodeError traceback."""
+    import shutil
+    from conftest import expect_error
+    from fuzzing import run_main
+    s = shutil.copytree(scene, tmp_path / "s")
+    cam = sorted((s / "cams").iterdir())[1]
+    cam.write_bytes(b"# cam\xe9ra\n" + cam.read_bytes())
+    with pytest.raises(InputError, match="byte 5 is not UTF-8"):
+        read_mvsnet_cam(cam)
+    expect_error(run_main("check", str(s)), cam.name, "not UTF-8")

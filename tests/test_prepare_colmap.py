@@ -259,3 +259,23 @@ def test_stale_cameras_removed_and_levels_recorded(tmp_path):
     convert_colmap(ws, out, downsample=2)
     info = json.loads((out / "prepare.json").read_text())
     assert sorted(info["levels"]) == ["1", "2"] and info["meshes"] == ["mesh.ply"]
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "sub/../../secret.png", "ABSOLUTE", "..\\secret.png"])
+def test_image_names_stay_inside_the_images_folder(tmp_path, name):
+    """A model naming `../secret.png` or an absolute path had that file read and copied into the
+    prepared scene; it is refused, naming the model and the image, and nothing is written."""
+    ws = workspace(tmp_path / "ws")
+    secret = ws / "secret.png"
+    photo = (ws / "images" / "a.png").read_bytes()
+    secret.write_bytes(photo)
+    if name == "ABSOLUTE":
+        name = str(secret)
+    if "\\" in name:                                     # a Windows separator in the name
+        (ws / "images" / "..\\secret.png").write_bytes(photo)
+    (ws / "images" / "a.png").unlink()
+    (ws / "sparse" / "images.txt").write_text(IMAGES_TXT.replace(" a.png", f" {name}"))
+    out = tmp_path / "scene"
+    with pytest.raises(InputError, match=r"image 1 is named .* outside the images folder"):
+        convert_colmap(ws, out)
+    assert not out.exists()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -273,7 +273,7 @@ def load_views(model_dir: Path, images_dir: Path) -> tuple[list[SourceView], lis
             Ks[img.camera_id] = camera_lens(cams[img.camera_id], model_dir)
         cam = cams[img.camera_id]
         K, lens = Ks[img.camera_id]
-        path = images_dir / img.name
+        path = photo_path(images_dir, img, model_dir)
         if not path.is_file():
             raise InputError(f"{path}: photo of image {img.id} not found; pass --images DIR with the "
                              "photos the model refers to.")
@@ -281,6 +281,17 @@ def load_views(model_dir: Path, images_dir: Path) -> tuple[list[SourceView], lis
                                 Camera(cam.width, cam.height, K, world_to_camera(img, model_dir), safe_name(img.name)),
                                 lens=lens))
     return views, notes
+
+
+def photo_path(images_dir: Path, img: ColmapImage, model_dir: Path) -> Path:
+    """The photo of `img`: its name is a path relative to the images folder, which must stay
+    inside it (no '..', no absolute path or drive) so that no file from elsewhere is copied into the
+    scene."""
+    parts = img.name.replace("\\", "/").split("/")
+    if img.name.startswith(("/", "\\")) or PureWindowsPath(img.name).drive or ".." in parts:
+        raise InputError(f"{model_dir}: image {img.id} is named '{img.name}', a path outside the images folder; "
+                         "COLMAP names photos by their path inside it: fix the name in the model.")
+    return images_dir / img.name
 
 
 def convert_colmap(src: str | Path, dst: str | Path, *, downsample: int = 1, copy_images: bool = True,

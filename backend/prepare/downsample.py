@@ -15,6 +15,7 @@ import numpy as np
 
 from ..cameras import Camera
 from ..errors import InputError
+from ..imageio import pillow_errors
 
 
 def crop_size(width: int, height: int, k: int) -> tuple[int, int]:
@@ -71,19 +72,16 @@ def load_rgb(path: Path) -> tuple[np.ndarray, dict]:
     """Decode a photo to uint8 L/RGB/RGBA pixels (as stored: EXIF orientation is not applied,
     matching how the reconstruction software saw them). Returns pixels and save options."""
     Image = _need_pillow()
-    try:
-        with Image.open(path) as im:
-            im.load()
-            info = {"icc_profile": im.info.get("icc_profile")}
-            if im.mode in ("L", "RGB", "RGBA"):
-                arr = np.asarray(im)
-            elif im.mode.startswith("I;16") or im.mode == "I":
-                arr = np.clip(np.asarray(im, dtype=np.float64) / 257.0 + 0.5, 0, 255).astype(np.uint8)
-            else:
-                has_alpha = "A" in im.mode or "transparency" in im.info
-                arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot decode the photo ({e}); re-export it as PNG or JPEG.") from None
+    with pillow_errors(path, "photo"), Image.open(path) as im:
+        im.load()
+        info = {"icc_profile": im.info.get("icc_profile")}
+        if im.mode in ("L", "RGB", "RGBA"):
+            arr = np.asarray(im)
+        elif im.mode.startswith("I;16") or im.mode == "I":
+            arr = np.clip(np.asarray(im, dtype=np.float64) / 257.0 + 0.5, 0, 255).astype(np.uint8)
+        else:
+            has_alpha = "A" in im.mode or "transparency" in im.info
+            arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
     return arr, info
 
 

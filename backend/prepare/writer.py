@@ -26,7 +26,9 @@ import numpy as np
 from .. import events
 from ..cameras import Camera, write_mvsnet_cam
 from ..errors import InputError
+from ..imageio import pillow_errors
 from ..meshio import Mesh, load_mesh, write_ply
+from ..runfolder import make_dir
 from ..scene import IMAGE_EXTS, image_size
 from .downsample import block_all, crop_size, downsample_camera, resize_image_file
 from .lens import Canvas, Lens, pinhole_canvas
@@ -58,11 +60,8 @@ def image_size_any(path: Path) -> tuple[int, int]:
     except ImportError:
         raise InputError(f"{path}: only PNG and JPEG can be read without Pillow; convert the photos "
                          "or run 'python -m backend prepare' from the backend environment.") from None
-    try:
-        with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable image ({e}).") from None
+    with pillow_errors(path), Image.open(path) as im:
+        return int(im.width), int(im.height)
 
 
 def safe_name(rel: str) -> str:
@@ -211,7 +210,7 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
         require_libraries()
     notes = list(notes or [])
     dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
+    make_dir(dst, "--out")
 
     mesh = load_mesh(mesh_src)
     if mesh_transform is not None:
@@ -223,8 +222,8 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
 
     level = k if level is None else int(level)
     img_dir, cam_dir = dst / f"images_{level}", dst / f"cams_{level}"
-    img_dir.mkdir(exist_ok=True)
-    cam_dir.mkdir(exist_ok=True)
+    make_dir(img_dir, "scene")
+    make_dir(cam_dir, "scene")
     from .undistort import masks_dir_for
     mask_dir = masks_dir_for(img_dir)
     job = _Job(k, copy_images, img_dir, cam_dir, mask_dir, verts)
@@ -242,7 +241,7 @@ def write_scene(views: list[SourceView], mesh_src: Path, dst: str | Path, *, dow
             uses[lens] = uses.get(lens, 0) + 1
         job.maps = MapCache(uses, job.canvases)
     if lenses or any(v.mask is not None for v in views):
-        mask_dir.mkdir(exist_ok=True)
+        make_dir(mask_dir, "scene")
 
     # Photos of one lens together: its map is built once and freed when they are done.
     rank = {lens: r for r, lens in enumerate(dict.fromkeys(lenses))}
