@@ -112,6 +112,56 @@ def test_preferences_draw(addon, bpy_module, monkeypatch):
     preferences.doctor_lines.clear()
 
 
+# --- settings left to the backend read "Auto (...)" -----------------------------------------------
+
+def _option_rows(log, label):
+    """(the operator button's text, whether the value is drawn as a number field) of the row `label`."""
+    for k, (name, args, kw) in enumerate(log):
+        if name == "label" and kw.get("text") == label:
+            nxt = log[k + 1]
+            return nxt[2].get("text") if nxt[0] == "operator" else None
+    return None
+
+
+def test_unset_settings_read_auto_with_the_value_the_backend_will_use(panels, bpy_module, tmp_path):
+    from xscale_blender import render_panels
+    bpy = bpy_module
+    s = bpy.context.scene.xscale
+    s.device, s.preset = "cpu", "auto"
+    train = draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context)
+    assert _option_rows(train, "Iterations") == "Auto (preset: 600)"
+    assert _option_rows(train, "Image Level") == "Auto (finest)"
+    drawn = [args[1] for n, args, _kw in train if n == "prop"]
+    assert "iterations" not in drawn and "level" not in drawn        # no "0" or "-1" that looks real
+    s.device = "auto"
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == \
+        "Auto (GPU 30000, CPU 600)"
+    s.preset = "reference"
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == "Auto (preset: 30000)"
+
+    # render supersampling: the run's cache decides it
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_render, bpy.context), "Supersampling") == "Auto (as cached)"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"mesh": "m.obj", "views": [], "ss": 3}')
+    s.run_dir = str(run)
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_render, bpy.context), "Supersampling") == \
+        "Auto (as cached: 3)"
+    assert _option_rows(draw(bpy, render_panels.RENDER_PT_xscale, bpy.context), "Render") == "Auto (as cached: 3)"
+
+    # the button sets it (to what Auto would use), the X next to the field goes back to Auto
+    assert bpy.ops.xscale.option_auto(name="iterations", auto=False) == {"FINISHED"}
+    assert s.iterations == 30000
+    log = draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context)
+    assert "iterations" in [args[1] for n, args, _kw in log if n == "prop"]
+    assert ("operator", ("xscale.option_auto",), {"text": "", "icon": "X"}) in log
+    bpy.ops.xscale.option_auto(name="iterations", auto=True)
+    assert s.iterations == 0
+    bpy.ops.xscale.option_auto(name="render_supersample", auto=False)
+    assert s.render_supersample == 3
+    s.render_supersample, s.preset, s.run_dir = 0, "auto", ""
+
+
 def test_missing_backend_python_names_where_it_was_set(addon, bpy_module, monkeypatch, tmp_path):
     from xscale_blender import preferences
     missing = str(tmp_path / "no" / "python")

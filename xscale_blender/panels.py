@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 
 from .core import deps, jobs, ui_text
+from .properties import SCENE_OPTIONS, auto_value
 
 
 class XScalePanelBase:
@@ -55,9 +56,32 @@ def property_split(layout: "bpy.types.UILayout") -> "bpy.types.UILayout":
 
 
 def draw_props(layout: "bpy.types.UILayout", data, names: tuple[str, ...]) -> None:
-    """A row for each of `data`'s properties `names`, in order."""
+    """A row for each of `data`'s properties `names`, in order (draw_option's for scene settings)."""
     for name in names:
-        layout.prop(data, name)
+        draw_option(layout, data, name)
+
+
+def draw_option(layout: "bpy.types.UILayout", data, name: str, text: str = "") -> None:
+    """A property row. A scene setting left to the backend (its `unset` value: a number that
+    would look real, such as Iterations 0) reads 'Auto (preset: 30000)' instead: a button that
+    lets the user set it; once set, a button next to the field puts it back to Auto."""
+    setting = SCENE_OPTIONS.get(name)
+    label = {"text": text} if text else {}
+    if setting is None or setting.unset is None or setting.option.kind is str:
+        layout.prop(data, name, **label)
+        return
+    if getattr(data, name) == setting.unset:
+        split = layout.split(factor=0.4, align=True)       # as use_property_split lays out a row
+        left = split.row()
+        left.alignment = "RIGHT"
+        left.label(text=text or setting.label)
+        op = split.operator("xscale.option_auto", text=f"Auto ({auto_value(data, name)[1]})")
+        op.name, op.auto = name, False
+        return
+    row = layout.row(align=True)
+    row.prop(data, name, **label)
+    op = row.operator("xscale.option_auto", text="", icon="X")
+    op.name, op.auto = name, True
 
 
 def draw_missing(layout: "bpy.types.UILayout", context) -> None:
