@@ -153,6 +153,8 @@ class VIEW3D_PT_xscale_render(XScaleSubPanel, bpy.types.Panel):
         sub = col.row()
         sub.enabled = not s.strip_use_path_start
         sub.prop(s, "strip_frame_start")
+        from . import view_transform        # needs numpy, as this sub-panel does (deps)
+        view_transform.draw(layout.box(), context, scene)
         cam = scene.camera
         name = ui_text.short_path(context, cam.name, share=0.6) if cam else "No camera"
         layout.label(text=f"{name}, frames {scene.frame_start}-{scene.frame_end}",

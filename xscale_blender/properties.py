@@ -165,6 +165,10 @@ class XScaleSceneSettings(_BackendOptions, bpy.types.PropertyGroup):
                                        description="Place the strip at the first frame of the path")
     strip_frame_start: IntProperty(name="Strip Start", default=1,
                                    description="Sequencer frame where the strip starts")
+    # colour management (view_transform.py): switched to Standard once, and what it was before
+    view_transform_set: BoolProperty(options={"HIDDEN"})
+    view_transform_before: StringProperty(options={"HIDDEN"})
+    look_before: StringProperty(options={"HIDDEN"})
     # the XScale-NVS render engine's viewport (Rendered shading)
     preview_supersample: IntProperty(
         name="Viewport Supersampling", default=1, min=int(config.RENDER_SS.min), max=int(config.RENDER_SS.max),

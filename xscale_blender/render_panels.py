@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bpy
 
+from . import view_transform
 from .core import render_server
 from .engine import ENGINE_ID
 from .panels import draw_option, draw_props, property_split
@@ -28,6 +29,7 @@ class RENDER_PT_xscale(XScaleRenderPanel, bpy.types.Panel):
         layout = property_split(self.layout)
         scene = context.scene
         s = scene.xscale
+        view_transform.draw(layout.box(), context, scene)
         draw_props(layout.column(), s, ("run_dir", "device", "exposure"))
         col = layout.column(heading="Supersampling", align=True)
         draw_option(col, s, "render_supersample", text="Render")
