@@ -314,8 +314,9 @@ def test_settings_panel_draws(engine_scene, bpy_module):
     ctx = bpy.context
     log = draw(bpy, render_panels.RENDER_PT_xscale, ctx)
     props = [c[1][1] for c in log if c[0] == "prop"]
-    assert {"run_dir", "exposure", "render_supersample", "preview_supersample", "preview_divisor",
-            "film_transparent"} <= set(props)
+    assert {"run_dir", "exposure", "preview_supersample", "preview_divisor", "film_transparent"} <= set(props)
+    # render supersampling left to the run: the cache's, said as such (the run was cached with ss 2)
+    assert ("operator", ("xscale.option_auto",), {"text": "Auto (as cached: 2)"}) in log
     draw(bpy, render_panels.RENDER_PT_xscale_server, ctx)
     draw(bpy, render_panels.VIEWLAYER_PT_xscale_passes, ctx)
     assert math.isclose(engine.DEPTH_MISS, 1e10)
