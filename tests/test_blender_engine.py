@@ -375,3 +375,27 @@ def test_choosing_the_engine_switches_to_standard_once(blank, bpy_module, tmp_pa
     bpy.context.view_layer.update()
     assert scene.render.engine == ENGINE and scene.view_settings.view_transform == "AgX"
     assert button()[0] == ["Use Standard"]
+
+
+# --- Render Camera Path's strip: not in the shot's sequencer ---------------------------------------
+
+def test_the_strip_does_not_hijack_f12_and_shows_what_f12_shows(engine_scene, bpy_module, tmp_path):
+    """After Render Camera Path the shot's F12 still renders the model (its Depth pass is there,
+    which a sequencer strip does not have), and the strip's own scene renders the frames with
+    F12's colours."""
+    from xscale_blender import sequencer
+    bpy = bpy_module
+    scene = engine_scene
+    scene.xscale.render_dir = str(tmp_path / "frames")
+    assert bpy.ops.xscale.render_path() == {"FINISHED"}        # the real `backend render` (PNG)
+    edit = scene.xscale.strip_scene
+    assert edit is not None and edit != scene and sequencer.all_strips(scene) == []
+    assert [st.name for st in sequencer.all_strips(edit)] == ["XScale shot"]
+    scene.frame_set(2)
+    scene.render.filepath = str(tmp_path / "f12.exr")
+    assert bpy.ops.render.render(write_still=True) == {"FINISHED"}
+    assert "ViewLayer.Depth.Z" in read_layers(tmp_path / "f12.exr")
+    f12 = f12_png(bpy, scene, tmp_path / "f12.png")
+    edit.frame_set(2)
+    assert covered_difference(f12_png(bpy, edit, tmp_path / "edit.png"), f12) <= DITHER
+    assert covered_difference(read_png(tmp_path / "frames" / "frame_000002.png"), f12) <= DITHER

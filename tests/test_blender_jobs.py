@@ -211,7 +211,8 @@ def test_render_operator_adds_strip(blank, bpy_module, tiny_scene, fake_python, 
     assert bpy.ops.xscale.render_path() == {"FINISHED"}
     out = run / "renders" / blank.camera.name
     assert (out / "camera_path_000004-000006.json").is_file()
-    strips = sequencer.all_strips(blank)
+    assert sequencer.all_strips(blank) == []
+    strips = sequencer.all_strips(blank.xscale.strip_scene)
     assert len(strips) == 1
     strip = strips[0]
     assert strip.name == f"XScale {blank.camera.name}" and strip.channel == 3

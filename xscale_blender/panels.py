@@ -105,9 +105,9 @@ def draw_job(layout: "bpy.types.UILayout", context=None,
     if job.finished:
         icon = {"done": "CHECKMARK", "stopped": "PAUSE", "failed": "ERROR"}[st.status]
         box.label(text=f"{job.label.title()} {st.status}", icon=icon)
-        if st.message:
-            ui_text.draw_wrapped(box, context, st.message, alert=st.status == jobs.FAILED,
-                                 margin_px=margin_px)
+        for text in (st.message, st.outcome):
+            if text:
+                ui_text.draw_wrapped(box, context, text, alert=st.status == jobs.FAILED, margin_px=margin_px)
         return
     text = f"{st.stage or 'starting'} {jobs.progress_text(st)}" if st.total else (st.stage or "starting")
     box.progress(factor=st.fraction, type="BAR", text=("stopping: " if job.stopping else "") + text)
@@ -149,10 +149,14 @@ class VIEW3D_PT_xscale_render(XScaleSubPanel, bpy.types.Panel):
         col = layout.column()
         draw_props(col, s, ("render_format", "exposure", "render_supersample", "render_dir"))
         col.separator()
-        draw_props(col, s, ("strip_channel", "strip_use_path_start"))
+        draw_props(col, s, ("strip_scene", "strip_channel", "strip_use_path_start"))
         sub = col.row()
         sub.enabled = not s.strip_use_path_start
         sub.prop(s, "strip_frame_start")
+        if s.strip_scene is None or s.strip_scene == scene:
+            where = (f"The strip goes to a new scene '{scene.name} Edit'." if s.strip_scene is None else
+                     "F12 and Ctrl-F12 here will render the strip, not the model.")
+            ui_text.draw_wrapped(col, context, where, alert=s.strip_scene is not None, icon="SEQUENCE")
         from . import view_transform        # needs numpy, as this sub-panel does (deps)
         view_transform.draw(layout.box(), context, scene)
         cam = scene.camera

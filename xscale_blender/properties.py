@@ -159,6 +159,10 @@ class XScaleSceneSettings(_BackendOptions, bpy.types.PropertyGroup):
     # render
     render_dir: StringProperty(name="Output Folder", subtype="DIR_PATH",
                                description="Frames go here (empty: RUN/renders/CAMERA)")
+    strip_scene: PointerProperty(
+        type=bpy.types.Scene, name="Strip Scene",
+        description="Scene whose sequencer gets the rendered strip (empty: a scene 'SCENE Edit' made for it). "
+                    "In the rendering scene itself, F12 and Ctrl-F12 would render the strip, not the model")
     strip_channel: IntProperty(name="Channel", default=2, min=1, max=128,
                                description="Sequencer channel of the rendered strip")
     strip_use_path_start: BoolProperty(name="Start at First Frame", default=True,

@@ -44,6 +44,7 @@ class JobState:
     eta_s: Optional[float] = None
     elapsed_s: Optional[float] = None
     message: str = ""                 # last log line or error
+    outcome: str = ""                 # what a finished job made and where (set by its on_finish)
     error: str = ""
     returncode: Optional[int] = None
     results: list[dict] = field(default_factory=list)   # every `done` event, in order
