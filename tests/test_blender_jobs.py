@@ -245,6 +245,27 @@ def test_ui_timer_polls_until_done(addon, fake_python, tmp_path, capsys):
     jobs.set_active(None)
 
 
+def test_quitting_while_a_job_runs_asks_first(addon, bpy_module, fake_python, tmp_path):
+    """While a job runs, Ctrl Q asks first (the question says what stopping keeps and what continues
+    it; the dialog itself needs a window: tests/real/artist_checks.py XS_MODE=quit)."""
+    from xscale_blender import job_runner
+    job = run_fake(fake_python, "slow", "fit", "--run", str(tmp_path / "run"), label="train")
+    try:
+        t_end = time.monotonic() + 20
+        while job.state.step < 3 and time.monotonic() < t_end:
+            job.poll()
+            time.sleep(0.02)
+        question = job_runner.quit_question(job)
+        assert question.startswith("Train is running (train ") and "/1000000 loss 0.5000" in question
+        assert question.endswith("Quitting stops it: it saves a checkpoint, Resume in the XScale tab continues "
+                                 "from it.")
+        job.state.stage = "cache"
+        assert "the views cached so far are kept" in job_runner.quit_question(job)
+    finally:
+        job.stop()
+        job.wait(timeout=20)
+
+
 def test_kill_when_stop_is_ignored(tmp_path):
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('{}', flush=True); time.sleep(60)"
     job = jobs.Job([sys.executable, "-c", code], label="stubborn").start()

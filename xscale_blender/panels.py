@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bpy
 
-from .core import deps, jobs, ui_text
-from .properties import SCENE_OPTIONS, auto_value
+from .core import deps, jobs, run_log, ui_text
+from .properties import SCENE_OPTIONS, auto_value, run_folder
 
 
 class XScalePanelBase:
@@ -45,6 +45,8 @@ class VIEW3D_PT_xscale(XScalePanelBase, bpy.types.Panel):
             row.label(text=f"{name}: {kind} photo", icon="OUTLINER_OB_CAMERA")
             row.operator("xscale.use_camera", text="", icon="VIEW_CAMERA")
         draw_job(layout, context)
+        if jobs.active() is None:
+            draw_last_stop(layout, context, s)
 
 
 def property_split(layout: "bpy.types.UILayout") -> "bpy.types.UILayout":
@@ -121,6 +123,22 @@ def draw_job(layout: "bpy.types.UILayout", context=None,
     if st.message:
         ui_text.draw_wrapped(box, context, st.message, margin_px=margin_px)
     box.operator("xscale.stop", text="Kill" if job.stopping else "Stop", icon="CANCEL")
+
+
+def draw_last_stop(layout: "bpy.types.UILayout", context, s) -> None:
+    """A job on the run folder that ended stopped (in an earlier session: Blender quit while it
+    ran): where it stopped, what was kept, and Resume."""
+    run = run_folder(s)
+    ev = run_log.last_stop(str(run.log)) if run is not None else None
+    if ev is None:
+        return
+    box = layout.box()
+    stage = str(ev.get("stage") or "job")
+    ui_text.draw_wrapped(box, context, f"Last {stage}: {jobs.describe_stop(ev)}", icon="PAUSE")
+    if stage in ("cache", "train"):
+        row = box.row()
+        row.enabled = not jobs.busy()
+        row.operator("xscale.train", text="Resume", icon="FILE_REFRESH").resume = True
 
 
 class VIEW3D_PT_xscale_train(XScaleSubPanel, bpy.types.Panel):
