@@ -25,32 +25,20 @@ event loop (timers) and takes screenshots with ImageMagick's `import` of the X d
 - note: the next session on that run folder (XS_RUN=OUT/quit_run): the XScale tab (quit_note.png).
 XS_SHOW=1 leaves Blender open at the end.
 """
-import importlib
 import json
 import os
 import subprocess
+import sys
 import time
 
 import bpy
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from real_blender import addon, logger  # noqa: E402
+
 OUT = os.environ.get("XS_OUT", "/tmp/xs_artist")
 MODE = os.environ.get("XS_MODE", "colour")
-os.makedirs(OUT, exist_ok=True)
-LOG = open(os.path.join(OUT, f"{MODE}.log"), "w")
-
-
-def say(*parts) -> None:
-    print(*parts, file=LOG, flush=True)
-    print("artist_checks:", *parts, flush=True)
-
-
-def addon(name: str):
-    for prefix in ("bl_ext.user_default.xscale_nvs", "xscale_blender"):
-        try:
-            return importlib.import_module(f"{prefix}.{name}")
-        except ImportError:
-            continue
-    raise ImportError(f"the XScale-NVS add-on is not enabled ({name})")
+say = logger(OUT, f"{MODE}.log", "artist_checks")
 
 
 def window_top() -> int:
