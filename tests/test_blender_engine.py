@@ -70,16 +70,41 @@ def read_layers(path) -> dict[str, np.ndarray]:
         return {k: np.asarray(c.pixels, np.float32) for p in f.parts for k, c in p.channels.items()}
 
 
-def backend_frames(bpy, scene, frames, tmp_path, name="ref"):
-    """`backend render` (EXR) of the scene camera's path over `frames`: {frame: channels}."""
+def backend_frames(bpy, scene, frames, tmp_path, name="ref", fmt="exr"):
+    """`backend render` of the scene camera's path over `frames`: {frame: EXR channels, or the
+    PNG's (H, W, 4) uint8 pixels}."""
     from backend.imageio import read_exr
     from xscale_blender import campath_export
     path = tmp_path / f"{name}.json"
     campath_export.export_camera_path(bpy.context, str(path), frames=frames)
     res = cli("render", "--run", scene.xscale.run_dir, "--path", str(path), "--out", str(tmp_path / name),
-              "--format", "exr", "--device", "cpu")
+              "--format", fmt, "--device", "cpu")
     assert res.returncode == 0, res.stderr
-    return {f: read_exr(tmp_path / name / f"frame_{f:06d}.exr") for f in frames}
+    files = {f: tmp_path / name / f"frame_{f:06d}.{fmt}" for f in frames}
+    return {f: read_exr(p) if fmt == "exr" else read_png(p) for f, p in files.items()}
+
+
+def read_png(path) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.open(path).convert("RGBA"))
+
+
+def f12_png(bpy, scene, path) -> np.ndarray:
+    """F12 of the scene's current frame saved as an 8-bit RGBA PNG (what an artist saves)."""
+    im = scene.render.image_settings
+    if hasattr(im, "media_type"):
+        im.media_type = "IMAGE"
+    im.file_format, im.color_mode, im.color_depth = "PNG", "RGBA", "8"
+    scene.render.filepath = str(path)
+    assert bpy.ops.render.render(write_still=True, scene=scene.name) == {"FINISHED"}
+    return read_png(path)
+
+
+def covered_difference(a: np.ndarray, b: np.ndarray) -> int:
+    """Largest RGB difference (0-255) over the pixels both frames fully cover."""
+    both = (a[..., 3] == 255) & (b[..., 3] == 255)
+    assert both.mean() > 0.2
+    return int(np.abs(a[..., :3].astype(int) - b[..., :3].astype(int))[both].max())
 
 
 def assert_matches(layers, ref, depth=True):
@@ -289,8 +314,88 @@ def test_settings_panel_draws(engine_scene, bpy_module):
     ctx = bpy.context
     log = draw(bpy, render_panels.RENDER_PT_xscale, ctx)
     props = [c[1][1] for c in log if c[0] == "prop"]
-    assert {"run_dir", "exposure", "render_supersample", "preview_supersample", "preview_divisor",
-            "film_transparent"} <= set(props)
+    assert {"run_dir", "exposure", "preview_supersample", "preview_divisor", "film_transparent"} <= set(props)
+    # render supersampling left to the run: the cache's, said as such (the run was cached with ss 2)
+    assert ("operator", ("xscale.option_auto",), {"text": "Auto (as cached: 2)"}) in log
     draw(bpy, render_panels.RENDER_PT_xscale_server, ctx)
     draw(bpy, render_panels.VIEWLAYER_PT_xscale_passes, ctx)
     assert math.isclose(engine.DEPTH_MISS, 1e10)
+
+
+# --- what an artist sees: the photos' colours ----------------------------------------------------
+DITHER = 2      # Blender dithers 8-bit output (Dither 1 by default): up to 2 levels apart
+
+
+def test_f12_has_the_photos_colours(engine_scene, bpy_module, tmp_path):
+    """Importing the capture set the Standard view transform: F12's PNG is `backend render`'s PNG
+    up to Blender's dither. The panel's way back to AgX makes F12 paler again (the 34 dB of the
+    issue)."""
+    bpy = bpy_module
+    scene = engine_scene
+    assert scene.view_settings.view_transform == "Standard" and scene.xscale.view_transform_before == "AgX"
+    scene.frame_set(2)
+    ref = backend_frames(bpy, scene, [2], tmp_path, fmt="png")[2]
+    assert covered_difference(f12_png(bpy, scene, tmp_path / "standard.png"), ref) <= DITHER
+    assert bpy.ops.xscale.view_transform(transform="AgX", look="None") == {"FINISHED"}
+    assert covered_difference(f12_png(bpy, scene, tmp_path / "agx.png"), ref) > 10
+
+
+def test_choosing_the_engine_switches_to_standard_once(blank, bpy_module, tmp_path):
+    from test_blender_ui import draw
+    from xscale_blender import render_panels
+    bpy = bpy_module
+    scene = blank
+    assert scene.view_settings.view_transform == "AgX"               # Blender's default
+    scene.render.engine = ENGINE
+    bpy.context.view_layer.update()
+    assert scene.view_settings.view_transform == "Standard" and scene.xscale.view_transform_before == "AgX"
+
+    def button():
+        log = draw(bpy, render_panels.RENDER_PT_xscale, bpy.context)
+        texts = [kw.get("text", "") for n, _a, kw in log if n == "label"]
+        return [kw["text"] for n, a, kw in log if n == "operator" and a[0] == "xscale.view_transform"], texts
+    ops, texts = button()
+    assert ops == ["Back to AgX"] and "View Transform: Standard, the photos' colours" in " ".join(texts)
+    assert bpy.ops.xscale.view_transform(transform="AgX", look="None") == {"FINISHED"}
+    ops, texts = button()
+    assert ops == ["Use Standard"] and "paler than the photos" in " ".join(texts)
+    # choosing the engine again leaves the artist's choice alone
+    scene.render.engine = "CYCLES"
+    bpy.context.view_layer.update()
+    scene.render.engine = ENGINE
+    bpy.context.view_layer.update()
+    assert scene.view_settings.view_transform == "AgX"
+    # a file saved with the engine chosen (before this add-on switched views) opens with its view
+    scene.xscale.view_transform_set = False
+    blend = tmp_path / "old.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    scene = bpy.context.scene
+    scene.frame_set(2)
+    bpy.context.view_layer.update()
+    assert scene.render.engine == ENGINE and scene.view_settings.view_transform == "AgX"
+    assert button()[0] == ["Use Standard"]
+
+
+# --- Render Camera Path's strip: not in the shot's sequencer ---------------------------------------
+
+def test_the_strip_does_not_hijack_f12_and_shows_what_f12_shows(engine_scene, bpy_module, tmp_path):
+    """After Render Camera Path the shot's F12 still renders the model (its Depth pass is there,
+    which a sequencer strip does not have), and the strip's own scene renders the frames with
+    F12's colours."""
+    from xscale_blender import sequencer
+    bpy = bpy_module
+    scene = engine_scene
+    scene.xscale.render_dir = str(tmp_path / "frames")
+    assert bpy.ops.xscale.render_path() == {"FINISHED"}        # the real `backend render` (PNG)
+    edit = scene.xscale.strip_scene
+    assert edit is not None and edit != scene and sequencer.all_strips(scene) == []
+    assert [st.name for st in sequencer.all_strips(edit)] == ["XScale shot"]
+    scene.frame_set(2)
+    scene.render.filepath = str(tmp_path / "f12.exr")
+    assert bpy.ops.render.render(write_still=True) == {"FINISHED"}
+    assert "ViewLayer.Depth.Z" in read_layers(tmp_path / "f12.exr")
+    f12 = f12_png(bpy, scene, tmp_path / "f12.png")
+    edit.frame_set(2)
+    assert covered_difference(f12_png(bpy, edit, tmp_path / "edit.png"), f12) <= DITHER
+    assert covered_difference(read_png(tmp_path / "frames" / "frame_000002.png"), f12) <= DITHER

@@ -26,6 +26,12 @@ def _rendered(out) -> list[int]:
     return sorted(int(p.name[6:12]) for p in out.glob("frame_*.png"))
 
 
+def _edit(scene):
+    """The scene made for `scene`'s strips."""
+    import bpy
+    return bpy.data.scenes[f"{scene.name} Edit"]
+
+
 def test_chunks_share_the_folder_then_assemble(blank, bpy_module, trained, tmp_path):
     from xscale_blender import sequencer
     bpy, out = bpy_module, trained
@@ -40,7 +46,7 @@ def test_chunks_share_the_folder_then_assemble(blank, bpy_module, trained, tmp_p
     assert _rendered(out) == [1, 2, 3, 4, 7, 8, 9, 10]
     assert sorted(p.name for p in out.glob("camera_path_*.json")) == [
         "camera_path_000001-000004.json", "camera_path_000007-000010.json"]
-    assert sequencer.all_strips(blank) == []               # chunks leave the edit alone
+    assert sequencer.all_strips(blank) == [] and f"{blank.name} Edit" not in bpy.data.scenes   # chunks leave the edit alone
 
     with pytest.raises(RuntimeError, match=r"2 of 10 frame\(s\) missing .*: 5-6"):
         bpy.ops.xscale.assemble_strip()
@@ -55,7 +61,8 @@ def test_chunks_share_the_folder_then_assemble(blank, bpy_module, trained, tmp_p
     assert _rendered(out) == list(range(1, 11))
 
     assert bpy.ops.xscale.assemble_strip() == {"FINISHED"}
-    strips = sequencer.all_strips(blank)
+    assert sequencer.all_strips(blank) == []               # F12 of the shot still renders the model
+    strips = sequencer.all_strips(_edit(blank))
     assert len(strips) == 1 and strips[0].name == f"XScale {blank.camera.name}"
     assert [e.filename for e in strips[0].elements] == [f"frame_{n:06d}.png" for n in range(1, 11)]
     assert (strips[0].frame_final_start, strips[0].frame_final_duration) == (1, 10)
@@ -66,12 +73,51 @@ def test_skip_existing_with_nothing_left_adds_the_strip(blank, bpy_module, train
     bpy = bpy_module
     assert bpy.ops.xscale.render_path() == {"FINISHED"}           # the whole range, strip added
     assert len(list(trained.glob("frame_*.png"))) == 10
-    assert len(sequencer.all_strips(blank)) == 1
+    assert len(sequencer.all_strips(_edit(blank))) == 1
     argv = tmp_path / "argv.json"
     argv.unlink()
     assert bpy.ops.xscale.render_path(skip_existing=True) == {"FINISHED"}
     assert not argv.exists()                                       # no backend job at all
-    assert len(sequencer.all_strips(blank)) == 1
+    assert len(sequencer.all_strips(_edit(blank))) == 1 and sequencer.all_strips(blank) == []
+
+
+def test_the_strip_goes_where_f12_does_not_render_it_and_says_where(blank, bpy_module, trained, capfd):
+    """Render Camera Path puts its strip in a scene made for it (following the shot's output size,
+    frame rate and view transform), moves an older render's strip out of the shot's own sequencer
+    (where F12 and Ctrl-F12 rendered it instead of the model), and reports where it went; a scene
+    the user names gets it instead, the shot itself too (then the report warns)."""
+    from xscale_blender import render_ops, sequencer
+    bpy = bpy_module
+    name = f"XScale {blank.camera.name}"
+    blank.frame_start, blank.frame_end = 1, 3
+    blank.render.fps = 30
+    assert bpy.ops.xscale.render_path(add_strip=False) == {"FINISHED"}
+    old = sequencer.add_image_strip(blank, str(trained), ["frame_000001.png"], name=name, channel=1, frame_start=1)
+    assert blank.render.use_sequencer and len(sequencer.all_strips(blank)) == 1     # what hijacked F12
+    capfd.readouterr()
+    place = render_ops.add_render_strip(blank, str(trained), [1, 2, 3], "png", name)
+    assert old.name not in [st.name for st in sequencer.all_strips(blank)]
+    edit = _edit(blank)
+    strips = sequencer.all_strips(edit)
+    assert [(st.name, st.frame_final_start, st.frame_final_duration) for st in strips] == [(name, 1, 3)]
+    assert blank.xscale.strip_scene == edit
+    assert (edit.frame_start, edit.frame_end, edit.render.fps) == (1, 3, 30)
+    assert (edit.render.resolution_x, edit.render.resolution_y) == (blank.render.resolution_x, blank.render.resolution_y)
+    assert edit.view_settings.view_transform == blank.view_settings.view_transform == "Standard"
+    assert place == (f"strip '{name}' (frames 1-3, channel 2) is in scene '{edit.name}': switch to it to play "
+                     f"the frames; F12 here renders the model (moved out of the sequencer of '{blank.name}')")
+    assert bpy.ops.xscale.assemble_strip() == {"FINISHED"}
+    assert f"is in scene '{edit.name}'" in capfd.readouterr().out
+    # a scene the user chose
+    cut = bpy.data.scenes.new("Cut")
+    blank.xscale.strip_scene = cut
+    render_ops.add_render_strip(blank, str(trained), [1, 2, 3], "png", name)
+    assert [st.name for st in sequencer.all_strips(cut)] == [name] and cut.frame_end == 250   # its own range kept
+    # the shot itself, when the user asks for it: said plainly
+    blank.xscale.strip_scene = blank
+    place = render_ops.add_render_strip(blank, str(trained), [1, 2, 3], "png", name)
+    assert [st.name for st in sequencer.all_strips(blank)] == [name]
+    assert "F12 and Ctrl-F12 here render the strip, not the model" in place
 
 
 def test_frame_ranges_text():

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -63,7 +64,8 @@ def test_import_train_render_strip(blank, bpy_module, real_backend, tiny_scene, 
     blank.frame_start, blank.frame_end = 1, 3
 
     assert bpy.ops.xscale.render_path() == {"FINISHED"}
-    strips = [st for st in sequencer.all_strips(blank) if st.name == "XScale shot"]
+    assert sequencer.all_strips(blank) == []
+    strips = [st for st in sequencer.all_strips(blank.xscale.strip_scene) if st.name == "XScale shot"]
     assert len(strips) == 1
     strip = strips[0]
     assert strip.frame_final_duration == 3 and len(strip.elements) == 3
@@ -131,9 +133,10 @@ elif step == "render":
     bpy.ops.xscale.render_path()
     bpy.ops.wm.save_mainfile()
 elif step == "check":
-    se = bpy.context.scene.sequence_editor
-    strips = list(se.strips_all if hasattr(se, "strips_all") else se.sequences_all)
-    print("STRIPS " + __import__("json").dumps([[s.name, s.channel, len(s.elements)] for s in strips]))
+    strips = [[sc.name, s.name, s.channel, len(s.elements)] for sc in bpy.data.scenes if sc.sequence_editor
+              for s in (sc.sequence_editor.strips_all if hasattr(sc.sequence_editor, "strips_all")
+                        else sc.sequence_editor.sequences_all)]
+    print("STRIPS " + __import__("json").dumps(strips))
 """
 
 
@@ -160,7 +163,7 @@ def test_headless_recipe_with_installed_extension(bpy_module, real_backend, tiny
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     res = blender("check", blend)
     strips = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("STRIPS ")][0][7:])
-    assert strips == [["XScale view_000", 4, 3]]
+    assert strips == [["Scene Edit", "XScale view_000", 4, 3]]      # saved in the .blend, not in the shot
     # training a trained run folder again is refused, naming the headless way to start over
     res = blender("train", blend)
     assert res.returncode != 0 and "overwrite=True" in res.stderr
@@ -170,3 +173,62 @@ def test_headless_recipe_with_installed_extension(bpy_module, real_backend, tiny
     (run / "cache").rename(run / "cache_old")
     res = blender("train_over", blend)
     assert res.returncode != 0 and "view_001_cam.txt" in res.stderr
+
+
+# Blender quitting while training runs, with the bpy module: the add-on starts the job as the UI does,
+# then the interpreter exits (what Blender's quit does to Python) without a Stop.
+QUIT_WHILE_TRAINING = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import bpy, xscale_blender
+xscale_blender.register()
+from xscale_blender import job_runner, train_ops
+from xscale_blender.core import jobs
+bpy.ops.import_scene.xscale_mvsnet(directory=sys.argv[2], show_photos=False, check_scene=False)
+s = bpy.context.scene.xscale
+s.run_dir, s.iterations, s.device, s.preset = sys.argv[3], 100000, "cpu", "small"
+job = job_runner.backend_job("fit", train_ops.fit_arguments(s, resume=False), "train").start()
+jobs.set_active(job)
+t_end = time.monotonic() + 300
+while not (job.state.stage == "train" and job.state.step >= 2) and not job.finished and time.monotonic() < t_end:
+    job.poll()
+    time.sleep(0.05)
+print("TRAINER", job.proc.pid, flush=True)
+"""
+
+
+def test_quitting_while_training_keeps_the_checkpoint_and_says_how_to_resume(
+        blank, bpy_module, real_backend, tiny_scene, tmp_path):
+    """The trainer stops with a checkpoint when Blender quits (it outlives Blender by a few seconds
+    to save it); the console says so, and the next session's XScale tab says where the run stopped
+    and offers Resume."""
+    from test_blender_ui import draw, labels
+    from test_serve import gone
+    from xscale_blender import panels
+    from xscale_blender.core import jobs
+    bpy = bpy_module
+    script, run = tmp_path / "quit.py", tmp_path / "run"
+    script.write_text(QUIT_WHILE_TRAINING)
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
+    res = subprocess.run([sys.executable, str(script), str(ROOT), str(tiny_scene), str(run)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("TRAINER ")]
+    assert line, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "XScale: Blender quit while train was running (train " in res.stderr
+    assert "stopped it: it saves a checkpoint, Resume in the XScale tab continues from it" in res.stderr
+    pid = int(line[0].split()[1])
+    t_end = time.monotonic() + 120
+    while not gone(pid) and time.monotonic() < t_end:
+        time.sleep(0.2)
+    assert gone(pid) and (run / "checkpoints" / "latest.pt").is_file()
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "stopped" and last["step"] >= 2 and last["checkpoint"]
+
+    # the next session: the same run folder, no job of its own
+    jobs.set_active(None)
+    blank.xscale.run_dir = str(run)
+    log = draw(bpy, panels.VIEW3D_PT_xscale, bpy.context)
+    text = " ".join(kw.get("text", "") for n, _a, kw in log if n == "label")
+    assert f"Last train: stopped at step {last['step']} of 100000; checkpoint saved, Resume continues it" in text
+    assert ("operator", ("xscale.train",), {"text": "Resume", "icon": "FILE_REFRESH"}) in log
+    assert "Resume" in " ".join(labels(log))

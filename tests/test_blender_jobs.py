@@ -211,7 +211,8 @@ def test_render_operator_adds_strip(blank, bpy_module, tiny_scene, fake_python, 
     assert bpy.ops.xscale.render_path() == {"FINISHED"}
     out = run / "renders" / blank.camera.name
     assert (out / "camera_path_000004-000006.json").is_file()
-    strips = sequencer.all_strips(blank)
+    assert sequencer.all_strips(blank) == []
+    strips = sequencer.all_strips(blank.xscale.strip_scene)
     assert len(strips) == 1
     strip = strips[0]
     assert strip.name == f"XScale {blank.camera.name}" and strip.channel == 3
@@ -242,6 +243,27 @@ def test_ui_timer_polls_until_done(addon, fake_python, tmp_path, capsys):
     assert job.state.status == jobs.DONE
     assert "train: finished (train 10/10" in capsys.readouterr().out
     jobs.set_active(None)
+
+
+def test_quitting_while_a_job_runs_asks_first(addon, bpy_module, fake_python, tmp_path):
+    """While a job runs, Ctrl Q asks first (the question says what stopping keeps and what continues
+    it; the dialog itself needs a window: tests/real/artist_checks.py XS_MODE=quit)."""
+    from xscale_blender import job_runner
+    job = run_fake(fake_python, "slow", "fit", "--run", str(tmp_path / "run"), label="train")
+    try:
+        t_end = time.monotonic() + 20
+        while job.state.step < 3 and time.monotonic() < t_end:
+            job.poll()
+            time.sleep(0.02)
+        question = job_runner.quit_question(job)
+        assert question.startswith("Train is running (train ") and "/1000000 loss 0.5000" in question
+        assert question.endswith("Quitting stops it: it saves a checkpoint, Resume in the XScale tab continues "
+                                 "from it.")
+        job.state.stage = "cache"
+        assert "the views cached so far are kept" in job_runner.quit_question(job)
+    finally:
+        job.stop()
+        job.wait(timeout=20)
 
 
 def test_kill_when_stop_is_ignored(tmp_path):

@@ -107,9 +107,101 @@ def test_preferences_draw(addon, bpy_module, monkeypatch):
     preferences.doctor_lines[:] = ["torch: 2.13", "cuda_available: False"]
     log = draw(bpy, preferences.XScalePreferences, bpy.context, python="")
     text = " ".join(labels(log))
-    assert "xscale.check_backend" in text and "torch: 2.13" in text and "overrides" in text
+    assert "xscale.check_backend" in text and "overrides" in text
+    assert [kw["text"] for n, _a, kw in log if n == "label" and kw.get("text") in ("torch", "2.13")] == ["torch", "2.13"]
     assert preferences.backend_python() == sys.executable
     preferences.doctor_lines.clear()
+
+
+def _prefs_context(bpy, width):
+    return SimpleNamespace(preferences=bpy.context.preferences, region=SimpleNamespace(width=width),
+                           window_manager=bpy.context.window_manager, scene=bpy.context.scene)
+
+
+def test_preferences_show_the_whole_backend_python_and_the_check_verdict_first(addon, bpy_module, monkeypatch):
+    """The path gets a row of its own (no label or button beside it), and Check's report starts with
+    its verdict and keeps every line within the window (Blender 4.3's preferences window: 690 px)."""
+    from xscale_blender import backend_ops, preferences
+    from xscale_blender.core import jobs as jobs_mod, ui_text
+    bpy = bpy_module
+    monkeypatch.delenv(preferences.ENV_PYTHON, raising=False)
+    job = jobs_mod.Job(["python"], label="doctor")
+    job.text_lines = ['{"python": "3.11.7", "executable": "/home/artist/.config/blender/4.3/datafiles/xscale_nvs/'
+                      'venv/bin/python", "platform": "Linux-6.18.44-fc-v1300-x86_64-with-glibc2.41", '
+                      '"torch": "2.13.0+cpu", "cuda_available": false, "disk_free_gb": 73.1, '
+                      '"check rasterizer": "passed: cpu (checked before)", "ready": true}']
+    job.state.returncode = 0
+    lines = backend_ops._doctor_lines(job)
+    assert lines[0] == "ready: True" and len(lines) == 8
+    preferences.doctor_lines[:] = lines
+    try:
+        context = _prefs_context(bpy, 530)                   # the preferences' main region at its default size
+        log = draw(bpy, preferences.XScalePreferences, context, python="/home/artist/.config/blender/4.3/"
+                   "datafiles/xscale_nvs/venv/bin/python3.13")
+    finally:
+        preferences.doctor_lines.clear()
+    props = [(i, kw) for i, (n, args, kw) in enumerate(log) if n == "prop" and args[1] == "python"]
+    assert props and props[0][1] == {"text": ""}              # no label eating 40% of the row
+    i = props[0][0]
+    assert log[i - 1][0] == "label" and log[i - 1][2]["text"] == "Backend Python"
+    assert all(n != "operator" for n, _a, _kw in log[i - 2:i + 2])   # no button sharing the row
+    texts = [kw.get("text", "") for n, _a, kw in log if n == "label"]
+    first = texts.index("Ready: the backend can train and render here")
+    assert first < texts.index("python")
+    measure, room = ui_text.measure_for(context), ui_text.fit_width(context, preferences.PREFS_MARGIN_PX)
+    values = texts[first + 1:]
+    assert "Linux-6.18.44-fc-v1300-x86_64-with-glibc2.41" in values and "73.1" in values
+    assert all(measure(v) <= room for v in values)
+
+
+# --- settings left to the backend read "Auto (...)" -----------------------------------------------
+
+def _option_rows(log, label):
+    """(the operator button's text, whether the value is drawn as a number field) of the row `label`."""
+    for k, (name, args, kw) in enumerate(log):
+        if name == "label" and kw.get("text") == label:
+            nxt = log[k + 1]
+            return nxt[2].get("text") if nxt[0] == "operator" else None
+    return None
+
+
+def test_unset_settings_read_auto_with_the_value_the_backend_will_use(panels, bpy_module, tmp_path):
+    from xscale_blender import render_panels
+    bpy = bpy_module
+    s = bpy.context.scene.xscale
+    s.device, s.preset = "cpu", "auto"
+    train = draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context)
+    assert _option_rows(train, "Iterations") == "Auto (preset: 600)"
+    assert _option_rows(train, "Image Level") == "Auto (finest)"
+    drawn = [args[1] for n, args, _kw in train if n == "prop"]
+    assert "iterations" not in drawn and "level" not in drawn        # no "0" or "-1" that looks real
+    s.device = "auto"
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == \
+        "Auto (GPU 30000, CPU 600)"
+    s.preset = "reference"
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == "Auto (preset: 30000)"
+
+    # render supersampling: the run's cache decides it
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_render, bpy.context), "Supersampling") == "Auto (as cached)"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"mesh": "m.obj", "views": [], "ss": 3}')
+    s.run_dir = str(run)
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_render, bpy.context), "Supersampling") == \
+        "Auto (as cached: 3)"
+    assert _option_rows(draw(bpy, render_panels.RENDER_PT_xscale, bpy.context), "Render") == "Auto (as cached: 3)"
+
+    # the button sets it (to what Auto would use), the X next to the field goes back to Auto
+    assert bpy.ops.xscale.option_auto(name="iterations", auto=False) == {"FINISHED"}
+    assert s.iterations == 30000
+    log = draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context)
+    assert "iterations" in [args[1] for n, args, _kw in log if n == "prop"]
+    assert ("operator", ("xscale.option_auto",), {"text": "", "icon": "X"}) in log
+    bpy.ops.xscale.option_auto(name="iterations", auto=True)
+    assert s.iterations == 0
+    bpy.ops.xscale.option_auto(name="render_supersample", auto=False)
+    assert s.render_supersample == 3
+    s.render_supersample, s.preset, s.run_dir = 0, "auto", ""
 
 
 def test_missing_backend_python_names_where_it_was_set(addon, bpy_module, monkeypatch, tmp_path):

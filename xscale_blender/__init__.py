@@ -13,7 +13,8 @@ Train, Resume), render_ops (camera path render, its sequencer strip, path export
 backend_ops (Check Backend, Set Up Backend), engine (the XScale-NVS render engine: F12,
 animation, viewport; its Properties panels in render_panels); job_runner runs their backend processes (timer in the UI, blocking in
 background mode, Stop) and reporting tells the user; properties holds the scene settings, built
-from backend.config's options; panels and preferences draw them. Without numpy in Blender's
+from backend.config's options; panels and preferences draw them; view_transform gives scenes that
+show the capture the Standard view transform. Without numpy in Blender's
 Python (core.deps) the modules that need it are left out and the panels say how to install it.
 """
 from __future__ import annotations
@@ -23,9 +24,9 @@ import sys
 
 # Registration order: settings and helpers first, the panels that use them last.
 _MODULE_NAMES = ("preferences", "properties", "reporting", "job_runner", "import_ops", "train_ops",
-                 "render_ops", "backend_ops", "engine", "render_panels", "panels", "importer")
+                 "render_ops", "backend_ops", "engine", "view_transform", "render_panels", "panels", "importer")
 # Left out when Blender's Python has no numpy (deps.py): the panels then say how to install it.
-NEEDS_NUMPY = frozenset({"import_ops", "render_ops", "engine", "render_panels", "importer"})
+NEEDS_NUMPY = frozenset({"import_ops", "render_ops", "engine", "view_transform", "render_panels", "importer"})
 
 _registered: list = []
 

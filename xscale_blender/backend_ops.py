@@ -35,6 +35,8 @@ def _doctor_lines(job: jobs.Job) -> list[str]:
     text = "\n".join(job.text_lines).strip()
     lines: list[str] = []
     if isinstance(info, dict):
+        if "ready" in info:      # the verdict first: a small preferences window shows the top lines
+            info = {"ready": info["ready"], **info}
         for key, value in info.items():
             if isinstance(value, dict):
                 value = ", ".join(f"{k}={v}" for k, v in value.items())

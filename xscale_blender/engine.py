@@ -265,6 +265,8 @@ def _hashable(v):
 def _progress(preview: Preview, shown) -> str:
     if shown is None:
         return "starting the render server" if render_server.starting() else "rendering"
+    if preview.full_done is not None:          # a slow full frame, band by band
+        return f"rendering full resolution, {preview.full_done:.0%}"
     if preview.busy:
         return "starting the render server" if render_server.starting() else "rendering"
     res = "full resolution" if shown.divisor == 1 else f"1/{shown.divisor} resolution"

@@ -13,7 +13,7 @@ from typing import Optional
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import importer, preferences
+from . import importer, preferences, view_transform
 from .backend_link import config, prepare, silenced_events
 from .core import jobs
 from .job_runner import start_backend
@@ -57,6 +57,10 @@ def _finish_import(op: "bpy.types.Operator", coll: "bpy.types.Collection", scene
                    level: "Optional[int]", prefix: str = "") -> set[str]:
     n = sum(1 for ob in coll.all_objects if ob.type == "CAMERA")
     message = f"{prefix}Imported {n} cameras into '{coll.name}'"
+    s, view = bpy.context.scene.xscale, bpy.context.scene.view_settings.view_transform
+    if view == view_transform.STANDARD and s.view_transform_before:
+        message += (f"; View Transform: Standard, the photos' colours (was {s.view_transform_before}: the "
+                    "XScale tab switches back)")
     level_name = "INFO"
     if op.check_scene:
         level_name, summary = check_imported_scene(coll, scene_dir, level)

@@ -8,6 +8,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+from . import view_transform
 from .backend_link import config, errors, scene as scene_io
 from .core import camera_convert as cc
 
@@ -174,6 +175,7 @@ def import_scene(context: bpy.types.Context, scene_dir: str, *, mesh: bool = Tru
     if set_active and first_train is not None:
         bscene.camera = first_train
         apply_camera_settings(bscene, first_train)
+    view_transform.use_standard(bscene)        # the photos' colours (view_transform.py)
     return top
 
 

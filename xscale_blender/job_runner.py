@@ -101,15 +101,58 @@ class XSCALE_OT_stop(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (XSCALE_OT_stop,)
+def quit_question(job: jobs.Job) -> str:
+    """What quitting now does to the running job, for the question before quitting."""
+    return (f"{job.label.title()} is running ({jobs.describe(job.state)}). Quitting stops it: "
+            f"{jobs.stop_keeps(job.label, job.state.stage)}.")
+
+
+class XSCALE_OT_quit_blender(bpy.types.Operator):
+    """Quit Blender; while an XScale job runs, ask first (Ctrl Q)"""
+    bl_idname = "xscale.quit_blender"
+    bl_label = "Quit Blender"
+    bl_options = {"INTERNAL"}
+
+    def invoke(self, context, event):
+        job = jobs.active()
+        if job is None or job.finished:
+            return {"PASS_THROUGH"}          # Blender's own Ctrl Q
+        return context.window_manager.invoke_confirm(
+            self, event, title="Quit While a Job Runs?", message=quit_question(job),
+            confirm_text="Stop It and Quit", icon="WARNING")
+
+    def execute(self, context):
+        job = jobs.active()
+        if job is not None and not job.finished:
+            job.stop()
+        bpy.ops.wm.quit_blender("INVOKE_DEFAULT")      # Blender's own quit: it may ask to save
+        return {"FINISHED"}
+
+
+CLASSES = (XSCALE_OT_stop, XSCALE_OT_quit_blender)
+
+# Ctrl Q (and Cmd Q on macOS) ask first while a job runs; the window's close button and File >
+# Quit cannot be caught: then the job stops at exit (jobs._stop_on_exit) and the next session's
+# sidebar says where it stopped (core/run_log.py).
+_keymap_items: list = []
 
 
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    kc = bpy.context.window_manager.keyconfigs.addon if bpy.context.window_manager else None
+    if kc is None:              # background mode: no keymaps
+        return
+    km = kc.keymaps.new(name="Window", space_type="EMPTY")
+    keys = [{"ctrl": True}] + ([{"oskey": True}] if sys.platform == "darwin" else [])
+    for mods in keys:
+        _keymap_items.append((km, km.keymap_items.new(XSCALE_OT_quit_blender.bl_idname, "Q", "PRESS", **mods)))
 
 
 def unregister() -> None:
+    while _keymap_items:
+        km, kmi = _keymap_items.pop()
+        km.keymap_items.remove(kmi)
     if bpy.app.timers.is_registered(_ui_tick):
         bpy.app.timers.unregister(_ui_tick)
     job = jobs.active()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bpy
 
-from .core import deps, jobs, ui_text
+from .core import deps, jobs, run_log, ui_text
+from .properties import SCENE_OPTIONS, auto_value, run_folder
 
 
 class XScalePanelBase:
@@ -44,6 +45,8 @@ class VIEW3D_PT_xscale(XScalePanelBase, bpy.types.Panel):
             row.label(text=f"{name}: {kind} photo", icon="OUTLINER_OB_CAMERA")
             row.operator("xscale.use_camera", text="", icon="VIEW_CAMERA")
         draw_job(layout, context)
+        if jobs.active() is None:
+            draw_last_stop(layout, context, s)
 
 
 def property_split(layout: "bpy.types.UILayout") -> "bpy.types.UILayout":
@@ -55,9 +58,32 @@ def property_split(layout: "bpy.types.UILayout") -> "bpy.types.UILayout":
 
 
 def draw_props(layout: "bpy.types.UILayout", data, names: tuple[str, ...]) -> None:
-    """A row for each of `data`'s properties `names`, in order."""
+    """A row for each of `data`'s properties `names`, in order (draw_option's for scene settings)."""
     for name in names:
-        layout.prop(data, name)
+        draw_option(layout, data, name)
+
+
+def draw_option(layout: "bpy.types.UILayout", data, name: str, text: str = "") -> None:
+    """A property row. A scene setting left to the backend (its `unset` value: a number that
+    would look real, such as Iterations 0) reads 'Auto (preset: 30000)' instead: a button that
+    lets the user set it; once set, a button next to the field puts it back to Auto."""
+    setting = SCENE_OPTIONS.get(name)
+    label = {"text": text} if text else {}
+    if setting is None or setting.unset is None or setting.option.kind is str:
+        layout.prop(data, name, **label)
+        return
+    if getattr(data, name) == setting.unset:
+        split = layout.split(factor=0.4, align=True)       # as use_property_split lays out a row
+        left = split.row()
+        left.alignment = "RIGHT"
+        left.label(text=text or setting.label)
+        op = split.operator("xscale.option_auto", text=f"Auto ({auto_value(data, name)[1]})")
+        op.name, op.auto = name, False
+        return
+    row = layout.row(align=True)
+    row.prop(data, name, **label)
+    op = row.operator("xscale.option_auto", text="", icon="X")
+    op.name, op.auto = name, True
 
 
 def draw_missing(layout: "bpy.types.UILayout", context) -> None:
@@ -81,9 +107,9 @@ def draw_job(layout: "bpy.types.UILayout", context=None,
     if job.finished:
         icon = {"done": "CHECKMARK", "stopped": "PAUSE", "failed": "ERROR"}[st.status]
         box.label(text=f"{job.label.title()} {st.status}", icon=icon)
-        if st.message:
-            ui_text.draw_wrapped(box, context, st.message, alert=st.status == jobs.FAILED,
-                                 margin_px=margin_px)
+        for text in (st.message, st.outcome):
+            if text:
+                ui_text.draw_wrapped(box, context, text, alert=st.status == jobs.FAILED, margin_px=margin_px)
         return
     text = f"{st.stage or 'starting'} {jobs.progress_text(st)}" if st.total else (st.stage or "starting")
     box.progress(factor=st.fraction, type="BAR", text=("stopping: " if job.stopping else "") + text)
@@ -97,6 +123,22 @@ def draw_job(layout: "bpy.types.UILayout", context=None,
     if st.message:
         ui_text.draw_wrapped(box, context, st.message, margin_px=margin_px)
     box.operator("xscale.stop", text="Kill" if job.stopping else "Stop", icon="CANCEL")
+
+
+def draw_last_stop(layout: "bpy.types.UILayout", context, s) -> None:
+    """A job on the run folder that ended stopped (in an earlier session: Blender quit while it
+    ran): where it stopped, what was kept, and Resume."""
+    run = run_folder(s)
+    ev = run_log.last_stop(str(run.log)) if run is not None else None
+    if ev is None:
+        return
+    box = layout.box()
+    stage = str(ev.get("stage") or "job")
+    ui_text.draw_wrapped(box, context, f"Last {stage}: {jobs.describe_stop(ev)}", icon="PAUSE")
+    if stage in ("cache", "train"):
+        row = box.row()
+        row.enabled = not jobs.busy()
+        row.operator("xscale.train", text="Resume", icon="FILE_REFRESH").resume = True
 
 
 class VIEW3D_PT_xscale_train(XScaleSubPanel, bpy.types.Panel):
@@ -125,10 +167,16 @@ class VIEW3D_PT_xscale_render(XScaleSubPanel, bpy.types.Panel):
         col = layout.column()
         draw_props(col, s, ("render_format", "exposure", "render_supersample", "render_dir"))
         col.separator()
-        draw_props(col, s, ("strip_channel", "strip_use_path_start"))
+        draw_props(col, s, ("strip_scene", "strip_channel", "strip_use_path_start"))
         sub = col.row()
         sub.enabled = not s.strip_use_path_start
         sub.prop(s, "strip_frame_start")
+        if s.strip_scene is None or s.strip_scene == scene:
+            where = (f"The strip goes to a new scene '{scene.name} Edit'." if s.strip_scene is None else
+                     "F12 and Ctrl-F12 here will render the strip, not the model.")
+            ui_text.draw_wrapped(col, context, where, alert=s.strip_scene is not None, icon="SEQUENCE")
+        from . import view_transform        # needs numpy, as this sub-panel does (deps)
+        view_transform.draw(layout.box(), context, scene)
         cam = scene.camera
         name = ui_text.short_path(context, cam.name, share=0.6) if cam else "No camera"
         layout.label(text=f"{name}, frames {scene.frame_start}-{scene.frame_end}",

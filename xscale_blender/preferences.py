@@ -13,6 +13,8 @@ from .core import deps, jobs, ui_text
 ENV_PYTHON = "XSCALE_BACKEND_PYTHON"   # overrides the preference, e.g. for headless farm jobs
 
 PREFS_MARGIN_PX = 110.0     # the add-on's entry in Preferences is indented and boxed
+REPORT_KEY_SHARE = 0.3      # Check's report: the keys' column
+REPORT_KEY_CHARS = 24       # a longer 'key' is not a key (a message with a colon)
 
 # Result of the last "Check" (not saved): lines to show under the button.
 doctor_lines: list[str] = []
@@ -39,18 +41,19 @@ class XScalePreferences(bpy.types.AddonPreferences):
         layout = self.layout
         if deps.missing():
             panels.draw_missing(layout, context)
-        col = panels.property_split(layout.column())
-        row = col.row(align=True)
-        row.prop(self, "python")
-        row.operator("xscale.check_backend", text="Check", icon="CHECKMARK")
+        col = layout.column(align=True)
+        col.label(text="Backend Python")
+        col.prop(self, "python", text="")          # the whole width: environment paths are long
         if os.environ.get(ENV_PYTHON):
-            ui_text.draw_wrapped(layout, context, f"{ENV_PYTHON} is set and overrides this: "
+            ui_text.draw_wrapped(col, context, f"{ENV_PYTHON} is set and overrides this: "
                                  f"{os.environ[ENV_PYTHON]}", icon="INFO", margin_px=PREFS_MARGIN_PX)
-        col.prop(self, "setup_python")
-        row = col.row()
+        row = layout.row(align=True)
+        row.operator("xscale.check_backend", text="Check", icon="CHECKMARK")
+        sub = row.row(align=True)
+        sub.enabled = not jobs.busy()
+        sub.operator("xscale.setup_backend", icon="IMPORT")
+        panels.property_split(layout.column()).prop(self, "setup_python")
         job = jobs.active()
-        row.enabled = not jobs.busy()
-        row.operator("xscale.setup_backend", icon="IMPORT")
         if job is not None and job.label == jobs.SETUP_LABEL:
             panels.draw_job(layout, context, margin_px=PREFS_MARGIN_PX)
         elif not self.python and not os.environ.get(ENV_PYTHON):
@@ -58,10 +61,25 @@ class XScalePreferences(bpy.types.AddonPreferences):
                                  "environment with torch; downloads about 0.3 GB, 3 GB with CUDA).", icon="INFO",
                                  margin_px=PREFS_MARGIN_PX)
         if doctor_lines:
-            box = layout.box()
-            col = box.column(align=True)
-            for line in doctor_lines:
-                ui_text.draw_wrapped(col, context, line, margin_px=PREFS_MARGIN_PX)
+            draw_report(layout.box().column(align=True), context, doctor_lines)
+
+
+def draw_report(layout: "bpy.types.UILayout", context, lines: list[str]) -> None:
+    """Check's findings as a table: 'key: value' lines with the keys in a narrow column and the
+    values wrapped to the rest of the width, so no line runs past the window's edge."""
+    for line in lines:
+        key, sep, value = line.partition(": ")
+        if key == "ready" and sep:
+            ready = value == "True"
+            layout.label(text="Ready: the backend can train and render here" if ready else
+                         "Not ready: see the checks below", icon="CHECKMARK" if ready else "ERROR")
+            continue
+        if not sep or len(key) > REPORT_KEY_CHARS:
+            ui_text.draw_wrapped(layout, context, line, margin_px=PREFS_MARGIN_PX)
+            continue
+        split = layout.split(factor=REPORT_KEY_SHARE, align=True)
+        split.label(text=key)
+        ui_text.draw_wrapped(split, context, value, margin_px=PREFS_MARGIN_PX, share=1 - REPORT_KEY_SHARE)
 
 
 def addon_preferences() -> "Optional[XScalePreferences]":

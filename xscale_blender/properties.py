@@ -19,7 +19,7 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-from .backend_link import RunFolder, config
+from .backend_link import InputError, RunFolder, config
 
 
 def _description(opt, unset: Any, note: str) -> str:
@@ -95,6 +95,47 @@ SCENE_OPTIONS: dict[str, OptionSetting] = {
 }
 
 
+def auto_value(s, name: str) -> tuple[Any, str]:
+    """What the backend does with an unset setting, for the panels: (a value to start from when
+    the user sets it, the words for Auto), e.g. (30000, 'preset: 30000')."""
+    if name == "iterations":
+        preset = config.AUTO_PRESET.get(s.device) if s.preset == "auto" else s.preset
+        if preset is None:          # device auto: the preset follows the device found
+            gpu, cpu = (config.PRESETS[config.AUTO_PRESET[d]].config.iters for d in ("cuda", "cpu"))
+            return gpu, f"GPU {gpu}, CPU {cpu}"
+        n = config.PRESETS[preset].config.iters
+        return n, f"preset: {n}"
+    if name == "level":
+        return 0, "finest"
+    if name == "render_supersample":
+        ss = cached_supersampling(s)
+        return (ss, f"as cached: {ss}") if ss else (config.SS.default, "as cached")
+    raise KeyError(name)
+
+
+_cached_ss: dict[str, tuple[int, Optional[int]]] = {}     # RUN/config.json -> (mtime, ss)
+
+
+def cached_supersampling(s) -> Optional[int]:
+    """The supersampling of the run folder's ray cache (what renders use by default), None when
+    there is no cache yet. Read again only when RUN/config.json changes (panels draw often)."""
+    run = run_folder(s)
+    if run is None:
+        return None
+    try:
+        mtime = run.config.stat().st_mtime_ns
+    except OSError:
+        return None
+    key = str(run.config)
+    if key not in _cached_ss or _cached_ss[key][0] != mtime:
+        try:
+            ss = run.settings(need_cache=False).ss
+        except (InputError, OSError, ValueError):
+            ss = None
+        _cached_ss[key] = (mtime, ss)
+    return _cached_ss[key][1]
+
+
 def option_arguments(settings, names) -> list[str]:
     """Backend flags for the named scene settings (unset ones left out)."""
     args: list[str] = []
@@ -119,12 +160,20 @@ class XScaleSceneSettings(_BackendOptions, bpy.types.PropertyGroup):
     # render
     render_dir: StringProperty(name="Output Folder", subtype="DIR_PATH",
                                description="Frames go here (empty: RUN/renders/CAMERA)")
+    strip_scene: PointerProperty(
+        type=bpy.types.Scene, name="Strip Scene",
+        description="Scene whose sequencer gets the rendered strip (empty: a scene 'SCENE Edit' made for it). "
+                    "In the rendering scene itself, F12 and Ctrl-F12 would render the strip, not the model")
     strip_channel: IntProperty(name="Channel", default=2, min=1, max=128,
                                description="Sequencer channel of the rendered strip")
     strip_use_path_start: BoolProperty(name="Start at First Frame", default=True,
                                        description="Place the strip at the first frame of the path")
     strip_frame_start: IntProperty(name="Strip Start", default=1,
                                    description="Sequencer frame where the strip starts")
+    # colour management (view_transform.py): switched to Standard once, and what it was before
+    view_transform_set: BoolProperty(options={"HIDDEN"})
+    view_transform_before: StringProperty(options={"HIDDEN"})
+    look_before: StringProperty(options={"HIDDEN"})
     # the XScale-NVS render engine's viewport (Rendered shading)
     preview_supersample: IntProperty(
         name="Viewport Supersampling", default=1, min=int(config.RENDER_SS.min), max=int(config.RENDER_SS.max),
@@ -150,7 +199,35 @@ def run_folder(s: "XScaleSceneSettings") -> Optional[RunFolder]:
     return RunFolder(root) if root else None
 
 
-CLASSES = (XScaleSceneSettings,)
+class XSCALE_OT_option_auto(bpy.types.Operator):
+    """Set this setting yourself, or leave it to the backend (Auto)"""
+    bl_idname = "xscale.option_auto"
+    bl_label = "Auto"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    name: StringProperty(options={"HIDDEN"})
+    auto: BoolProperty(options={"HIDDEN"}, description="Back to Auto (else: set it yourself)")
+
+    @classmethod
+    def description(cls, context, props):
+        setting = SCENE_OPTIONS.get(props.name)
+        if setting is None:
+            return cls.__doc__
+        value, words = auto_value(context.scene.xscale, props.name)
+        if props.auto:
+            return f"Back to Auto: leave {setting.label} to the backend ({words})"
+        return f"Set {setting.label} yourself, starting at {value} (Auto: {words})"
+
+    def execute(self, context):
+        setting = SCENE_OPTIONS.get(self.name)
+        if setting is None or setting.unset is None:
+            return {"CANCELLED"}
+        s = context.scene.xscale
+        setattr(s, self.name, setting.unset if self.auto else auto_value(s, self.name)[0])
+        return {"FINISHED"}
+
+
+CLASSES = (XScaleSceneSettings, XSCALE_OT_option_auto)
 
 
 def register() -> None:

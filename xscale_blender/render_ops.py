@@ -71,22 +71,40 @@ def frame_ranges(numbers: list[int], limit: int = 8) -> str:
     return text + (", ..." if len(runs) > limit else "")
 
 
-def add_render_strip(scene: "bpy.types.Scene", out_dir: str, numbers: list[int], fmt: str, name: str):
+def add_render_strip(scene: "bpy.types.Scene", out_dir: str, numbers: list[int], fmt: str, name: str) -> str:
     """Sequencer strip for the rendered frames of output format `fmt` (a key of config.FORMATS),
-    at the path's first frame unless configured. FileNotFoundError names the missing frames."""
+    in the strip scene (sequencer.strip_scene, never by default the rendering scene: its F12 would
+    render the strip), at the path's first frame unless configured. Returns where it went, in
+    words. FileNotFoundError names the missing frames."""
     s = scene.xscale
     files = [campath.frame_filename(n, fmt) for n in numbers]
     missing = missing_frames(out_dir, numbers, fmt)
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(numbers)} frame(s) missing in {out_dir}: "
                                 f"{frame_ranges(missing)}")
+    target = sequencer.strip_scene(scene)
+    moved = target is not scene and sequencer.remove_strip(scene, name)    # an older render's strip
     start = numbers[0] if s.strip_use_path_start else s.strip_frame_start
-    return sequencer.add_image_strip(scene, out_dir, files, name=name, channel=s.strip_channel,
-                                     frame_start=start, fmt=fmt)
+    strip = sequencer.add_image_strip(target, out_dir, files, name=name, channel=s.strip_channel,
+                                      frame_start=start, fmt=fmt)
+    if target.get(sequencer.P_STRIPS_OF) == scene:
+        sequencer.cover_strips(target)
+    return strip_place(strip, target, scene, moved)
+
+
+def strip_place(strip, target: "bpy.types.Scene", scene: "bpy.types.Scene", moved: bool = False) -> str:
+    """Where a strip went and what that means for F12, in words."""
+    what = (f"strip '{strip.name}' (frames {strip.frame_final_start}-{strip.frame_final_end - 1}, "
+            f"channel {strip.channel})")
+    if target is scene:
+        return (f"{what} is in this scene's sequencer: F12 and Ctrl-F12 here render the strip, not the "
+                "model (Strip Scene in the XScale tab changes that)")
+    text = f"{what} is in scene '{target.name}': switch to it to play the frames; F12 here renders the model"
+    return text + (f" (moved out of the sequencer of '{scene.name}')" if moved else "")
 
 
 class XSCALE_OT_render_path(bpy.types.Operator):
-    """Render the scene camera over the frame range with the trained model and add the frames to the sequencer"""
+    """Render the scene camera over the frame range with the trained model and add the frames to the sequencer of the Strip Scene"""
     bl_idname = "xscale.render_path"
     bl_label = "Render Camera Path"
 
@@ -124,16 +142,15 @@ class XSCALE_OT_render_path(bpy.types.Operator):
         scene_name, strip_name = scene.name, f"XScale {cam.name}"
         add_strip = self.add_strip
 
-        def finish_strip(target) -> None:
-            if add_strip:
-                add_render_strip(target, out_dir, frames, fmt, strip_name)
+        def finish_strip(target) -> str:
+            return add_render_strip(target, out_dir, frames, fmt, strip_name) if add_strip else ""
 
         if not todo:
             try:
-                finish_strip(scene)
+                place = finish_strip(scene)
             except (FileNotFoundError, ValueError, RuntimeError) as e:
                 return refuse(self, str(e))
-            self.report({"INFO"}, f"XScale: all {len(frames)} frames exist in {out_dir}")
+            self.report({"INFO"}, f"XScale: all {len(frames)} frames exist in {out_dir}" + (f"; {place}" if place else ""))
             return {"FINISHED"}
         # One path file per frame range: chunks of a render farm share the output folder.
         path_file = os.path.join(out_dir, f"camera_path_{frames[0]:06d}-{frames[-1]:06d}.json")
@@ -149,7 +166,7 @@ class XSCALE_OT_render_path(bpy.types.Operator):
             if target is None:
                 return
             try:
-                finish_strip(target)
+                job.state.outcome = finish_strip(target)
             except (FileNotFoundError, ValueError, RuntimeError) as e:
                 job.state.status, job.state.error = jobs.FAILED, str(e)
                 job.state.message = job.state.error
@@ -160,7 +177,7 @@ class XSCALE_OT_render_path(bpy.types.Operator):
 
 
 class XSCALE_OT_assemble_strip(bpy.types.Operator):
-    """Add the scene camera's rendered frames to the sequencer once every frame of the range exists (after render farm chunks)"""
+    """Add the scene camera's rendered frames to the Strip Scene's sequencer once every frame of the range exists (after render farm chunks)"""
     bl_idname = "xscale.assemble_strip"
     bl_label = "Assemble Strip"
 
@@ -180,10 +197,10 @@ class XSCALE_OT_assemble_strip(bpy.types.Operator):
             return refuse(self, "The frame range is empty")
         try:
             out_dir = render_output_dir(s, cam.name)
-            add_render_strip(scene, out_dir, frames, s.render_format, f"XScale {cam.name}")
+            place = add_render_strip(scene, out_dir, frames, s.render_format, f"XScale {cam.name}")
         except (FileNotFoundError, ValueError) as e:
             return refuse(self, str(e))
-        self.report({"INFO"}, f"XScale: strip of {len(frames)} frames from {out_dir}")
+        self.report({"INFO"}, f"XScale: {len(frames)} frames from {out_dir}: {place}")
         return {"FINISHED"}
 
 

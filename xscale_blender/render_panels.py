@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import bpy
 
+from . import view_transform
 from .core import render_server
 from .engine import ENGINE_ID
-from .panels import draw_props, property_split
+from .panels import draw_option, draw_props, property_split
 
 
 class XScaleRenderPanel:
@@ -28,9 +29,10 @@ class RENDER_PT_xscale(XScaleRenderPanel, bpy.types.Panel):
         layout = property_split(self.layout)
         scene = context.scene
         s = scene.xscale
+        view_transform.draw(layout.box(), context, scene)
         draw_props(layout.column(), s, ("run_dir", "device", "exposure"))
         col = layout.column(heading="Supersampling", align=True)
-        col.prop(s, "render_supersample", text="Render")
+        draw_option(col, s, "render_supersample", text="Render")
         col.prop(s, "preview_supersample", text="Viewport")
         layout.prop(s, "preview_divisor", text="Moving 1/N")
         layout.column(heading="Film").prop(scene.render, "film_transparent", text="Transparent")

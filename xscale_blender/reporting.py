@@ -76,7 +76,7 @@ def report_end(job: jobs.Job, sink: Sink) -> None:
     elif s.status == jobs.STOPPED:
         sink("WARNING", f"{job.label}: {s.message}")
     else:
-        sink("INFO", f"{job.label}: finished ({jobs.describe(s)})")
+        sink("INFO", f"{job.label}: finished ({jobs.describe(s)})" + (f"; {s.outcome}" if s.outcome else ""))
 
 
 def print_event(job: jobs.Job) -> Callable[[dict], None]:

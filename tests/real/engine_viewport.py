@@ -13,32 +13,20 @@ tool). XS_OUT/viewport.log records, for every phase, how long the engine's view_
 (they must never wait for the server), the server's process and the number of starts. Blender
 quits at the end.
 """
-import importlib
 import os
 import signal
+import sys
 import time
 
 import bpy
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from real_blender import addon, logger  # noqa: E402
+
 OUT = os.environ.get("XS_OUT", "/tmp/xs_viewport")
 PHASE_S = float(os.environ.get("XS_PHASE_S", "60"))
-os.makedirs(OUT, exist_ok=True)
-LOG = open(os.path.join(OUT, "viewport.log"), "w")
+say = logger(OUT, "viewport.log", "engine_viewport")
 draw_ms: list[float] = []
-
-
-def say(*parts) -> None:
-    print(*parts, file=LOG, flush=True)
-    print("engine_viewport:", *parts, flush=True)
-
-
-def addon(name: str):
-    for prefix in ("bl_ext.user_default.xscale_nvs", "xscale_blender"):
-        try:
-            return importlib.import_module(f"{prefix}.{name}")
-        except ImportError:
-            continue
-    raise ImportError(f"the XScale-NVS add-on is not enabled ({name})")
 
 
 def instrument() -> None:

@@ -11,24 +11,17 @@ sidebar's window position and size, the UI scale) so a driver can click the XSca
 xdotool and take screenshots. XS_STATE=failed shows a failed job instead; XS_PREFS=1 opens the
 preferences on the add-on instead; XS_SETUP=1 then presses Set Up Backend; XS_TRAIN=1 presses Cache + Train.
 """
-import importlib
 import json
 import os
 import sys
 
 import bpy
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from real_blender import addon  # noqa: E402
+
 OUT = os.environ.get("XS_OUT", "/tmp/xs_ui")
 os.makedirs(OUT, exist_ok=True)
-
-
-def addon(name: str):
-    for prefix in ("bl_ext.user_default.xscale_nvs", "xscale_blender"):
-        try:
-            return importlib.import_module(f"{prefix}.{name}")
-        except ImportError:
-            continue
-    raise ImportError(f"the XScale-NVS add-on is not enabled ({name})")
 
 
 def setup():

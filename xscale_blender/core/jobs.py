@@ -44,6 +44,7 @@ class JobState:
     eta_s: Optional[float] = None
     elapsed_s: Optional[float] = None
     message: str = ""                 # last log line or error
+    outcome: str = ""                 # what a finished job made and where (set by its on_finish)
     error: str = ""
     returncode: Optional[int] = None
     results: list[dict] = field(default_factory=list)   # every `done` event, in order
@@ -104,6 +105,15 @@ def describe_stop(ev: dict) -> str:
     if stage == "render":
         return where + " (those frames are kept)"
     return where + ("; checkpoint saved, Resume continues it" if ev.get("checkpoint") else "")
+
+
+def stop_keeps(label: str, stage: str) -> str:
+    """What stopping a running job keeps and what continues it, said before the stop."""
+    if label == SETUP_LABEL:
+        return "Set Up Backend again continues it"
+    return {"cache": "the views cached so far are kept, Resume in the XScale tab continues the cache",
+            "train": "it saves a checkpoint, Resume in the XScale tab continues from it",
+            "render": "the frames written so far are kept"}.get(stage, "nothing is kept yet")
 
 
 class Job:
@@ -362,6 +372,9 @@ def busy() -> bool:
 
 @atexit.register
 def _stop_on_exit() -> None:
-    # Nobody reads the backend's output once Blender quits: stop it (it saves a checkpoint).
+    # Nobody reads the backend's output once Blender quits: stop it (it saves a checkpoint) and say
+    # so on the console; the next session's sidebar reads the stop from the run's log (run_log).
     if busy():
         _active.stop()
+        print(f"XScale: Blender quit while {_active.label} was running ({describe(_active.state)}); "
+              f"stopped it: {stop_keeps(_active.label, _active.state.stage)}", file=sys.stderr, flush=True)

@@ -95,12 +95,13 @@ def fit_width(context, margin_px: float = SIDEBAR_MARGIN_PX) -> float:
 
 
 def draw_wrapped(layout, context, text: str, alert: bool = False, icon: Optional[str] = None,
-                 margin_px: float = SIDEBAR_MARGIN_PX) -> None:
-    """`text` as labels wrapped to the region's width (the first line with `icon`)."""
+                 margin_px: float = SIDEBAR_MARGIN_PX, share: float = 1.0) -> None:
+    """`text` as labels wrapped to the region's width, or to `share` of it (a column of a split;
+    the first line with `icon`)."""
     col = layout.column(align=True)
     col.alert = alert
     measure = measure_for(context)
-    width = fit_width(context, margin_px)
+    width = fit_width(context, margin_px) * share
     icon_px = 20.0 * ui_scale(context) if icon else 0.0
     for i, line in enumerate(wrap(text, width - icon_px, measure)):
         if icon and i == 0:
