@@ -83,12 +83,12 @@ def backend_frames(bpy, scene, frames, tmp_path, name="ref"):
 
 
 def assert_matches(layers, ref, depth=True):
-    """Engine output (Combined premultiplied, Depth) against `backend render`'s EXR (straight RGB,
-    A, Z) of the same camera."""
+    """Engine output (Combined, Depth) against `backend render`'s EXR (RGB premultiplied, A, Z) of
+    the same camera."""
     a = ref["A"]
     assert 0 < a.mean() < 1                                        # part of the frame is covered
     for c in "RGB":
-        assert np.abs(layers[f"ViewLayer.Combined.{c}"] - ref[c] * a).max() <= TOL
+        assert np.abs(layers[f"ViewLayer.Combined.{c}"] - ref[c]).max() <= TOL
     assert np.abs(layers["ViewLayer.Combined.A"] - a).max() <= TOL
     if depth:
         z = layers["ViewLayer.Depth.Z"]
@@ -160,7 +160,7 @@ def test_pixel_aspect_and_opaque_film(engine_scene, bpy_module, tmp_path):
     a = ref["A"]
     assert out["R"].shape == (30, 40) and 0 < a.mean() < 1
     for k, c in enumerate("RGB"):
-        assert np.abs(out[c] - (ref[c] * a + colour[k] * (1 - a))).max() <= TOL
+        assert np.abs(out[c] - (ref[c] + colour[k] * (1 - a))).max() <= TOL
     assert (out["A"] == 1).all()
 
 

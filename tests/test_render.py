@@ -76,7 +76,8 @@ def test_render_files_hold_the_rendered_frames(run, tmp_path, device):
         assert diff.max() <= 1 and (diff == 0).mean() > 0.999
         assert np.array_equal(png[..., 3], to_u8(alpha))
         exr = read_exr(tmp_path / "exr" / frame_filename(n, "exr"))
-        assert np.array_equal(exr["R"], rgb[..., 0]) and np.array_equal(exr["A"], alpha)
+        # premultiplied RGB, as OpenEXR defines it and Blender reads it
+        assert np.array_equal(exr["R"], rgb[..., 0] * alpha) and np.array_equal(exr["A"], alpha)
         assert np.array_equal(exr["Z"], fr["depth"])
 
 

@@ -82,8 +82,8 @@ def test_malformed_messages(blob, why):
 # --- the server --------------------------------------------------------------------------------
 
 def test_pixels_equal_backend_render(server, trained_run, tmp_path):
-    """Straight RGB, alpha and depth of a frame are bit-equal to what `backend render` writes
-    into its EXR files for the same camera (the same function renders both)."""
+    """Premultiplied RGB, alpha and depth of a frame are bit-equal to what `backend render`
+    writes into its EXR files for the same camera (the same function renders both)."""
     from backend.campath import write_camera_path
     from backend.imageio import read_exr
     cams = [odd_camera(40, 30, eye=(2.2 * np.cos(a), 2.2 * np.sin(a), 1.5)) for a in (0.2, 0.9)]
@@ -93,7 +93,7 @@ def test_pixels_equal_backend_render(server, trained_run, tmp_path):
               str(tmp_path / "exr"), "--format", "exr", "--device", "cpu")
     assert res.returncode == 0, res.stderr
     for n, cam in zip((1, 2), cams):
-        f = server.render(cam.width, cam.height, cam.K, cam.world_to_camera)
+        f = server.render(cam.width, cam.height, cam.K, cam.world_to_camera, alpha="premultiplied")
         rgba, depth = f.passes["rgba"], f.passes["depth"]
         exr = read_exr(tmp_path / "exr" / f"frame_{n:06d}.exr")
         assert rgba.shape == (30, 40, 4) and depth.shape == (30, 40) and rgba.dtype == np.float32
