@@ -36,7 +36,8 @@ def _write_png(path, bufs):
 
 def _pack_exr(passes):
     """Every pass as float32 channels named by its exr_channels: linear RGB premultiplied by A =
-    coverage (OpenEXR's convention, and how Blender reads and writes EXR), Z = camera depth."""
+    coverage (OpenEXR's convention, and how Blender reads and writes EXR), Z = camera depth,
+    Normal.XYZ and Position.XYZ as Blender names them in its own EXR files."""
     out = {}
     for name, t in passes.items():
         if name == "rgba":

@@ -34,7 +34,8 @@ def engine_scene(blank, bpy_module, scene, trained_run, monkeypatch, tmp_path):
     r.resolution_x, r.resolution_y, r.resolution_percentage = 40, 30, 100
     r.pixel_aspect_x = r.pixel_aspect_y = 1.0
     r.film_transparent = True
-    bpy.context.view_layer.use_pass_z = True
+    vl = bpy.context.view_layer
+    vl.use_pass_z = vl.use_pass_normal = vl.use_pass_position = True
     src = bpy.data.objects["00000000"]
     data = bpy.data.cameras.new("shot")
     data.sensor_fit, data.sensor_width = "HORIZONTAL", 36.0
@@ -83,8 +84,8 @@ def backend_frames(bpy, scene, frames, tmp_path, name="ref"):
 
 
 def assert_matches(layers, ref, depth=True):
-    """Engine output (Combined, Depth) against `backend render`'s EXR (RGB premultiplied, A, Z) of
-    the same camera."""
+    """Engine output (Combined, Depth, Normal, Position) against `backend render`'s EXR (RGB
+    premultiplied, A, Z, Normal.XYZ, Position.XYZ) of the same camera."""
     a = ref["A"]
     assert 0 < a.mean() < 1                                        # part of the frame is covered
     for c in "RGB":
@@ -95,6 +96,9 @@ def assert_matches(layers, ref, depth=True):
         hit = a > 0
         assert np.allclose(z[hit], ref["Z"][hit], rtol=1e-6)
         assert (z[~hit] == np.float32(1e10)).all()                 # Cycles' background depth
+        for name in ("Normal", "Position"):
+            for c in "XYZ":
+                assert np.allclose(layers[f"ViewLayer.{name}.{c}"], ref[f"{name}.{c}"], rtol=1e-6, atol=1e-6)
 
 
 def test_engine_is_a_renderer(engine_scene, bpy_module):
@@ -292,5 +296,6 @@ def test_settings_panel_draws(engine_scene, bpy_module):
     assert {"run_dir", "exposure", "render_supersample", "preview_supersample", "preview_divisor",
             "film_transparent"} <= set(props)
     draw(bpy, render_panels.RENDER_PT_xscale_server, ctx)
-    draw(bpy, render_panels.VIEWLAYER_PT_xscale_passes, ctx)
+    log = draw(bpy, render_panels.VIEWLAYER_PT_xscale_passes, ctx)
+    assert [c[1][1] for c in log if c[0] == "prop"] == ["use_pass_z", "use_pass_normal", "use_pass_position"]
     assert math.isclose(engine.DEPTH_MISS, 1e10)
