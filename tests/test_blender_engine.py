@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from blender_fixtures import ROOT
+from blender_fixtures import ROOT, import_trained
 from conftest import cli
 
 ENGINE = "XSCALE_NVS"
@@ -24,12 +24,7 @@ def engine_scene(blank, bpy_module, scene, trained_run, monkeypatch, tmp_path):
     """The striped-plane scene imported, its trained run set, the engine selected, and a camera
     'shot' (square pixels, 40x30) that dollies, zooms and shifts over frames 1-3."""
     bpy = bpy_module
-    monkeypatch.setenv("XSCALE_BACKEND_PYTHON", sys.executable)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    assert bpy.ops.import_scene.xscale_mvsnet(directory=str(scene), show_photos=False) == {"FINISHED"}
-    s = blank.xscale
-    s.run_dir, s.device = str(trained_run), "cpu"
-    blank.render.engine = ENGINE
+    import_trained(bpy, blank, scene, trained_run, monkeypatch)
     r = blank.render
     r.resolution_x, r.resolution_y, r.resolution_percentage = 40, 30, 100
     r.pixel_aspect_x = r.pixel_aspect_y = 1.0
