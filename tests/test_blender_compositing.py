@@ -245,6 +245,9 @@ def test_cg_scene_keeps_in_step_with_the_scene(mixed, bpy_module):
     ours = sorted(n.name for n in tree.nodes if n.name.startswith(compositing.NODE_PREFIX))
     assert bpy.ops.xscale.mix_cg(engine="CYCLES") == {"FINISHED"}
     assert compositing.cg_scene(scene) == cg and len([s for s in bpy.data.scenes if s.name.startswith(scene.name)]) == 2
+    with bpy.context.temp_override(scene=cg):
+        with pytest.raises(RuntimeError, match=f"this is the CG scene of '{scene.name}'"):
+            bpy.ops.xscale.mix_cg()
     assert sorted(n.name for n in tree.nodes if n.name.startswith(compositing.NODE_PREFIX)) == ours
 
 

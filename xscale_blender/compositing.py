@@ -67,6 +67,9 @@ def engine_id(engine: str) -> str:
 
 def set_up(scene: "bpy.types.Scene", view_layer: "bpy.types.ViewLayer", engine: str = "CYCLES"):
     """Make (or update) `scene`'s CG scene and the compositor nodes; returns the CG scene."""
+    owner = next((s for s in bpy.data.scenes if cg_scene(s) == scene), None)
+    if owner is not None:
+        raise SetupError(f"this is the CG scene of '{owner.name}': switch to that scene and press it there")
     captures = capture_meshes(scene)
     if not captures:
         raise SetupError("no captured mesh in this scene: import the capture first "
