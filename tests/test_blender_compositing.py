@@ -251,6 +251,17 @@ def test_cg_scene_keeps_in_step_with_the_scene(mixed, bpy_module):
     assert sorted(n.name for n in tree.nodes if n.name.startswith(compositing.NODE_PREFIX)) == ours
 
 
+def test_no_denoising_where_cycles_cannot(mixed, bpy_module, monkeypatch):
+    """A Blender without OpenImageDenoise (Debian's) fails every denoised frame, and the composite
+    comes out black: the set-up switches the CG scene's denoising off there."""
+    from xscale_blender import compositing
+    cg = mixed.cg
+    cg.cycles.use_denoising = True
+    assert bpy_module.ops.xscale.mix_cg(engine="CYCLES") == {"FINISHED"} and cg.cycles.use_denoising
+    monkeypatch.setattr(compositing, "can_denoise", lambda: False)
+    assert bpy_module.ops.xscale.mix_cg(engine="CYCLES") == {"FINISHED"} and not cg.cycles.use_denoising
+
+
 def test_eevee_set_up_holds_the_capture_out(mixed, bpy_module):
     """EEVEE has no shadow catcher: the capture's collection is a holdout in the CG scene's view
     layer (this scene's viewport keeps showing the mesh), no shadow node; Cycles again undoes it."""

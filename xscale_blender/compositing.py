@@ -65,6 +65,15 @@ def engine_id(engine: str) -> str:
     return "BLENDER_EEVEE_NEXT" if "BLENDER_EEVEE_NEXT" in ids else "BLENDER_EEVEE"
 
 
+def can_denoise() -> bool:
+    """Whether this Blender's Cycles has OpenImageDenoise (Debian's Blender has not)."""
+    try:
+        import _cycles
+    except ImportError:
+        return False
+    return bool(getattr(_cycles, "with_openimagedenoise", False))
+
+
 def set_up(scene: "bpy.types.Scene", view_layer: "bpy.types.ViewLayer", engine: str = "CYCLES"):
     """Make (or update) `scene`'s CG scene and the compositor nodes; returns the CG scene."""
     owner = next((s for s in bpy.data.scenes if cg_scene(s) == scene), None)
@@ -91,6 +100,8 @@ def set_up(scene: "bpy.types.Scene", view_layer: "bpy.types.ViewLayer", engine: 
     _set_holdout(cg_layer.layer_collection, holdout, not cycles)
     if cycles:
         cg_layer.cycles.use_pass_shadow_catcher = True
+        if not can_denoise():           # else every frame fails and the composite comes out black
+            cg.cycles.use_denoising = False
     _build_nodes(scene, view_layer, cg, cg_layer, cycles)
     return cg
 
