@@ -162,7 +162,10 @@ def _build_nodes(scene, view_layer, cg, cg_layer, shadows: bool) -> None:
     viewer.name = viewer.label = NODE_PREFIX + "viewer"
     viewer.location = (760, -380)
     tree.links.new(result, viewer.inputs[0])
-    tree.links.new(result, cn.result_input(tree))
+    output = cn.result_input(tree)
+    if not output.is_linked:        # Blender's own output node, unused so far: next to ours
+        output.node.location = (760, -160)
+    tree.links.new(result, output)
     for n in nodes + [node, viewer]:
         if n is not frame:
             n.parent = frame

@@ -17,7 +17,11 @@ def tree(scene: "bpy.types.Scene", name: str) -> "bpy.types.NodeTree":
     """The scene's compositor node tree (made when it has none); compositing switched on."""
     scene.render.use_compositing = True
     if not NODE_GROUPS:
+        fresh = scene.node_tree is None
         scene.use_nodes = True
+        if fresh:       # Blender's first tree holds a Render Layers node of its own: no use here
+            for node in [n for n in scene.node_tree.nodes if n.bl_idname == "CompositorNodeRLayers"]:
+                scene.node_tree.nodes.remove(node)
         return scene.node_tree
     if scene.compositing_node_group is None:
         scene.compositing_node_group = bpy.data.node_groups.new(name, "CompositorNodeTree")
