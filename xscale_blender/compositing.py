@@ -23,7 +23,7 @@ from . import compositor_nodes as cn
 from .core import ui_text
 from .engine import ENGINE_ID
 from .importer import P_VIEW
-from .panels import XScaleSubPanel
+from .panels import XScaleSubPanel, property_split
 from .render_panels import XScaleRenderPanel
 from .reporting import refuse
 
@@ -213,17 +213,16 @@ def draw_cg(layout, context) -> None:
         engine = cg.render.engine
         label = "Cycles" if engine == "CYCLES" else "EEVEE" if "EEVEE" in engine else engine.title()
         layout.label(text=f"CG scene: {name} ({label})", icon="SCENE_DATA")
-        if cg.render.engine == "CYCLES":
-            layout.prop(cg.cycles, "samples", text="CG Samples")
-    row = layout.row(align=True)
+        if engine == "CYCLES":
+            property_split(layout.column()).prop(cg.cycles, "samples", text="CG Samples")
+    col = layout.column(align=True)
     for engine, label, _ in ENGINES:
-        row.operator(XSCALE_OT_mix_cg.bl_idname, text=f"Mix with {label}", icon="NODE_COMPOSITING").engine = engine
+        col.operator(XSCALE_OT_mix_cg.bl_idname, text=f"Mix with {label}", icon="NODE_COMPOSITING").engine = engine
 
 
 class VIEW3D_PT_xscale_cg(XScaleSubPanel, bpy.types.Panel):
     bl_idname = "VIEW3D_PT_xscale_cg"
     bl_label = "CG Objects"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         draw_cg(self.layout, context)
