@@ -193,7 +193,8 @@ class OutputFormat:
 
 FORMATS: dict[str, OutputFormat] = {
     "png": OutputFormat("PNG", "8-bit sRGB with alpha", "png", linear=False, straight_alpha=True),
-    "exr": OutputFormat("OpenEXR", "Linear RGB, alpha and depth", "exr", linear=True, straight_alpha=False),
+    "exr": OutputFormat("OpenEXR", "Linear RGB (premultiplied), alpha, depth, normal and position", "exr",
+                        linear=True, straight_alpha=False),
 }
 
 

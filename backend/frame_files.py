@@ -35,10 +35,13 @@ def _write_png(path, bufs):
 
 
 def _pack_exr(passes):
-    """Every pass as float32 channels named by its exr_channels (linear RGB, A = coverage, Z =
-    camera depth)."""
+    """Every pass as float32 channels named by its exr_channels: linear RGB premultiplied by A =
+    coverage (OpenEXR's convention, and how Blender reads and writes EXR), Z = camera depth,
+    Normal.XYZ and Position.XYZ as Blender names them in its own EXR files."""
     out = {}
     for name, t in passes.items():
+        if name == "rgba":
+            t = torch.cat([t[..., :3] * t[..., 3:], t[..., 3:]], -1)
         names = PASSES[name].exr_channels
         out.update({names[0]: t} if t.dim() == 2 else {c: t[..., k] for k, c in enumerate(names)})
     return out

@@ -72,8 +72,26 @@ def _depth(shot: Shot) -> torch.Tensor:
     return shot.surface.depth.to(shot.device)
 
 
+def _position(shot: Shot) -> torch.Tensor:
+    """World-space mean of the covered sub-samples' points, 0 where the mesh is not seen."""
+    s = shot.surface
+    hits = s.mask.sum(-1, keepdim=True)
+    return (torch.einsum("hwsc,hws->hwc", s.xyz, s.mask.to(s.xyz.dtype)) / hits.clamp_min(1)).to(shot.device)
+
+
+def _normal(shot: Shot) -> torch.Tensor:
+    """World-space unit normal turned towards the camera (Cycles turns back faces round too), times
+    the covered fraction: Blender's Normal pass is a filtered pass, premultiplied like Combined."""
+    s, dev = shot.surface, shot.device
+    n = s.normal.to(dev)
+    view = _position(shot) - torch.as_tensor(shot.cam.center, dtype=n.dtype, device=dev)
+    n = torch.where(((n * view).sum(-1, keepdim=True) > 0), -n, n)
+    return n * s.mask.float().mean(-1, keepdim=True).to(dev)
+
+
 # How each pass of backend/passes.py is computed.
-PASS_FUNCTIONS: dict[str, Callable[[Shot], torch.Tensor]] = {"rgba": _rgba, "depth": _depth}
+PASS_FUNCTIONS: dict[str, Callable[[Shot], torch.Tensor]] = {
+    "rgba": _rgba, "depth": _depth, "normal": _normal, "position": _position}
 assert PASS_FUNCTIONS.keys() == PASSES.keys(), "every render pass needs a function that computes it"
 
 
@@ -82,10 +100,11 @@ def render_tensors(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, expo
                    chunk: int = 1 << 20, passes: Iterable[str] = tuple(PASSES)) -> dict[str, torch.Tensor]:
     """The passes named in `passes` (backend/passes.py) of one frame, on the model's device."""
     dev = next(model.parameters()).device
+    names = tuple(dict.fromkeys(passes))
     with record_function("render.surface"):
-        s = rast.surface(cam, ss, normals=False)
+        s = rast.surface(cam, ss, normals="normal" in names)
     shot = Shot(model, cam, ss, exposure, chunk, s, dev)
-    return {name: PASS_FUNCTIONS[name](shot) for name in dict.fromkeys(passes)}
+    return {name: PASS_FUNCTIONS[name](shot) for name in names}
 
 
 def render_camera(model: Manifold, rast: Rasterizer, cam: Camera, ss: int, exposure="mean",

@@ -90,6 +90,16 @@ def backend_ready() -> str:
     return "" if res.returncode == 0 else "`python -m backend fit --help` fails: " + res.stderr[-300:]
 
 
+def import_trained(bpy, scene, scene_dir, run_dir, monkeypatch) -> None:
+    """The MVSNet scene `scene_dir` imported into `scene`, rendered by the XScale-NVS engine from
+    the trained run `run_dir` on the CPU (the backend in this interpreter)."""
+    monkeypatch.setenv("XSCALE_BACKEND_PYTHON", sys.executable)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    assert bpy.ops.import_scene.xscale_mvsnet(directory=str(scene_dir), show_photos=False) == {"FINISHED"}
+    scene.xscale.run_dir, scene.xscale.device = str(run_dir), "cpu"
+    scene.render.engine = "XSCALE_NVS"
+
+
 # --- fixtures -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

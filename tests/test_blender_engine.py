@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from blender_fixtures import ROOT
+from blender_fixtures import ROOT, import_trained
 from conftest import cli
 
 ENGINE = "XSCALE_NVS"
@@ -24,17 +24,13 @@ def engine_scene(blank, bpy_module, scene, trained_run, monkeypatch, tmp_path):
     """The striped-plane scene imported, its trained run set, the engine selected, and a camera
     'shot' (square pixels, 40x30) that dollies, zooms and shifts over frames 1-3."""
     bpy = bpy_module
-    monkeypatch.setenv("XSCALE_BACKEND_PYTHON", sys.executable)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    assert bpy.ops.import_scene.xscale_mvsnet(directory=str(scene), show_photos=False) == {"FINISHED"}
-    s = blank.xscale
-    s.run_dir, s.device = str(trained_run), "cpu"
-    blank.render.engine = ENGINE
+    import_trained(bpy, blank, scene, trained_run, monkeypatch)
     r = blank.render
     r.resolution_x, r.resolution_y, r.resolution_percentage = 40, 30, 100
     r.pixel_aspect_x = r.pixel_aspect_y = 1.0
     r.film_transparent = True
-    bpy.context.view_layer.use_pass_z = True
+    vl = bpy.context.view_layer
+    vl.use_pass_z = vl.use_pass_normal = vl.use_pass_position = True
     src = bpy.data.objects["00000000"]
     data = bpy.data.cameras.new("shot")
     data.sensor_fit, data.sensor_width = "HORIZONTAL", 36.0
@@ -108,18 +104,21 @@ def covered_difference(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def assert_matches(layers, ref, depth=True):
-    """Engine output (Combined premultiplied, Depth) against `backend render`'s EXR (straight RGB,
-    A, Z) of the same camera."""
+    """Engine output (Combined, Depth, Normal, Position) against `backend render`'s EXR (RGB
+    premultiplied, A, Z, Normal.XYZ, Position.XYZ) of the same camera."""
     a = ref["A"]
     assert 0 < a.mean() < 1                                        # part of the frame is covered
     for c in "RGB":
-        assert np.abs(layers[f"ViewLayer.Combined.{c}"] - ref[c] * a).max() <= TOL
+        assert np.abs(layers[f"ViewLayer.Combined.{c}"] - ref[c]).max() <= TOL
     assert np.abs(layers["ViewLayer.Combined.A"] - a).max() <= TOL
     if depth:
         z = layers["ViewLayer.Depth.Z"]
         hit = a > 0
         assert np.allclose(z[hit], ref["Z"][hit], rtol=1e-6)
         assert (z[~hit] == np.float32(1e10)).all()                 # Cycles' background depth
+        for name in ("Normal", "Position"):
+            for c in "XYZ":
+                assert np.allclose(layers[f"ViewLayer.{name}.{c}"], ref[f"{name}.{c}"], rtol=1e-6, atol=1e-6)
 
 
 def test_engine_is_a_renderer(engine_scene, bpy_module):
@@ -185,7 +184,7 @@ def test_pixel_aspect_and_opaque_film(engine_scene, bpy_module, tmp_path):
     a = ref["A"]
     assert out["R"].shape == (30, 40) and 0 < a.mean() < 1
     for k, c in enumerate("RGB"):
-        assert np.abs(out[c] - (ref[c] * a + colour[k] * (1 - a))).max() <= TOL
+        assert np.abs(out[c] - (ref[c] + colour[k] * (1 - a))).max() <= TOL
     assert (out["A"] == 1).all()
 
 
@@ -318,7 +317,8 @@ def test_settings_panel_draws(engine_scene, bpy_module):
     # render supersampling left to the run: the cache's, said as such (the run was cached with ss 2)
     assert ("operator", ("xscale.option_auto",), {"text": "Auto (as cached: 2)"}) in log
     draw(bpy, render_panels.RENDER_PT_xscale_server, ctx)
-    draw(bpy, render_panels.VIEWLAYER_PT_xscale_passes, ctx)
+    log = draw(bpy, render_panels.VIEWLAYER_PT_xscale_passes, ctx)
+    assert [c[1][1] for c in log if c[0] == "prop"] == ["use_pass_z", "use_pass_normal", "use_pass_position"]
     assert math.isclose(engine.DEPTH_MISS, 1e10)
 
 

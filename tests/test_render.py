@@ -76,8 +76,41 @@ def test_render_files_hold_the_rendered_frames(run, tmp_path, device):
         assert diff.max() <= 1 and (diff == 0).mean() > 0.999
         assert np.array_equal(png[..., 3], to_u8(alpha))
         exr = read_exr(tmp_path / "exr" / frame_filename(n, "exr"))
-        assert np.array_equal(exr["R"], rgb[..., 0]) and np.array_equal(exr["A"], alpha)
+        # premultiplied RGB, as OpenEXR defines it and Blender reads it
+        assert np.array_equal(exr["R"], rgb[..., 0] * alpha) and np.array_equal(exr["A"], alpha)
         assert np.array_equal(exr["Z"], fr["depth"])
+        for name in ("Normal", "Position"):
+            got = np.stack([exr[f"{name}.{c}"] for c in "XYZ"], -1)
+            assert np.array_equal(got, fr[name.lower()])
+
+
+def test_normal_and_position_passes_follow_blender(trained_run):
+    """Normal and Position are world space and follow Cycles' conventions (checked against Cycles
+    in test_blender_compositing): the normal faces the camera whichever way the mesh's triangles
+    wind and is premultiplied by alpha (0 off the mesh); the position is a point of the surface,
+    0 off the mesh, and agrees with the depth."""
+    from backend.checkpoint import load_model
+    from backend.meshio import Mesh, load_mesh
+    from backend.raster import Rasterizer
+    from backend.render import render_camera
+    from backend.runfolder import RunFolder
+    dev = torch.device("cpu")
+    model, _ = load_model(RunFolder(str(trained_run)), dev)
+    mesh = load_mesh(RunFolder(str(trained_run)).settings().mesh)
+    flipped = Mesh(mesh.vertices, mesh.faces[:, ::-1].copy())
+    for eye, up in (((2.2, 0.4, 1.5), 1.0), ((1.6, -1.2, -1.4), -1.0)):     # above and below the plane
+        cam = odd_camera(40, 30, eye=eye)
+        for m in (mesh, flipped):
+            fr = render_camera(model, Rasterizer(m, dev), cam, 2, passes=("rgba", "depth", "normal", "position"))
+            a, n, p, z = fr["rgba"][..., 3], fr["normal"], fr["position"], fr["depth"]
+            inside, edge, off = a == 1, (a > 0) & (a < 1), a == 0
+            assert inside.sum() > 100 and edge.sum() > 10 and off.sum() > 10
+            assert np.abs(n[inside] - [0, 0, up]).max() < 1e-6
+            assert np.allclose(np.linalg.norm(n[edge], axis=-1), a[edge], atol=1e-6)
+            assert (n[off] == 0).all() and (p[off] == 0).all()
+            assert np.abs(p[a > 0][:, 2]).max() < 1e-6 and np.abs(p[a > 0][:, :2]).max() <= 1 + 1e-6
+            cam_z = p[a > 0] @ cam.R[2] + cam.t[2]
+            assert np.allclose(cam_z, z[a > 0], rtol=1e-5)
 
 
 def _path_with(tmp_path, name, **frame2):

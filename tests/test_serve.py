@@ -82,8 +82,9 @@ def test_malformed_messages(blob, why):
 # --- the server --------------------------------------------------------------------------------
 
 def test_pixels_equal_backend_render(server, trained_run, tmp_path):
-    """Straight RGB, alpha and depth of a frame are bit-equal to what `backend render` writes
-    into its EXR files for the same camera (the same function renders both)."""
+    """Every pass of a frame (premultiplied RGB, alpha, depth, normal, position) is bit-equal to
+    what `backend render` writes into its EXR files for the same camera (the same function
+    renders both)."""
     from backend.campath import write_camera_path
     from backend.imageio import read_exr
     cams = [odd_camera(40, 30, eye=(2.2 * np.cos(a), 2.2 * np.sin(a), 1.5)) for a in (0.2, 0.9)]
@@ -93,12 +94,16 @@ def test_pixels_equal_backend_render(server, trained_run, tmp_path):
               str(tmp_path / "exr"), "--format", "exr", "--device", "cpu")
     assert res.returncode == 0, res.stderr
     for n, cam in zip((1, 2), cams):
-        f = server.render(cam.width, cam.height, cam.K, cam.world_to_camera)
+        f = server.render(cam.width, cam.height, cam.K, cam.world_to_camera, alpha="premultiplied",
+                          passes=["rgba", "depth", "normal", "position"])
         rgba, depth = f.passes["rgba"], f.passes["depth"]
         exr = read_exr(tmp_path / "exr" / f"frame_{n:06d}.exr")
         assert rgba.shape == (30, 40, 4) and depth.shape == (30, 40) and rgba.dtype == np.float32
         assert np.array_equal(rgba[..., :3], np.stack([exr["R"], exr["G"], exr["B"]], -1))
         assert np.array_equal(rgba[..., 3], exr["A"]) and np.array_equal(depth, exr["Z"])
+        for name in ("Normal", "Position"):
+            assert f.passes[name.lower()].shape == (30, 40, 3)
+            assert np.array_equal(f.passes[name.lower()], np.stack([exr[f"{name}.{c}"] for c in "XYZ"], -1))
         assert 0 < rgba[..., 3].mean() < 1 and f.meta["ss"] == 2      # the run's supersampling
 
 

@@ -11,7 +11,8 @@ register(), so core/ can be used and tested without Blender.
 Layout, by feature: import_ops (File > Import, conversion, scene check), train_ops (Cache +
 Train, Resume), render_ops (camera path render, its sequencer strip, path export, photo cameras),
 backend_ops (Check Backend, Set Up Backend), engine (the XScale-NVS render engine: F12,
-animation, viewport; its Properties panels in render_panels); job_runner runs their backend processes (timer in the UI, blocking in
+animation, viewport; its Properties panels in render_panels), compositing (CG objects rendered by
+Cycles or EEVEE and composited over the capture; compositor_nodes: the node API of 4.2 and 5.0); job_runner runs their backend processes (timer in the UI, blocking in
 background mode, Stop) and reporting tells the user; properties holds the scene settings, built
 from backend.config's options; panels and preferences draw them; view_transform gives scenes that
 show the capture the Standard view transform. Without numpy in Blender's
@@ -24,9 +25,11 @@ import sys
 
 # Registration order: settings and helpers first, the panels that use them last.
 _MODULE_NAMES = ("preferences", "properties", "reporting", "job_runner", "import_ops", "train_ops",
-                 "render_ops", "backend_ops", "engine", "view_transform", "render_panels", "panels", "importer")
+                 "render_ops", "backend_ops", "engine", "view_transform", "render_panels", "panels", "importer",
+                 "compositing")
 # Left out when Blender's Python has no numpy (deps.py): the panels then say how to install it.
-NEEDS_NUMPY = frozenset({"import_ops", "render_ops", "engine", "view_transform", "render_panels", "importer"})
+NEEDS_NUMPY = frozenset({"import_ops", "render_ops", "engine", "view_transform", "render_panels", "importer",
+                         "compositing"})
 
 _registered: list = []
 

@@ -3,11 +3,12 @@ shading draw the trained model through the render server (render_server, `backen
 
 F12 and animation frames: the scene camera (camera_convert, exactly as a camera path export maps
 it: resolution and percentage, pixel aspect, lens, sensor fit, shift, all animated) is rendered
-and written into Blender's render result, passes Combined (linear RGBA, premultiplied; alpha =
-mesh coverage when Film > Transparent is on, else the covered pixels over the world colour with
-alpha 1) and Depth (Z: distance along the camera's view axis, DEPTH_MISS where the mesh is not
-seen, as Cycles writes for the background). The compositor and Blender's output settings take it
-from there.
+and written into Blender's render result, with the passes of backend/passes.py the view layer
+asks for, as Cycles writes them: Combined (linear RGBA, premultiplied; alpha = mesh coverage when
+Film > Transparent is on, else the covered pixels over the world colour with alpha 1), Depth (Z:
+distance along the camera's view axis, DEPTH_MISS where the mesh is not seen, as Cycles writes
+for the background), Normal and Position (world space, 0 off the mesh). The compositor and
+Blender's output settings take it from there.
 
 Viewport: view_draw posts the region's view (camera view or a free perspective view) to a
 preview.Preview thread and draws the latest frame it has; the thread talks to the server and

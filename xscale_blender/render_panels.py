@@ -6,6 +6,7 @@ from __future__ import annotations
 import bpy
 
 from . import view_transform
+from .backend_link import passes
 from .core import render_server
 from .engine import ENGINE_ID
 from .panels import draw_option, draw_props, property_split
@@ -61,8 +62,10 @@ class VIEWLAYER_PT_xscale_passes(XScaleRenderPanel, bpy.types.Panel):
     bl_label = "Passes"
 
     def draw(self, context):
-        layout = property_split(self.layout)
-        layout.prop(context.view_layer, "use_pass_z", text="Z")
+        layout = property_split(self.layout).column(heading="Include")
+        for p in passes.PASSES.values():
+            if p.blender_toggle is not None:
+                layout.prop(context.view_layer, p.blender_toggle, text=p.blender_pass)
 
 
 CLASSES = (RENDER_PT_xscale, RENDER_PT_xscale_server, VIEWLAYER_PT_xscale_passes)
