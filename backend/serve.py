@@ -207,6 +207,15 @@ def _error_meta(e: BaseException) -> dict:
     return {"message": str(e) or type(e).__name__, "type": type(e).__name__}
 
 
+def _unexpected_meta(e: Exception) -> dict:
+    """ERROR meta for an exception nobody expected; a missing build tool (the GPU kernels' first
+    build needs a C compiler) is the user's to fix, and worded so."""
+    from .toolchain import explain
+    if (why := explain(e)) is not None:
+        return {"message": why, "type": "ToolchainError"}
+    return {"message": f"internal error: {type(e).__name__}: {e}", "type": type(e).__name__}
+
+
 def serve(run_dir: str, device: str = "auto", grid_backend: str = "auto", inp=None, out=None) -> int:
     """Serve requests until STOP or the end of the input stream (exit code 0). With `inp`/`out`
     None: the process's stdin/stdout."""
@@ -220,7 +229,7 @@ def serve(run_dir: str, device: str = "auto", grid_backend: str = "auto", inp=No
         _send(out, sp.ERROR, 0, _error_meta(e))
         raise
     except Exception as e:
-        _send(out, sp.ERROR, 0, {"message": f"internal error: {type(e).__name__}: {e}", "type": type(e).__name__})
+        _send(out, sp.ERROR, 0, _unexpected_meta(e))
         raise
     info = server.info()
     events.log(f"render server ready: {info['device']}, {info['triangles']} triangles, "
@@ -272,8 +281,10 @@ def _loop(server: Server, inp, out) -> int:
             reply = (sp.ERROR, {"message": f"out of memory rendering {msg.meta.get('width')}x"
                                 f"{msg.meta.get('height')}: lower the resolution or the supersampling "
                                 f"({str(e).splitlines()[0]})", "type": "OutOfMemoryError"}, [])
-        except Exception as e:  # unexpected: keep the traceback in the log, keep serving
-            traceback.print_exc()
-            reply = (sp.ERROR, {"message": f"internal error: {type(e).__name__}: {e}", "type": type(e).__name__}, [])
+        except Exception as e:  # unexpected: keep the traceback in the log (not for a missing tool), keep serving
+            meta = _unexpected_meta(e)
+            if meta["type"] != "ToolchainError":
+                traceback.print_exc()
+            reply = (sp.ERROR, meta, [])
         if not _send(out, reply[0], msg.id, reply[1], reply[2]):
             return 0

@@ -132,3 +132,24 @@ def test_the_server_process_answers_a_huge_data_length_and_exits_2(trained_run):
         assert proc.stderr.read().decode().strip().splitlines()[-1].startswith("error: render server:")
     finally:
         proc.kill()
+
+
+def test_missing_c_compiler_is_worded_and_serving_goes_on(local_server, monkeypatch):
+    """Triton builds its launcher with a C compiler the first time a kernel runs: a machine without
+    one gets the fix in the ERROR reply (not an internal error), and the next request is served."""
+    real = local_server.render
+    calls = []
+
+    def render(meta):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+        return real(meta)
+
+    monkeypatch.setattr(local_server, "render", render)
+    stream = message(sp.RENDER, 1, request()) + message(sp.RENDER, 2, request()) + message(sp.STOP, 3)
+    rc, replies, _ = serve_stream(local_server, stream)
+    assert rc == 0
+    assert [r.kind for r in replies] == [sp.ERROR, sp.FRAME, sp.BYE], replies
+    text = replies[0].meta["message"]
+    assert "C compiler" in text and "internal error" not in text and "\n" not in text, text
