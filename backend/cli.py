@@ -131,6 +131,8 @@ def _check_limits(a: argparse.Namespace) -> None:
         config.RENDER_SS.check(a.ss)
     for flag in ("run", "out"):          # folders (made if missing), never an existing file
         folder = getattr(a, flag, None)
+        if flag == "run" and a.command in READS_RUN:     # must exist: said below, with how to make one
+            continue
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise InputError(f"{folder}: --{flag} names a file, not a folder; choose a folder.")
     if getattr(a, "resume", False) and getattr(a, "overwrite", False):
