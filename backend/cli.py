@@ -138,7 +138,7 @@ def _check_limits(a: argparse.Namespace) -> None:
     if getattr(a, "resume", False) and getattr(a, "overwrite", False):
         raise InputError("--resume and --overwrite: choose one (continue the run's training, or start it over).")
     if a.command in READS_RUN and not os.path.isdir(a.run):
-        what = "is a file, not a run folder" if os.path.exists(a.run) else "the run folder does not exist"
+        what = "--run names a file, not a run folder" if os.path.exists(a.run) else "the run folder does not exist"
         raise InputError(f"{a.run}: {what}; make one with: {_prog()} fit --scene SCENE --run "
                          f"{shlex.quote(a.run)} (or pass --run the folder that fit made).")
 

@@ -80,7 +80,7 @@ def test_a_run_folder_that_does_not_exist_is_named_and_fit_suggested(tmp_path):
                      f"python -m backend fit --scene SCENE --run {shlex.quote(str(missing))}")
     assert not (tmp_path / "my runs").exists() and not (tmp_path / "o").exists()
     expect_error(cli("eval", "--run", str(tmp_path / "p.json"), "--device", "cpu"),
-                 "p.json: is a file, not a run folder", "fit --scene SCENE")
+                 "p.json: --run names a file, not a run folder", "fit --scene SCENE")
 
 
 def test_run_settings_fallbacks_and_errors(tmp_path):
