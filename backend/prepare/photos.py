@@ -32,9 +32,10 @@ from .writer import write_scene
 PHOTO_EXTS = frozenset(e.lower() for e in IMAGE_EXTS) | {".tif", ".tiff"}
 MESH_EXTS = frozenset({".ply", ".obj"})
 WORK = "sfm"                     # DST/sfm: the stages' products and records
-# Rough seconds per unit on two CPU cores (measured on 6 MP photos), for the ETA only.
-SECONDS_PER_MEGAPIXEL = 0.6
-SECONDS_PER_PAIR = 0.2
+# Rough seconds per unit on two busy CPU cores (10 photos of 6 MP: features 71 s, matching 5 s for
+# 45 pairs, mapping 5 s), for the ETA only.
+SECONDS_PER_MEGAPIXEL = 1.2
+SECONDS_PER_PAIR = 0.12
 SECONDS_PER_PHOTO_MAPPED = 0.5
 
 

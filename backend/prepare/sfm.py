@@ -151,8 +151,9 @@ def dense_workspace(pycolmap, sparse: Path, images: Path, out: Path, token) -> d
 
 
 def stereo(pycolmap, workspace: Path, token) -> dict:
-    """Depth and normal maps of every photo, in the workspace itself: COLMAP skips the photos whose
-    maps an interrupted run already wrote, so a rerun continues photo by photo."""
+    """Depth and normal maps of every photo, in the workspace itself, so that the maps an interrupted
+    run wrote stay for the rerun (COLMAP's patch match is meant to skip them; not verified here,
+    where no CUDA build ran)."""
     pycolmap.patch_match_stereo(workspace, cancellation_token=token)
     return {"depth_maps": len(list((workspace / "stereo" / "depth_maps").glob("*.geometric.bin")))}
 
