@@ -7,7 +7,8 @@ from __future__ import annotations
 # The events' stages (the "stage" of progress, done and stopped events; "stage:phase" names a
 # stage's part) and what a person calls them.
 STAGE_NAMES = {"cache": "ray cache", "train": "training", "render": "rendering", "eval": "evaluation",
-               "check": "check", "check:photos": "photos", "prepare": "prepare"}
+               "check": "check", "check:photos": "photos", "prepare": "prepare",
+               "sfm": "structure from motion"}
 
 
 def duration(seconds: float | None, sep: str = "") -> str:

@@ -111,6 +111,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     summary = sources.convert(src, dst, source=args.source, downsample=args.downsample,
                               copy_images=not args.link_images, mesh=args.mesh,
                               **{f.name: getattr(args, f.name) for f in sources.all_flags()})
+    if summary.get("stopped"):          # its `stopped` event is out; a rerun continues
+        return 0
     report = None
     if args.json:
         events.text(json.dumps(summary, indent=2))

@@ -126,6 +126,11 @@ def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: i
 
     fsize = scene.mesh_path.stat().st_size
     img_dir = scene.views[0].image_path.parent if scene.views else None
+    sfm = _sfm(scene.root, img_dir)
+    if sfm and sfm.get("unregistered"):
+        left = sfm["unregistered"]
+        warnings.append(f"{len(left)} of {sfm['photos']} photo(s) did not register and were left out: "
+                        + ", ".join(left[:5]) + (" ..." if len(left) > 5 else ""))
     return {
         "scene": str(scene.root), "status": "error" if errors else ("warning" if warnings else "ok"),
         "errors": errors, "warnings": warnings,
@@ -141,22 +146,31 @@ def check_scene(scene_path: str | Path, mesh: str | Path | None = None, level: i
         "views_not_reached": not_reached, "views_low_coverage": low,
         "views_seeing_mesh_centre": int(centre_views),
         "views_with_mask": sum(v.mask_path is not None for v in scene.views),
-        "undistortion": _undistortion(scene.root, img_dir),
+        "undistortion": _prepared(scene.root, img_dir, "undistortion"),
+        "structure_from_motion": sfm,
         "views": views,
     }
 
 
-def _undistortion(root: Path, img_dir: Path | None) -> dict | None:
-    """prepare.json's record of the undistortion of this level's photos (None: not undistorted
-    by prepare)."""
+def _prepared(root: Path, img_dir: Path | None, key: str) -> dict | None:
+    """prepare.json's record `key` of this level (undistortion: of its photos, None when prepare
+    did not undistort them; source: what it was converted from)."""
     if img_dir is None or not img_dir.name.startswith("images_"):
         return None
     try:
         entry = json.loads((root / "prepare.json").read_text(encoding="utf-8"))["levels"][img_dir.name[len("images_"):]]
-        rec = entry.get("undistortion")
+        rec = entry.get(key)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def _sfm(root: Path, img_dir: Path | None) -> dict | None:
+    """How structure from motion went, for a scene made from photos only."""
+    src = _prepared(root, img_dir, "source")
+    if not src or src.get("kind") != "photos":
+        return None
+    return {k: src.get(k) for k in ("photos", "registered", "unregistered", "mean_reprojection_error_px", "mapper")}
 
 
 def _mb(n: int) -> str:
@@ -178,6 +192,10 @@ def format_report(r: dict, max_rows: int = 40) -> str:
     if r["coverage_measured"]:
         lines.append(f"  mesh coverage (at <= {r['coverage_max_side']} px): mean {r['coverage_mean']:.1%}")
     lines.append(f"  views that see the mesh centre: {r['views_seeing_mesh_centre']} of {r['n_views']}")
+    m = r.get("structure_from_motion")
+    if m:
+        lines.append(f"  photos registered by structure from motion: {m['registered']} of {m['photos']} "
+                     f"({m['mapper']} mapper), mean reprojection error {m['mean_reprojection_error_px']:.2f} px")
     u = r.get("undistortion")
     if u:
         lines.append(f"  photos undistorted by prepare: {u.get('views', '?')} view(s), lens model "

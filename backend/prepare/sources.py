@@ -79,6 +79,10 @@ SOURCES = (
         "mvsnet", "MVSNet", "MVSNet scene", "an MVSNet scene (cams/)",
         "MVSNet scene (images/, cams/ and a mesh), e.g. to write a downsampled level",
         flags=(Flag("level", "--level", "source level to read (images_LEVEL/, cams_LEVEL/)", kind=int),)),
+    SourceFormat(
+        "photos", "Photos", "folder of photos", "a folder of photos only (no cameras: structure from motion)",
+        "photos only: cameras by structure from motion (pycolmap), a mesh from --mesh or dense stereo on CUDA",
+        flags=(IMAGES,)),
 )
 SCENE_FORMAT = "mvsnet"   # the scene folder's own layout: Blender imports it as it is
 CONVERTED = tuple(s for s in SOURCES if s.name != SCENE_FORMAT)    # what Blender converts first

@@ -1,0 +1,171 @@
+"""Structure from motion and dense meshing with pycolmap (the `photos` source's work).
+
+Each function is one stage of backend.prepare.photos: it writes its product at the path it is
+given (a `.part` name, renamed by backend.prepare.stages) and returns what the stage's record keeps.
+pycolmap is optional (pip install pycolmap; the dense stages need its CUDA build,
+pycolmap-cuda12, on Linux): `load()` says how to get it.
+"""
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+from ..errors import InputError
+
+EXHAUSTIVE_MAX = 60        # photos up to which every pair is matched; beyond, neighbours only
+SEQUENTIAL_OVERLAP = 20    # neighbours each photo is matched with (in name order) beyond that
+MIN_MODEL = 3              # photos a model needs to count
+INSTALL = ("pip install pycolmap in the backend environment (from the repository: "
+           "pip install -e \".[photos]\")")
+DENSE_INSTALL = ("pip install pycolmap-cuda12 in place of pycolmap on a Linux machine with an NVIDIA GPU, or pass "
+                 "--mesh MESH meshed from these cameras by another tool (e.g. OpenMVS, or COLMAP on a CUDA machine)")
+
+
+def load(src: Path):
+    """The pycolmap module, or InputError saying how to install it."""
+    try:
+        pycolmap = importlib.import_module("pycolmap")
+    except ImportError:
+        raise InputError(f"{src}: making cameras from photos needs pycolmap, which this Python does not have: "
+                         f"{INSTALL}.") from None
+    return pycolmap
+
+
+def log_to(pycolmap, folder: Path) -> None:
+    """COLMAP's own log (every level) into FOLDER/colmap.log.*, off stderr: the stages report progress
+    and errors, stderr keeps its one line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = pycolmap.logging
+    log.set_log_destination(log.INFO, folder / "colmap.log.")
+    for level in (log.WARNING, log.ERROR, log.FATAL):
+        log.set_log_destination(level, "")
+    log.alsologtostderr, log.logtostderr, log.stderrthreshold = False, False, 3
+
+
+def has_cuda(pycolmap) -> bool:
+    return bool(getattr(pycolmap, "has_cuda", False))
+
+
+def lens_key(path: Path) -> list:
+    """What tells two cameras apart: photo size, and the EXIF make, model and focal length."""
+    from PIL import Image
+    from ..imageio import pillow_errors
+    with pillow_errors(path), Image.open(path) as im:
+        exif = im.getexif()
+        sub = exif.get_ifd(0x8769)                  # the Exif IFD holds the focal length
+        focal = sub.get(0x920A) or exif.get(0x920A)
+        return [im.width, im.height, str(exif.get(271, "")).strip(), str(exif.get(272, "")).strip(),
+                float(focal) if focal else None, bool(exif.get_ifd(0x8825))]
+
+
+def extract(pycolmap, db: Path, images: Path, groups: list[list[str]], token) -> dict:
+    """SIFT features of every photo into database `db`: one camera per group (same size and lens);
+    COLMAP seeds its focal length from the photos' EXIF when they have one."""
+    options = pycolmap.FeatureExtractionOptions()
+    for names in groups:
+        pycolmap.extract_features(db, images, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                                  extraction_options=options, device=pycolmap.Device.auto,
+                                  cancellation_token=token)
+    database = pycolmap.Database.open(db)
+    try:
+        cams = database.read_all_cameras()
+        no_features = sorted(im.name for im in database.read_all_images()
+                             if database.num_keypoints_for_image(im.image_id) == 0)
+    finally:
+        database.close()
+    return {"cameras": len(cams), "exif_focal": sum(bool(c.has_prior_focal_length) for c in cams),
+            "no_features": no_features}
+
+
+def match(pycolmap, features_db: Path, db: Path, n_photos: int, gps: bool, token) -> dict:
+    """Match features into a copy of the features database: every pair up to EXHAUSTIVE_MAX photos,
+    else the nearest photos by GPS when all have it, else each photo's neighbours in name order
+    (a capture's photos are usually numbered in the order they were taken)."""
+    shutil.copyfile(features_db, db)
+    device = pycolmap.Device.auto
+    if n_photos <= EXHAUSTIVE_MAX:
+        method = "exhaustive"
+        pycolmap.match_exhaustive(db, device=device, cancellation_token=token)
+    elif gps:
+        method = "spatial"
+        pycolmap.match_spatial(db, device=device, cancellation_token=token)
+    else:
+        method = "sequential"
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = SEQUENTIAL_OVERLAP
+        pycolmap.match_sequential(db, pairing_options=pairing, device=device, cancellation_token=token)
+    database = pycolmap.Database.open(db)
+    try:
+        pairs = int(database.num_verified_image_pairs())
+    finally:
+        database.close()
+    return {"method": method, "verified_pairs": pairs}
+
+
+def mapper_name(pycolmap) -> str:
+    return "global" if hasattr(pycolmap, "global_mapping") else "incremental"
+
+
+def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], token) -> dict:
+    """Camera poses and 3-D points: the global mapper (GLOMAP) where this pycolmap has it, else the
+    incremental one. The largest model is written to `out`; photos outside it are listed."""
+    work = out.with_name(out.name + "-models")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    mapper = mapper_name(pycolmap)
+    if mapper == "global":
+        options = pycolmap.GlobalPipelineOptions()
+        options.min_model_size = MIN_MODEL
+        models = pycolmap.global_mapping(db, images, work, options)
+    else:
+        options = pycolmap.IncrementalPipelineOptions()
+        options.min_model_size = MIN_MODEL
+        models = pycolmap.incremental_mapping(db, images, work, options, cancellation_token=token)
+    if token is not None and token.is_cancelled:
+        shutil.rmtree(work, ignore_errors=True)
+        return {}
+    models = sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
+    if not models or models[0].num_reg_images() < MIN_MODEL:
+        shutil.rmtree(work, ignore_errors=True)
+        raise InputError(f"{images}: structure from motion found no model: fewer than {MIN_MODEL} of the "
+                         f"{len(photos)} photos match each other. The photos need to overlap (each part of the "
+                         "subject in three or more photos, from viewpoints a few degrees apart) and to be sharp.")
+    best = models[0]
+    out.mkdir(parents=True)
+    best.write(out)
+    shutil.rmtree(work, ignore_errors=True)
+    registered = {best.image(i).name for i in best.reg_image_ids()}
+    return {"mapper": mapper, "registered": sorted(registered),
+            "unregistered": sorted(set(photos) - registered), "other_models": [m.num_reg_images() for m in models[1:]],
+            "points": int(best.num_points3D()),
+            "mean_reprojection_error_px": float(best.compute_mean_reprojection_error())}
+
+
+# --- dense: pycolmap's CUDA build only -------------------------------------------------------
+
+def dense_workspace(pycolmap, sparse: Path, images: Path, out: Path, token) -> dict:
+    """Undistorted photos and their model, the workspace of patch-match stereo."""
+    pycolmap.undistort_images(out, sparse, images, cancellation_token=token)
+    return {}
+
+
+def stereo(pycolmap, workspace: Path, token) -> dict:
+    """Depth and normal maps of every photo, in the workspace itself, so that the maps an interrupted
+    run wrote stay for the rerun (COLMAP's patch match is meant to skip them; not verified here,
+    where no CUDA build ran)."""
+    pycolmap.patch_match_stereo(workspace, cancellation_token=token)
+    return {"depth_maps": len(list((workspace / "stereo" / "depth_maps").glob("*.geometric.bin")))}
+
+
+def fuse(pycolmap, workspace: Path, out: Path, token) -> dict:
+    cloud = pycolmap.stereo_fusion(out, workspace, output_type="ply", cancellation_token=token)
+    return {"points": int(cloud.num_points3D())}
+
+
+def poisson(pycolmap, cloud: Path, out: Path) -> dict:
+    pycolmap.poisson_meshing(cloud, out)
+    if not out.is_file():
+        raise InputError(f"{cloud}: Poisson meshing made no mesh (too few fused points); pass --mesh MESH "
+                         "made by another tool.")
+    return {"bytes": out.stat().st_size}

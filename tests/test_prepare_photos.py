@@ -1,0 +1,168 @@
+"""Photos only -> scene (backend/prepare/photos.py): structure from motion on photos of the procedural
+scene rendered from known cameras, compared with those cameras after a similarity alignment."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from backend import stopflag
+from backend.cameras import Camera, look_at
+from backend.colour import linear_to_srgb
+from backend.imageio import write_png
+from backend.meshio import Mesh, write_ply
+from backend.prepare import sources
+from backend.prepare.colmap import qvec_to_rotmat, read_model
+from backend.synthetic import procedural as P
+from conftest import cli, events_of, expect_error
+from helpers import python_without
+
+pycolmap = pytest.importorskip("pycolmap", reason="pycolmap is not installed (pip install -e \".[photos]\")")
+
+N, W, H = 12, 400, 300
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray):
+    """s, R, t minimising |dst - (s R src + t)|^2."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    R = u @ d @ vt
+    s = np.trace(np.diag(sig) @ d) / (a ** 2).sum(1).mean()
+    return s, R, mu_d - s * R @ mu_s
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    """12 photos along a 120-degree arc around the procedural scene (square pixels, centred
+    principal point, as a real lens), one photo of noise that matches nothing, and the true cameras."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "photos").mkdir()
+    spec = P.make_spec(0)
+    f = W / (2 * math.tan(math.radians(50) / 2))
+    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]])
+    truth = {}
+    for i in range(N):
+        az, elev = math.radians(-60 + 120 * i / (N - 1)), math.radians(35 + 8 * math.sin(i))
+        cam = Camera(W, H, K, look_at(P._orbit_eye(az, elev, 4.5, P.CENTRE), P.CENTRE), f"p{i:02d}")
+        write_png(root / "photos" / f"p{i:02d}.png", linear_to_srgb(P.reference_render(spec, cam, 2)[0]))
+        truth[f"p{i:02d}.png"] = cam
+    noise = np.random.default_rng(1).uniform(0, 1, (H, W, 3)).astype(np.float32)
+    write_png(root / "photos" / "zz_noise.png", noise)
+    return root, spec.mesh, truth
+
+
+@pytest.fixture(scope="module")
+def cameras_only(capture):
+    """`prepare` on the photos alone, on a machine without CUDA and without --mesh."""
+    root, _, _ = capture
+    dst = root / "scene"
+    res = cli("prepare", str(root / "photos"), "--out", str(dst))
+    return dst, res
+
+
+def test_the_registry_detects_a_folder_of_photos(capture, tmp_path):
+    root, _, _ = capture
+    assert sources.detect_source(root / "photos") == "photos"
+    (tmp_path / "images").mkdir()
+    shutil.copy(root / "photos" / "p00.png", tmp_path / "images")
+    assert sources.detect_source(tmp_path) == "photos"           # photos in images/
+    (tmp_path / "cams.xml").write_text("<document/>", encoding="utf-8")
+    assert sources.detect_source(tmp_path) != "photos"           # a camera file: not photos only
+
+
+@pytest.mark.skipif(pycolmap.has_cuda, reason="with CUDA the mesh is made by dense stereo")
+def test_without_cuda_the_cameras_are_kept_and_the_missing_mesh_is_said(cameras_only):
+    dst, res = cameras_only
+    expect_error(res, "cameras made (12 of 13 photos registered)", "pip install pycolmap-cuda12", "--mesh")
+    assert (dst / "sfm" / "sparse").is_dir() and not (dst / "cams_1").exists()
+    phases = [e.get("phase") for e in events_of(res.stdout) if e["event"] == "progress" and e["stage"] == "sfm"]
+    assert phases[0] == "features" and phases[-1] == "mapping" and "matching" in phases
+    etas = [e["eta_s"] for e in events_of(res.stdout) if e.get("stage") == "sfm" and e.get("eta_s") is not None]
+    assert etas and all(x >= 0 for x in etas)
+
+
+def _recovered(model_dir):
+    """name -> (R world-to-camera, camera centre) of a COLMAP model read by the COLMAP importer."""
+    _, images = read_model(model_dir)
+    out = {}
+    for im in images.values():
+        R = qvec_to_rotmat(im.qvec)
+        out[im.name] = (R, -R.T @ im.tvec)
+    return out
+
+
+def test_recovered_cameras_match_the_truth_after_a_similarity(capture, cameras_only):
+    _, mesh, truth = capture
+    dst, _ = cameras_only
+    rec = _recovered(dst / "sfm" / "sparse")
+    assert set(truth) <= set(rec)                                 # every photo of the arc registered
+    names = sorted(truth)
+    s, R, t = umeyama(np.array([rec[n][1] for n in names]), np.array([truth[n].center for n in names]))
+    extent = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
+    centre_err = [np.linalg.norm(s * R @ rec[n][1] + t - truth[n].center) for n in names]
+    # rotation of camera n after alignment: R_rec R^T must equal the true world-to-camera rotation
+    rot_err = [math.degrees(math.acos(np.clip((np.trace((rec[n][0] @ R.T) @ truth[n].R.T) - 1) / 2, -1, 1)))
+               for n in names]
+    assert max(centre_err) <= 0.01 * extent, (max(centre_err), extent)
+    assert max(rot_err) <= 0.5, rot_err
+
+
+def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_only, tmp_path):
+    root, mesh, truth = capture
+    dst, res = cameras_only
+    assert any("zz_noise.png" in e.get("unregistered", []) for e in events_of(res.stdout) if e["event"] == "log")
+    # with a mesh in the cameras' frame (the true mesh carried into it) prepare continues and writes the scene
+    rec = _recovered(dst / "sfm" / "sparse")
+    names = sorted(truth)
+    s, R, t = umeyama(np.array([truth[n].center for n in names]), np.array([rec[n][1] for n in names]))
+    moved = Mesh((s * mesh.vertices.astype(np.float64) @ R.T + t).astype(np.float32), mesh.faces)
+    write_ply(tmp_path / "mesh.ply", moved)
+    res = cli("prepare", str(root / "photos"), "--out", str(dst), "--mesh", str(tmp_path / "mesh.ply"), "--json")
+    assert res.returncode == 0, res.stderr
+    logs = [e["message"] for e in events_of(res.stdout) if e["event"] == "log"]
+    assert sum("kept from an earlier run" in m for m in logs) == 3          # resumed: no stage ran again
+    assert sorted(p.stem for p in (dst / "images_1").iterdir()) == [n[:-4] for n in names]
+    report = next(e["report"] for e in events_of(cli("check", str(dst)).stdout) if e["event"] == "done")
+    sfm = report["structure_from_motion"]
+    assert (sfm["registered"], sfm["photos"], sfm["unregistered"]) == (12, 13, ["zz_noise.png"])
+    assert sfm["mean_reprojection_error_px"] < 1.0
+    assert any("zz_noise.png" in w for w in report["warnings"])
+    assert not report["views_not_reached"] and report["coverage_mean"] > 0.2
+
+
+def test_a_stop_keeps_the_finished_stages_and_a_rerun_continues(capture, tmp_path, monkeypatch):
+    from backend.prepare import photos, sfm, stages
+    root, _, _ = capture
+    src = tmp_path / "photos"
+    src.mkdir()
+    for n in ("p03", "p04", "p05", "p06"):
+        shutil.copy(root / "photos" / f"{n}.png", src)
+    write, stop_after = stages.atomic_write_text, []
+
+    def write_then_stop(path, text):           # a Ctrl+C right after the stage's record is written
+        write(path, text)
+        if path.name in stop_after:
+            stopflag.request_stop()
+    monkeypatch.setattr(stages, "atomic_write_text", write_then_stop)
+    stop_after[:] = ["features.json"]
+    out = photos.convert_photos(src, tmp_path / "scene")
+    assert out["stopped"] and out["phase"] == "matching"
+    work = tmp_path / "scene" / "sfm"
+    assert (work / "features.db").is_file() and not (work / "matches.db").exists()
+
+    monkeypatch.setattr(sfm, "extract", lambda *a, **kw: pytest.fail("features were made again"))
+    stop_after[:] = ["matching.json"]
+    assert photos.convert_photos(src, tmp_path / "scene")["phase"] == "mapping"
+    assert (work / "matches.db").is_file() and not (work / "sparse").exists()
+
+
+def test_without_pycolmap_prepare_says_how_to_install_it(capture):
+    root, _, _ = capture
+    res = python_without(("pycolmap",), f"from backend.cli import main; sys.exit(main(['prepare', {str(root / 'photos')!r}, "
+                                        f"'--out', {str(root / 'elsewhere')!r}]))")
+    expect_error(res, "needs pycolmap", "pip install pycolmap", ".[photos]")
