@@ -35,18 +35,19 @@ def test_detection_messages(tmp_path):
     with pytest.raises(InputError) as e:
         detect_source(tmp_path / "photo.jpg")
     assert str(e.value).endswith("photo.jpg: expected a folder (COLMAP workspace, Metashape export, MVSNet "
-                                 "scene) or a Metashape cameras .xml.")
+                                 "scene, nerfstudio dataset) or a Metashape cameras .xml or a nerfstudio "
+                                 "transforms.json.")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError) as e:
         detect_source(tmp_path / "empty")
     assert str(e.value).endswith("empty: cannot tell what this is; expected a COLMAP model (sparse/ with cameras "
-                                 "and images files), a Metashape cams.xml, or an MVSNet scene (cams/); pass "
-                                 "--from KIND.")
+                                 "and images files), a Metashape cams.xml, an MVSNet scene (cams/), or a nerfstudio "
+                                 "transforms.json; pass --from KIND.")
 
 
 def test_option_check_messages(tmp_path):
-    with pytest.raises(InputError, match=r"^--from photos: choose one of auto, colmap, metashape, mvsnet\.$"):
-        convert(tmp_path, tmp_path / "out", source="photos")
+    with pytest.raises(InputError, match=r"^--from nothing: choose one of auto, colmap, metashape, mvsnet, nerfstudio\.$"):
+        convert(tmp_path, tmp_path / "out", source="nothing")
     with pytest.raises(InputError, match=r": --model, --xml does not apply to mvsnet input\.$"):
         convert(tmp_path, tmp_path / "out", source="mvsnet", xml="c.xml", model="m", level=None,
                 undistorted=False, copy_images=False)
@@ -55,7 +56,7 @@ def test_option_check_messages(tmp_path):
 def test_registry_loads_without_numpy():
     """The command line builds its parser, and the add-on its menu, from the registry alone."""
     code = ("from backend.prepare import SOURCES\n"
-            "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet']\n"
+            "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet', 'nerfstudio']\n"
             "from backend.cli import build_parser\n"
             "assert 'prepare' in build_parser().format_help()\n")
     r = python_without(("numpy",), code)
@@ -86,7 +87,7 @@ def test_a_new_source_is_one_module_and_one_entry(toy_source, tmp_path):
     with pytest.raises(InputError, match="--frames does not apply to colmap input"):
         convert(src, tmp_path / "out", source="colmap", frames=3)
     (src / "toy.json").unlink()
-    with pytest.raises(InputError, match=r"an MVSNet scene \(cams/\), or a toy.json; pass --from KIND"):
+    with pytest.raises(InputError, match=r", or a toy.json; pass --from KIND"):
         detect_source(src)
 
 

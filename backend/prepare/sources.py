@@ -79,6 +79,12 @@ SOURCES = (
         "mvsnet", "MVSNet", "MVSNet scene", "an MVSNet scene (cams/)",
         "MVSNet scene (images/, cams/ and a mesh), e.g. to write a downsampled level",
         flags=(Flag("level", "--level", "source level to read (images_LEVEL/, cams_LEVEL/)", kind=int),)),
+    SourceFormat(
+        "nerfstudio", "nerfstudio", "nerfstudio dataset", "a nerfstudio transforms.json",
+        "nerfstudio transforms.json (phone capture apps: Polycam, KIRI, Record3D) with its photos and a mesh",
+        file="a nerfstudio transforms.json",
+        flags=(IMAGES, Flag("mesh_before_transform", "--mesh-before-transform", "the mesh is in the world before "
+                            "the json's applied_transform (e.g. COLMAP's mesh of the same capture)", kind=bool))),
 )
 SCENE_FORMAT = "mvsnet"   # the scene folder's own layout: Blender imports it as it is
 CONVERTED = tuple(s for s in SOURCES if s.name != SCENE_FORMAT)    # what Blender converts first
