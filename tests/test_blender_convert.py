@@ -74,13 +74,14 @@ def test_menu_entry_and_operator_registered(addon, bpy_module):
                  "test_every", "set_active", "check_scene"):
         assert name in props, name
     assert props["downsample"].default == 1
-    assert {e.identifier for e in props["source"].enum_items} == {"auto", "colmap", "metashape", "nerfstudio"}
+    assert {e.identifier for e in props["source"].enum_items} == {"auto", "colmap", "metashape", "nerfstudio",
+                                                                  "realityscan"}
     rna = bpy.ops.import_scene.xscale_convert.get_rna_type()
-    assert rna.name == "Import COLMAP / Metashape / nerfstudio"          # the labels of the registry's converted sources
-    assert rna.description == ("Convert a COLMAP workspace, Metashape export, or nerfstudio dataset into an MVSNet "
-                               "scene folder, then import it")
-    assert props["directory"].description.startswith("COLMAP workspace, Metashape export, or nerfstudio dataset (")
-    with pytest.raises(RuntimeError, match="Choose a COLMAP, Metashape, or nerfstudio folder"):
+    assert rna.name == "Import COLMAP / Metashape / nerfstudio / RealityScan"          # the labels of the registry's converted sources
+    assert rna.description == ("Convert a COLMAP workspace, Metashape export, nerfstudio dataset, or RealityScan "
+                               "export into an MVSNet scene folder, then import it")
+    assert props["directory"].description.startswith("COLMAP workspace, Metashape export, nerfstudio dataset, or RealityScan export (")
+    with pytest.raises(RuntimeError, match="Choose a COLMAP, Metashape, nerfstudio, or RealityScan folder"):
         bpy.ops.import_scene.xscale_convert(directory="")
     assert "check_scene" in bpy.ops.import_scene.xscale_mvsnet.get_rna_type().properties
 

@@ -35,18 +35,19 @@ def test_detection_messages(tmp_path):
     with pytest.raises(InputError) as e:
         detect_source(tmp_path / "photo.jpg")
     assert str(e.value).endswith("photo.jpg: expected a folder (COLMAP workspace, Metashape export, MVSNet "
-                                 "scene, nerfstudio dataset) or a Metashape cameras .xml or a nerfstudio "
-                                 "transforms.json.")
+                                 "scene, nerfstudio dataset, RealityScan export) or a Metashape cameras .xml, a "
+                                 "nerfstudio transforms.json, or a Bundler .out.")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError) as e:
         detect_source(tmp_path / "empty")
     assert str(e.value).endswith("empty: cannot tell what this is; expected a COLMAP model (sparse/ with cameras "
-                                 "and images files), a Metashape cams.xml, an MVSNet scene (cams/), or a nerfstudio "
-                                 "transforms.json; pass --from KIND.")
+                                 "and images files), a Metashape cams.xml, an MVSNet scene (cams/), a nerfstudio "
+                                 "transforms.json, or a RealityScan export (Bundler .out or XMP camera files); "
+                                 "pass --from KIND.")
 
 
 def test_option_check_messages(tmp_path):
-    with pytest.raises(InputError, match=r"^--from nothing: choose one of auto, colmap, metashape, mvsnet, nerfstudio\.$"):
+    with pytest.raises(InputError, match=r"^--from nothing: choose one of auto, colmap, metashape, mvsnet, nerfstudio, realityscan\.$"):
         convert(tmp_path, tmp_path / "out", source="nothing")
     with pytest.raises(InputError, match=r": --model, --xml does not apply to mvsnet input\.$"):
         convert(tmp_path, tmp_path / "out", source="mvsnet", xml="c.xml", model="m", level=None,
@@ -56,7 +57,7 @@ def test_option_check_messages(tmp_path):
 def test_registry_loads_without_numpy():
     """The command line builds its parser, and the add-on its menu, from the registry alone."""
     code = ("from backend.prepare import SOURCES\n"
-            "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet', 'nerfstudio']\n"
+            "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet', 'nerfstudio', 'realityscan']\n"
             "from backend.cli import build_parser\n"
             "assert 'prepare' in build_parser().format_help()\n")
     r = python_without(("numpy",), code)

@@ -85,6 +85,10 @@ SOURCES = (
         file="a nerfstudio transforms.json",
         flags=(IMAGES, Flag("mesh_before_transform", "--mesh-before-transform", "the mesh is in the world before "
                             "the json's applied_transform (e.g. COLMAP's mesh of the same capture)", kind=bool))),
+    SourceFormat(
+        "realityscan", "RealityScan", "RealityScan export", "a RealityScan export (Bundler .out or XMP camera files)",
+        "RealityScan / RealityCapture registration (Bundler .out + image list, or XMP files beside the photos) "
+        "with its photos and a mesh", file="a Bundler .out", flags=(IMAGES,)),
 )
 SCENE_FORMAT = "mvsnet"   # the scene folder's own layout: Blender imports it as it is
 CONVERTED = tuple(s for s in SOURCES if s.name != SCENE_FORMAT)    # what Blender converts first
