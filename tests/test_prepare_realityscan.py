@@ -216,7 +216,8 @@ def test_malformed_bundler_refused_in_one_line(tmp_path, how, needle):
 
 
 @pytest.mark.parametrize("edit,needle", [
-    (lambda s: s.replace('xcr:FocalLength35mm="52.5"', 'xcr:FocalLength35mm="wide"'), "xcr:FocalLength35mm is not a number"),
+    (lambda s: s.replace('xcr:FocalLength35mm="52.5"', 'xcr:FocalLength35mm="wide"'),
+     "xcr:FocalLength35mm is not a number"),
     (lambda s: s.replace("0.0 0.0 0.0 0.0 0.0 0.01", "0.0 0.0"), "must hold 6 numbers"),
     (lambda s: s.replace("0.0 0.0 0.0 0.0 0.0 0.01", "0 0 0 0 0.001 0.01"), "tangential terms"),
     (lambda s: s.replace('xcr:AspectRatio="1"', 'xcr:AspectRatio="1.01"'), "aspect ratio"),

@@ -1,7 +1,7 @@
 """Shared helpers of the undistortion tests (test_prepare_undistort*.py): OpenCV as the independent
 reference for COLMAP's lens models, a COLMAP workspace of given photos, and the measurement of the
 prepared photos (camera, photo and valid pixels; dot centroids); photos of dots at known points
-(also used by the capture-format tests, test_prepare_formats*.py)."""
+(also used by the capture-format tests, test_prepare_nerfstudio.py and test_prepare_realityscan.py)."""
 from __future__ import annotations
 
 from pathlib import Path

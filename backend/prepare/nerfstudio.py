@@ -73,8 +73,9 @@ def _intrinsics(meta: dict, frame: dict, where: str) -> tuple[int, int, np.ndarr
     lens = None
     if any(d.values()):
         if model in ("PINHOLE", "SIMPLE_PINHOLE"):
-            raise InputError(f"{where}: camera_model {model} has distortion terms "
-                             f"({', '.join(n for n in DISTORTION if d[n])}); set camera_model to OPENCV or remove them.")
+            terms = ", ".join(n for n in DISTORTION if d[n])
+            raise InputError(f"{where}: camera_model {model} has distortion terms ({terms}); set camera_model to "
+                             "OPENCV or remove them.")
         lens = Lens(f"nerfstudio {model}", int(w), int(h), fx, fy, cx, cy,
                     k=(d["k1"], d["k2"], d["k3"], d["k4"]), p1=d["p1"], p2=d["p2"],
                     params=tuple((n, d[n]) for n in DISTORTION))
