@@ -1,4 +1,4 @@
-"""File > Import > XScale-NVS from COLMAP / Metashape: convert a source folder into an MVSNet
+"""File > Import > XScale-NVS from capture or photos: convert a source folder into an MVSNet
 scene in Blender's Python (numpy only), import it, and keep the check report on the collection."""
 from __future__ import annotations
 
@@ -74,13 +74,15 @@ def test_menu_entry_and_operator_registered(addon, bpy_module):
                  "test_every", "set_active", "check_scene"):
         assert name in props, name
     assert props["downsample"].default == 1
-    assert {e.identifier for e in props["source"].enum_items} == {"auto", "colmap", "metashape", "photos"}
+    assert {e.identifier for e in props["source"].enum_items} == {"auto", "colmap", "metashape", "nerfstudio",
+                                                                  "realityscan", "photos"}
     rna = bpy.ops.import_scene.xscale_convert.get_rna_type()
-    assert rna.name == "Import COLMAP / Metashape / Photos"          # the labels of the registry's converted sources
-    assert rna.description == ("Convert a COLMAP workspace, Metashape export, or folder of photos into an MVSNet scene folder, "
-                               "then import it")
-    assert props["directory"].description.startswith("COLMAP workspace, Metashape export, or folder of photos (")
-    with pytest.raises(RuntimeError, match="Choose a COLMAP, Metashape, or Photos folder"):
+    assert rna.name == "Import Capture or Photos"
+    assert rna.description == ("Convert a COLMAP workspace, Metashape export, nerfstudio dataset, RealityScan "
+                               "export, or folder of photos into an MVSNet scene folder, then import it")   # the registry's
+    assert props["directory"].description.startswith("COLMAP workspace, Metashape export, nerfstudio dataset, "
+                                                     "RealityScan export, or folder of photos (")
+    with pytest.raises(RuntimeError, match="Choose a COLMAP, Metashape, nerfstudio, RealityScan, or Photos folder"):
         bpy.ops.import_scene.xscale_convert(directory="")
     assert "check_scene" in bpy.ops.import_scene.xscale_mvsnet.get_rna_type().properties
 

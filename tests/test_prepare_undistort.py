@@ -22,9 +22,9 @@ from backend.meshio import write_ply
 from backend.prepare import NeedsBackend, convert, convert_colmap, convert_metashape
 from backend.prepare.lens import colmap_lens, metashape_lens, pinhole_canvas
 from helpers import grid_plane, python_without
-from undistort_helpers import centroid, colmap_workspace, opencv_K, opencv_project, opencv_undistort, read_outputs
+from undistort_helpers import (H, W, colmap_workspace, dot_errors, dots_photo, opencv_K, opencv_project, opencv_undistort,
+                               points_in_view, read_outputs)
 
-W, H = 160, 120
 
 # name -> (COLMAP params, OpenCV K, OpenCV distortion vector (k1, k2, p1, p2[, k3, k4, k5, k6]))
 COLMAP_CASES = {
@@ -50,31 +50,6 @@ def agisoft_project(Xc: np.ndarray, w: int, h: int, c: dict) -> np.ndarray:
     u = w * 0.5 + c["cx"] + xp * c["f"] + xp * c.get("b1", 0.0) + yp * c.get("b2", 0.0)
     v = h * 0.5 + c["cy"] + yp * c["f"]
     return np.stack([u, v], 1)
-
-
-def dots_photo(uv: np.ndarray, w: int = W, h: int = H, sigma: float = 1.0) -> np.ndarray:
-    """Dark Gaussian dots centred at continuous pixel positions uv on a light background."""
-    jj, ii = np.mgrid[0:h, 0:w] + 0.5
-    img = np.full((h, w), 0.9)
-    for u, v in uv:
-        img -= 0.7 * np.exp(-((ii - u) ** 2 + (jj - v) ** 2) / (2 * sigma**2))
-    g = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
-    return np.repeat(g[..., None], 3, -1)
-
-
-def points_in_view(E: np.ndarray, project, w: int = W, h: int = H, margin: float = 8.0, n: int = 10,
-                   depth=(2.0, 4.0), seed: int = 0):
-    """World points whose distorted projection lands on a grid over the photo (margin px from
-    its border), at random depths; returns world points and their distorted pixel positions."""
-    rng = np.random.default_rng(seed)
-    gx, gy = np.meshgrid(np.linspace(-0.75, 0.75, n), np.linspace(-0.6, 0.6, n))
-    z = rng.uniform(*depth, gx.size)
-    Xc = np.stack([gx.ravel() * z, gy.ravel() * z, z], 1)
-    uv = project(Xc)
-    keep = (uv[:, 0] > margin) & (uv[:, 0] < w - margin) & (uv[:, 1] > margin) & (uv[:, 1] < h - margin)
-    Xc, uv = Xc[keep], uv[keep]
-    Ec = np.linalg.inv(E)
-    return Xc @ Ec[:3, :3].T + Ec[:3, 3], uv
 
 
 POSE = look_at((0.3, -0.2, -3.0), (0.1, 0.05, 0.0), up=(0, -1, 0))
@@ -142,14 +117,6 @@ def test_canvas_keeps_focal_length_and_every_source_pixel():
 
 # --- acceptance: projected points land where the pinhole camera puts them ----------------------
 
-def _dot_errors(scene: Path, name: str, X: np.ndarray):
-    cam, img, valid = read_outputs(scene, name)
-    q, _ = cam.project(X)
-    c = centroid(img, q, valid)
-    ok = ~np.isnan(c[:, 0])
-    return np.hypot(*(c[ok] - q[ok]).T), ok
-
-
 @pytest.mark.parametrize("model", list(COLMAP_CASES))
 def test_colmap_points_land_on_the_pinhole_projection(tmp_path, model):
     params, k, dist = COLMAP_CASES[model]
@@ -157,7 +124,7 @@ def test_colmap_points_land_on_the_pinhole_projection(tmp_path, model):
     src = colmap_workspace(tmp_path / "ws", f"{model} {W} {H} " + " ".join(map(repr, params)),
                            {"a.png": (dots_photo(uv), POSE)})
     convert_colmap(src, tmp_path / "scene")
-    err, ok = _dot_errors(tmp_path / "scene", "a", X)
+    err, ok = dot_errors(tmp_path / "scene", "a", X)
     assert ok.sum() >= 0.8 * len(X) and len(X) >= 40
     # the distortion is large: without undistortion the dots would be pixels away
     cam0 = Camera(W, H, opencv_K(*k), POSE)
@@ -189,7 +156,7 @@ def test_metashape_points_land_on_the_pinhole_projection(tmp_path):
     assert s["undistortion"]["models"] == ["Metashape frame (b2, k1, k2, k3, k4, p1, p2)"]
     cam, _, _ = read_outputs(tmp_path / "scene", "IMG_1")
     assert cam.K[0, 1] == 0 and cam.fx == MS["f"] + MS["b1"] and cam.fy == MS["f"]   # no skew left
-    err, ok = _dot_errors(tmp_path / "scene", "IMG_1", X)
+    err, ok = dot_errors(tmp_path / "scene", "IMG_1", X)
     assert ok.sum() >= 0.8 * len(X) and len(X) >= 40
     assert err.max() < 0.05, err.max()
     # --images-undistorted keeps its meaning: distortion ignored, photo used as it is (skew refused)

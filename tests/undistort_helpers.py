@@ -1,6 +1,7 @@
 """Shared helpers of the undistortion tests (test_prepare_undistort*.py): OpenCV as the independent
 reference for COLMAP's lens models, a COLMAP workspace of given photos, and the measurement of the
-prepared photos (camera, photo and valid pixels; dot centroids)."""
+prepared photos (camera, photo and valid pixels; dot centroids); photos of dots at known points
+(also used by the capture-format tests, test_prepare_nerfstudio.py and test_prepare_realityscan.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,8 @@ from PIL import Image
 from backend.cameras import Camera, read_mvsnet_cam
 from backend.meshio import write_ply
 from helpers import grid_plane, rotmat_to_qvec
+
+W, H = 160, 120      # the test photos' size
 
 
 def opencv_K(fx, fy, cx, cy):
@@ -83,3 +86,38 @@ def read_outputs(scene: Path, name: str, level: int = 1):
     img = np.asarray(Image.open(scene / f"images_{level}" / f"{name}.png"))
     valid = np.asarray(Image.open(scene / f"masks_{level}" / f"{name}.png")) == 255
     return Camera(img.shape[1], img.shape[0], K, E), img, valid
+
+
+def dots_photo(uv: np.ndarray, w: int = W, h: int = H, sigma: float = 1.0) -> np.ndarray:
+    """Dark Gaussian dots centred at continuous pixel positions uv on a light background."""
+    jj, ii = np.mgrid[0:h, 0:w] + 0.5
+    img = np.full((h, w), 0.9)
+    for u, v in uv:
+        img -= 0.7 * np.exp(-((ii - u) ** 2 + (jj - v) ** 2) / (2 * sigma**2))
+    g = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, -1)
+
+
+def points_in_view(E: np.ndarray, project, w: int = W, h: int = H, margin: float = 8.0, n: int = 10,
+                   depth=(2.0, 4.0), seed: int = 0):
+    """World points whose distorted projection lands on a grid over the photo (margin px from
+    its border), at random depths; returns world points and their distorted pixel positions."""
+    rng = np.random.default_rng(seed)
+    gx, gy = np.meshgrid(np.linspace(-0.75, 0.75, n), np.linspace(-0.6, 0.6, n))
+    z = rng.uniform(*depth, gx.size)
+    Xc = np.stack([gx.ravel() * z, gy.ravel() * z, z], 1)
+    uv = project(Xc)
+    keep = (uv[:, 0] > margin) & (uv[:, 0] < w - margin) & (uv[:, 1] > margin) & (uv[:, 1] < h - margin)
+    Xc, uv = Xc[keep], uv[keep]
+    Ec = np.linalg.inv(E)
+    return Xc @ Ec[:3, :3].T + Ec[:3, 3], uv
+
+
+def dot_errors(scene: Path, name: str, X: np.ndarray):
+    """Distance (px) of each dot the prepared photo shows from where its camera projects X, and
+    which dots could be measured."""
+    cam, img, valid = read_outputs(scene, name)
+    q, _ = cam.project(X)
+    c = centroid(img, q, valid)
+    ok = ~np.isnan(c[:, 0])
+    return np.hypot(*(c[ok] - q[ok]).T), ok

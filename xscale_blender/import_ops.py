@@ -24,7 +24,6 @@ P_REPORT = "xscale_report"       # check report text, stored on the imported col
 CHECK_MAX_SIDE = 128
 # The sources File > Import converts first (backend/prepare/sources.py; MVSNet scenes import as they are).
 CONVERTED = prepare.sources.CONVERTED
-CONVERTED_LABELS = " / ".join(s.label for s in CONVERTED)
 CONVERTED_FOLDERS = prepare.sources.either([s.folder for s in CONVERTED])
 
 
@@ -169,7 +168,7 @@ def _convert_in_backend(op, src: str, dst: str) -> set[str]:
 class IMPORT_SCENE_OT_xscale_convert(_FolderImport, bpy.types.Operator):
     """Convert a source of another format (CONVERTED) into an MVSNet scene folder, then import it"""
     bl_idname = "import_scene.xscale_convert"
-    bl_label = f"Import {CONVERTED_LABELS}"
+    bl_label = "Import Capture or Photos"       # the formats are many: the description names them
     bl_description = f"Convert a {CONVERTED_FOLDERS} into an MVSNet scene folder, then import it"
     bl_options = {"REGISTER", "UNDO"}
 
@@ -212,7 +211,7 @@ class IMPORT_SCENE_OT_xscale_convert(_FolderImport, bpy.types.Operator):
 
 def menu_import(self, context):
     self.layout.operator(IMPORT_SCENE_OT_xscale_mvsnet.bl_idname, text="XScale-NVS scene (MVSNet)")
-    self.layout.operator(IMPORT_SCENE_OT_xscale_convert.bl_idname, text=f"XScale-NVS from {CONVERTED_LABELS}")
+    self.layout.operator(IMPORT_SCENE_OT_xscale_convert.bl_idname, text="XScale-NVS from capture or photos")
 
 
 CLASSES = (IMPORT_SCENE_OT_xscale_mvsnet, IMPORT_SCENE_OT_xscale_convert)

@@ -80,6 +80,16 @@ SOURCES = (
         "MVSNet scene (images/, cams/ and a mesh), e.g. to write a downsampled level",
         flags=(Flag("level", "--level", "source level to read (images_LEVEL/, cams_LEVEL/)", kind=int),)),
     SourceFormat(
+        "nerfstudio", "nerfstudio", "nerfstudio dataset", "a nerfstudio transforms.json",
+        "nerfstudio transforms.json (phone capture apps: Polycam, KIRI, Record3D) with its photos and a mesh",
+        file="a nerfstudio transforms.json",
+        flags=(IMAGES, Flag("mesh_before_transform", "--mesh-before-transform", "the mesh is in the world before "
+                            "the json's applied_transform (e.g. COLMAP's mesh of the same capture)", kind=bool))),
+    SourceFormat(
+        "realityscan", "RealityScan", "RealityScan export", "a RealityScan export (Bundler .out or XMP camera files)",
+        "RealityScan / RealityCapture registration (Bundler .out + image list, or XMP files beside the photos) "
+        "with its photos and a mesh", file="a Bundler .out", flags=(IMAGES,)),
+    SourceFormat(
         "photos", "Photos", "folder of photos", "a folder of photos only (no cameras: structure from motion)",
         "photos only: cameras by structure from motion (pycolmap), a mesh from --mesh or dense stereo on CUDA",
         flags=(IMAGES,)),

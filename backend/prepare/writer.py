@@ -94,14 +94,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def find_single_mesh(dirs: list[Path]) -> Path:
-    """The single mesh file (.ply/.obj; COLMAP's fused.ply point cloud excluded) in `dirs`."""
+def find_single_mesh(dirs: list[Path], skip: tuple[str, ...] = ()) -> Path:
+    """The single mesh file (.ply/.obj; COLMAP's fused.ply point cloud and the files named in
+    `skip` excluded) in `dirs`."""
     cands: list[Path] = []
     for d in dirs:
         if d.is_dir():
             ours = _previous_outputs(d)         # meshes an earlier prepare wrote into this folder
             cands += [p for p in sorted(d.iterdir()) if p.suffix.lower() in (".ply", ".obj")
-                      and p.is_file() and p.name != "fused.ply" and p.name not in ours and p not in cands]
+                      and p.is_file() and p.name != "fused.ply" and p.name not in skip and p.name not in ours
+                      and p not in cands]
     if len(cands) == 1:
         return cands[0]
     if not cands:
