@@ -35,20 +35,22 @@ def test_detection_messages(tmp_path):
     with pytest.raises(InputError) as e:
         detect_source(tmp_path / "photo.jpg")
     assert str(e.value).endswith("photo.jpg: expected a folder (COLMAP workspace, Metashape export, MVSNet "
-                                 "scene, nerfstudio dataset, RealityScan export, folder of photos) or a Metashape "
-                                 "cameras .xml, a nerfstudio transforms.json, or a Bundler .out.")
+                                 "scene, nerfstudio dataset, RealityScan export, Meshroom export, folder of "
+                                 "photos) or a Metashape cameras .xml, a nerfstudio transforms.json, a Bundler "
+                                 ".out, or a Meshroom .sfm.")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError) as e:
         detect_source(tmp_path / "empty")
     assert str(e.value).endswith("empty: cannot tell what this is; expected a COLMAP model (sparse/ with cameras "
                                  "and images files), a Metashape cams.xml, an MVSNet scene (cams/), a nerfstudio "
-                                 "transforms.json, a RealityScan export (Bundler .out or XMP camera files), or a "
+                                 "transforms.json, a RealityScan export (Bundler .out or XMP camera files), a Meshroom "
+                                 "cameras.sfm (AliceVision SfMData), or a "
                                  "folder of photos only (no cameras: structure from motion); pass --from KIND.")
 
 
 def test_option_check_messages(tmp_path):
     with pytest.raises(InputError, match=r"^--from nothing: choose one of auto, colmap, metashape, mvsnet, "
-                                         r"nerfstudio, realityscan, photos\.$"):
+                                         r"nerfstudio, realityscan, meshroom, photos\.$"):
         convert(tmp_path, tmp_path / "out", source="nothing")
     with pytest.raises(InputError, match=r": --model, --xml does not apply to mvsnet input\.$"):
         convert(tmp_path, tmp_path / "out", source="mvsnet", xml="c.xml", model="m", level=None,
@@ -58,7 +60,8 @@ def test_option_check_messages(tmp_path):
 def test_registry_loads_without_numpy():
     """The command line builds its parser, and the add-on its menu, from the registry alone."""
     code = ("from backend.prepare import SOURCES\n"
-            "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet', 'nerfstudio', 'realityscan', 'photos']\n"
+            "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet', 'nerfstudio', 'realityscan', "
+            "'meshroom', 'photos']\n"
             "from backend.cli import build_parser\n"
             "assert 'prepare' in build_parser().format_help()\n")
     r = python_without(("numpy",), code)

@@ -36,9 +36,10 @@ FIX = "write it again with ns-process-data or the capture app's nerfstudio expor
 
 
 def detect(src: Path) -> bool:
-    """Whether `src` is a .json file or a folder holding transforms.json."""
+    """Whether `src` is a .json file (not AliceVision's sfm.json) or a folder holding transforms.json."""
     if src.is_file():
-        return src.suffix.lower() == ".json"
+        from .meshroom import is_sfm_json
+        return src.suffix.lower() == ".json" and not is_sfm_json(src)
     return (src / "transforms.json").is_file()
 
 

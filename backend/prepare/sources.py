@@ -90,6 +90,10 @@ SOURCES = (
         "RealityScan / RealityCapture registration (Bundler .out + image list, or XMP files beside the photos) "
         "with its photos and a mesh", file="a Bundler .out", flags=(IMAGES,)),
     SourceFormat(
+        "meshroom", "Meshroom", "Meshroom export", "a Meshroom cameras.sfm (AliceVision SfMData)",
+        "Meshroom / AliceVision cameras.sfm or sfm.json (pinhole, radial or Brown lenses) with its photos and a mesh",
+        file="a Meshroom .sfm", flags=(IMAGES,)),
+    SourceFormat(
         "photos", "Photos", "folder of photos", "a folder of photos only (no cameras: structure from motion)",
         "photos only: cameras by structure from motion (pycolmap), a mesh from --mesh or dense stereo on CUDA",
         flags=(IMAGES,)),
