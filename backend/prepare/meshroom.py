@@ -36,7 +36,7 @@ import numpy as np
 from ..cameras import Camera
 from ..errors import InputError
 from .lens import Lens
-from .source_files import from_centre, number, numbers, read_json, rotation
+from .source_files import find_one, from_centre, number, numbers, read_json, rotation
 from .writer import SourceView, find_single_mesh, image_size_any, safe_name, write_scene
 
 NAMES = ("cameras.sfm", "sfm.json")
@@ -60,20 +60,6 @@ def detect(src: Path) -> bool:
     if src.is_file():
         return src.suffix.lower() == ".sfm" or (src.suffix.lower() == ".json" and is_sfm_json(src))
     return any((src / n).is_file() for n in NAMES) or any(p.is_file() for p in src.glob("*.sfm"))
-
-
-def find_sfm(src: Path) -> Path:
-    if src.is_file():
-        return src
-    for n in NAMES:
-        if (src / n).is_file():
-            return src / n
-    sfms = sorted(p for p in src.glob("*.sfm") if p.is_file())
-    if len(sfms) == 1:
-        return sfms[0]
-    if sfms:
-        raise InputError(f"{src}: several .sfm files ({', '.join(p.name for p in sfms)}); pass the one to use.")
-    raise InputError(f"{src}: no cameras.sfm or sfm.json; pass Meshroom's cameras.sfm or the folder holding it.")
 
 
 def version(data: dict, path: Path) -> tuple[int, int, int]:
@@ -223,7 +209,7 @@ def convert_meshroom(src: str | Path, dst: str | Path, *, downsample: int = 1, c
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src}: Meshroom cameras not found.")
-    sfm = find_sfm(src)
+    sfm = find_one(src, "*.sfm", "pass Meshroom's cameras.sfm or the folder holding it", NAMES)
     views, notes = load_views(sfm, Path(images) if images else None)
     mesh_path = Path(mesh) if mesh else find_single_mesh([sfm.parent])
     source = {"kind": "meshroom", "sfm": str(sfm), "mesh": str(mesh_path)}

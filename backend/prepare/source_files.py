@@ -78,6 +78,22 @@ def from_centre(R: np.ndarray, C: np.ndarray) -> np.ndarray:
     return world_to_camera(R, -(R @ C))
 
 
+def find_one(src: Path, pattern: str, missing: str, names: tuple[str, ...] = ()) -> Path:
+    """`src` when it is a file, else the first of `names` in it, else its single file matching
+    `pattern` ('*.sfm'); `missing` says what to pass when there is none."""
+    if src.is_file():
+        return src
+    for n in names:
+        if (src / n).is_file():
+            return src / n
+    found = sorted(p for p in src.glob(pattern) if p.is_file())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise InputError(f"{src}: several {pattern[1:]} files ({', '.join(p.name for p in found)}); pass the one to use.")
+    raise InputError(f"{src}: no {' or '.join(names or (pattern[1:] + ' file',))}; {missing}.")
+
+
 def has_faces(path: Path) -> bool:
     """Whether a .ply holds triangles (a mesh, not a point cloud; read from its header) or the
     file is an .obj."""
