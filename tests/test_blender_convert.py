@@ -75,15 +75,18 @@ def test_menu_entry_and_operator_registered(addon, bpy_module):
         assert name in props, name
     assert props["downsample"].default == 1
     assert {e.identifier for e in props["source"].enum_items} == {"auto", "colmap", "metashape", "nerfstudio",
-                                                                  "realityscan", "meshroom", "photos"}
+                                                                  "realityscan", "meshroom", "openmvs",
+                                                                  "photos"}
     rna = bpy.ops.import_scene.xscale_convert.get_rna_type()
     assert rna.name == "Import Capture or Photos"
     assert rna.description == ("Convert a COLMAP workspace, Metashape export, nerfstudio dataset, RealityScan "
-                               "export, Meshroom export, or folder of photos into an MVSNet scene folder, then "
-                               "import it")   # the registry's
+                               "export, Meshroom export, OpenMVS scene, or folder of photos into an MVSNet scene "
+                               "folder, then import it")   # the registry's
     assert props["directory"].description.startswith("COLMAP workspace, Metashape export, nerfstudio dataset, "
-                                                     "RealityScan export, Meshroom export, or folder of photos (")
-    with pytest.raises(RuntimeError, match="Choose a COLMAP, Metashape, nerfstudio, RealityScan, Meshroom, or Photos folder"):
+                                                     "RealityScan export, Meshroom export, OpenMVS scene, or folder "
+                                                     "of photos (")
+    with pytest.raises(RuntimeError, match="Choose a COLMAP, Metashape, nerfstudio, RealityScan, Meshroom, OpenMVS, "
+                                           "or Photos folder"):
         bpy.ops.import_scene.xscale_convert(directory="")
     assert "check_scene" in bpy.ops.import_scene.xscale_mvsnet.get_rna_type().properties
 

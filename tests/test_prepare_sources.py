@@ -35,22 +35,22 @@ def test_detection_messages(tmp_path):
     with pytest.raises(InputError) as e:
         detect_source(tmp_path / "photo.jpg")
     assert str(e.value).endswith("photo.jpg: expected a folder (COLMAP workspace, Metashape export, MVSNet "
-                                 "scene, nerfstudio dataset, RealityScan export, Meshroom export, folder of "
-                                 "photos) or a Metashape cameras .xml, a nerfstudio transforms.json, a Bundler "
-                                 ".out, or a Meshroom .sfm.")
+                                 "scene, nerfstudio dataset, RealityScan export, Meshroom export, OpenMVS scene, "
+                                 "folder of photos) or a Metashape cameras .xml, a nerfstudio transforms.json, a "
+                                 "Bundler .out, a Meshroom .sfm, or an OpenMVS .mvs.")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError) as e:
         detect_source(tmp_path / "empty")
     assert str(e.value).endswith("empty: cannot tell what this is; expected a COLMAP model (sparse/ with cameras "
                                  "and images files), a Metashape cams.xml, an MVSNet scene (cams/), a nerfstudio "
                                  "transforms.json, a RealityScan export (Bundler .out or XMP camera files), a Meshroom "
-                                 "cameras.sfm (AliceVision SfMData), or a "
+                                 "cameras.sfm (AliceVision SfMData), an OpenMVS scene (.mvs), or a "
                                  "folder of photos only (no cameras: structure from motion); pass --from KIND.")
 
 
 def test_option_check_messages(tmp_path):
     with pytest.raises(InputError, match=r"^--from nothing: choose one of auto, colmap, metashape, mvsnet, "
-                                         r"nerfstudio, realityscan, meshroom, photos\.$"):
+                                         r"nerfstudio, realityscan, meshroom, openmvs, photos\.$"):
         convert(tmp_path, tmp_path / "out", source="nothing")
     with pytest.raises(InputError, match=r": --model, --xml does not apply to mvsnet input\.$"):
         convert(tmp_path, tmp_path / "out", source="mvsnet", xml="c.xml", model="m", level=None,
@@ -61,7 +61,7 @@ def test_registry_loads_without_numpy():
     """The command line builds its parser, and the add-on its menu, from the registry alone."""
     code = ("from backend.prepare import SOURCES\n"
             "assert [s.name for s in SOURCES] == ['colmap', 'metashape', 'mvsnet', 'nerfstudio', 'realityscan', "
-            "'meshroom', 'photos']\n"
+            "'meshroom', 'openmvs', 'photos']\n"
             "from backend.cli import build_parser\n"
             "assert 'prepare' in build_parser().format_help()\n")
     r = python_without(("numpy",), code)

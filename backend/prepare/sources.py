@@ -94,6 +94,9 @@ SOURCES = (
         "Meshroom / AliceVision cameras.sfm or sfm.json (pinhole, radial or Brown lenses) with its photos and a mesh",
         file="a Meshroom .sfm", flags=(IMAGES,)),
     SourceFormat(
+        "openmvs", "OpenMVS", "OpenMVS scene", "an OpenMVS scene (.mvs)",
+        "OpenMVS scene (.mvs) with its undistorted photos and a mesh", file="an OpenMVS .mvs", flags=(IMAGES,)),
+    SourceFormat(
         "photos", "Photos", "folder of photos", "a folder of photos only (no cameras: structure from motion)",
         "photos only: cameras by structure from motion (pycolmap), a mesh from --mesh or dense stereo on CUDA",
         flags=(IMAGES,)),
