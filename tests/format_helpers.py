@@ -1,4 +1,5 @@
-"""Shared pieces of the capture-format tests (test_prepare_nerfstudio.py, test_prepare_realityscan.py):
+"""Shared pieces of the capture-format tests (test_prepare_nerfstudio.py, test_prepare_realityscan.py,
+test_prepare_meshroom.py, test_prepare_openmvs.py):
 cameras posed with the formats' own axis conventions, written independently of backend.cameras, known 3-D points, and
 the check that the prepared scene's cameras put those points on the pixels the source's own
 projection gives."""
