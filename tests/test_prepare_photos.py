@@ -109,6 +109,48 @@ def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_
     assert not report["views_not_reached"] and report["coverage_mean"] > 0.2
 
 
+def test_the_incremental_mapper_is_the_default_and_global_is_chosen_with_a_flag(capture, cameras_only, tmp_path):
+    _, mesh, truth = capture
+    dst, res = cameras_only
+    assert any(e["message"].startswith("mapping (incremental): 12 of 13") for e in events_of(res.stdout)
+               if e["event"] == "log")
+    shutil.copytree(dst / "sfm", tmp_path / "sfm")
+    res = cli("prepare", str(capture[0] / "photos"), "--out", str(tmp_path), "--mapper", "global", "--json")
+    logs = [e["message"] for e in events_of(res.stdout) if e["event"] == "log"]
+    assert sum("kept from an earlier run" in m for m in logs) == 2            # features and matching only
+    assert any(m.startswith("mapping (global): 12 of 13") for m in logs), logs
+    rec = recovered_cameras(tmp_path / "sfm" / "sparse")
+    err = camera_errors(rec, {n: (c.R, c.center) for n, c in truth.items()})
+    extent = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
+    assert max(err.centre.values()) <= 0.01 * extent and max(err.rotation_deg.values()) <= 0.5
+    res = cli("prepare", str(capture[0] / "photos"), "--out", str(tmp_path), "--mapper", "both")
+    assert res.returncode == 2 and "--mapper" in res.stderr and "incremental" in res.stderr
+
+
+def test_a_model_whose_photos_see_few_points_is_refused(cameras_only):
+    """The global mapper's failure on weakly matching photos: a low reprojection error, but photos
+    registered on a handful of points (and wrong cameras around them)."""
+    from backend.errors import InputError
+    from backend.prepare import sfm
+    dst, _ = cameras_only
+    model = pycolmap.Reconstruction(dst / "sfm" / "sparse")
+    sfm.check_model(model, dst, "incremental")                       # a sound model passes
+    weak = {}
+    for i in sorted(model.reg_image_ids())[:2]:                       # two photos keep 10 points each
+        im = model.image(i)
+        ids = sorted({p.point3D_id for p in im.points2D if p.has_point3D()})
+        for pid in ids[10:]:
+            if model.exists_point3D(pid):
+                model.delete_point3D(pid)
+        weak[im.name] = model.image(i).num_points3D
+    assert all(0 < n < sfm.MIN_PHOTO_POINTS for n in weak.values()), weak
+    assert model.compute_mean_reprojection_error() < 1.0
+    with pytest.raises(InputError) as e:
+        sfm.check_model(model, dst, "global")
+    msg = str(e.value)
+    assert "2 of its 12 photos" in msg and all(n in msg for n in weak) and "--mapper incremental" in msg
+
+
 def test_a_stop_keeps_the_finished_stages_and_a_rerun_continues(capture, tmp_path, monkeypatch):
     from backend.prepare import photos, sfm, stages
     root, _, _ = capture
