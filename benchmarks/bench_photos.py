@@ -27,10 +27,10 @@ Modes:              default (CUDA build of pycolmap)        --smoke (CPU)
   fit               reference preset, 2000 steps x 262,144  small preset, 30 steps x 1024 rays,
                     rays, --ss 2                            --ss 1
 The capture's photos go all round the scene (a third of them close-ups): 16 photos leave ~33
-degrees between neighbouring far photos, too wide for structure from motion; 30 leave ~18. On
-2 CPU cores (pycolmap 4.2.1) the global mapper returned wrong cameras (rotation errors over 100
-degrees) on 16 and 36 photos of 400x300, where the incremental mapper on the same matches
-registered 24 of 36 within 2.6 degrees: the smoke run checks the script, not these targets.
+degrees between neighbouring far photos, too wide for structure from motion; 30 leave ~18.
+prepare's default (incremental) mapper is used; the global one returned wrong cameras here
+(benchmarks/NOTES.md, photos only). At 400x300 too few features match for the targets: the smoke
+run checks the script, not them.
 Progress lines go to stdout as the run goes, the backend's JSON events to stderr; the table is
 the last lines of stdout.
 """
