@@ -15,25 +15,14 @@ from backend.colour import linear_to_srgb
 from backend.imageio import write_png
 from backend.meshio import Mesh, write_ply
 from backend.prepare import sources
-from backend.prepare.colmap import qvec_to_rotmat, read_model
 from backend.synthetic import procedural as P
+from benchmarks.camera_alignment import camera_errors, fit_similarity, recovered_cameras
 from conftest import cli, events_of, expect_error
 from helpers import python_without
 
 pycolmap = pytest.importorskip("pycolmap", reason="pycolmap is not installed (pip install -e \".[photos]\")")
 
 N, W, H = 12, 400, 300
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray):
-    """s, R, t minimising |dst - (s R src + t)|^2."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    R = u @ d @ vt
-    s = np.trace(np.diag(sig) @ d) / (a ** 2).sum(1).mean()
-    return s, R, mu_d - s * R @ mu_s
 
 
 @pytest.fixture(scope="module")
@@ -86,30 +75,15 @@ def test_without_cuda_the_cameras_are_kept_and_the_missing_mesh_is_said(cameras_
     assert etas and all(x >= 0 for x in etas)
 
 
-def _recovered(model_dir):
-    """name -> (R world-to-camera, camera centre) of a COLMAP model read by the COLMAP importer."""
-    _, images = read_model(model_dir)
-    out = {}
-    for im in images.values():
-        R = qvec_to_rotmat(im.qvec)
-        out[im.name] = (R, -R.T @ im.tvec)
-    return out
-
-
 def test_recovered_cameras_match_the_truth_after_a_similarity(capture, cameras_only):
     _, mesh, truth = capture
     dst, _ = cameras_only
-    rec = _recovered(dst / "sfm" / "sparse")
+    rec = recovered_cameras(dst / "sfm" / "sparse")
     assert set(truth) <= set(rec)                                 # every photo of the arc registered
-    names = sorted(truth)
-    s, R, t = umeyama(np.array([rec[n][1] for n in names]), np.array([truth[n].center for n in names]))
+    err = camera_errors(rec, {n: (c.R, c.center) for n, c in truth.items()})
     extent = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
-    centre_err = [np.linalg.norm(s * R @ rec[n][1] + t - truth[n].center) for n in names]
-    # rotation of camera n after alignment: R_rec R^T must equal the true world-to-camera rotation
-    rot_err = [math.degrees(math.acos(np.clip((np.trace((rec[n][0] @ R.T) @ truth[n].R.T) - 1) / 2, -1, 1)))
-               for n in names]
-    assert max(centre_err) <= 0.01 * extent, (max(centre_err), extent)
-    assert max(rot_err) <= 0.5, rot_err
+    assert max(err.centre.values()) <= 0.01 * extent, (err.centre, extent)
+    assert max(err.rotation_deg.values()) <= 0.5, err.rotation_deg
 
 
 def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_only, tmp_path):
@@ -117,10 +91,10 @@ def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_
     dst, res = cameras_only
     assert any("zz_noise.png" in e.get("unregistered", []) for e in events_of(res.stdout) if e["event"] == "log")
     # with a mesh in the cameras' frame (the true mesh carried into it) prepare continues and writes the scene
-    rec = _recovered(dst / "sfm" / "sparse")
+    rec = recovered_cameras(dst / "sfm" / "sparse")
     names = sorted(truth)
-    s, R, t = umeyama(np.array([truth[n].center for n in names]), np.array([rec[n][1] for n in names]))
-    moved = Mesh((s * mesh.vertices.astype(np.float64) @ R.T + t).astype(np.float32), mesh.faces)
+    to_rec = fit_similarity(np.array([truth[n].center for n in names]), np.array([rec[n][1] for n in names]))
+    moved = Mesh(to_rec.apply(mesh.vertices).astype(np.float32), mesh.faces)
     write_ply(tmp_path / "mesh.ply", moved)
     res = cli("prepare", str(root / "photos"), "--out", str(dst), "--mesh", str(tmp_path / "mesh.ply"), "--json")
     assert res.returncode == 0, res.stderr
@@ -133,6 +107,48 @@ def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_
     assert sfm["mean_reprojection_error_px"] < 1.0
     assert any("zz_noise.png" in w for w in report["warnings"])
     assert not report["views_not_reached"] and report["coverage_mean"] > 0.2
+
+
+def test_the_incremental_mapper_is_the_default_and_global_is_chosen_with_a_flag(capture, cameras_only, tmp_path):
+    _, mesh, truth = capture
+    dst, res = cameras_only
+    assert any(e["message"].startswith("mapping (incremental): 12 of 13") for e in events_of(res.stdout)
+               if e["event"] == "log")
+    shutil.copytree(dst / "sfm", tmp_path / "sfm")
+    res = cli("prepare", str(capture[0] / "photos"), "--out", str(tmp_path), "--mapper", "global", "--json")
+    logs = [e["message"] for e in events_of(res.stdout) if e["event"] == "log"]
+    assert sum("kept from an earlier run" in m for m in logs) == 2            # features and matching only
+    assert any(m.startswith("mapping (global): 12 of 13") for m in logs), logs
+    rec = recovered_cameras(tmp_path / "sfm" / "sparse")
+    err = camera_errors(rec, {n: (c.R, c.center) for n, c in truth.items()})
+    extent = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
+    assert max(err.centre.values()) <= 0.01 * extent and max(err.rotation_deg.values()) <= 0.5
+    res = cli("prepare", str(capture[0] / "photos"), "--out", str(tmp_path), "--mapper", "both")
+    assert res.returncode == 2 and "--mapper" in res.stderr and "incremental" in res.stderr
+
+
+def test_a_model_whose_photos_see_few_points_is_refused(cameras_only):
+    """The global mapper's failure on weakly matching photos: a low reprojection error, but photos
+    registered on a handful of points (and wrong cameras around them)."""
+    from backend.errors import InputError
+    from backend.prepare import sfm
+    dst, _ = cameras_only
+    model = pycolmap.Reconstruction(dst / "sfm" / "sparse")
+    sfm.check_model(model, dst, "incremental")                       # a sound model passes
+    weak = {}
+    for i in sorted(model.reg_image_ids())[:2]:                       # two photos keep 10 points each
+        im = model.image(i)
+        ids = sorted({p.point3D_id for p in im.points2D if p.has_point3D()})
+        for pid in ids[10:]:
+            if model.exists_point3D(pid):
+                model.delete_point3D(pid)
+        weak[im.name] = model.image(i).num_points3D
+    assert all(0 < n < sfm.MIN_PHOTO_POINTS for n in weak.values()), weak
+    assert model.compute_mean_reprojection_error() < 1.0
+    with pytest.raises(InputError) as e:
+        sfm.check_model(model, dst, "global")
+    msg = str(e.value)
+    assert "2 of its 12 photos" in msg and all(n in msg for n in weak) and "--mapper incremental" in msg
 
 
 def test_a_stop_keeps_the_finished_stages_and_a_rerun_continues(capture, tmp_path, monkeypatch):

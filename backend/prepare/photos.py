@@ -6,8 +6,9 @@ continues after the last finished one):
     features   SIFT features; one camera per group of photos of the same size and lens (EXIF make,
                model and focal length), its focal length seeded from EXIF where the photos have it
     matching   every pair up to sfm.EXHAUSTIVE_MAX photos, else by GPS or by name order
-    mapping    the global mapper where the installed pycolmap has it, else the incremental one;
-               photos outside the largest model are listed and left out
+    mapping    the incremental mapper, or the global one (--mapper global); photos outside the
+               largest model are listed and left out, and a model holding photos that see too few
+               of its points is refused (sfm.check_model)
 and, when no mesh is given (--mesh, or the single mesh in SRC), on pycolmap's CUDA build:
     dense (undistorted workspace), stereo (per photo), fusion, meshing (Poisson).
 Without CUDA and without a mesh the cameras are kept in DST/sfm/sparse (a COLMAP model) and the
@@ -62,7 +63,7 @@ def detect(src: Path) -> bool:
 
 def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, copy_images: bool = True,
                    mesh: str | Path | None = None, images: str | Path | None = None,
-                   undistort: bool = True) -> dict:
+                   undistort: bool = True, mapper: str = sfm.MAPPERS[0]) -> dict:
     """Photos -> cameras (pycolmap) -> MVSNet scene at `dst` (see the module doc). Returns the
     writer's summary, or {"stopped": True, ...} after a requested stop (a `stopped` event is
     printed; run again to continue)."""
@@ -78,6 +79,8 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
     if not names:
         raise InputError(f"{image_dir}: no photos ({', '.join(sorted(PHOTO_EXTS))}) found; pass the folder "
                          "that holds them (or --images DIR).")
+    if mapper not in sfm.MAPPERS:
+        raise InputError(f"--mapper {mapper}: choose one of {', '.join(sfm.MAPPERS)}.")
     if len(names) < sfm.MIN_MODEL:
         raise InputError(f"{image_dir}: {len(names)} photo(s); structure from motion needs at least "
                          f"{sfm.MIN_MODEL} overlapping photos (20 or more for a good model).")
@@ -92,7 +95,7 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
         try:
             keys = {n: sfm.lens_key(image_dir / n) for n in names}
             stages = _stages(pycolmap, keys, work, dense)
-            model, record = _cameras(pycolmap, stages, image_dir, keys, work)
+            model, record = _cameras(pycolmap, stages, image_dir, keys, work, mapper)
             if dense:
                 mesh_path = _mesh(pycolmap, stages, model, image_dir, work, record)
         except Stopped as s:
@@ -130,7 +133,8 @@ def _stages(pycolmap, keys: dict[str, list], work: Path, dense: bool) -> Stages:
     return Stages(work, "sfm", phases, estimates, cancel=pycolmap.CancellationToken)
 
 
-def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], work: Path) -> tuple[Path, dict]:
+def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], work: Path,
+             mapper: str) -> tuple[Path, dict]:
     """Run (or keep) features, matching and mapping; the model folder and the mapping record."""
     names = list(keys)
     groups: dict[str, list[str]] = {}
@@ -146,9 +150,9 @@ def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], w
     matched = stages.run("matching", "matches.db", {},
                          lambda part, token: sfm.match(pycolmap, work / "features.db", part, n, gps, token))
     events.log(f"matching: {matched['method']}, {matched['verified_pairs']} verified pair(s)")
-    record = stages.run("mapping", "sparse", {"mapper": sfm.mapper_name(pycolmap)},
+    record = stages.run("mapping", "sparse", {"mapper": mapper},
                         lambda part, token: sfm.reconstruct(pycolmap, work / "matches.db", image_dir, part, names,
-                                                            token))
+                                                            mapper, token))
     events.log(f"mapping ({record['mapper']}): {len(record['registered'])} of {n} photos registered, mean "
                f"reprojection error {record['mean_reprojection_error_px']:.2f} px")
     if record["unregistered"]:

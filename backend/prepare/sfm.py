@@ -16,6 +16,8 @@ from ..errors import InputError
 EXHAUSTIVE_MAX = 60        # photos up to which every pair is matched; beyond, neighbours only
 SEQUENTIAL_OVERLAP = 20    # neighbours each photo is matched with (in name order) beyond that
 MIN_MODEL = 3              # photos a model needs to count
+MAPPERS = ("incremental", "global")   # the first is the default: see reconstruct()
+MIN_PHOTO_POINTS = 15      # 3-D points a registered photo must see for its pose to be trusted
 INSTALL = ("pip install pycolmap in the backend environment (from the repository: "
            "pip install -e \".[photos]\")")
 DENSE_INSTALL = ("pip install pycolmap-cuda12 in place of pycolmap on a Linux machine with an NVIDIA GPU, or pass "
@@ -103,17 +105,17 @@ def match(pycolmap, features_db: Path, db: Path, n_photos: int, gps: bool, token
     return {"method": method, "verified_pairs": pairs}
 
 
-def mapper_name(pycolmap) -> str:
-    return "global" if hasattr(pycolmap, "global_mapping") else "incremental"
-
-
-def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], token) -> dict:
-    """Camera poses and 3-D points: the global mapper (GLOMAP) where this pycolmap has it, else the
-    incremental one. The largest model is written to `out`; photos outside it are listed."""
+def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], mapper: str, token) -> dict:
+    """Camera poses and 3-D points with the incremental mapper (COLMAP's default) or the global one
+    (GLOMAP). The largest model is written to `out`; photos outside it are listed. The global mapper
+    is not the default: on photos that match others weakly (close-ups) it returned wrong cameras
+    with a low reprojection error, which check_model() refuses."""
+    if mapper == "global" and not hasattr(pycolmap, "global_mapping"):
+        raise InputError(f"--mapper global: this pycolmap ({getattr(pycolmap, '__version__', '?')}) has no global mapper; "
+                         "upgrade it (pip install -U pycolmap) or use --mapper incremental.")
     work = out.with_name(out.name + "-models")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    mapper = mapper_name(pycolmap)
     if mapper == "global":
         options = pycolmap.GlobalPipelineOptions()
         options.min_model_size = MIN_MODEL
@@ -122,24 +124,42 @@ def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], 
         options = pycolmap.IncrementalPipelineOptions()
         options.min_model_size = MIN_MODEL
         models = pycolmap.incremental_mapping(db, images, work, options, cancellation_token=token)
+    shutil.rmtree(work, ignore_errors=True)
     if token is not None and token.is_cancelled:
-        shutil.rmtree(work, ignore_errors=True)
         return {}
     models = sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
     if not models or models[0].num_reg_images() < MIN_MODEL:
-        shutil.rmtree(work, ignore_errors=True)
         raise InputError(f"{images}: structure from motion found no model: fewer than {MIN_MODEL} of the "
                          f"{len(photos)} photos match each other. The photos need to overlap (each part of the "
                          "subject in three or more photos, from viewpoints a few degrees apart) and to be sharp.")
     best = models[0]
+    check_model(best, images, mapper)
     out.mkdir(parents=True)
     best.write(out)
-    shutil.rmtree(work, ignore_errors=True)
     registered = {best.image(i).name for i in best.reg_image_ids()}
     return {"mapper": mapper, "registered": sorted(registered),
             "unregistered": sorted(set(photos) - registered), "other_models": [m.num_reg_images() for m in models[1:]],
             "points": int(best.num_points3D()),
             "mean_reprojection_error_px": float(best.compute_mean_reprojection_error())}
+
+
+def weak_photos(model) -> list[str]:
+    """Registered photos that see fewer than MIN_PHOTO_POINTS of the model's 3-D points."""
+    return sorted(model.image(i).name for i in model.reg_image_ids() if model.image(i).num_points3D < MIN_PHOTO_POINTS)
+
+
+def check_model(model, images: Path, mapper: str) -> None:
+    """InputError when photos are registered on too few points: a pose a handful of points hold
+    is a guess, and wrong edges of the view graph (how the global mapper failed) also turn the
+    photos around them, while the reprojection error stays low."""
+    weak = weak_photos(model)
+    if weak:
+        other = "global" if mapper == "incremental" else "incremental"
+        raise InputError(
+            f"{images}: the {mapper} mapper's model is not trustworthy: {len(weak)} of its "
+            f"{model.num_reg_images()} photos ({', '.join(weak[:5])}{', ...' if len(weak) > 5 else ''}) see fewer "
+            f"than {MIN_PHOTO_POINTS} of its 3-D points; run again with --mapper {other}, or add photos between "
+            "them and their neighbours (close-ups need intermediate distances).")
 
 
 # --- dense: pycolmap's CUDA build only -------------------------------------------------------

@@ -99,7 +99,9 @@ SOURCES = (
     SourceFormat(
         "photos", "Photos", "folder of photos", "a folder of photos only (no cameras: structure from motion)",
         "photos only: cameras by structure from motion (pycolmap), a mesh from --mesh or dense stereo on CUDA",
-        flags=(IMAGES,)),
+        flags=(IMAGES, Flag("mapper", "--mapper", "structure from motion's mapper: incremental (default; "
+                            "COLMAP's) or global (GLOMAP: faster on many photos, wrong cameras seen on weakly "
+                            "matching ones)", choices=("incremental", "global")))),
 )
 SCENE_FORMAT = "mvsnet"   # the scene folder's own layout: Blender imports it as it is
 CONVERTED = tuple(s for s in SOURCES if s.name != SCENE_FORMAT)    # what Blender converts first
