@@ -59,7 +59,7 @@ def test_without_dense_stereo_the_full_run_says_so_and_exits_2(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.slow                # 2.5 minutes on two busy CPU cores
+@pytest.mark.slow                # 3 minutes on two busy CPU cores
 def test_smoke_runs_photos_to_model_beside_the_reference(tmp_path):
     pytest.importorskip("pycolmap")
     out = tmp_path / "photos.json"
@@ -70,7 +70,7 @@ def test_smoke_runs_photos_to_model_beside_the_reference(tmp_path):
     for p in ("features", "matching", "mapping"):
         assert rows[f"prepare {p}"] > 0
     n = rows["photos registered"]
-    assert 3 <= n <= 16 and n + len(d["unregistered"]) == 16
+    assert 12 <= n <= 30 and n + len(d["unregistered"]) == 30      # 22 on pycolmap 4.2.1
     assert len(d["cameras"]) == n
     # both runs hold out the same photos, and the photos scene is scored on them
     assert d["heldout"]["reference"] == d["heldout"]["photos"] and d["targets"]["same_heldout"]
