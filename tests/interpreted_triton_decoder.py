@@ -1,0 +1,72 @@
+"""The fused decoder's Triton kernels (backend/decoder_kernels.py) on CPU tensors under Triton's
+interpreter, in FP32 against the PyTorch decoder. Collected only through
+test_decoder.py::test_fused_decoder_in_triton_interpreter, which sets TRITON_INTERPRET=1."""
+import pytest
+import torch
+
+from backend.model import Manifold
+from decoder_cases import batch, train_step, twins, widths, worst_relative
+
+CPU = torch.device("cpu")
+TOL = 2e-4      # FP32 against FP32 summed in another order; SIREN's omega = 30 amplifies roundings
+
+
+@pytest.mark.parametrize("cfg", widths(), ids=lambda c: f"D{c.grid.out_dim}-W{c.width}-E{c.exposure_dim}")
+@pytest.mark.parametrize("n", [1, 200, 333])
+def test_training_forward_and_every_gradient(cfg, n):
+    """Per-ray exposure codes, ray counts below, between and above the tiles (64 and 128 rays):
+    the output and the gradients of the features and of every parameter (layers, lighting
+    code, FiLM blocks, exposure codes and their affine) as the PyTorch decoder's."""
+    ref, fused = twins(cfg, "triton-fp32", CPU)
+    assert fused.fused_precision(torch.zeros(1, cfg.grid.out_dim)) == "ieee"
+    b = batch(cfg, n, CPU)
+    want, got = train_step(ref, *b), train_step(fused, *b)
+    err = worst_relative(want, got)
+    assert max(err.values()) < TOL, err
+    assert "exposure" in got and "light" in got and "feat" in got
+
+
+def test_one_exposure_code_with_gradients():
+    """One code for every ray (a mean exposure with gradients on): the code's gradient is the
+    sum over the rays."""
+    cfg = widths()[0]
+    ref, fused = twins(cfg, "triton-fp32", CPU)
+    b = batch(cfg, 150, CPU)
+    err = worst_relative(train_step(ref, *b, one_code=True), train_step(fused, *b, one_code=True))
+    assert max(err.values()) < TOL, err
+
+
+@pytest.mark.parametrize("cfg", widths(), ids=lambda c: f"D{c.grid.out_dim}-W{c.width}")
+def test_rendering_forward_folds_one_exposure(cfg):
+    """Decoder.infer (rendering: one exposure code folded into the weights) as the PyTorch one,
+    with the mean code and a photo's; sRGB too; no rays, no output."""
+    ref, fused = twins(cfg, "triton-fp32", CPU)
+    feat, dirs, _, _ = batch(cfg, 333, CPU)
+    for code in (ref.exposure.mean(0), ref.exposure[3]):
+        want = ref.infer(feat, dirs, code)
+        got = fused.infer(feat, dirs, code)
+        assert (got - want).abs().max().item() < 1e-5
+    assert fused.infer(feat[:0], dirs[:0], code).shape == (0, 3)
+
+
+def test_manifold_training_step_through_the_fused_decoder():
+    """The model's training forward (hash grid, footprints, gains) with the fused decoder: the
+    hash table's gradient, which flows through the kernels' feature gradient, as PyTorch's."""
+    from backend.config import HashGridConfig, ModelConfig
+    torch.manual_seed(0)
+    cfg = ModelConfig(grid=HashGridConfig(log2_table=10))
+    ms = [Manifold(cfg, [0, 0, 0], [1, 1, 1], n_views=4) for _ in range(2)]
+    ms[1].load_state_dict(ms[0].state_dict())
+    ms[0].decoder.impl, ms[1].decoder.impl = "torch", "triton-fp32"
+    g = torch.Generator().manual_seed(3)
+    xyz, mask = torch.rand(97, 4, 3, generator=g), torch.rand(97, 4, generator=g) > 0.3
+    dirs = torch.nn.functional.normalize(torch.randn(97, 3, generator=g), dim=-1)
+    view = torch.randint(0, 4, (97,), generator=g)
+    grads = []
+    for m in ms:
+        m.grid.table.data += 1e-2 * torch.randn(m.grid.table.shape, generator=torch.Generator().manual_seed(4))
+        m.zero_grad()
+        m(xyz, mask, dirs, view=view).sum().backward()
+        grads.append(m.grid.table.grad)
+    assert grads[0].abs().max() > 0
+    assert ((grads[0] - grads[1]).abs().max() / grads[0].abs().max()).item() < TOL
