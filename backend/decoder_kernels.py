@@ -15,8 +15,8 @@ the 3-wide view direction, the 4-wide exposure code and the 3-wide output are FP
 
 The backward recomputes the forward (cheaper than storing ten activations per ray) and runs the
 chain rule back. Weight gradients are sums over all rays: each program loops over tiles of rays
-and adds its tiles' sums into its own row of a (programs, weights) buffer (no atomics;
-deterministic), which the wrapper then sums over programs.
+and adds its tiles' sums into its own row of a (programs, weights) buffer (no contention, the
+same order every run), which the wrapper then sums over programs.
 """
 from __future__ import annotations
 
@@ -112,15 +112,16 @@ def _vec(p, C: tl.constexpr):
 
 @triton.jit
 def _add_mat(p, v, R: tl.constexpr, C: tl.constexpr, LD: tl.constexpr):
-    """A program's own gradient row: += v (plain load and store: no other program writes it)."""
-    q = p + tl.arange(0, R)[:, None] * LD + tl.arange(0, C)[None, :]
-    tl.store(q, tl.load(q) + v)
+    """+= v into the program's own gradient row. Atomic although no other program writes there:
+    a load-add-store would need every thread to see the previous tile's stores of the others
+    (elements a layout replicates over threads are stored by one). Relaxed, result unused:
+    fire-and-forget reductions in L2, uncontended, in program order per element."""
+    tl.atomic_add(p + tl.arange(0, R)[:, None] * LD + tl.arange(0, C)[None, :], v, sem="relaxed")
 
 
 @triton.jit
 def _add_vec(p, v, C: tl.constexpr):
-    q = p + tl.arange(0, C)
-    tl.store(q, tl.load(q) + v)
+    tl.atomic_add(p + tl.arange(0, C), v, sem="relaxed")
 
 
 @triton.jit
@@ -243,7 +244,7 @@ def _backward_kernel(feat_ptr, dirs_ptr, code_ptr, code_stride, w_ptr, gout_ptr,
             dz = tl.load(gout_ptr + rows * 3 + k, mask=mask, other=0.0) * y * (1.0 - y)
             dv2 += dz[:, None] * _vec(wo + k * W, W)[None, :]
             _add_vec(gwo + k * W, tl.sum(v2 * dz[:, None], axis=0), W)
-            tl.store(gbo + k, tl.load(gbo + k) + tl.sum(dz, axis=0))
+            tl.atomic_add(gbo + k, tl.sum(dz, axis=0), sem="relaxed")
         # second view layer
         dp2 = dv2 * tl.cos(p2)
         du2 = dp2 * gb

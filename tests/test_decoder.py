@@ -59,7 +59,7 @@ def test_unknown_decoder_is_a_one_line_error(run, tmp_path, monkeypatch):
 # --- on CUDA: tensor-core precisions -------------------------------------------------------------
 # Tolerances against the FP32 PyTorch decoder, from what TF32 (10-bit mantissa) and BF16 (7-bit)
 # inputs to the matrix products give through SIREN's omega = 30.
-CUDA_TOL = {"triton-fp32": (1e-4, 2e-4), "triton": (4e-3, 3e-2), "triton-bf16": (3e-2, 0.2)}   # rgb abs, grad rel
+CUDA_TOL = {"triton-fp32": (2e-4, 1e-3), "triton": (4e-3, 3e-2), "triton-bf16": (3e-2, 0.2)}   # rgb abs, grad rel
 
 
 @gpu
