@@ -325,11 +325,12 @@ def _code_stride(code: torch.Tensor) -> int:
 
 
 def forward(feat: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor | None, w: torch.Tensor, lay: Layout,
-            precision: str = "tf32", launch: Launch = FWD_LAUNCH) -> torch.Tensor:
+            precision: str = "tf32", launch: Launch | None = None) -> torch.Tensor:
     """Linear RGB (N, 3) of rays with features feat (N, D), unit directions dirs (N, 3) and
     exposure codes code (N, E) (one code for all: (1, E)), or with code None the exposure already
     folded into w's view FiLM (Layout; es, et unused). No autograd."""
     n = feat.shape[0]
+    launch = launch or FWD_LAUNCH           # read at the call: benchmarks try others
     per_ray = code is not None
     code = code if per_ray else w[:lay.E].view(1, lay.E)     # not read: a pointer to pass
     _check(feat, dirs, code, w, lay, precision)
@@ -351,11 +352,12 @@ def _programs(n_tiles: int, device: torch.device) -> int:
 
 def backward(feat: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor | None, w: torch.Tensor,
              grad_out: torch.Tensor, lay: Layout, precision: str = "tf32", need_feat: bool = True,
-             need_code: bool = True, launch: Launch = BWD_LAUNCH):
+             need_code: bool = True, launch: Launch | None = None):
     """Gradients of sum(forward(...) * grad_out): (feat (N, D) or None, code (N, E) or None,
     weights (Layout.total,)). With one code (1, E) its gradient is per ray all the same: the
     caller sums it."""
     n = feat.shape[0]
+    launch = launch or BWD_LAUNCH
     per_ray = code is not None
     code = code if per_ray else w[:lay.E].view(1, lay.E)     # not read: a pointer to pass
     _check(feat, dirs, code, w, lay, precision)

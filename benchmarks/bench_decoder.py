@@ -5,7 +5,9 @@ the rendering forward (Decoder.infer) of a 1080p frame's pixels and of a 2832x21
 decoder (its rendering path included; target: within 0.05 dB of PyTorch's).
 
     python benchmarks/bench_decoder.py --out results/decoder.json [--decoders torch,triton,triton-bf16]
-        [--quality-decoders torch,triton] [--iters 1000] [--no-quality]
+        [--quality-decoders torch,triton] [--iters 1000] [--no-quality] [--sweep]
+
+--sweep also times the fused kernels with other rays per tile and warps (decoder_kernels' launches).
 
 Prints a table (metric, value, target, ratio) as its last lines."""
 from __future__ import annotations
@@ -42,44 +44,77 @@ def best_ms(fn, repeat: int) -> float:
     return min(times)
 
 
-def speed_rows(rows: list[dict], impls: list[str], repeat: int) -> None:
-    cfg = PRESETS["reference"].config
-    n = cfg.optim.batch_rays
-    dev = torch.device("cuda")
-    torch.manual_seed(0)
-    feat = (torch.randn(n, cfg.model.grid.out_dim, device=dev) * 0.05).requires_grad_()
-    dirs = F.normalize(torch.randn(n, 3, device=dev), dim=-1)
-    view = torch.randint(0, 64, (n,), device=dev)
-    grad = torch.randn(n, 3, device=dev)
-    rfeat = torch.randn(max(FRAMES.values()), cfg.model.grid.out_dim, device=dev) * 0.05    # frames' pixels
-    rdirs = F.normalize(torch.randn(len(rfeat), 3, device=dev), dim=-1)
-    base = Decoder(cfg.model, 64, impl="torch").to(dev)
-    fb_torch = None
-    for impl in impls:
-        dec = Decoder(cfg.model, 64, impl=impl).to(dev)
-        dec.load_state_dict(base.state_dict())
+class Inputs:
+    """A training batch at the reference preset's sizes (per-ray exposure codes) and a big frame's
+    pixels, on the GPU, and a PyTorch decoder whose parameters every decoder copies."""
 
+    def __init__(self):
+        self.cfg = PRESETS["reference"].config
+        self.n = n = self.cfg.optim.batch_rays
+        d, dev = self.cfg.model.grid.out_dim, torch.device("cuda")
+        torch.manual_seed(0)
+        self.feat = (torch.randn(n, d, device=dev) * 0.05).requires_grad_()
+        self.dirs = F.normalize(torch.randn(n, 3, device=dev), dim=-1)
+        self.view = torch.randint(0, 64, (n,), device=dev)
+        self.grad = torch.randn(n, 3, device=dev)
+        self.rfeat = torch.randn(max(FRAMES.values()), d, device=dev) * 0.05       # frames' pixels
+        self.rdirs = F.normalize(torch.randn(len(self.rfeat), 3, device=dev), dim=-1)
+        self.base = Decoder(self.cfg.model, 64, impl="torch").to(dev)
+
+    def decoder(self, impl: str) -> Decoder:
+        dec = Decoder(self.cfg.model, 64, impl=impl).to(self.feat.device)
+        dec.load_state_dict(self.base.state_dict())
+        return dec
+
+    def train_ms(self, dec: Decoder, repeat: int) -> tuple[float, float]:
+        """Training forward and forward+backward, ms."""
         def fwd():
-            return dec(feat, dirs, F.embedding(view, dec.exposure), linear=True)
+            return dec(self.feat, self.dirs, F.embedding(self.view, dec.exposure), linear=True)
 
         def fwd_bwd():
-            (fwd() * grad).sum().backward()
+            (fwd() * self.grad).sum().backward()
+        return best_ms(fwd, repeat), best_ms(fwd_bwd, repeat)
 
-        f_ms = best_ms(fwd, repeat)
-        fb_ms = best_ms(fwd_bwd, repeat)
+    @torch.no_grad()
+    def render_ms(self, dec: Decoder, px: int, repeat: int) -> float:
+        code = dec.exposure.mean(0)
+        return best_ms(lambda: dec.infer(self.rfeat[:px], self.rdirs[:px], code, linear=True), repeat)
+
+
+def speed_rows(rows: list[dict], x: Inputs, impls: list[str], repeat: int) -> None:
+    fb_torch = None
+    for impl in impls:
+        dec = x.decoder(impl)
+        f_ms, fb_ms = x.train_ms(dec, repeat)
         fb_torch = fb_ms if impl == "torch" else fb_torch
-        report(rows, {"metric": f"{impl}: training forward, {n} rays", "value": f_ms, "unit": "ms"})
+        report(rows, {"metric": f"{impl}: training forward, {x.n} rays", "value": f_ms, "unit": "ms"})
         report(rows, {"metric": f"{impl}: training forward+backward", "value": fb_ms, "unit": "ms"})
-        report(rows, {"metric": f"{impl}: training rays/s (decoder alone)", "value": n / fb_ms / 1e3, "unit": "M rays/s"})
+        report(rows, {"metric": f"{impl}: training rays/s (decoder alone)", "value": x.n / fb_ms / 1e3, "unit": "M rays/s"})
         if fb_torch and impl != "torch":
             report(rows, {"metric": f"{impl}: forward+backward speed-up over torch", "value": fb_torch / fb_ms, "unit": "x"})
-        code = dec.exposure.mean(0).detach()
         for name, px in FRAMES.items():
-            with torch.no_grad():
-                ms = best_ms(lambda: dec.infer(rfeat[:px], rdirs[:px], code, linear=True), repeat)
-            report(rows, {"metric": f"{impl}: render forward {name} ({px / 1e6:.1f} M px)", "value": ms, "unit": "ms"})
+            report(rows, {"metric": f"{impl}: render forward {name} ({px / 1e6:.1f} M px)",
+                          "value": x.render_ms(dec, px, repeat), "unit": "ms"})
         del dec
         torch.cuda.empty_cache()
+
+
+def sweep_rows(rows: list[dict], x: Inputs, repeat: int) -> None:
+    """The TF32 kernels' times with other rays per tile and warps (decoder_kernels.FWD_LAUNCH,
+    BWD_LAUNCH): which launch to keep."""
+    from backend import decoder_kernels as K
+    dec, keep = x.decoder("triton"), (K.FWD_LAUNCH, K.BWD_LAUNCH)
+    px = FRAMES["2832x2128"]
+    for block, warps in ((64, 4), (128, 4), (128, 8), (256, 8)):
+        K.FWD_LAUNCH = K.Launch(block, warps)
+        report(rows, {"metric": f"sweep: render forward 2832x2128, {block} rays x {warps} warps",
+                      "value": x.render_ms(dec, px, repeat), "unit": "ms"})
+    K.FWD_LAUNCH = keep[0]
+    for block, warps in ((32, 4), (64, 4), (64, 8), (128, 8)):
+        K.BWD_LAUNCH = K.Launch(block, warps)
+        report(rows, {"metric": f"sweep: training forward+backward, backward {block} rays x {warps} warps",
+                      "value": x.train_ms(dec, repeat)[1], "unit": "ms"})
+    K.FWD_LAUNCH, K.BWD_LAUNCH = keep
 
 
 def quality_rows(rows: list[dict], impls: list[str], work: Path, iters: int, batch: int) -> None:
@@ -114,9 +149,15 @@ def main() -> None:
     ap.add_argument("--batch-rays", type=int, default=262144)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="also time the kernels' other tile sizes and warps")
     a = ap.parse_args()
     rows: list[dict] = []
-    speed_rows(rows, a.decoders.split(","), a.repeat)
+    x = Inputs()
+    speed_rows(rows, x, a.decoders.split(","), a.repeat)
+    if a.sweep:
+        sweep_rows(rows, x, a.repeat)
+    del x
+    torch.cuda.empty_cache()
     if not a.no_quality:
         quality_rows(rows, a.quality_decoders.split(","), Path(a.work), a.iters, a.batch_rays)
     print_table(rows, "Decoder: PyTorch vs fused Triton")

@@ -70,3 +70,17 @@ def test_manifold_training_step_through_the_fused_decoder():
         grads.append(m.grid.table.grad)
     assert grads[0].abs().max() > 0
     assert ((grads[0] - grads[1]).abs().max() / grads[0].abs().max()).item() < TOL
+
+
+@pytest.mark.parametrize("fwd,bwd", [((32, 4), (16, 4)), ((256, 8), (128, 8))])
+def test_other_launches(fwd, bwd, monkeypatch):
+    """The tile sizes bench_decoder --sweep tries (and the smallest tl.dot takes) compute the
+    same: 333 rays in tiles of 16 to 256."""
+    from backend import decoder_kernels as K
+    monkeypatch.setattr(K, "FWD_LAUNCH", K.Launch(*fwd))
+    monkeypatch.setattr(K, "BWD_LAUNCH", K.Launch(*bwd))
+    cfg = widths()[0]
+    ref, fused = twins(cfg, "triton-fp32", CPU)
+    b = batch(cfg, 333, CPU)
+    err = worst_relative(train_step(ref, *b), train_step(fused, *b))
+    assert max(err.values()) < TOL, err
