@@ -63,8 +63,15 @@ class Layout:
 class Launch:
     block: int              # rays per tile (a power of two >= 16: tl.dot's smallest M)
     num_warps: int
+    num_stages: int = 1     # no software pipelining: see below
 
 
+# Shared memory. Each tl.dot stages its operands there, one product at a time: at most a
+# (BLOCK, W) tile and a (W, W) weight block, fp32 (bf16: half), 64 KB at BLOCK 64, W 64; what
+# Triton reports for the backward at D 128, W 64 (sm_90): 80 KB TF32, 128 KB FP32, 36 KB BF16;
+# the forward 96 / 96 / 64 KB at BLOCK 128. num_stages above 1 would software-pipeline the
+# backward's loop over tiles: every weight block it reads, loop-invariant, held in shared
+# memory several times over (700-900 KB, more than any GPU has). test_decoder checks the sizes.
 FWD_LAUNCH = Launch(128, 8)
 BWD_LAUNCH = Launch(64, 8)  # the backward holds ~10 activation tiles: smaller tiles, fewer spills
 PROGRAMS_PER_SM = 2         # backward programs (each loops over tiles) per streaming multiprocessor
@@ -339,7 +346,7 @@ def forward(feat: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor | None, w
         return out
     _forward_kernel[(triton.cdiv(n, launch.block),)](
         feat, dirs, code, _code_stride(code), w, out, n, D=lay.D, W=lay.W, E=lay.E, BLOCK=launch.block,
-        PER_RAY=per_ray, PREC=precision, num_warps=launch.num_warps)
+        PER_RAY=per_ray, PREC=precision, num_warps=launch.num_warps, num_stages=launch.num_stages)
     return out
 
 
@@ -374,5 +381,6 @@ def backward(feat: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor | None, 
         feat, dirs, code, _code_stride(code), w, grad_out.float().contiguous(),
         gfeat if need_feat else dummy, gcode if gcode is not None else dummy, gw, n, n_tiles, lay.total,
         D=lay.D, W=lay.W, E=lay.E, BLOCK=launch.block, PER_RAY=per_ray, NEED_FEAT=need_feat,
-        NEED_CODE=gcode is not None, PREC=precision, num_warps=launch.num_warps)
+        NEED_CODE=gcode is not None, PREC=precision, num_warps=launch.num_warps,
+        num_stages=launch.num_stages)
     return gfeat, gcode, gw.sum(0)

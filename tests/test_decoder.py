@@ -24,6 +24,33 @@ def test_fused_decoder_in_triton_interpreter():
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
 
 
+SHARED_BUDGET = 200 * 1024      # bytes per block: an H100 has 227 KB, an A100 163 KB
+
+
+@needs_triton
+def test_backward_kernel_fits_in_shared_memory():
+    """The backward kernel as auto launches it on CUDA (TF32, the presets' widths), compiled for an
+    H100 (sm_90) without one: the shared memory it asks for fits (a launch asking for more
+    fails: 881 KB with the loop software-pipelined)."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from backend import decoder_kernels as K
+    cfg, launch = widths()[0], K.BWD_LAUNCH
+    consts = dict(D=cfg.grid.out_dim, W=cfg.width, E=cfg.exposure_dim, BLOCK=launch.block, PER_RAY=True,
+                  NEED_FEAT=True, NEED_CODE=True, PREC="tf32")
+    names = list(inspect.signature(K._backward_kernel.fn).parameters)
+    ints = {"code_stride", "N", "n_tiles", "TOTAL"}
+    sig = {n: "constexpr" if n in consts else "i32" if n in ints else "*fp32" for n in names}
+    src = ASTSource(fn=K._backward_kernel, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": launch.num_warps, "num_stages": launch.num_stages})
+    assert 0 < kernel.metadata.shared <= SHARED_BUDGET, kernel.metadata.shared
+
+
 def test_decoder_choice(monkeypatch):
     """auto: Triton on CUDA, PyTorch on the CPU (and for float64 features, and for an explicit
     Triton decoder on the CPU outside the interpreter: the same function, computed the plain way);
