@@ -1,10 +1,13 @@
 """The fused decoder's Triton kernels (backend/decoder_kernels.py) on CPU tensors under Triton's
 interpreter, in FP32 against the PyTorch decoder. Collected only through
 test_decoder.py::test_fused_decoder_in_triton_interpreter, which sets TRITON_INTERPRET=1."""
+import io
+
 import pytest
 import torch
 
 from backend.model import Manifold
+from conftest import events_of
 from decoder_cases import batch, train_step, twins, widths, worst_relative
 
 CPU = torch.device("cpu")
@@ -84,3 +87,55 @@ def test_other_launches(fwd, bwd, monkeypatch):
     b = batch(cfg, 333, CPU)
     err = worst_relative(train_step(ref, *b), train_step(fused, *b))
     assert max(err.values()) < TOL, err
+
+
+class _Unlaunchable:
+    """A kernel whose launch fails as the backward's did on an H100 before it fitted."""
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            from triton.runtime.errors import OutOfResources
+            raise OutOfResources(913960, 232448, "shared memory")
+        return launch
+
+
+@pytest.fixture
+def log_lines(monkeypatch):
+    """The fused kernels' launch memory cleared; the log events this test emits."""
+    from backend import decoder_triton, events
+    monkeypatch.setattr(decoder_triton, "_launched", set())
+    monkeypatch.setattr(decoder_triton, "_failed", set())
+    out = io.StringIO()
+    monkeypatch.setattr(events, "_stream", out)
+    return lambda: [e["message"] for e in events_of(out.getvalue()) if e["event"] == "log"]
+
+
+def test_a_backward_that_cannot_launch_falls_back_to_pytorch(monkeypatch, log_lines):
+    """Training steps go on, with the PyTorch decoder's gradients, and say so once."""
+    from backend import decoder_kernels as K
+    monkeypatch.setattr(K, "_backward_kernel", _Unlaunchable())
+    cfg = widths()[0]
+    ref, fused = twins(cfg, "triton-fp32", CPU)
+    for seed in (1, 2):
+        b = batch(cfg, 200, CPU, seed=seed)
+        err = worst_relative(train_step(ref, *b), train_step(fused, *b))
+        assert max(err.values()) < TOL, err
+    msgs = log_lines()
+    assert len(msgs) == 1, msgs
+    assert msgs[0].startswith("the fused decoder's backward kernel cannot run on this GPU (OutOfResources: "
+                              "out of resource: shared memory, Required: 913960"), msgs
+    assert msgs[0].endswith("the PyTorch decoder computes it instead")
+
+
+def test_a_forward_that_cannot_launch_falls_back_to_pytorch(monkeypatch, log_lines):
+    """Rendering (Decoder.infer) and the training forward give the PyTorch decoder's colours."""
+    from backend import decoder_kernels as K
+    monkeypatch.setattr(K, "_forward_kernel", _Unlaunchable())
+    cfg = widths()[0]
+    ref, fused = twins(cfg, "triton-fp32", CPU)
+    feat, dirs, view, _ = batch(cfg, 150, CPU)
+    for _ in range(2):
+        assert (fused.infer(feat, dirs, ref.exposure[3]) - ref.infer(feat, dirs, ref.exposure[3])).abs().max() < 1e-5
+    code = ref.exposure[view]
+    assert (fused(feat, dirs, code, linear=True) - ref(feat, dirs, code, linear=True)).abs().max() < TOL
+    assert [m.split(" (")[0] for m in log_lines()] == ["the fused decoder's forward kernel cannot run on this GPU"] * 2
