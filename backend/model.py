@@ -3,10 +3,14 @@
 feature (L*F) --FiLM-SIREN x2 (lighting code)--> h --exposure code e_i: exp(A e)*h + B e--> f
 view dir d --SIREN x2, each FiLM-modulated by f--> linear --> sigmoid = linear RGB --> sRGB.
 Sub-sample features are averaged over the sub-samples that hit the mesh (anti-aliasing).
+
+The decoder's implementations compute the same function: this plain PyTorch one (the reference)
+and the fused Triton kernels (decoder_triton.py), picked per call by `Decoder.impl` (DECODERS).
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +19,22 @@ from torch import nn
 from .colour import linear_to_srgb
 from .config import ModelConfig, OptimConfig
 from .encoding import HashGrid
+from .errors import DeviceError
 from .footprint import FootprintField
+
+# Decoder implementations by name -> the fused kernels' matrix precision (None: plain PyTorch).
+# "auto": "triton" on CUDA tensors, else "torch"; $XSCALE_DECODER picks where "auto" would.
+DECODERS = {"torch": None, "triton": "tf32", "triton-fp32": "ieee", "triton-bf16": "bf16"}
+DECODER_ENV = "XSCALE_DECODER"
+
+
+def decoder_name(impl: str) -> str:
+    """`impl`, or for "auto" $XSCALE_DECODER when set; an unknown name is refused."""
+    name = (os.environ.get(DECODER_ENV) or "auto") if impl == "auto" else impl
+    if name != "auto" and name not in DECODERS:
+        raise DeviceError(f"{DECODER_ENV}={name}: unknown decoder; choose auto, {', '.join(DECODERS)} "
+                          f"(or unset {DECODER_ENV}).")
+    return name
 
 
 def rows_of(table: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
@@ -56,8 +75,9 @@ class FiLM(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_views: int):
+    def __init__(self, cfg: ModelConfig, n_views: int, impl: str = "auto"):
         super().__init__()
+        self.impl = decoder_name(impl)     # DECODERS name or "auto"
         w = cfg.width
         self.light = nn.Parameter(torch.randn(cfg.light_dim) * 0.1)   # global learned lighting code
         self.f1 = FiLMSiren(cfg.grid.out_dim, w, cfg.omega_feat, first=True)
@@ -75,6 +95,11 @@ class Decoder(nn.Module):
                 linear: bool = False) -> torch.Tensor:
         """feat (N, D), dirs (N, 3) unit, code (N, E) or (E,) exposure codes -> sRGB (N, 3)
         (or the linear RGB before the sRGB encoding when `linear`)."""
+        precision = self.fused_precision(feat)
+        if precision is not None:
+            from .decoder_triton import decode
+            rgb_linear = decode(self, feat, dirs, code, precision)
+            return rgb_linear if linear else linear_to_srgb(rgb_linear)
         g1, b1 = self.film1(self.light)
         g2, b2 = self.film2(self.light)
         h = self.f2(self.f1(feat, g1, b1), g2, b2)
@@ -85,37 +110,75 @@ class Decoder(nn.Module):
         rgb_linear = torch.sigmoid(self.out(v))
         return rgb_linear if linear else linear_to_srgb(rgb_linear)
 
-    @torch.no_grad()
-    def infer(self, feat: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor,
-              linear: bool = False) -> torch.Tensor:
-        """`forward` for one exposure code (E,), rearranged for rendering: the per-frame constants
-        (lighting FiLM, exposure affine, the SIREN frequencies, FiLM's +1) are folded into the
-        weights, so each layer is one matmul and one or two in-place passes over its output
-        instead of five (the decoder is memory-bound at millions of pixels)."""
+    def fused_precision(self, feat: torch.Tensor) -> str | None:
+        """The fused kernels' precision for decoding `feat`, or None for this PyTorch decoder: on
+        CUDA (or Triton's interpreter) with float32 features of widths the kernels take; else
+        the PyTorch one, which computes the same function everywhere."""
+        name = self.impl if self.impl != "auto" else ("triton" if feat.is_cuda else "torch")
+        on_triton = feat.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        if DECODERS[name] is None or not on_triton or feat.dtype != torch.float32:
+            return None
+        try:
+            from .decoder_kernels import supports
+        except ImportError:
+            if self.impl == "auto":
+                return None
+            raise DeviceError(f"the {name} decoder needs Triton: pip install triton (on Windows: pip install "
+                              f"triton-windows), or unset {DECODER_ENV}.") from None
+        return DECODERS[name] if supports(feat.shape[1], self.out.in_features) else None
+
+    def folded(self, code: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The decoder with its per-batch constants (lighting FiLM, the SIREN frequencies, FiLM's
+        +1) folded into the weights, so each layer is one matmul (decoder_kernels.Layout's pieces,
+        differentiable): h = sin(sin(x a1 + c1) a2 + c2), h' = exp(code es) h + code et,
+        [ga|ba|gb|bb] = h' m + cm, v = sin(ga (d d1 + e1) + ba), v = sin(gb (v d2 + e2) + bb),
+        linear RGB = sigmoid(v wo^T + bo). With one exposure code (E,) the exposure is folded
+        into m, cm too (es, et zero)."""
         o1, o2 = self.d1.omega, self.d2.omega       # the view-branch layers the FiLM blocks feed
         w = self.out.in_features
 
         def film_siren(layer: FiLMSiren, film: FiLM):     # constant FiLM: fold into the layer
             g, b = film(self.light)
-            W = (layer.omega * g)[:, None] * layer.lin.weight
-            return W.T, layer.omega * (g * layer.lin.bias + b)
+            return ((layer.omega * g)[:, None] * layer.lin.weight).T, layer.omega * (g * layer.lin.bias + b)
 
-        W1, c1 = film_siren(self.f1, self.film1)
-        W2, c2 = film_siren(self.f2, self.film2)
-        h = torch.addmm(c1, feat, W1).sin_()
-        h = torch.addmm(c2, h, W2).sin_()
-        # FiLM of the view branch on h' = s * h + t (exposure): lin(h') = (W s) h + (W t + c); the
-        # blocks are (omega * gamma - omega, omega * beta) so that omega * (1 + g) and omega * b come out.
-        s, t = torch.exp(self.exp_scale(code)), self.exp_shift(code)
+        a1, c1 = film_siren(self.f1, self.film1)
+        a2, c2 = film_siren(self.f2, self.film2)
+        # The view FiLM blocks are (omega * gamma - omega, omega * beta) so that omega * (1 + g)
+        # and omega * b come out.
         Wf = torch.cat([self.filmd1.lin.weight, self.filmd2.lin.weight])           # (4w, w)
-        cf = Wf @ t + torch.cat([self.filmd1.lin.bias, self.filmd2.lin.bias])
         scale = torch.cat([torch.full((2 * w,), o1), torch.full((2 * w,), o2)]).to(Wf)
         plus = torch.cat([torch.full((w,), o1), torch.zeros(w), torch.full((w,), o2), torch.zeros(w)]).to(Wf)
-        mods = torch.addmm(scale * cf + plus, h, (scale[:, None] * Wf * s[None, :]).T)
-        ga, ba, gb, bb = mods.split(w, 1)
-        v = torch.addcmul(ba, ga, self.d1.lin(dirs)).sin_()
-        v = torch.addcmul(bb, gb, self.d2.lin(v)).sin_()
-        rgb_linear = torch.sigmoid(self.out(v))
+        m = (scale[:, None] * Wf).T
+        cm = scale * torch.cat([self.filmd1.lin.bias, self.filmd2.lin.bias]) + plus
+        es, et = self.exp_scale.weight.T, self.exp_shift.weight.T                  # (E, w)
+        if code is not None:        # on h' = s h + t: h' m + cm = h (s m) + (t m + cm)
+            s, t = torch.exp(code @ es), code @ et
+            m, cm = s[:, None] * m, t @ m + cm
+            es, et = torch.zeros_like(es), torch.zeros_like(et)
+        return {"a1": a1, "c1": c1, "a2": a2, "c2": c2, "es": es, "et": et, "m": m, "cm": cm,
+                "d1": self.d1.lin.weight.T, "e1": self.d1.lin.bias, "d2": self.d2.lin.weight.T,
+                "e2": self.d2.lin.bias, "wo": self.out.weight, "bo": self.out.bias}
+
+    @torch.no_grad()
+    def infer(self, feat: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor,
+              linear: bool = False) -> torch.Tensor:
+        """`forward` for one exposure code (E,), rearranged for rendering: the per-frame constants
+        folded into the weights (`folded`), so each layer is one matmul and one or two in-place
+        passes over its output instead of five (the decoder is memory-bound at millions of
+        pixels); fused into one kernel where `fused_precision` says."""
+        precision = self.fused_precision(feat)
+        if precision is not None:
+            from .decoder_triton import infer
+            rgb_linear = infer(self, feat, dirs, code, precision)
+            return rgb_linear if linear else linear_to_srgb(rgb_linear)
+        p = self.folded(code)
+        w = self.out.in_features
+        h = torch.addmm(p["c1"], feat, p["a1"]).sin_()
+        h = torch.addmm(p["c2"], h, p["a2"]).sin_()
+        ga, ba, gb, bb = torch.addmm(p["cm"], h, p["m"]).split(w, 1)
+        v = torch.addcmul(ba, ga, torch.addmm(p["e1"], dirs, p["d1"])).sin_()
+        v = torch.addcmul(bb, gb, torch.addmm(p["e2"], v, p["d2"])).sin_()
+        rgb_linear = torch.sigmoid(torch.addmm(p["bo"], v, p["wo"].T))
         return rgb_linear if linear else linear_to_srgb(rgb_linear)
 
 

@@ -97,6 +97,7 @@ class Trainer:
                                 part=batch_part(batch, ctx.rank, ctx.world))
         self.model.train()
         if os.environ.get(COMPILE_ENV) == "1":      # measurement aid: what fusing the decoder buys
+            self.model.decoder.impl = "torch"       # compile the PyTorch decoder, not the Triton one
             self.model.decoder.forward = torch.compile(self.model.decoder.forward, dynamic=False)
 
     def step(self, prof: stepprof.StepProfile | None = None) -> tuple[torch.Tensor, torch.Tensor]:
