@@ -23,9 +23,11 @@ from .errors import DeviceError
 from .footprint import FootprintField
 
 # Decoder implementations by name -> the fused kernels' matrix precision (None: plain PyTorch).
-# "auto": "triton" on CUDA tensors, else "torch"; $XSCALE_DECODER picks where "auto" would.
+# "auto": "torch" until the fused kernels have been measured on a GPU (they have run only in Triton's
+# interpreter and compiled for sm_90 offline); $XSCALE_DECODER picks where "auto" would, e.g. "triton".
 DECODERS = {"torch": None, "triton": "tf32", "triton-fp32": "ieee", "triton-bf16": "bf16"}
 DECODER_ENV = "XSCALE_DECODER"
+AUTO_DECODER = "torch"
 
 
 def decoder_name(impl: str) -> str:
@@ -114,7 +116,7 @@ class Decoder(nn.Module):
         """The fused kernels' precision for decoding `feat`, or None for this PyTorch decoder: on
         CUDA (or Triton's interpreter) with float32 features of widths the kernels take; else
         the PyTorch one, which computes the same function everywhere."""
-        name = self.impl if self.impl != "auto" else ("triton" if feat.is_cuda else "torch")
+        name = self.impl if self.impl != "auto" else AUTO_DECODER
         on_triton = feat.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
         if DECODERS[name] is None or not on_triton or feat.dtype != torch.float32:
             return None

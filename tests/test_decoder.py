@@ -52,7 +52,7 @@ def test_backward_kernel_fits_in_shared_memory():
 
 
 def test_decoder_choice(monkeypatch):
-    """auto: Triton on CUDA, PyTorch on the CPU (and for float64 features, and for an explicit
+    """auto: PyTorch (the fused kernels are opt-in until measured on a GPU) (and for float64 features, and for an explicit
     Triton decoder on the CPU outside the interpreter: the same function, computed the plain way);
     XSCALE_DECODER picks where auto would; an unknown name is refused with the choices."""
     monkeypatch.delenv(DECODER_ENV, raising=False)
@@ -60,6 +60,9 @@ def test_decoder_choice(monkeypatch):
     cfg = widths()[0]
     feat = torch.zeros(4, cfg.grid.out_dim)
     assert Decoder(cfg, 2).impl == "auto" and Decoder(cfg, 2).fused_precision(feat) is None
+    monkeypatch.setenv("TRITON_INTERPRET", "1")                  # even where the kernels could run
+    assert Decoder(cfg, 2).fused_precision(feat) is None
+    monkeypatch.delenv("TRITON_INTERPRET")
     assert Decoder(cfg, 2, impl="triton").fused_precision(feat) is None
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert Decoder(cfg, 2, impl="triton").fused_precision(feat.double()) is None
