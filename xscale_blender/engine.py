@@ -30,11 +30,10 @@ from bpy.app.handlers import persistent
 from . import campath_export, preferences
 from .backend_link import passes, pythonpath
 from .core import camera_convert as cc
-from .core import jobs, render_server
+from .core import ENGINE_ID, jobs, render_server    # ENGINE_ID: our bl_idname, also imported from here
 from .core.preview import Preview, View
 from .properties import SCENE_OPTIONS, run_folder
 
-ENGINE_ID = "XSCALE_NVS"
 DEPTH_MISS = 1.0e10          # Z of uncovered pixels (Cycles' background depth)
 SERVER_START_TIMEOUT_S = 900.0   # a first start on a new machine compiles nvdiffrast
 NOTICE_S = 8.0               # how long the viewport shows a notice (a restarted server)

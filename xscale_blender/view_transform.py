@@ -16,7 +16,7 @@ from bpy.app.handlers import persistent
 from bpy.props import StringProperty
 
 from .core import ui_text
-from .engine import ENGINE_ID
+from .core import ENGINE_ID
 
 STANDARD = "Standard"
 NO_LOOK = "None"

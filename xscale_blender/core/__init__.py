@@ -9,3 +9,7 @@ camera settings. render_server: the render server's client; preview: the viewpor
 thread on top of it. ui_text: text fitted to a region's width. deps: what Blender's own Python
 lacks (numpy) and how to install it.
 """
+
+# The render engine's bl_idname (engine.py registers it): a plain name here, so modules that only
+# compare a scene's engine with it (view_transform) need not import the engine and its panels.
+ENGINE_ID = "XSCALE_NVS"
