@@ -437,4 +437,26 @@ class ShardReader:
 
     def load(self, i: int, mmap: bool = True) -> dict[str, np.ndarray]:
         d = self.run.cache / self.shards[i]["name"]
-        return {k: np.load(d / f"{k}.npy", mmap_mode="r" if mmap else None) for k in FIELDS}
+        arrays = {k: load_cache_array(d / f"{k}.npy", mmap) for k in FIELDS}
+        for k, a in arrays.items():          # a file of the right format but another length
+            if a.ndim < 1 or a.shape[0] != self.shards[i]["n"]:
+                raise damaged_cache(d / f"{k}.npy", f"{a.shape[0] if a.ndim else 0} rays where meta.json "
+                                    f"says {self.shards[i]['n']}")
+        return arrays
+
+
+def damaged_cache(path: Path, why: str) -> InputError:
+    """The one-line error for a ray cache file (RUN/cache/...) that is not what the cache wrote."""
+    path = Path(path)
+    run = next((p.parent for p in path.parents if p.name == "cache"), path.parent)
+    return InputError(f"{path}: the ray cache is damaged ({why}); build it again with: python -m backend cache "
+                      f"--scene SCENE --run {run} --overwrite (or fit again), or restore the file.")
+
+
+def load_cache_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A ray cache array; a damaged or tampered file (truncated, not .npy, pickled objects) is a
+    one-line error naming it, not a traceback."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise damaged_cache(path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__) from e

@@ -147,8 +147,27 @@ def model_state(ckpt: dict) -> dict:
 def load_model(run: RunFolder, device: torch.device, grid_backend: str = "auto") -> tuple[Manifold, dict]:
     """The trained model of RUN on `device`, in eval mode, and its checkpoint."""
     ckpt = load_checkpoint(run, device)
-    aabb = ckpt["aabb"]
-    model = Manifold(model_config(ckpt), aabb[0], aabb[1], ckpt["n_views"], grid_backend).to(device)
-    model.load_state_dict(model_state(ckpt))
+    aabb, cfg, state = ckpt["aabb"], model_config(ckpt), model_state(ckpt)
+    _check_shapes(run, cfg, aabb, ckpt["n_views"], state)
+    model = Manifold(cfg, aabb[0], aabb[1], ckpt["n_views"], grid_backend).to(device)
+    model.load_state_dict(state)
     model.eval()
     return model, ckpt
+
+
+def _check_shapes(run: RunFolder, cfg: ModelConfig, aabb, n_views: int, state: dict) -> None:
+    """The model the checkpoint's settings describe, built on the meta device (no memory), must
+    have the shapes of the checkpoint's own tensors: settings edited after training (a table of
+    2^40 entries) would otherwise allocate whatever they say before anything is compared."""
+    fix = "the checkpoint was changed after training; delete it and train again."
+    try:
+        with torch.device("meta"):
+            meta = Manifold(cfg, aabb[0], aabb[1], int(n_views), "torch")
+    except Exception as e:                  # settings no model can have (a negative size, ...)
+        raise InputError(f"{run.latest}: its model settings describe no model ({_first_line(e)}); {fix}") from None
+    for name, t in meta.named_parameters():
+        have = state.get(name)
+        if have is None or tuple(have.shape) != tuple(t.shape):
+            got = "missing" if have is None else f"{tuple(have.shape)}"
+            raise InputError(f"{run.latest}: its settings need {name} of shape {tuple(t.shape)}, the file holds "
+                             f"{got}; {fix}")

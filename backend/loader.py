@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .cache import FIELDS, ShardReader, unpack_mask
+from .cache import FIELDS, ShardReader, damaged_cache, unpack_mask
 
 TRAIN_FIELDS = ("xyz", "mask", "dir", "rgb", "view")   # what a training step reads
 PREFETCH_ENV = "XSCALE_PREFETCH"                        # shards read ahead (default PREFETCH)
@@ -68,19 +68,28 @@ def max_part_rows(n: int, batch: int, lo: int, hi: int) -> int:
 class NpyFile:
     """A plain (C-order) .npy file: its header, read once, and row reads into any buffer."""
 
-    def __init__(self, path):
+    def __init__(self, path, rows: int | None = None):
+        """`rows`: how many rows the file must hold (the shard's length in meta.json); a file that
+        is not a plain .npy of that many rows is a damaged cache (one-line error naming it)."""
         self.path = str(path)
-        with open(self.path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            self.offset = fh.tell()
-        if fortran or dtype.hasobject:
-            raise ValueError(f"{path}: not a plain C-order array")
+        try:
+            with open(self.path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                self.offset = fh.tell()
+        except (ValueError, OSError, EOFError) as e:
+            raise damaged_cache(path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__) from e
+        if fortran or dtype.hasobject or not shape:
+            raise damaged_cache(path, "not a plain C-order array")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        if rows is not None and self.shape[0] != rows:
+            raise damaged_cache(path, f"{self.shape[0]} rays where meta.json says {rows}")
+        if os.path.getsize(self.path) < self.offset + self.shape[0] * self.row_bytes:
+            raise damaged_cache(path, "shorter than its header says")
 
     def read_rows(self, runs: list[tuple[int, int]], out: np.ndarray, pool: ThreadPoolExecutor | None) -> int:
         """Rows [a, b) of every run, one after the other, into `out` (a C-contiguous array whose
@@ -259,7 +268,8 @@ class RayLoader:
     def _file(self, shard: int, field: str) -> NpyFile:
         k = (shard, field)
         if k not in self._files:
-            self._files[k] = NpyFile(self.reader.run.cache / self.reader.shards[shard]["name"] / f"{field}.npy")
+            self._files[k] = NpyFile(self.reader.run.cache / self.reader.shards[shard]["name"] / f"{field}.npy",
+                                     self.reader.shards[shard]["n"])
         return self._files[k]
 
     def _fill(self, si: int, key) -> int:

@@ -20,11 +20,10 @@ import os
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 
 from . import distributed, events, stepprof, train_strategy
-from .cache import FIELD_FILE
+from .cache import FIELD_FILE, load_cache_array
 from .cameras import Camera
 from .checkpoint import DiskFull, load_checkpoint, model_config, model_state, save_atomic, size_text
 from .config import (CHECKPOINT_EVERY, TrainConfig, apply_overrides, preset as preset_config, to_dict,
@@ -74,7 +73,7 @@ class Trainer:
         self.ss = cfg_run.ss
         self.camera_rows = camera_rows([Camera.from_dict(v["camera"]) for v in cfg_run.views]).to(dev)
         if (run.cache / FIELD_FILE).is_file():
-            self.model.field.set(np.load(run.cache / FIELD_FILE))
+            self.model.field.set(load_cache_array(run.cache / FIELD_FILE))
         if self.model.log_gain is not None:       # the photos whose gains average to one
             self.model.gain_train.zero_()[cfg_run.train_views] = True
         batch = tc.optim.batch_rays
