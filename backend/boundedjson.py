@@ -9,6 +9,8 @@ import re
 from itertools import accumulate
 from typing import Any
 
+from .errors import first_line
+
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 
@@ -36,7 +38,7 @@ def loads(data: bytes, max_depth: int) -> Any:
     except json.JSONDecodeError as e:
         raise ValueError(f"{e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e:   # e.g. an integer of more than 4300 digits
-        raise ValueError((str(e).splitlines() or [type(e).__name__])[0]) from None
+        raise ValueError(first_line(e)) from None
 
 
 def shown(value: Any, limit: int = 40) -> str:

@@ -29,7 +29,7 @@ from . import events
 from .cameras import Camera
 from .config import SS, TEST_EVERY
 from .encoding import normalisation
-from .errors import InputError
+from .errors import InputError, first_line
 from .footprint import FieldBuilder, camera_rows, footprints
 from .imageio import read_mask
 from .meshio import load_mesh
@@ -459,4 +459,4 @@ def load_cache_array(path: Path, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise damaged_cache(path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__) from e
+        raise damaged_cache(path, first_line(e)[:120]) from e

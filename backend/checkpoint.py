@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, from_dict
-from .errors import InputError
+from .errors import InputError, first_line
 from .model import Manifold
 from .runfolder import RunFolder, temporary
 
@@ -106,13 +106,9 @@ def load_checkpoint(run: RunFolder, device: torch.device) -> dict:
             raise InputError(f"{run.latest}: refused: the checkpoint contains code or Python objects "
                              "(a checkpoint holds tensors and plain values only), so it was not loaded; "
                              "use one from a source you trust, or train again.") from None
-        raise InputError(f"{run.latest}: unreadable checkpoint ({_first_line(e)}); delete it and train again.") from None
+        raise InputError(f"{run.latest}: unreadable checkpoint ({first_line(e)}); delete it and train again.") from None
     except Exception as e:  # a truncated file can only come from outside tampering (saves are atomic)
-        raise InputError(f"{run.latest}: unreadable checkpoint ({_first_line(e)}); delete it and train again.") from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{run.latest}: unreadable checkpoint ({first_line(e)}); delete it and train again.") from None
 
 
 def _plain(obj: Any) -> Any:
@@ -164,7 +160,7 @@ def _check_shapes(run: RunFolder, cfg: ModelConfig, aabb, n_views: int, state: d
         with torch.device("meta"):
             meta = Manifold(cfg, aabb[0], aabb[1], int(n_views), "torch")
     except Exception as e:                  # settings no model can have (a negative size, ...)
-        raise InputError(f"{run.latest}: its model settings describe no model ({_first_line(e)}); {fix}") from None
+        raise InputError(f"{run.latest}: its model settings describe no model ({first_line(e)}); {fix}") from None
     for name, t in meta.named_parameters():
         have = state.get(name)
         if have is None or tuple(have.shape) != tuple(t.shape):

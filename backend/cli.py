@@ -129,18 +129,16 @@ def _check_limits(a: argparse.Namespace) -> None:
             opt.check(getattr(a, opt.name))
     if a.command == "render":
         config.RENDER_SS.check(a.ss)
+    if a.command in READS_RUN and not os.path.isdir(a.run):      # must exist: say how to make one
+        what = "--run names a file, not a run folder" if os.path.exists(a.run) else "the run folder does not exist"
+        raise InputError(f"{a.run}: {what}; make one with: {_prog()} fit --scene SCENE --run "
+                         f"{shlex.quote(a.run)} (or pass --run the folder that fit made).")
     for flag in ("run", "out"):          # folders (made if missing), never an existing file
         folder = getattr(a, flag, None)
-        if flag == "run" and a.command in READS_RUN:     # must exist: said below, with how to make one
-            continue
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise InputError(f"{folder}: --{flag} names a file, not a folder; choose a folder.")
     if getattr(a, "resume", False) and getattr(a, "overwrite", False):
         raise InputError("--resume and --overwrite: choose one (continue the run's training, or start it over).")
-    if a.command in READS_RUN and not os.path.isdir(a.run):
-        what = "--run names a file, not a run folder" if os.path.exists(a.run) else "the run folder does not exist"
-        raise InputError(f"{a.run}: {what}; make one with: {_prog()} fit --scene SCENE --run "
-                         f"{shlex.quote(a.run)} (or pass --run the folder that fit made).")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:

@@ -10,6 +10,12 @@ class _OneLine(Exception):
         super().__init__(" ".join(part.strip() for part in str(message).splitlines() if part.strip()))
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's text (its type's name when it has none): what a one-line
+    error quotes of a library's message."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class InputError(_OneLine):
     """Bad or missing input: the message names the file and the fix."""
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .cache import FIELDS, ShardReader, damaged_cache, unpack_mask
+from .errors import first_line
 
 TRAIN_FIELDS = ("xyz", "mask", "dir", "rgb", "view")   # what a training step reads
 PREFETCH_ENV = "XSCALE_PREFETCH"                        # shards read ahead (default PREFETCH)
@@ -81,7 +82,7 @@ class NpyFile:
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
                 self.offset = fh.tell()
         except (ValueError, OSError, EOFError) as e:
-            raise damaged_cache(path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__) from e
+            raise damaged_cache(path, first_line(e)[:120]) from e
         if fortran or dtype.hasobject or not shape:
             raise damaged_cache(path, "not a plain C-order array")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)

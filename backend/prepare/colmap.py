@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
 from ..cameras import Camera
 from ..errors import InputError
 from .lens import COLMAP_UNDISTORTABLE, Lens, colmap_lens
+from .source_files import leaves_folder
 from .writer import SourceView, find_single_mesh, safe_name, write_scene
 
 # model id -> (name, number of params, index of first distortion param or None)
@@ -287,8 +288,7 @@ def photo_path(images_dir: Path, img: ColmapImage, model_dir: Path) -> Path:
     """The photo of `img`: its name is a path relative to the images folder, which must stay
     inside it (no '..', no absolute path or drive) so that no file from elsewhere is copied into the
     scene."""
-    parts = img.name.replace("\\", "/").split("/")
-    if img.name.startswith(("/", "\\")) or PureWindowsPath(img.name).drive or ".." in parts:
+    if leaves_folder(img.name):
         raise InputError(f"{model_dir}: image {img.id} is named '{img.name}', a path outside the images folder; "
                          "COLMAP names photos by their path inside it: fix the name in the model.")
     return images_dir / img.name

@@ -31,11 +31,18 @@ def read_json(path: Path, fix: str):
         raise InputError(f"{path}: not valid JSON ({e}); {fix}.") from None
 
 
+def leaves_folder(rel: str) -> bool:
+    """Whether a relative photo path as an export writes it (/ or \\ separated) could lead out of
+    its folder: absolute, a drive, or '..' (COLMAP's image names and every export's paths)."""
+    return (rel.startswith(("/", "\\")) or bool(PureWindowsPath(rel).drive)
+            or ".." in rel.replace("\\", "/").split("/"))
+
+
 def inside(folder: Path, rel: str, where: str) -> Path:
     """`rel` (a photo path as the export writes it, / or \\ separated) under `folder`; refused when
     it leaves the folder (absolute, a drive, '..'), so that no file from elsewhere is copied."""
     parts = rel.replace("\\", "/").split("/")
-    if not rel or rel.startswith(("/", "\\")) or PureWindowsPath(rel).drive or ".." in parts:
+    if not rel or leaves_folder(rel):
         raise InputError(f"{where}: the photo path '{rel}' leads outside {folder}; keep the photos in that folder "
                          "and their paths relative to it.")
     return folder.joinpath(*[p for p in parts if p not in ("", ".")])
