@@ -7,6 +7,7 @@ same `Option`s through `backend_link`, so a default or a limit is changed here a
 The configs nest by name, as RUN/train.json stores them:
     TrainConfig                       steps, seed, checkpoint interval
       .optim: OptimConfig             rays per step, learning rates and their schedule
+      .schedule: ScheduleConfig       how long to train when steps are not set (from the ray cache)
       .model: ModelConfig             decoder widths and SIREN frequencies
         .grid: HashGridConfig         multi-resolution hash encoding
 The ray cache's settings (supersampling, held-out split, image level) are the CACHE_OPTIONS below
@@ -84,11 +85,28 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """The training length that follows the capture (backend/schedule.py), used when `iters` is
+    None: about `epochs` passes over the ray cache's training rays in at least `min_steps` Adam
+    steps (at most `max_steps`); a capture too small to fill that many steps of the preset's batch
+    gets a smaller batch (at least `min_batch`) rather than more passes, which over-fit it."""
+    # Measured on one H100 with the reference preset (benchmarks/NOTES.md, "A schedule that fits
+    # the capture"): a real 10-photo 6 MP capture scored best at ~10 passes (1500 x 262,144 rays,
+    # 22.90 dB held out) and 1.4 dB lower at ~80 (2000 x 1.57 M); the sparse capture scene peaked
+    # before 50 passes, the dense one was still rising at 13.
+    epochs: float = 10.0
+    min_steps: int = 1500
+    max_steps: int = 30000
+    min_batch: int = 65536
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    iters: int = 30000
+    iters: int | None = None            # None: from the capture (schedule); a number: exactly that
     seed: int = 0
     checkpoint_every_s: float = 120.0
     optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -260,7 +278,8 @@ START_OPTIONS = (RESUME, OVERWRITE)
 PRESET = Option("preset", str, "auto", "model and training settings",
                 choices=(("auto", "Auto", "Reference on a CUDA GPU, Small on the CPU"),)
                 + tuple((k, p.label, p.description) for k, p in PRESETS.items()))
-ITERS = Option("iters", int, None, "training steps (default: the preset's)", min=1, path="iters")
+ITERS = Option("iters", int, None, "training steps (default: the preset's, or on a GPU as many as the capture "
+               "needs: about 10 passes over its rays, at least 1500 steps)", min=1, path="iters")
 # How often this process saves, not a setting of the model: a resumed run takes the value given now.
 CHECKPOINT_EVERY = Option("checkpoint_every", float, TrainConfig.checkpoint_every_s,
                           "seconds between checkpoints while training (a crash or kill -9 loses at most "

@@ -202,22 +202,30 @@ def log(message: str) -> None:
 
 
 class Progress:
-    """Rate-limited progress emitter with an ETA from the average step time."""
+    """Rate-limited progress emitter with an ETA from the average step time since the first report:
+    the first steps (kernel compilation, loaders filling) would inflate it for minutes otherwise."""
 
     def __init__(self, stage: str, total: int, every_s: float = 1.0, start_step: int = 0):
         self.stage, self.total, self.every_s = stage, total, every_s
         self.t0 = time.monotonic()
         self.start_step = start_step
         self.last = -1e9
+        self.base: tuple[float, int] | None = None      # (time, step) of the first report
 
     def update(self, step: int, force: bool = False, **fields: Any) -> None:
         now = time.monotonic()
         if not force and now - self.last < self.every_s and step < self.total:
             return
         self.last = now
-        done = step - self.start_step
         elapsed = now - self.t0
-        eta = elapsed / done * (self.total - step) if done > 0 else None
+        if self.base is None or step <= self.base[1]:
+            done = step - self.start_step
+            eta = elapsed / done * (self.total - step) if done > 0 else None
+            if done > 0 and self.base is None:
+                self.base = (now, step)
+        else:
+            t_b, s_b = self.base
+            eta = (now - t_b) / (step - s_b) * (self.total - step)
         emit("progress", stage=self.stage, step=step, total=self.total,
              elapsed_s=elapsed, eta_s=eta, **fields)
 

@@ -22,8 +22,8 @@ from contextlib import nullcontext
 
 import torch
 
-from . import distributed, events, stepprof, train_strategy
-from .cache import FIELD_FILE, load_cache_array
+from . import distributed, events, schedule, stepprof, train_strategy
+from .cache import FIELD_FILE, ShardReader, load_cache_array
 from .cameras import Camera
 from .checkpoint import DiskFull, load_checkpoint, model_config, model_state, save_atomic, size_text
 from .config import (CHECKPOINT_EVERY, TrainConfig, apply_overrides, preset as preset_config, to_dict,
@@ -44,9 +44,10 @@ def psnr_from_mse(mse: float) -> float:
 
 
 def resolve_config(run: RunFolder, ckpt: dict | None, iters: int | None, preset: str,
-                   overrides: dict | None, device: torch.device) -> TrainConfig:
+                   overrides: dict | None, device: torch.device) -> tuple[TrainConfig, schedule.Plan | None]:
     """The checkpoint's settings when resuming (but the checkpoint interval given now), else the
-    preset with the overrides; `iters` wins."""
+    preset with the overrides; `iters` wins. Without steps from any of them, the steps (and for a
+    small capture the batch) follow the ray cache (schedule.py): the plan is returned too."""
     if ckpt is not None:     # the model as it was trained (settings it predates keep their old values)
         tc = dataclasses.replace(train_config_from_dict(ckpt["train_config"]), model=model_config(ckpt))
         every = (overrides or {}).get(CHECKPOINT_EVERY.name)
@@ -54,7 +55,10 @@ def resolve_config(run: RunFolder, ckpt: dict | None, iters: int | None, preset:
             tc = with_value(tc, CHECKPOINT_EVERY.path, CHECKPOINT_EVERY.check(every))
     else:
         tc = apply_overrides(preset_config(preset, device.type), overrides or {})
-    return with_value(tc, "iters", iters) if iters is not None else tc
+    if iters is not None:
+        return with_value(tc, "iters", iters), None
+    return schedule.resolve(tc, ShardReader(run.root).meta["n_rays"],
+                            batch_given=(overrides or {}).get("batch_rays") is not None)
 
 
 class Trainer:
@@ -178,7 +182,9 @@ def train(run_dir: str, iters: int | None = None, resume: bool = False, device: 
             ckpt = load_checkpoint(run, ctx.device)
         elif ctx.main:
             run.latest.unlink(missing_ok=True)      # --overwrite: no stale model next to new settings
-        tc = resolve_config(run, ckpt, iters, preset, overrides, ctx.device)
+        tc, plan = resolve_config(run, ckpt, iters, preset, overrides, ctx.device)
+        if plan is not None and ctx.main:
+            events.log(plan.describe(len(run.settings().train_views)))
         if ckpt is not None and ctx.main:           # a kill loses the steps after the last checkpoint
             events.log(f"resuming training at step {ckpt['step']} of {tc.iters} (the last checkpoint)")
         if tc.optim.batch_rays < ctx.world:

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backend import events, stepprof  # noqa: E402
-from backend.cache import build_cache, cache_matches  # noqa: E402
+from backend import events, schedule, stepprof  # noqa: E402
+from backend.cache import ShardReader, build_cache, cache_matches  # noqa: E402
+from backend.config import apply_overrides, preset as preset_config  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
 from backend.evaluate import evaluate  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
@@ -102,9 +103,12 @@ def main() -> None:
     ap.add_argument("--views", type=int, help="photos (default: 64 procedural, else the capture variant's)")
     ap.add_argument("--width", type=int)
     ap.add_argument("--height", type=int)
-    ap.add_argument("--iters", type=int, default=1500)
+    ap.add_argument("--iters", type=int, default=1500, help="training steps; 0: the schedule's for this capture "
+                                                             "(backend/schedule.py, the CLI's default on a GPU)")
+    ap.add_argument("--epochs", type=float, help="with --iters 0: passes over the rays (schedule.epochs)")
     ap.add_argument("--eval-every", type=int, default=0,
                     help="held-out PSNR every N steps (training paused, exact resume): the curve")
+    ap.add_argument("--eval-points", type=int, default=0, help="with --iters 0: a curve of this many points")
     ap.add_argument("--test-every", type=int, help="hold out every k-th photo (default 8; capture scenes: "
                                                    "the scene's own, which the ground truth is made for)")
     ap.add_argument("--ss", type=int, default=1, help="cache supersampling (the pipeline's own default is 2)")
@@ -160,7 +164,15 @@ def main() -> None:
               "no clean ground truth for the held-out photos", flush=True)
         truth = None
 
-    # Training at the reference batch (--preset), supersampling --ss; rate from the progress events.
+    # Training at the reference batch (--preset) or the schedule's, supersampling --ss; rate from the progress events.
+    overrides = {}
+    if a.iters == 0:
+        tc = apply_overrides(preset_config(a.preset, "cuda"), {"schedule.epochs": a.epochs})
+        plan = schedule.plan(tc, ShardReader(run).meta["n_rays"], batch_given=False)
+        a.iters, overrides = plan.iters, {"batch_rays": plan.batch_rays}
+        print(plan.describe(len(RunFolder(run).settings().train_views)), flush=True)
+        if a.eval_points:
+            a.eval_every = max(1, a.iters // a.eval_points)
     rates: list[float] = []
     waits: list[float] = []
 
@@ -184,7 +196,7 @@ def main() -> None:
     for k, stop in enumerate([*stops, None]):
         with Timer() as t:
             train(str(run), iters=a.iters, resume=k > 0, overwrite=k == 0, device=a.device,
-                  preset=a.preset, stop_at=stop)
+                  preset=a.preset, overrides=overrides, stop_at=stop)
         train_s += t.s                          # includes checkpoint save + resume: an upper bound
         if a.eval_every:
             point = {"train_s": train_s, "step": stop or a.iters,

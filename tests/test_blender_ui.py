@@ -3,6 +3,7 @@ checks every call against Blender's own UILayout definition: names, keywords, ic
 properties and operators)."""
 from __future__ import annotations
 
+import os
 import sys
 from types import SimpleNamespace
 
@@ -177,9 +178,9 @@ def test_unset_settings_read_auto_with_the_value_the_backend_will_use(panels, bp
     assert "iterations" not in drawn and "level" not in drawn        # no "0" or "-1" that looks real
     s.device = "auto"
     assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == \
-        "Auto (GPU 30000, CPU 600)"
+        "Auto (GPU from the capture, CPU 600)"
     s.preset = "reference"
-    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == "Auto (preset: 30000)"
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == "Auto (from the capture)"
 
     # render supersampling: the run's cache decides it
     assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_render, bpy.context), "Supersampling") == "Auto (as cached)"
@@ -190,10 +191,19 @@ def test_unset_settings_read_auto_with_the_value_the_backend_will_use(panels, bp
     assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_render, bpy.context), "Supersampling") == \
         "Auto (as cached: 3)"
     assert _option_rows(draw(bpy, render_panels.RENDER_PT_xscale, bpy.context), "Render") == "Auto (as cached: 3)"
+    # iterations: the schedule's for the run's ray cache (12 M rays: 10 passes of 1.57 M-ray batches)
+    (run / "cache").mkdir()
+    (run / "cache" / "meta.json").write_text('{"n_rays": 12000000}')
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == \
+        "Auto (from the capture: 1500)"
+    (run / "cache" / "meta.json").write_text('{"n_rays": 4000000000}')
+    os.utime(run / "cache" / "meta.json", ns=(1, 1))        # a change the mtime cache sees on any file system
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == \
+        "Auto (from the capture: 25432)"
 
     # the button sets it (to what Auto would use), the X next to the field goes back to Auto
     assert bpy.ops.xscale.option_auto(name="iterations", auto=False) == {"FINISHED"}
-    assert s.iterations == 30000
+    assert s.iterations == 25432
     log = draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context)
     assert "iterations" in [args[1] for n, args, _kw in log if n == "prop"]
     assert ("operator", ("xscale.option_auto",), {"text": "", "icon": "X"}) in log

@@ -31,6 +31,7 @@ errors = _load("errors")
 serve_protocol = _load("serve_protocol")   # the render server's message format
 event_text = _load("event_text")           # progress events in words: stages, durations, stops
 passes = _load("passes")        # render passes: names, channels, what Blender calls them
+schedule = _load("schedule")    # training steps from the ray cache (the Iterations' Auto)
 _events = _load("events")
 _runfolder = _load("runfolder")
 

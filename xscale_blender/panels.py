@@ -65,7 +65,7 @@ def draw_props(layout: "bpy.types.UILayout", data, names: tuple[str, ...]) -> No
 
 def draw_option(layout: "bpy.types.UILayout", data, name: str, text: str = "") -> None:
     """A property row. A scene setting left to the backend (its `unset` value: a number that
-    would look real, such as Iterations 0) reads 'Auto (preset: 30000)' instead: a button that
+    would look real, such as Iterations 0) reads 'Auto (preset: 600)' instead: a button that
     lets the user set it; once set, a button next to the field puts it back to Auto."""
     setting = SCENE_OPTIONS.get(name)
     label = {"text": text} if text else {}

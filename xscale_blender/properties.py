@@ -11,6 +11,7 @@ No `from __future__ import annotations` in modules with bpy properties: Blender 
 annotations as property definitions (here they are built when the classes are created).
 """
 
+import json
 import os
 import re
 from typing import Any, NamedTuple, Optional
@@ -19,7 +20,7 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-from .backend_link import InputError, RunFolder, config
+from .backend_link import InputError, RunFolder, config, schedule
 
 
 def _description(opt, unset: Any, note: str) -> str:
@@ -97,14 +98,13 @@ SCENE_OPTIONS: dict[str, OptionSetting] = {
 
 def auto_value(s, name: str) -> tuple[Any, str]:
     """What the backend does with an unset setting, for the panels: (a value to start from when
-    the user sets it, the words for Auto), e.g. (30000, 'preset: 30000')."""
+    the user sets it, the words for Auto), e.g. (600, 'preset: 600')."""
     if name == "iterations":
         preset = config.AUTO_PRESET.get(s.device) if s.preset == "auto" else s.preset
         if preset is None:          # device auto: the preset follows the device found
-            gpu, cpu = (config.PRESETS[config.AUTO_PRESET[d]].config.iters for d in ("cuda", "cpu"))
-            return gpu, f"GPU {gpu}, CPU {cpu}"
-        n = config.PRESETS[preset].config.iters
-        return n, f"preset: {n}"
+            (gpu, gpu_words), (_, cpu_words) = (preset_steps(s, config.AUTO_PRESET[d]) for d in ("cuda", "cpu"))
+            return gpu, f"GPU {gpu_words.removeprefix('preset: ')}, CPU {cpu_words.removeprefix('preset: ')}"
+        return preset_steps(s, preset)
     if name == "level":
         return 0, "finest"
     if name == "render_supersample":
@@ -113,27 +113,48 @@ def auto_value(s, name: str) -> tuple[Any, str]:
     raise KeyError(name)
 
 
-_cached_ss: dict[str, tuple[int, Optional[int]]] = {}     # RUN/config.json -> (mtime, ss)
+def preset_steps(s, preset: str) -> tuple[int, str]:
+    """A preset's training steps: its own, or those the schedule gives the run's ray cache (the
+    schedule's least before there is a cache)."""
+    tc = config.PRESETS[preset].config
+    if tc.iters is not None:
+        return tc.iters, f"preset: {tc.iters}"
+    rays = _run_value(s, lambda run: run.cache / "meta.json",
+                      lambda run: json.loads((run.cache / "meta.json").read_text(encoding="utf-8"))["n_rays"])
+    if not isinstance(rays, int) or rays < 1:
+        return tc.schedule.min_steps, "from the capture"
+    n = schedule.plan(tc, rays, batch_given=False).iters
+    return n, f"from the capture: {n}"
+
+
+_run_values: dict[str, tuple[int, Any]] = {}      # file -> (mtime, what was read from it)
+
+
+def _run_value(s, file_of, read) -> Any:
+    """`read(run)` for the scene's run folder, read again only when its file `file_of(run)` changes
+    (panels draw often); None without that file or when it cannot be read."""
+    run = run_folder(s)
+    if run is None:
+        return None
+    path = file_of(run)
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    key = str(path)
+    if key not in _run_values or _run_values[key][0] != mtime:
+        try:
+            value = read(run)
+        except (InputError, OSError, ValueError, KeyError, TypeError):
+            value = None
+        _run_values[key] = (mtime, value)
+    return _run_values[key][1]
 
 
 def cached_supersampling(s) -> Optional[int]:
     """The supersampling of the run folder's ray cache (what renders use by default), None when
-    there is no cache yet. Read again only when RUN/config.json changes (panels draw often)."""
-    run = run_folder(s)
-    if run is None:
-        return None
-    try:
-        mtime = run.config.stat().st_mtime_ns
-    except OSError:
-        return None
-    key = str(run.config)
-    if key not in _cached_ss or _cached_ss[key][0] != mtime:
-        try:
-            ss = run.settings(need_cache=False).ss
-        except (InputError, OSError, ValueError):
-            ss = None
-        _cached_ss[key] = (mtime, ss)
-    return _cached_ss[key][1]
+    there is no cache yet."""
+    return _run_value(s, lambda run: run.config, lambda run: run.settings(need_cache=False).ss)
 
 
 def option_arguments(settings, names) -> list[str]:
