@@ -169,7 +169,9 @@ def _mesh(pycolmap, stages: Stages, model: Path, image_dir: Path, work: Path, re
     stages.run("dense", "dense", {"model": record["registered"]},
                lambda part, token: sfm.dense_workspace(pycolmap, model, image_dir, part, token))
     stages.run("stereo", "", {}, lambda _part, token: sfm.stereo(pycolmap, ws, token))
-    stages.run("fusion", "fused.ply", {}, lambda part, token: sfm.fuse(pycolmap, ws, part, token))
-    stages.run("meshing", "meshed-poisson.ply", {},
-               lambda part, token: sfm.poisson(pycolmap, work / "fused.ply", part))
+    fused = stages.run("fusion", "fused.ply", {}, lambda part, token: sfm.fuse(pycolmap, ws, part, token))
+    meshed = stages.run("meshing", "meshed-poisson.ply", {},
+                        lambda part, token: sfm.poisson(pycolmap, work / "fused.ply", fused["points"], part))
+    events.log(f"dense: {fused['points']} fused point(s), Poisson mesh of {meshed['faces']} triangle(s) "
+               f"(depth {meshed['depth']}, trim {meshed['trim']:g})")
     return work / "meshed-poisson.ply"
