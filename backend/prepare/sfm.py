@@ -2,8 +2,8 @@
 
 Each function is one stage of backend.prepare.photos: it writes its product at the path it is
 given (a `.part` name, renamed by backend.prepare.stages) and returns what the stage's record keeps.
-pycolmap is optional (pip install pycolmap; the dense stages need its CUDA build,
-pycolmap-cuda12, on Linux): `load()` says how to get it.
+pycolmap is optional (pip install pycolmap; patch-match stereo needs its CUDA build,
+pycolmap-cuda12, on Linux; fusion and Poisson meshing run on the CPU): `load()` says how to get it.
 """
 from __future__ import annotations
 
