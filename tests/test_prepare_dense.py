@@ -3,20 +3,16 @@ Poisson meshing are pycolmap's CPU code and run for real; patch-match stereo (CU
 maps of the true mesh, carried into the cameras' frame, in COLMAP's format (tests/dense_helpers.py)."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
 
-from backend.cameras import Camera, look_at
-from backend.colour import linear_to_srgb
-from backend.imageio import write_png
 from backend.meshio import load_mesh
 from backend.prepare import photos, sfm
 from backend.prepare.report import check_scene
 from backend.raster_cpu import rasterize
 from backend.scene import find_mesh, load_scene
-from backend.synthetic import procedural as P
+from helpers import photo_arc
 from dense_helpers import distances_to_mesh, patch_match_standin, true_mesh_in, write_dense_map
 
 pycolmap = pytest.importorskip("pycolmap", reason="pycolmap is not installed (pip install -e \".[photos]\")")
@@ -28,17 +24,8 @@ N, W, H = 8, 320, 240
 def capture(tmp_path_factory):
     """8 photos along a 120-degree arc around the procedural scene, and the true cameras."""
     root = tmp_path_factory.mktemp("dense")
-    (root / "photos").mkdir()
-    spec = P.make_spec(0)
-    f = W / (2 * math.tan(math.radians(50) / 2))
-    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]])
-    truth = {}
-    for i in range(N):
-        az, elev = math.radians(-60 + 120 * i / (N - 1)), math.radians(35 + 8 * math.sin(i))
-        cam = Camera(W, H, K, look_at(P._orbit_eye(az, elev, 4.5, P.CENTRE), P.CENTRE), f"p{i:02d}")
-        write_png(root / "photos" / f"p{i:02d}.png", linear_to_srgb(P.reference_render(spec, cam, 2)[0]))
-        truth[f"p{i:02d}.png"] = cam
-    return root, spec.mesh, truth
+    mesh, truth = photo_arc(root / "photos", N, W, H)
+    return root, mesh, truth
 
 
 @pytest.fixture(scope="module")
