@@ -81,3 +81,23 @@ def python_without(modules: tuple[str, ...], code: str) -> subprocess.CompletedP
     block = "".join(f"sys.modules[{m!r}] = None; " for m in modules)
     return subprocess.run([sys.executable, "-c", f"import sys; {block}\n{code}"],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+
+
+def photo_arc(folder: Path, n: int, width: int, height: int, seed: int = 0) -> tuple[Mesh, dict[str, Camera]]:
+    """`n` photos (pNN.png) along a 120-degree arc around the procedural scene, with square pixels and
+    a centred principal point as a real lens: the scene's mesh and the true camera of each photo."""
+    import math
+    from backend.colour import linear_to_srgb
+    from backend.imageio import write_png
+    from backend.synthetic import procedural as P
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = P.make_spec(seed)
+    f = width / (2 * math.tan(math.radians(50) / 2))
+    K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    truth = {}
+    for i in range(n):
+        az, elev = math.radians(-60 + 120 * i / (n - 1)), math.radians(35 + 8 * math.sin(i))
+        cam = Camera(width, height, K, look_at(P._orbit_eye(az, elev, 4.5, P.CENTRE), P.CENTRE), f"p{i:02d}")
+        write_png(folder / f"p{i:02d}.png", linear_to_srgb(P.reference_render(spec, cam, 2)[0]))
+        truth[f"p{i:02d}.png"] = cam
+    return spec.mesh, truth

@@ -3,22 +3,18 @@ scene rendered from known cameras, compared with those cameras after a similarit
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import numpy as np
 import pytest
 
 from backend import stopflag
-from backend.cameras import Camera, look_at
-from backend.colour import linear_to_srgb
 from backend.imageio import write_png
 from backend.meshio import Mesh, write_ply
 from backend.prepare import sources
-from backend.synthetic import procedural as P
 from benchmarks.camera_alignment import camera_errors, fit_similarity, recovered_cameras
 from conftest import cli, events_of, expect_error
-from helpers import python_without
+from helpers import photo_arc, python_without
 
 pycolmap = pytest.importorskip("pycolmap", reason="pycolmap is not installed (pip install -e \".[photos]\")")
 
@@ -30,19 +26,10 @@ def capture(tmp_path_factory):
     """12 photos along a 120-degree arc around the procedural scene (square pixels, centred
     principal point, as a real lens), one photo of noise that matches nothing, and the true cameras."""
     root = tmp_path_factory.mktemp("photos")
-    (root / "photos").mkdir()
-    spec = P.make_spec(0)
-    f = W / (2 * math.tan(math.radians(50) / 2))
-    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]])
-    truth = {}
-    for i in range(N):
-        az, elev = math.radians(-60 + 120 * i / (N - 1)), math.radians(35 + 8 * math.sin(i))
-        cam = Camera(W, H, K, look_at(P._orbit_eye(az, elev, 4.5, P.CENTRE), P.CENTRE), f"p{i:02d}")
-        write_png(root / "photos" / f"p{i:02d}.png", linear_to_srgb(P.reference_render(spec, cam, 2)[0]))
-        truth[f"p{i:02d}.png"] = cam
+    mesh, truth = photo_arc(root / "photos", N, W, H)
     noise = np.random.default_rng(1).uniform(0, 1, (H, W, 3)).astype(np.float32)
     write_png(root / "photos" / "zz_noise.png", noise)
-    return root, spec.mesh, truth
+    return root, mesh, truth
 
 
 @pytest.fixture(scope="module")

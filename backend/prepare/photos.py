@@ -10,7 +10,8 @@ continues after the last finished one):
                largest model are listed and left out, and a model holding photos that see too few
                of its points is refused (sfm.check_model)
 and, when no mesh is given (--mesh, or the single mesh in SRC), on pycolmap's CUDA build:
-    dense (undistorted workspace), stereo (per photo), fusion, meshing (Poisson).
+    dense (undistorted workspace), stereo (per photo; the one stage that needs CUDA), fusion,
+    meshing (Poisson, its depth and trim from the fused cloud's size: sfm.poisson_options).
 Without CUDA and without a mesh the cameras are kept in DST/sfm/sparse (a COLMAP model) and the
 command ends with an error saying what the mesh needs. A mesh given with --mesh must be in the frame
 of these cameras (structure from motion picks its own frame): one meshed from DST/sfm/sparse by
@@ -169,7 +170,9 @@ def _mesh(pycolmap, stages: Stages, model: Path, image_dir: Path, work: Path, re
     stages.run("dense", "dense", {"model": record["registered"]},
                lambda part, token: sfm.dense_workspace(pycolmap, model, image_dir, part, token))
     stages.run("stereo", "", {}, lambda _part, token: sfm.stereo(pycolmap, ws, token))
-    stages.run("fusion", "fused.ply", {}, lambda part, token: sfm.fuse(pycolmap, ws, part, token))
-    stages.run("meshing", "meshed-poisson.ply", {},
-               lambda part, token: sfm.poisson(pycolmap, work / "fused.ply", part))
+    fused = stages.run("fusion", "fused.ply", {}, lambda part, token: sfm.fuse(pycolmap, ws, part, token))
+    meshed = stages.run("meshing", "meshed-poisson.ply", {},
+                        lambda part, token: sfm.poisson(pycolmap, work / "fused.ply", fused["points"], part))
+    events.log(f"dense: {fused['points']} fused point(s), Poisson mesh of {meshed['faces']} triangle(s) "
+               f"(depth {meshed['depth']}, trim {meshed['trim']:g})")
     return work / "meshed-poisson.ply"
