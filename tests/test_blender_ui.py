@@ -178,9 +178,9 @@ def test_unset_settings_read_auto_with_the_value_the_backend_will_use(panels, bp
     assert "iterations" not in drawn and "level" not in drawn        # no "0" or "-1" that looks real
     s.device = "auto"
     assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == \
-        "Auto (GPU from the capture, CPU 600)"
+        "Auto (GPU \u22651500, CPU 600)"
     s.preset = "reference"
-    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == "Auto (from the capture)"
+    assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == "Auto (from capture: \u22651500)"
 
     # render supersampling: the run's cache decides it
     assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_render, bpy.context), "Supersampling") == "Auto (as cached)"
@@ -195,11 +195,11 @@ def test_unset_settings_read_auto_with_the_value_the_backend_will_use(panels, bp
     (run / "cache").mkdir()
     (run / "cache" / "meta.json").write_text('{"n_rays": 12000000}')
     assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == \
-        "Auto (from the capture: 1500)"
+        "Auto (from capture: 1500)"
     (run / "cache" / "meta.json").write_text('{"n_rays": 4000000000}')
     os.utime(run / "cache" / "meta.json", ns=(1, 1))        # a change the mtime cache sees on any file system
     assert _option_rows(draw(bpy, panels.VIEW3D_PT_xscale_train, bpy.context), "Iterations") == \
-        "Auto (from the capture: 25432)"
+        "Auto (from capture: 25432)"
 
     # the button sets it (to what Auto would use), the X next to the field goes back to Auto
     assert bpy.ops.xscale.option_auto(name="iterations", auto=False) == {"FINISHED"}

@@ -101,10 +101,11 @@ def auto_value(s, name: str) -> tuple[Any, str]:
     the user sets it, the words for Auto), e.g. (600, 'preset: 600')."""
     if name == "iterations":
         preset = config.AUTO_PRESET.get(s.device) if s.preset == "auto" else s.preset
-        if preset is None:          # device auto: the preset follows the device found
-            (gpu, gpu_words), (_, cpu_words) = (preset_steps(s, config.AUTO_PRESET[d]) for d in ("cuda", "cpu"))
-            return gpu, f"GPU {gpu_words.removeprefix('preset: ')}, CPU {cpu_words.removeprefix('preset: ')}"
-        return preset_steps(s, preset)
+        if preset is None:          # device auto: the preset follows the device found (short: the sidebar is narrow)
+            (gpu, gpu_n), (_, cpu_n) = (preset_steps(s, config.AUTO_PRESET[d])[::2] for d in ("cuda", "cpu"))
+            return gpu, f"GPU {gpu_n}, CPU {cpu_n}"
+        n, words, _ = preset_steps(s, preset)
+        return n, words
     if name == "level":
         return 0, "finest"
     if name == "render_supersample":
@@ -113,18 +114,19 @@ def auto_value(s, name: str) -> tuple[Any, str]:
     raise KeyError(name)
 
 
-def preset_steps(s, preset: str) -> tuple[int, str]:
-    """A preset's training steps: its own, or those the schedule gives the run's ray cache (the
-    schedule's least before there is a cache)."""
+def preset_steps(s, preset: str) -> tuple[int, str, str]:
+    """A preset's training steps: its own, or those the schedule gives the run's ray cache (at
+    least the schedule's least before there is a cache): (steps, words, the steps in short)."""
     tc = config.PRESETS[preset].config
     if tc.iters is not None:
-        return tc.iters, f"preset: {tc.iters}"
+        return tc.iters, f"preset: {tc.iters}", str(tc.iters)
     rays = _run_value(s, lambda run: run.cache / "meta.json",
                       lambda run: json.loads((run.cache / "meta.json").read_text(encoding="utf-8"))["n_rays"])
     if not isinstance(rays, int) or rays < 1:
-        return tc.schedule.min_steps, "from the capture"
+        least = tc.schedule.min_steps
+        return least, f"from capture: \u2265{least}", f"\u2265{least}"
     n = schedule.plan(tc, rays, batch_given=False).iters
-    return n, f"from the capture: {n}"
+    return n, f"from capture: {n}", str(n)
 
 
 _run_values: dict[str, tuple[int, Any]] = {}      # file -> (mtime, what was read from it)

@@ -12,7 +12,7 @@ event loop (timers) and takes screenshots with ImageMagick's `import` of the X d
   Rendered shading, Render Properties open; F12 saved to XS_OUT/f12_SHOT.png; screenshots
   colour_engine.png (as the engine was chosen) and colour_back.png (after the panel's way back).
 - labels: the XScale tab's Training and Render Camera Path panels with settings left to the
-  backend (labels_sidebar.png), then the preferences with a long Backend Python and a Check
+  backend (labels_sidebar.png; XS_DEVICE=auto shows the GPU preset's), then the preferences with a long Backend Python and a Check
   (labels_prefs.png).
 - strip: Render Camera Path over frames 1-2, then F12 of the scene as a multilayer EXR: XS_OUT/strip.json
   says where the strip went; XS_OUT/strip_f12.exr holds a Depth layer when F12 rendered the model
@@ -184,6 +184,7 @@ def labels_steps():
         import_capture()
         s = bpy.context.scene.xscale
         s.run_dir = os.environ.get("XS_RUN", "")
+        s.device = os.environ.get("XS_DEVICE", s.device)      # auto: the GPU preset's Auto labels
         look_through_photo("SOLID")
         return 2.0
 
