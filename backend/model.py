@@ -23,8 +23,10 @@ from .errors import DeviceError
 from .footprint import FootprintField
 
 # Decoder implementations by name -> the fused kernels' matrix precision (None: plain PyTorch).
-# "auto": "torch" until the fused kernels have been measured on a GPU (they have run only in Triton's
-# interpreter and compiled for sm_90 offline); $XSCALE_DECODER picks where "auto" would, e.g. "triton".
+# "auto" is "torch": measured on an H100 (benchmarks/NOTES.md, the fused decoder), TF32 and BF16
+# products put the colours up to 0.1 off through SIREN's omega = 30, FP32 ones run 15x slower than
+# PyTorch, and the fused backward is slower at any precision. $XSCALE_DECODER picks where "auto"
+# would, for experiments.
 DECODERS = {"torch": None, "triton": "tf32", "triton-fp32": "ieee", "triton-bf16": "bf16"}
 DECODER_ENV = "XSCALE_DECODER"
 AUTO_DECODER = "torch"

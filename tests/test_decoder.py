@@ -87,14 +87,18 @@ def test_unknown_decoder_is_a_one_line_error(run, tmp_path, monkeypatch):
 
 
 # --- on CUDA: tensor-core precisions -------------------------------------------------------------
-# Tolerances against the FP32 PyTorch decoder, from what TF32 (10-bit mantissa) and BF16 (7-bit)
-# inputs to the matrix products give through SIREN's omega = 30.
+# Tolerances against the FP32 PyTorch decoder: what the output needs (a held-out PSNR within
+# 0.05 dB). Measured on an H100, TF32 and BF16 products miss them by far (rgb 0.107 off with TF32:
+# SIREN's omega = 30 multiplies their rounding in every layer), which is why they are not a default;
+# strict xfail, so that a kernel that meets them is noticed.
 CUDA_TOL = {"triton-fp32": (2e-4, 1e-3), "triton": (4e-3, 3e-2), "triton-bf16": (3e-2, 0.2)}   # rgb abs, grad rel
+TOO_INEXACT = pytest.mark.xfail(strict=True, reason="measured on an H100: TF32/BF16 products are too inexact for SIREN")
 
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("impl", list(CUDA_TOL))
+@pytest.mark.parametrize("impl", [pytest.param(k, marks=[TOO_INEXACT] if k != "triton-fp32" else [])
+                                  for k in CUDA_TOL])
 def test_fused_decoder_on_cuda(impl):
     cuda = torch.device("cuda")
     rgb_tol, grad_tol = CUDA_TOL[impl]
@@ -114,14 +118,14 @@ def test_fused_decoder_on_cuda(impl):
 @gpu
 @pytest.mark.gpu
 def test_training_with_the_fused_decoder_follows_pytorch(run, tmp_path, monkeypatch):
-    """A short training run on CUDA: the fused decoder's (auto: TF32) loss and PSNR as the
-    PyTorch decoder's."""
+    """A short training run on CUDA: the fused decoder's (FP32, the one exact enough) loss and PSNR
+    as the PyTorch decoder's."""
     from backend.train import train
     done = {}
-    for impl in ("torch", "auto"):
+    for impl in ("torch", "triton-fp32"):
         r = tmp_path / impl
         shutil.copytree(run, r)
         monkeypatch.setenv(DECODER_ENV, impl)
         done[impl] = train(str(r), iters=60, device="cuda", preset="small", overrides=TINY)
-    assert done["auto"]["loss"] == pytest.approx(done["torch"]["loss"], rel=0.03)
-    assert abs(done["auto"]["psnr"] - done["torch"]["psnr"]) < 0.1
+    assert done["triton-fp32"]["loss"] == pytest.approx(done["torch"]["loss"], rel=0.03)
+    assert abs(done["triton-fp32"]["psnr"] - done["torch"]["psnr"]) < 0.1
