@@ -91,11 +91,8 @@ def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_
     dst, res = cameras_only
     assert any("zz_noise.png" in e.get("unregistered", []) for e in events_of(res.stdout) if e["event"] == "log")
     # with a mesh in the cameras' frame (the true mesh carried into it) prepare continues and writes the scene
-    rec = recovered_cameras(dst / "sfm" / "sparse")
     names = sorted(truth)
-    to_rec = fit_similarity(np.array([truth[n].center for n in names]), np.array([rec[n][1] for n in names]))
-    moved = Mesh(to_rec.apply(mesh.vertices).astype(np.float32), mesh.faces)
-    write_ply(tmp_path / "mesh.ply", moved)
+    write_ply(tmp_path / "mesh.ply", _in_sfm_frame(mesh, truth, dst / "sfm" / "sparse"))
     res = cli("prepare", str(root / "photos"), "--out", str(dst), "--mesh", str(tmp_path / "mesh.ply"), "--json")
     assert res.returncode == 0, res.stderr
     logs = [e["message"] for e in events_of(res.stdout) if e["event"] == "log"]
@@ -107,6 +104,33 @@ def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_
     assert sfm["mean_reprojection_error_px"] < 1.0
     assert any("zz_noise.png" in w for w in report["warnings"])
     assert not report["views_not_reached"] and report["coverage_mean"] > 0.2
+
+
+def _in_sfm_frame(mesh: Mesh, truth: dict, model) -> Mesh:
+    """The true mesh carried into the frame structure from motion picked."""
+    rec = recovered_cameras(model)
+    names = sorted(truth)
+    to_rec = fit_similarity(np.array([truth[n].center for n in names]), np.array([rec[n][1] for n in names]))
+    return Mesh(to_rec.apply(mesh.vertices).astype(np.float32), mesh.faces)
+
+
+@pytest.mark.parametrize("how", ["scaled by 3", "turned 90 degrees", "shifted by its extent"])
+def test_a_mesh_of_another_reconstruction_is_refused(capture, cameras_only, tmp_path, how):
+    """The mesh of the test above, moved as another reconstruction's frame would place it."""
+    root, mesh, truth = capture
+    dst, _ = cameras_only
+    moved = _in_sfm_frame(mesh, truth, dst / "sfm" / "sparse")
+    v = moved.vertices.astype(np.float64)
+    centre = (v.min(0) + v.max(0)) / 2
+    turn = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0.0]])
+    v = {"scaled by 3": centre + 3 * (v - centre), "turned 90 degrees": centre + (v - centre) @ turn.T,
+         "shifted by its extent": v + np.ptp(v, axis=0)}[how]
+    write_ply(tmp_path / "other.ply", Mesh(v.astype(np.float32), mesh.faces))
+    shutil.copytree(dst / "sfm", tmp_path / "scene" / "sfm")
+    res = cli("prepare", str(root / "photos"), "--out", str(tmp_path / "scene"), "--mesh", str(tmp_path / "other.ply"))
+    expect_error(res, str(tmp_path / "other.ply"), "not in the frame of the cameras", "3-D points",
+                 "pycolmap-cuda12", "without --mesh")
+    assert not (tmp_path / "scene" / "images_1").exists()
 
 
 def test_the_incremental_mapper_is_the_default_and_global_is_chosen_with_a_flag(capture, cameras_only, tmp_path):

@@ -14,12 +14,15 @@ and, when no mesh is given (--mesh, or the single mesh in SRC), on pycolmap's CU
 Without CUDA and without a mesh the cameras are kept in DST/sfm/sparse (a COLMAP model) and the
 command ends with an error saying what the mesh needs. A mesh given with --mesh must be in the frame
 of these cameras (structure from motion picks its own frame): one meshed from DST/sfm/sparse by
-another tool; prepare with it then continues from the kept cameras. The scene itself is written by the COLMAP path (colmap.py's
+another tool; prepare with it then continues from the kept cameras. A mesh in another frame (from
+another reconstruction) is refused: too few of the model's 3-D points lie on it (mesh_frame.py). The scene itself is written by the COLMAP path (colmap.py's
 reading, the writer's undistortion of the SIMPLE_RADIAL photos).
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from .. import events
 from ..errors import InputError
@@ -27,6 +30,7 @@ from ..scene import IMAGE_EXTS
 from ..stopflag import StopFlag
 from . import sfm
 from .colmap import load_views
+from .mesh_frame import MIN_INSIDE, MIN_ON_SURFACE, frame_agreement
 from .stages import Stages, Stopped
 from .writer import write_scene
 
@@ -96,6 +100,8 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
             keys = {n: sfm.lens_key(image_dir / n) for n in names}
             stages = _stages(pycolmap, keys, work, dense)
             model, record = _cameras(pycolmap, stages, image_dir, keys, work, mapper)
+            if mesh_path is not None:
+                _check_mesh_frame(pycolmap, mesh_path, model)
             if dense:
                 mesh_path = _mesh(pycolmap, stages, model, image_dir, work, record)
         except Stopped as s:
@@ -120,6 +126,27 @@ def _mesh_in(src: Path) -> Path | None:
         raise InputError(f"{src}: several meshes found ({', '.join(p.name for p in meshes)}); choose one "
                          "with --mesh PATH.")
     return meshes[0] if meshes else None
+
+
+def _check_mesh_frame(pycolmap, mesh_path: Path, model: Path) -> None:
+    """InputError when the mesh is clearly not in the frame of the cameras: too few of the model's
+    3-D points lie on it (mesh_frame.py)."""
+    from ..meshio import load_mesh
+    points = np.array([p.xyz for p in pycolmap.Reconstruction(model).points3D.values()]).reshape(-1, 3)
+    fit = frame_agreement(load_mesh(mesh_path), points)
+    if fit.agrees:
+        return
+    if fit.inside < MIN_INSIDE:
+        found = f"{fit.inside} lie inside its bounding box"
+    elif fit.on_surface < MIN_ON_SURFACE:
+        found = f"only {fit.on_surface:.0%} of the {fit.inside} inside its bounding box lie on its surface"
+    else:
+        found = f"only {fit.seen:.0%} of its surface has any near it (it spreads far beyond them)"
+    raise InputError(f"{mesh_path}: this mesh is not in the frame of the cameras made from the photos (another "
+                     f"position, rotation or scale): of the {fit.points} 3-D points structure from motion found, "
+                     f"{found}. Pass a mesh made from these cameras (the COLMAP model {model}, e.g. meshed by "
+                     "OpenMVS), or run prepare without --mesh on a Linux machine with an NVIDIA GPU "
+                     "(pycolmap-cuda12) so that dense stereo makes one.")
 
 
 def _stages(pycolmap, keys: dict[str, list], work: Path, dense: bool) -> Stages:
