@@ -208,6 +208,11 @@ def format_report(r: dict, max_rows: int = 40) -> str:
         shown = r["views_not_reached"][:10]
         more = len(r["views_not_reached"]) - len(shown)
         lines.append("  views the mesh does not reach: " + ", ".join(shown) + (f" (+{more} more)" if more else ""))
+    if r.get("views_low_coverage"):                 # they add few training rays: closer photos would help
+        shown = r["views_low_coverage"][:10]
+        more = len(r["views_low_coverage"]) - len(shown)
+        lines.append(f"  views the mesh covers poorly (< {LOW_COVERAGE:.0%} of their pixels): " + ", ".join(shown)
+                     + (f" (+{more} more)" if more else ""))
     lines.append("")
     lines.append(f"  {'view':<28} {'size':>11} {'coverage':>9} {'in front':>9} {'in image':>9}  centre")
     for v in r["views"][:max_rows]:
