@@ -80,6 +80,8 @@ def test_recovered_cameras_match_the_truth_after_a_similarity(capture, cameras_o
     dst, _ = cameras_only
     rec = recovered_cameras(dst / "sfm" / "sparse")
     assert set(truth) <= set(rec)                                 # every photo of the arc registered
+    cams = pycolmap.Reconstruction(dst / "sfm" / "sparse").cameras.values()
+    assert [c.model.name for c in cams] == ["SIMPLE_RADIAL"]     # sfm.CAMERA_MODEL (NOTES: photos only)
     err = camera_errors(rec, {n: (c.R, c.center) for n, c in truth.items()})
     extent = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
     assert max(err.centre.values()) <= 0.01 * extent, (err.centre, extent)

@@ -18,6 +18,11 @@ SEQUENTIAL_OVERLAP = 20    # neighbours each photo is matched with (in name orde
 MIN_MODEL = 3              # photos a model needs to count
 MAPPERS = ("incremental", "global")   # the first is the default: see reconstruct()
 MIN_PHOTO_POINTS = 15      # 3-D points a registered photo must see for its pose to be trusted
+# One focal length, one radial term, the principal point held at the centre: with more parameters
+# (RADIAL, OPENCV, a refined principal point) 5 photos registered 2 of 5 with 14-43 degree errors, and
+# on 12 photos on an arc the largest rotation error rose from 0.19 to 0.27-0.99 degree; they helped only on 30
+# photos of off-centre, non-square pixels (1.85 -> 0.93 degree). benchmarks/NOTES.md, photos only.
+CAMERA_MODEL = "SIMPLE_RADIAL"
 INSTALL = ("pip install pycolmap in the backend environment (from the repository: "
            "pip install -e \".[photos]\")")
 DENSE_INSTALL = ("pip install pycolmap-cuda12 in place of pycolmap on a Linux machine with an NVIDIA GPU, or pass "
@@ -65,9 +70,11 @@ def extract(pycolmap, db: Path, images: Path, groups: list[list[str]], token) ->
     """SIFT features of every photo into database `db`: one camera per group (same size and lens);
     COLMAP seeds its focal length from the photos' EXIF when they have one."""
     options = pycolmap.FeatureExtractionOptions()
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = CAMERA_MODEL
     for names in groups:
         pycolmap.extract_features(db, images, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                                  extraction_options=options, device=pycolmap.Device.auto,
+                                  reader_options=reader, extraction_options=options, device=pycolmap.Device.auto,
                                   cancellation_token=token)
     database = pycolmap.Database.open(db)
     try:
