@@ -67,7 +67,8 @@ def detect(src: Path) -> bool:
 
 def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, copy_images: bool = True,
                    mesh: str | Path | None = None, images: str | Path | None = None,
-                   undistort: bool = True, mapper: str = sfm.MAPPERS[0]) -> dict:
+                   undistort: bool = True, mapper: str = sfm.MAPPERS[0],
+                   camera_model: str = next(iter(sfm.CAMERA_MODELS))) -> dict:
     """Photos -> cameras (pycolmap) -> MVSNet scene at `dst` (see the module doc). Returns the
     writer's summary, or {"stopped": True, ...} after a requested stop (a `stopped` event is
     printed; run again to continue)."""
@@ -85,6 +86,8 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
                          "that holds them (or --images DIR).")
     if mapper not in sfm.MAPPERS:
         raise InputError(f"--mapper {mapper}: choose one of {', '.join(sfm.MAPPERS)}.")
+    if camera_model not in sfm.CAMERA_MODELS:
+        raise InputError(f"--camera-model {camera_model}: choose one of {', '.join(sfm.CAMERA_MODELS)}.")
     if len(names) < sfm.MIN_MODEL:
         raise InputError(f"{image_dir}: {len(names)} photo(s); structure from motion needs at least "
                          f"{sfm.MIN_MODEL} overlapping photos (20 or more for a good model).")
@@ -99,7 +102,8 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
         try:
             keys = {n: sfm.lens_key(image_dir / n) for n in names}
             stages = _stages(pycolmap, keys, work, dense)
-            model, record = _cameras(pycolmap, stages, image_dir, keys, work, mapper)
+            model, record = _cameras(pycolmap, stages, image_dir, keys, work, mapper,
+                                     sfm.CAMERA_MODELS[camera_model])
             if mesh_path is not None:
                 _check_mesh_frame(pycolmap, mesh_path, model)
             if dense:
@@ -115,6 +119,7 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
     source = {"kind": "photos", "images": str(image_dir), "mesh": str(mesh_path), "model": str(model),
               "photos": len(names), "registered": len(record["registered"]),
               "unregistered": record["unregistered"], "mapper": record["mapper"],
+              "camera_model": record.get("camera_model", sfm.CAMERA_MODEL),
               "mean_reprojection_error_px": record["mean_reprojection_error_px"]}
     return write_scene(views, mesh_path, dst, downsample=downsample, copy_images=copy_images,
                        source=source, notes=notes, undistort=undistort)
@@ -161,7 +166,7 @@ def _stages(pycolmap, keys: dict[str, list], work: Path, dense: bool) -> Stages:
 
 
 def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], work: Path,
-             mapper: str) -> tuple[Path, dict]:
+             mapper: str, camera_model: str) -> tuple[Path, dict]:
     """Run (or keep) features, matching and mapping; the model folder and the mapping record."""
     names = list(keys)
     groups: dict[str, list[str]] = {}
@@ -177,11 +182,14 @@ def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], w
     matched = stages.run("matching", "matches.db", {},
                          lambda part, token: sfm.match(pycolmap, work / "features.db", part, n, gps, token))
     events.log(f"matching: {matched['method']}, {matched['verified_pairs']} verified pair(s)")
-    record = stages.run("mapping", "sparse", {"mapper": mapper},
+    # the camera model keys the mapping only when it is not the default: earlier runs' models stay
+    settings = {"mapper": mapper, **({"camera_model": camera_model} if camera_model != sfm.CAMERA_MODEL else {})}
+    record = stages.run("mapping", "sparse", settings,
                         lambda part, token: sfm.reconstruct(pycolmap, work / "matches.db", image_dir, part, names,
-                                                            mapper, token))
+                                                            mapper, token, camera_model))
     events.log(f"mapping ({record['mapper']}): {len(record['registered'])} of {n} photos registered, mean "
-               f"reprojection error {record['mean_reprojection_error_px']:.2f} px")
+               f"reprojection error {record['mean_reprojection_error_px']:.2f} px, camera model "
+               f"{record.get('camera_model', sfm.CAMERA_MODEL)}")
     if record["unregistered"]:
         left = record["unregistered"]
         events.emit("log", message=f"warning: {len(left)} of {n} photo(s) did not register and are left out: "

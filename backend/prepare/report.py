@@ -170,7 +170,8 @@ def _sfm(root: Path, img_dir: Path | None) -> dict | None:
     src = _prepared(root, img_dir, "source")
     if not src or src.get("kind") != "photos":
         return None
-    return {k: src.get(k) for k in ("photos", "registered", "unregistered", "mean_reprojection_error_px", "mapper")}
+    return {k: src.get(k) for k in ("photos", "registered", "unregistered", "mean_reprojection_error_px", "mapper",
+                                   "camera_model")}
 
 
 def _mb(n: int) -> str:
@@ -195,7 +196,8 @@ def format_report(r: dict, max_rows: int = 40) -> str:
     m = r.get("structure_from_motion")
     if m:
         lines.append(f"  photos registered by structure from motion: {m['registered']} of {m['photos']} "
-                     f"({m['mapper']} mapper), mean reprojection error {m['mean_reprojection_error_px']:.2f} px")
+                     f"({m['mapper']} mapper, {m.get('camera_model') or 'SIMPLE_RADIAL'} camera), mean reprojection "
+                     f"error {m['mean_reprojection_error_px']:.2f} px")
     u = r.get("undistortion")
     if u:
         lines.append(f"  photos undistorted by prepare: {u.get('views', '?')} view(s), lens model "
