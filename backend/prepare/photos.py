@@ -6,7 +6,8 @@ continues after the last finished one):
     features   SIFT features; one camera per group of photos of the same size and lens (EXIF make,
                model and focal length), its focal length seeded from EXIF where the photos have it
     matching   every pair up to sfm.EXHAUSTIVE_MAX photos, else by GPS or by name order
-    mapping    the incremental mapper, or the global one (--mapper global); photos outside the
+    mapping    the incremental mapper, or the global one (--mapper global), with the camera model of
+               --camera-model (sfm.CAMERA_MODELS); photos outside the
                largest model are listed and left out, and a model holding photos that see too few
                of its points is refused (sfm.check_model)
 and, when no mesh is given (--mesh, or the single mesh in SRC), on pycolmap's CUDA build:
@@ -15,8 +16,9 @@ Without CUDA and without a mesh the cameras are kept in DST/sfm/sparse (a COLMAP
 command ends with an error saying what the mesh needs. A mesh given with --mesh must be in the frame
 of these cameras (structure from motion picks its own frame): one meshed from DST/sfm/sparse by
 another tool; prepare with it then continues from the kept cameras. A mesh in another frame (from
-another reconstruction) is refused: too few of the model's 3-D points lie on it (mesh_frame.py). The scene itself is written by the COLMAP path (colmap.py's
-reading, the writer's undistortion of the SIMPLE_RADIAL photos).
+another reconstruction) is refused: too few of the model's 3-D points lie on it (mesh_frame.py).
+The scene itself is written by the COLMAP path (colmap.py's reading, the writer's undistortion of
+the SIMPLE_RADIAL photos, or OPENCV with --camera-model opencv).
 """
 from __future__ import annotations
 
