@@ -60,6 +60,16 @@ def test_report_contents(tmp_path):
     assert "views the mesh does not reach: away" in text and "WARNING" in text
 
 
+def test_views_the_mesh_covers_poorly_are_named(tmp_path):
+    """From z = 40 the square spans 1.5 px of 40 x 30: the report names the view, not only counts it."""
+    far = look_at((0, 0, 40), (0, 0, 0), up=(0, 1, 0))
+    r = check_scene(make_scene(tmp_path / "s", {"above": POSES["above"], "far": far}))
+    assert r["views_low_coverage"] == ["far"]
+    text = format_report(r)
+    assert "views the mesh covers poorly (< 1% of their pixels): far" in text, text
+    assert "4 vertices, 2 triangles" in text
+
+
 def test_reduced_resolution_coverage(tmp_path):
     big = Camera(400, 300, K * [[10], [10], [1]], POSES["above"], "big")
     root = make_scene(tmp_path / "s", {"above": POSES["above"]})

@@ -67,6 +67,8 @@ def test_recovered_cameras_match_the_truth_after_a_similarity(capture, cameras_o
     dst, _ = cameras_only
     rec = recovered_cameras(dst / "sfm" / "sparse")
     assert set(truth) <= set(rec)                                 # every photo of the arc registered
+    cams = pycolmap.Reconstruction(dst / "sfm" / "sparse").cameras.values()
+    assert [c.model.name for c in cams] == ["SIMPLE_RADIAL"]     # sfm.CAMERA_MODEL (NOTES: photos only)
     err = camera_errors(rec, {n: (c.R, c.center) for n, c in truth.items()})
     extent = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
     assert max(err.centre.values()) <= 0.01 * extent, (err.centre, extent)
@@ -78,11 +80,8 @@ def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_
     dst, res = cameras_only
     assert any("zz_noise.png" in e.get("unregistered", []) for e in events_of(res.stdout) if e["event"] == "log")
     # with a mesh in the cameras' frame (the true mesh carried into it) prepare continues and writes the scene
-    rec = recovered_cameras(dst / "sfm" / "sparse")
     names = sorted(truth)
-    to_rec = fit_similarity(np.array([truth[n].center for n in names]), np.array([rec[n][1] for n in names]))
-    moved = Mesh(to_rec.apply(mesh.vertices).astype(np.float32), mesh.faces)
-    write_ply(tmp_path / "mesh.ply", moved)
+    write_ply(tmp_path / "mesh.ply", _in_sfm_frame(mesh, truth, dst / "sfm" / "sparse"))
     res = cli("prepare", str(root / "photos"), "--out", str(dst), "--mesh", str(tmp_path / "mesh.ply"), "--json")
     assert res.returncode == 0, res.stderr
     logs = [e["message"] for e in events_of(res.stdout) if e["event"] == "log"]
@@ -96,11 +95,38 @@ def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_
     assert not report["views_not_reached"] and report["coverage_mean"] > 0.2
 
 
+def _in_sfm_frame(mesh: Mesh, truth: dict, model) -> Mesh:
+    """The true mesh carried into the frame structure from motion picked."""
+    rec = recovered_cameras(model)
+    names = sorted(truth)
+    to_rec = fit_similarity(np.array([truth[n].center for n in names]), np.array([rec[n][1] for n in names]))
+    return Mesh(to_rec.apply(mesh.vertices).astype(np.float32), mesh.faces)
+
+
+@pytest.mark.parametrize("how", ["scaled by 3", "turned 90 degrees", "shifted by its extent"])
+def test_a_mesh_of_another_reconstruction_is_refused(capture, cameras_only, tmp_path, how):
+    """The mesh of the test above, moved as another reconstruction's frame would place it."""
+    root, mesh, truth = capture
+    dst, _ = cameras_only
+    moved = _in_sfm_frame(mesh, truth, dst / "sfm" / "sparse")
+    v = moved.vertices.astype(np.float64)
+    centre = (v.min(0) + v.max(0)) / 2
+    turn = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0.0]])
+    v = {"scaled by 3": centre + 3 * (v - centre), "turned 90 degrees": centre + (v - centre) @ turn.T,
+         "shifted by its extent": v + np.ptp(v, axis=0)}[how]
+    write_ply(tmp_path / "other.ply", Mesh(v.astype(np.float32), mesh.faces))
+    shutil.copytree(dst / "sfm", tmp_path / "scene" / "sfm")
+    res = cli("prepare", str(root / "photos"), "--out", str(tmp_path / "scene"), "--mesh", str(tmp_path / "other.ply"))
+    expect_error(res, str(tmp_path / "other.ply"), "not in the frame of the cameras", "3-D points",
+                 "pycolmap-cuda12", "without --mesh")
+    assert not (tmp_path / "scene" / "images_1").exists()
+
+
 def test_the_incremental_mapper_is_the_default_and_global_is_chosen_with_a_flag(capture, cameras_only, tmp_path):
     _, mesh, truth = capture
     dst, res = cameras_only
-    assert any(e["message"].startswith("mapping (incremental): 12 of 13") for e in events_of(res.stdout)
-               if e["event"] == "log")
+    assert any(e["message"].startswith("mapping (incremental): 12 of 13") and e["message"].endswith("SIMPLE_RADIAL")
+               for e in events_of(res.stdout) if e["event"] == "log")
     shutil.copytree(dst / "sfm", tmp_path / "sfm")
     res = cli("prepare", str(capture[0] / "photos"), "--out", str(tmp_path), "--mapper", "global", "--json")
     logs = [e["message"] for e in events_of(res.stdout) if e["event"] == "log"]
@@ -112,6 +138,37 @@ def test_the_incremental_mapper_is_the_default_and_global_is_chosen_with_a_flag(
     assert max(err.centre.values()) <= 0.01 * extent and max(err.rotation_deg.values()) <= 0.5
     res = cli("prepare", str(capture[0] / "photos"), "--out", str(tmp_path), "--mapper", "both")
     assert res.returncode == 2 and "--mapper" in res.stderr and "incremental" in res.stderr
+
+
+@pytest.mark.skipif(pycolmap.has_cuda, reason="with CUDA prepare without --mesh runs dense stereo")
+def test_the_opencv_camera_model_is_chosen_with_a_flag_and_its_photos_are_undistorted(capture, cameras_only,
+                                                                                       tmp_path):
+    """--camera-model opencv maps the kept matches again (features and matching are kept), refines the
+    principal point, and the scene's photos are undistorted by the OPENCV lens."""
+    root, mesh, truth = capture
+    dst, _ = cameras_only
+    shutil.copytree(dst / "sfm", tmp_path / "scene" / "sfm")
+    res = cli("prepare", str(root / "photos"), "--out", str(tmp_path / "scene"), "--camera-model", "opencv", "--json")
+    logs = [e["message"] for e in events_of(res.stdout) if e["event"] == "log"]
+    assert sum("kept from an earlier run" in m for m in logs) == 2                # features and matching only
+    assert any(m.startswith("mapping (incremental): 12 of 13") and m.endswith("OPENCV") for m in logs), logs
+    # a new model is a new frame: the mesh is carried into it (the one of the default model is refused)
+    write_ply(tmp_path / "mesh.ply", _in_sfm_frame(mesh, truth, tmp_path / "scene" / "sfm" / "sparse"))
+    res = cli("prepare", str(root / "photos"), "--out", str(tmp_path / "scene"), "--camera-model", "opencv",
+              "--mesh", str(tmp_path / "mesh.ply"), "--json")
+    assert res.returncode == 0, res.stderr
+    cam, = pycolmap.Reconstruction(tmp_path / "scene" / "sfm" / "sparse").cameras.values()
+    assert cam.model.name == "OPENCV" and (cam.params[2], cam.params[3]) != (W / 2, H / 2)   # refined
+    err = camera_errors(recovered_cameras(tmp_path / "scene" / "sfm" / "sparse"),
+                        {n: (c.R, c.center) for n, c in truth.items()})
+    extent = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
+    # NOTES (photos only): 0.99 degree here, where the lens has a centred principal point and square pixels
+    assert max(err.centre.values()) <= 0.01 * extent and max(err.rotation_deg.values()) <= 1.5
+    check = cli("check", str(tmp_path / "scene"))
+    report = next(e["report"] for e in events_of(check.stdout) if e["event"] == "done")
+    assert report["structure_from_motion"]["camera_model"] == "OPENCV"
+    assert "OPENCV camera" in check.stdout and "OPENCV" in " ".join(report["undistortion"]["models"])
+    assert len(list((tmp_path / "scene" / "images_1").iterdir())) == 12
 
 
 def test_a_model_whose_photos_see_few_points_is_refused(cameras_only):

@@ -6,7 +6,8 @@ continues after the last finished one):
     features   SIFT features; one camera per group of photos of the same size and lens (EXIF make,
                model and focal length), its focal length seeded from EXIF where the photos have it
     matching   every pair up to sfm.EXHAUSTIVE_MAX photos, else by GPS or by name order
-    mapping    the incremental mapper, or the global one (--mapper global); photos outside the
+    mapping    the incremental mapper, or the global one (--mapper global), with the camera model of
+               --camera-model (sfm.CAMERA_MODELS); photos outside the
                largest model are listed and left out, and a model holding photos that see too few
                of its points is refused (sfm.check_model)
 and, when no mesh is given (--mesh, or the single mesh in SRC), on pycolmap's CUDA build:
@@ -15,12 +16,16 @@ and, when no mesh is given (--mesh, or the single mesh in SRC), on pycolmap's CU
 Without CUDA and without a mesh the cameras are kept in DST/sfm/sparse (a COLMAP model) and the
 command ends with an error saying what the mesh needs. A mesh given with --mesh must be in the frame
 of these cameras (structure from motion picks its own frame): one meshed from DST/sfm/sparse by
-another tool; prepare with it then continues from the kept cameras. The scene itself is written by the COLMAP path (colmap.py's
-reading, the writer's undistortion of the SIMPLE_RADIAL photos).
+another tool; prepare with it then continues from the kept cameras. A mesh in another frame (from
+another reconstruction) is refused: too few of the model's 3-D points lie on it (mesh_frame.py).
+The scene itself is written by the COLMAP path (colmap.py's reading, the writer's undistortion of
+the SIMPLE_RADIAL photos, or OPENCV with --camera-model opencv).
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from .. import events
 from ..errors import InputError
@@ -28,6 +33,7 @@ from ..scene import IMAGE_EXTS
 from ..stopflag import StopFlag
 from . import sfm
 from .colmap import load_views
+from .mesh_frame import MIN_INSIDE, MIN_ON_SURFACE, frame_agreement
 from .stages import Stages, Stopped
 from .writer import write_scene
 
@@ -64,7 +70,8 @@ def detect(src: Path) -> bool:
 
 def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, copy_images: bool = True,
                    mesh: str | Path | None = None, images: str | Path | None = None,
-                   undistort: bool = True, mapper: str = sfm.MAPPERS[0]) -> dict:
+                   undistort: bool = True, mapper: str = sfm.MAPPERS[0],
+                   camera_model: str = next(iter(sfm.CAMERA_MODELS))) -> dict:
     """Photos -> cameras (pycolmap) -> MVSNet scene at `dst` (see the module doc). Returns the
     writer's summary, or {"stopped": True, ...} after a requested stop (a `stopped` event is
     printed; run again to continue)."""
@@ -82,6 +89,8 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
                          "that holds them (or --images DIR).")
     if mapper not in sfm.MAPPERS:
         raise InputError(f"--mapper {mapper}: choose one of {', '.join(sfm.MAPPERS)}.")
+    if camera_model not in sfm.CAMERA_MODELS:
+        raise InputError(f"--camera-model {camera_model}: choose one of {', '.join(sfm.CAMERA_MODELS)}.")
     if len(names) < sfm.MIN_MODEL:
         raise InputError(f"{image_dir}: {len(names)} photo(s); structure from motion needs at least "
                          f"{sfm.MIN_MODEL} overlapping photos (20 or more for a good model).")
@@ -96,7 +105,10 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
         try:
             keys = {n: sfm.lens_key(image_dir / n) for n in names}
             stages = _stages(pycolmap, keys, work, dense)
-            model, record = _cameras(pycolmap, stages, image_dir, keys, work, mapper)
+            model, record = _cameras(pycolmap, stages, image_dir, keys, work, mapper,
+                                     sfm.CAMERA_MODELS[camera_model])
+            if mesh_path is not None:
+                _check_mesh_frame(pycolmap, mesh_path, model)
             if dense:
                 mesh_path = _mesh(pycolmap, stages, model, image_dir, work, record)
         except Stopped as s:
@@ -110,6 +122,7 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
     source = {"kind": "photos", "images": str(image_dir), "mesh": str(mesh_path), "model": str(model),
               "photos": len(names), "registered": len(record["registered"]),
               "unregistered": record["unregistered"], "mapper": record["mapper"],
+              "camera_model": record.get("camera_model", sfm.CAMERA_MODEL),
               "mean_reprojection_error_px": record["mean_reprojection_error_px"]}
     return write_scene(views, mesh_path, dst, downsample=downsample, copy_images=copy_images,
                        source=source, notes=notes, undistort=undistort)
@@ -121,6 +134,27 @@ def _mesh_in(src: Path) -> Path | None:
         raise InputError(f"{src}: several meshes found ({', '.join(p.name for p in meshes)}); choose one "
                          "with --mesh PATH.")
     return meshes[0] if meshes else None
+
+
+def _check_mesh_frame(pycolmap, mesh_path: Path, model: Path) -> None:
+    """InputError when the mesh is clearly not in the frame of the cameras: too few of the model's
+    3-D points lie on it (mesh_frame.py)."""
+    from ..meshio import load_mesh
+    points = np.array([p.xyz for p in pycolmap.Reconstruction(model).points3D.values()]).reshape(-1, 3)
+    fit = frame_agreement(load_mesh(mesh_path), points)
+    if fit.agrees:
+        return
+    if fit.inside < MIN_INSIDE:
+        found = f"{fit.inside} lie inside its bounding box"
+    elif fit.on_surface < MIN_ON_SURFACE:
+        found = f"only {fit.on_surface:.0%} of the {fit.inside} inside its bounding box lie on its surface"
+    else:
+        found = f"only {fit.seen:.0%} of its surface has any near it (it spreads far beyond them)"
+    raise InputError(f"{mesh_path}: this mesh is not in the frame of the cameras made from the photos (another "
+                     f"position, rotation or scale): of the {fit.points} 3-D points structure from motion found, "
+                     f"{found}. Pass a mesh made from these cameras (the COLMAP model {model}, e.g. meshed by "
+                     "OpenMVS), or run prepare without --mesh on a Linux machine with an NVIDIA GPU "
+                     "(pycolmap-cuda12) so that dense stereo makes one.")
 
 
 def _stages(pycolmap, keys: dict[str, list], work: Path, dense: bool) -> Stages:
@@ -135,7 +169,7 @@ def _stages(pycolmap, keys: dict[str, list], work: Path, dense: bool) -> Stages:
 
 
 def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], work: Path,
-             mapper: str) -> tuple[Path, dict]:
+             mapper: str, camera_model: str) -> tuple[Path, dict]:
     """Run (or keep) features, matching and mapping; the model folder and the mapping record."""
     names = list(keys)
     groups: dict[str, list[str]] = {}
@@ -151,11 +185,14 @@ def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], w
     matched = stages.run("matching", "matches.db", {},
                          lambda part, token: sfm.match(pycolmap, work / "features.db", part, n, gps, token))
     events.log(f"matching: {matched['method']}, {matched['verified_pairs']} verified pair(s)")
-    record = stages.run("mapping", "sparse", {"mapper": mapper},
+    # the camera model keys the mapping only when it is not the default: earlier runs' models stay
+    settings = {"mapper": mapper, **({"camera_model": camera_model} if camera_model != sfm.CAMERA_MODEL else {})}
+    record = stages.run("mapping", "sparse", settings,
                         lambda part, token: sfm.reconstruct(pycolmap, work / "matches.db", image_dir, part, names,
-                                                            mapper, token))
+                                                            mapper, token, camera_model))
     events.log(f"mapping ({record['mapper']}): {len(record['registered'])} of {n} photos registered, mean "
-               f"reprojection error {record['mean_reprojection_error_px']:.2f} px")
+               f"reprojection error {record['mean_reprojection_error_px']:.2f} px, camera model "
+               f"{record.get('camera_model', sfm.CAMERA_MODEL)}")
     if record["unregistered"]:
         left = record["unregistered"]
         events.emit("log", message=f"warning: {len(left)} of {n} photo(s) did not register and are left out: "

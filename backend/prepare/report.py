@@ -170,7 +170,8 @@ def _sfm(root: Path, img_dir: Path | None) -> dict | None:
     src = _prepared(root, img_dir, "source")
     if not src or src.get("kind") != "photos":
         return None
-    return {k: src.get(k) for k in ("photos", "registered", "unregistered", "mean_reprojection_error_px", "mapper")}
+    return {k: src.get(k) for k in ("photos", "registered", "unregistered", "mean_reprojection_error_px", "mapper",
+                                   "camera_model")}
 
 
 def _mb(n: int) -> str:
@@ -195,7 +196,8 @@ def format_report(r: dict, max_rows: int = 40) -> str:
     m = r.get("structure_from_motion")
     if m:
         lines.append(f"  photos registered by structure from motion: {m['registered']} of {m['photos']} "
-                     f"({m['mapper']} mapper), mean reprojection error {m['mean_reprojection_error_px']:.2f} px")
+                     f"({m['mapper']} mapper, {m.get('camera_model') or 'SIMPLE_RADIAL'} camera), mean reprojection "
+                     f"error {m['mean_reprojection_error_px']:.2f} px")
     u = r.get("undistortion")
     if u:
         lines.append(f"  photos undistorted by prepare: {u.get('views', '?')} view(s), lens model "
@@ -208,6 +210,11 @@ def format_report(r: dict, max_rows: int = 40) -> str:
         shown = r["views_not_reached"][:10]
         more = len(r["views_not_reached"]) - len(shown)
         lines.append("  views the mesh does not reach: " + ", ".join(shown) + (f" (+{more} more)" if more else ""))
+    if r.get("views_low_coverage"):                 # they add few training rays: closer photos would help
+        shown = r["views_low_coverage"][:10]
+        more = len(r["views_low_coverage"]) - len(shown)
+        lines.append(f"  views the mesh covers poorly (< {LOW_COVERAGE:.0%} of their pixels): " + ", ".join(shown)
+                     + (f" (+{more} more)" if more else ""))
     lines.append("")
     lines.append(f"  {'view':<28} {'size':>11} {'coverage':>9} {'in front':>9} {'in image':>9}  centre")
     for v in r["views"][:max_rows]:

@@ -20,6 +20,14 @@ MIN_MODEL = 3              # photos a model needs to count
 MAPPERS = ("incremental", "global")   # the first is the default: see reconstruct()
 MIN_PHOTO_POINTS = 15      # 3-D points a registered photo must see for its pose to be trusted
 POISSON_MIN_TRIM, POISSON_MAX_TRIM = 5, 10    # Poisson meshing's density trim: see poisson_options()
+# --camera-model: COLMAP's camera model of each choice; the first is the default and the model the
+# features are extracted with (one focal length, one radial term, the principal point at the centre).
+# With more parameters (RADIAL, OPENCV, a refined principal point) 5 photos registered 2 of 5 with
+# 14-43 degree errors, and on 12 photos on an arc the largest rotation error rose from 0.19 to 0.27-0.99
+# degree; OPENCV with the principal point refined by a last bundle adjustment helped only on 30 photos
+# of off-centre, non-square pixels (1.85 -> 0.93 degree). benchmarks/NOTES.md, photos only.
+CAMERA_MODELS = {"simple-radial": "SIMPLE_RADIAL", "opencv": "OPENCV"}
+CAMERA_MODEL = CAMERA_MODELS["simple-radial"]
 INSTALL = ("pip install pycolmap in the backend environment (from the repository: "
            "pip install -e \".[photos]\")")
 DENSE_INSTALL = ("pip install pycolmap-cuda12 in place of pycolmap on a Linux machine with an NVIDIA GPU, or pass "
@@ -67,9 +75,11 @@ def extract(pycolmap, db: Path, images: Path, groups: list[list[str]], token) ->
     """SIFT features of every photo into database `db`: one camera per group (same size and lens);
     COLMAP seeds its focal length from the photos' EXIF when they have one."""
     options = pycolmap.FeatureExtractionOptions()
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = CAMERA_MODEL
     for names in groups:
         pycolmap.extract_features(db, images, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                                  extraction_options=options, device=pycolmap.Device.auto,
+                                  reader_options=reader, extraction_options=options, device=pycolmap.Device.auto,
                                   cancellation_token=token)
     database = pycolmap.Database.open(db)
     try:
@@ -107,17 +117,22 @@ def match(pycolmap, features_db: Path, db: Path, n_photos: int, gps: bool, token
     return {"method": method, "verified_pairs": pairs}
 
 
-def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], mapper: str, token) -> dict:
+def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], mapper: str, token,
+                camera_model: str = CAMERA_MODEL) -> dict:
     """Camera poses and 3-D points with the incremental mapper (COLMAP's default) or the global one
     (GLOMAP). The largest model is written to `out`; photos outside it are listed. The global mapper
     is not the default: on photos that match others weakly (close-ups) it returned wrong cameras
-    with a low reprojection error, which check_model() refuses."""
+    with a low reprojection error, which check_model() refuses. A camera model other than the
+    extracted one maps a copy of the database with its cameras changed, and its principal point
+    is refined by a last bundle adjustment."""
     if mapper == "global" and not hasattr(pycolmap, "global_mapping"):
         raise InputError(f"--mapper global: this pycolmap ({getattr(pycolmap, '__version__', '?')}) has no global mapper; "
                          "upgrade it (pip install -U pycolmap) or use --mapper incremental.")
     work = out.with_name(out.name + "-models")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    if camera_model != CAMERA_MODEL:
+        db = _with_camera_model(pycolmap, db, work / "database.db", camera_model)
     if mapper == "global":
         options = pycolmap.GlobalPipelineOptions()
         options.min_model_size = MIN_MODEL
@@ -135,14 +150,45 @@ def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], 
                          f"{len(photos)} photos match each other. The photos need to overlap (each part of the "
                          "subject in three or more photos, from viewpoints a few degrees apart) and to be sharp.")
     best = models[0]
+    if camera_model != CAMERA_MODEL:
+        _refine_principal_point(pycolmap, best)
     check_model(best, images, mapper)
     out.mkdir(parents=True)
     best.write(out)
     registered = {best.image(i).name for i in best.reg_image_ids()}
-    return {"mapper": mapper, "registered": sorted(registered),
+    return {"mapper": mapper, "camera_model": camera_model, "registered": sorted(registered),
             "unregistered": sorted(set(photos) - registered), "other_models": [m.num_reg_images() for m in models[1:]],
             "points": int(best.num_points3D()),
             "mean_reprojection_error_px": float(best.compute_mean_reprojection_error())}
+
+
+def _with_camera_model(pycolmap, db: Path, copy: Path, camera_model: str) -> Path:
+    """A copy of database `db` whose cameras have COLMAP model `camera_model`, with their focal length
+    and principal point and no distortion: the cameras matching verified the pairs with."""
+    shutil.copyfile(db, copy)
+    database = pycolmap.Database.open(copy)
+    try:
+        for cam in database.read_all_cameras():
+            f, cx, cy = cam.params[:3]
+            params = {"OPENCV": [f, f, cx, cy, 0, 0, 0, 0]}[camera_model]
+            database.update_camera(pycolmap.Camera(camera_id=cam.camera_id, model=camera_model, width=cam.width,
+                                                   height=cam.height, params=params,
+                                                   has_prior_focal_length=cam.has_prior_focal_length))
+    finally:
+        database.close()
+    return copy
+
+
+def _refine_principal_point(pycolmap, model) -> None:
+    """A bundle adjustment of every registered photo that refines the principal point too (through
+    the adjuster: pycolmap.bundle_adjustment turns COLMAP's log on stderr back on)."""
+    options = pycolmap.BundleAdjustmentOptions()
+    options.refine_principal_point, options.print_summary = True, False
+    config = pycolmap.BundleAdjustmentConfig()
+    for i in model.reg_image_ids():
+        config.add_image(i)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    pycolmap.create_default_bundle_adjuster(options, config, model).solve()
 
 
 def weak_photos(model) -> list[str]:
