@@ -24,7 +24,6 @@ import torch
 
 from .cache import FIELDS, ShardReader, damaged_cache, unpack_mask
 from .errors import first_line
-from .ray_order import order_from_env, sort_batch
 
 TRAIN_FIELDS = ("xyz", "mask", "dir", "rgb", "view")   # what a training step reads
 PREFETCH_ENV = "XSCALE_PREFETCH"                        # shards read ahead (default PREFETCH)
@@ -217,7 +216,6 @@ class RayLoader:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device, self.batch, self.seed = device, batch, seed
         self.part = part or (0, batch)
-        self.spatial = order_from_env() == "spatial"     # sort each batch's rays in space (ray_order.py)
         st = state or {"epoch": 0, "pos": 0, "offset": 0}
         self.epoch, self.pos, self.offset = st["epoch"], st["pos"], st["offset"]
         self.phase = -self.offset % batch      # batch position of the current shard's row 0
@@ -397,7 +395,7 @@ class RayLoader:
         b = {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
         out = {"xyz": b["xyz"].to(torch.float32, copy=True), "mask": unpack_mask(b["mask"], self.S),
                "dir": b["dir"].float(), "rgb": b["rgb"].float() / 255.0, "view": b["view"].long()}
-        return sort_batch(out) if self.spatial else out
+        return out
 
     def close(self) -> None:
         """Stop reading ahead; returns once the reader thread has ended (reads in flight finish;

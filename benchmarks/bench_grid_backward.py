@@ -1,5 +1,5 @@
 """The hash grid's backward at the training batch: what its atomic adds cost, and what sorting the
-batch's rays in space (ray_order.py) and summing runs of shared corners on the chip
+batch's rays in space (ray_sort.py) and summing runs of shared corners on the chip
 (triton_kernels Launch.scatter) buy. One CUDA GPU, reference grid (16 levels x 2^22 x 8).
 
     python benchmarks/bench_grid_backward.py [--out results/grid_backward.json] [--quick]
@@ -9,7 +9,7 @@ Points: on the procedural scene's surface (4 sub-samples a footprint apart, shuf
 cache gives them), and uniformly random in the cube (a bound: no two rays share anything).
 Variants, per point set: today's kernels; plain stores instead of atomics (a WRONG gradient: what
 the atomics cost); the batch sorted along a Morton curve (sort timed apart: key, argsort and
-the gather of every batch field, as the loader does it), with today's launches, the all-levels
+the gather of every batch field, as a loader would), with today's launches, the all-levels
 launch, runs summed on the chip below a level size, plain stores; torch's index_add_ (the
 scatter alone, indices precomputed). `grad err`: max |g - today's| / max |today's|.
 --quick: a tiny grid and batch (CPU under TRITON_INTERPRET=1: a smoke run).
@@ -31,9 +31,9 @@ from backend.encoding import n_params  # noqa: E402
 from backend.encoding import triton_kernels as ht  # noqa: E402
 from backend.encoding.layout import levels, log2_cells, log2_footprint_offset, normalisation  # noqa: E402
 from backend.encoding.reference import corner_indices_weights, level_weights  # noqa: E402
-from backend.ray_order import sort_batch  # noqa: E402
 from backend.synthetic.procedural import make_spec  # noqa: E402
 from common import report, write_json  # noqa: E402
+from ray_sort import sort_batch  # noqa: E402
 
 QUICK_CFG = HashGridConfig(n_levels=5, n_features=4, log2_table=12, base_res=6, per_level_scale=2.0)
 S = 4                                   # sub-samples per ray (ss 2)
@@ -163,7 +163,7 @@ def variants(cfg: HashGridConfig, quick: bool) -> list[tuple]:
 def run_set(label: str, shuffled: Batch, cfg: HashGridConfig, dev: torch.device, quick: bool,
             rows: list[dict], table_rows: list[dict], only: set[str] | None) -> None:
     table = torch.randn(n_params(cfg), cfg.n_features, device=dev) * 0.1
-    loaded = {k: shuffled.fields[k] for k in LOADER_FIELDS}      # what the loader sorts
+    loaded = {k: shuffled.fields[k] for k in LOADER_FIELDS}      # what a loader would sort
     sort_ms = time_ms(lambda: sort_batch(loaded), dev)
     report(rows, {"metric": f"{label}: sort (Morton key, argsort, gather of the batch)", "value": sort_ms, "unit": "ms"})
     batches = {False: shuffled, True: shuffled.sorted()}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from ..config import HashGridConfig
-from ..ray_order import order_from_env
 from . import triton_kernels as kernels
 from .encoder import Encoder, Weights
 
@@ -28,15 +27,10 @@ class _EncodePixels(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         gtable = None
         if ctx.needs_input_grad[1]:
-            launch = kernels.COHERENT_LAUNCH if ctx.coherent else _backward_launch()
+            launch = kernels.COHERENT_LAUNCH if ctx.coherent else kernels.BWD_LAUNCH
             gtable = kernels.backward_pixels(x, grad_out.float(), ctx.cfg, ctx.weights, launch).to(ctx.table_dtype)
         # No gradient w.r.t. positions or weights: surface points and footprints are fixed inputs.
         return None, gtable, None, None, None
-
-
-def _backward_launch() -> kernels.Launch:
-    """The training backward's launch: sorted batches (ray_order.ORDER_ENV) sum runs on the chip."""
-    return kernels.SORTED_BWD_LAUNCH if order_from_env() == "spatial" else kernels.BWD_LAUNCH
 
 
 def encode_pixels_triton(x: torch.Tensor, table: torch.Tensor, cfg: HashGridConfig, weights: Weights = Weights(),
@@ -78,7 +72,7 @@ class TritonEncoder(Encoder):
 
     def encode_levels_backward(self, x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor,
                                weights: Weights, ids: list[int]) -> torch.Tensor:
-        return kernels.backward_pixels(x, grad_out, self.cfg, weights, _backward_launch(),
+        return kernels.backward_pixels(x, grad_out, self.cfg, weights, kernels.BWD_LAUNCH,
                                        levels=self._level_set(ids, x.device, compact=True))
 
     def _level_set(self, ids: list[int], device: torch.device, compact: bool) -> kernels.LevelSet:

@@ -13,9 +13,7 @@ of the reads; iterating all levels per point would gather from all tables at onc
 in frame order (`coherent=True`) that alternative wins: neighbouring pixels share most rows, x
 is read once and whole 512-byte output rows are written.
 The backward recomputes indices and weights and scatters into the gradient table with fp32
-atomics (no sorting: the targets are almost all distinct for random points). For batches sorted
-in space (loader.ORDER_ENV) a launch can first sum, on the chip, the runs of consecutive points
-that share a corner row on the coarse levels (`Launch.scatter`), one atomic per run.
+atomics (no sorting: the targets are almost all distinct for random points).
 """
 from __future__ import annotations
 
@@ -34,6 +32,7 @@ _P1: tl.constexpr = tl.constexpr(2654435761)
 _P2: tl.constexpr = tl.constexpr(805459861)
 
 
+# Training uses "atomic" only; the others are bench_grid_backward.py's measurement variants (benchmarks/NOTES.md).
 SCATTERS = ("atomic", "segmented", "store")
 
 
@@ -44,7 +43,7 @@ class Launch:
     per_level: bool = True  # grid over (point blocks, levels); False: all levels in one program
     # Backward only. "atomic": one add per point and corner. "segmented": on levels of at most
     # `segment_rows` rows, runs of consecutive points with the same corner row are summed on the
-    # chip first (one add per run; pays off when points come sorted in space). "store": plain
+    # chip first (one add per run; meant for points sorted in space). "store": plain
     # stores, a WRONG gradient: what the atomics cost, for bench_grid_backward only.
     scatter: str = "atomic"
     segment_rows: int = 2 ** 31 - 1
@@ -54,9 +53,6 @@ class Launch:
 FWD_LAUNCH = Launch(128, 8)                        # random order: 439 M points/s
 BWD_LAUNCH = Launch(128, 8)                        # random order: 193 M points/s
 COHERENT_LAUNCH = Launch(128, 8, per_level=False)  # frame order: 1355 fwd (879 per level)
-# Batches sorted in space (ray_order.py): runs summed on the dense levels (at most 2^21 rows at the
-# reference settings: levels 0-5). Not yet measured on a GPU: bench_grid_backward.py decides.
-SORTED_BWD_LAUNCH = Launch(128, 8, scatter="segmented", segment_rows=2 ** 21)
 
 
 @triton.jit

@@ -1,30 +1,15 @@
-"""The order of a training batch's rays: as the shuffled cache gives them, or sorted in space.
+"""Sorting a training batch's rays along a Morton curve, for bench_grid_backward.py only.
 
 A batch's loss and gradients are sums over its rays, so their order changes nothing but the
-rounding of those sums. Sorted along a Morton curve, neighbouring rays share hash-grid corners on
-the coarse and middle levels: the encoder's gathers and the backward's atomic adds hit the same
-rows one after the other (L2 hits, and runs the backward can sum on the chip first). Opt-in
-(ORDER_ENV) until measured on a GPU (benchmarks/bench_grid_backward.py).
+rounding of those sums; sorted in space, neighbouring rays share hash-grid corners on the coarse
+and middle levels. Measured on an H100 (benchmarks/NOTES.md): it does not pay, so training keeps
+the shuffled order the ray cache gives.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .errors import InputError
-
-ORDER_ENV = "XSCALE_RAY_ORDER"         # "shuffled" (default) or "spatial"
-ORDERS = ("shuffled", "spatial")
 MORTON_BITS = 10                        # per axis: a 1024^3 grid over the batch's bounding box
-
-
-def order_from_env() -> str:
-    """The batch order ORDER_ENV asks for; InputError naming it for anything else."""
-    name = os.environ.get(ORDER_ENV) or "shuffled"
-    if name not in ORDERS:
-        raise InputError(f"{ORDER_ENV}={name}: choose {' or '.join(ORDERS)} (or unset {ORDER_ENV}).")
-    return name
 
 
 def _spread3(a: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,14 @@
-"""Training batches sorted in space (backend/ray_order.py, XSCALE_RAY_ORDER=spatial) and the hash
-grid's backward that sums runs of shared corners on the chip (triton_kernels Launch.scatter):
-the same rays, the same gradients as today's shuffled batches and atomic adds."""
+"""The hash grid backward's measurement scatters (triton_kernels Launch.scatter, timed by
+benchmarks/bench_grid_backward.py, not used by training): runs of shared corners summed on the
+chip give the reference's gradient on rays sorted in space (benchmarks/ray_sort.py); plain
+stores do not."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from backend.config import HashGridConfig, ModelConfig
-from backend.errors import InputError
-from backend.loader import RayLoader
-from backend.ray_order import ORDER_ENV, morton_codes, order_from_env, sort_batch, spatial_order
-from conftest import TINY, cli, expect_error, needs_triton, run_triton_interpreted
+from benchmarks.ray_sort import morton_codes, sort_batch, spatial_order
+from conftest import needs_triton, run_triton_interpreted
 
 
 def _interleave(q: tuple[int, int, int], bits: int) -> int:
@@ -59,63 +56,6 @@ def test_spatial_order_sorts_rays_and_keeps_every_one():
     assert spatial_order(xyz[:0], mask[:0]).shape == (0,)
 
 
-def test_the_loader_sorts_each_batch_when_asked(run, monkeypatch):
-    """XSCALE_RAY_ORDER=spatial: every batch holds the rays of the shuffled stream's batch, in
-    Morton order; unset, the stream is as before."""
-    plain = RayLoader(run, "cpu", 700, seed=3)
-    monkeypatch.setenv(ORDER_ENV, "spatial")
-    spatial = RayLoader(run, "cpu", 700, seed=3)
-    try:
-        for _ in range(3):
-            a, b = plain.next(), spatial.next()
-            rows = lambda d: torch.cat([d["xyz"].reshape(len(d["xyz"]), -1), d["rgb"], d["dir"],  # noqa: E731
-                                        d["view"][:, None].float(), d["mask"].float()], 1)
-            ra, rb = rows(a), rows(b)
-            assert not torch.equal(ra, rb)
-            key = lambda r: r[np.lexsort(r.numpy().T[::-1])]  # noqa: E731
-            assert torch.equal(key(ra), key(rb))
-            codes = morton_codes(b["xyz"][torch.arange(len(rb)), b["mask"].to(torch.uint8).argmax(1)])
-            assert (codes[1:] >= codes[:-1]).all()
-    finally:
-        plain.close()
-        spatial.close()
-
-
-def test_a_sorted_batch_trains_to_the_same_gradients():
-    """The model's loss and every parameter's gradient after a sorted batch are the shuffled
-    batch's (sums in another order: float32 rounding only)."""
-    from backend.model import Manifold
-    torch.manual_seed(0)
-    m = Manifold(ModelConfig(grid=HashGridConfig(log2_table=12)), [0, 0, 0], [1, 1, 1], n_views=4)
-    with torch.no_grad():
-        m.grid.table.normal_(0.0, 0.1)
-    xyz, mask = surface_rays(3000, seed=1)
-    g = torch.Generator().manual_seed(2)
-    batch = {"xyz": xyz, "mask": mask, "dir": torch.nn.functional.normalize(torch.randn(3000, 3, generator=g), dim=-1),
-             "view": torch.randint(0, 4, (3000,), generator=g), "rgb": torch.rand(3000, 3, generator=g)}
-    grads = []
-    for b in (batch, sort_batch(batch)):
-        m.zero_grad()
-        loss = (m(b["xyz"], b["mask"], b["dir"], view=b["view"]) - b["rgb"]).abs().mean()
-        loss.backward()
-        grads.append((loss.item(), {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}))
-    assert abs(grads[0][0] - grads[1][0]) < 1e-6
-    assert grads[0][1]["grid.table"].abs().max() > 0
-    for k, want in grads[0][1].items():
-        torch.testing.assert_close(grads[1][1][k], want, rtol=1e-3, atol=1e-5 * want.abs().max().item(), msg=k)
-
-
-def test_an_unknown_order_is_a_one_line_error(run, tmp_path, monkeypatch):
-    monkeypatch.setenv(ORDER_ENV, "morton")
-    with pytest.raises(InputError, match=f"{ORDER_ENV}=morton: choose shuffled or spatial"):
-        order_from_env()
-    import shutil
-    shutil.copytree(run, tmp_path / "run")
-    res = cli("train", "--run", str(tmp_path / "run"), "--iters", "1", "--device", "cpu",
-              "--batch-rays", str(TINY["batch_rays"]), "--log2-table", str(TINY["log2_table"]))
-    expect_error(res, f"{ORDER_ENV}=morton", "unset " + ORDER_ENV)
-
-
 _INTERPRETED = """
 import torch
 from backend.config import HashGridConfig
@@ -123,8 +63,8 @@ from backend.encoding import n_params
 from backend.encoding import triton_kernels as ht
 from backend.encoding.layout import levels, log2_cells
 from backend.encoding.reference import encode_pixels_reference
-from backend.ray_order import sort_batch
-from test_ray_order import surface_rays
+from benchmarks.ray_sort import sort_batch
+from test_hashgrid_scatter import surface_rays
 cfg = HashGridConfig(n_levels=5, n_features=4, log2_table=12, base_res=6, per_level_scale=2.0)
 sizes = [lv.size for lv in levels(cfg)]
 xyz, mask = surface_rays(100)
@@ -140,7 +80,7 @@ ref.backward(gout)
 wts = ht.Weights(w=w, log2_footprint=lf, fade=1.0, bias=0.25)
 L = ht.Launch
 for launch in (L(64, 2, scatter="segmented"), L(64, 2, per_level=False, scatter="segmented", segment_rows=sizes[1]),
-               ht.SORTED_BWD_LAUNCH):
+               L(128, 8, scatter="segmented", segment_rows=sizes[2])):
     got = ht.backward_pixels(x, gout, cfg, wts, launch)
     torch.testing.assert_close(got, table.grad, rtol=1e-3, atol=5e-5, msg=str(launch))
 # Level-parallel training's compact level sets, segmented.
@@ -171,7 +111,7 @@ def test_segmented_backward_in_triton_interpreter():
 @pytest.mark.parametrize("scatter", ["atomic", "segmented", "store"])
 def test_backward_compiles_for_an_h100(scatter):
     """Each scatter of the backward kernel, compiled for sm_90 without a GPU (as the benchmark
-    and training launch it on an H100)."""
+    launches it on an H100; training launches "atomic")."""
     import inspect
 
     import triton
