@@ -16,6 +16,7 @@ for s in $STEPS; do
   case $s in
     tests)    python3 -m pytest -q -m gpu ${TESTS:-tests} 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 ;;
     hashgrid) python3 benchmarks/bench_hashgrid.py --out "$OUT/hashgrid.json" 2>&1 | tee "$OUT/hashgrid.log" | tail -20 ;;
+    gridbwd)  python3 benchmarks/bench_grid_backward.py --out "$OUT/grid_backward.json" ${GRIDBWD_ARGS:-} 2>&1 | tee "$OUT/grid_backward.log" | tail -24 ;;
     decoder)  python3 benchmarks/bench_decoder.py --out "$OUT/decoder.json" ${DECODER_ARGS:-} 2>&1 | tee "$OUT/decoder.log" | tail -30 ;;
     pipeline) python3 benchmarks/bench_pipeline.py --out "$OUT/pipeline.json" ${PIPELINE_ARGS:-} 2>"$OUT/pipeline_events.log" | tee "$OUT/pipeline.log" | tail -20 ;;
     server)   python3 benchmarks/bench_server.py --out "$OUT/server.json" ${SERVER_ARGS:-} 2>"$OUT/server_events.log" | tee "$OUT/server.log" | tail -22 ;;

@@ -32,11 +32,21 @@ _P1: tl.constexpr = tl.constexpr(2654435761)
 _P2: tl.constexpr = tl.constexpr(805459861)
 
 
+# Training uses "atomic" only; the others are bench_grid_backward.py's measurement variants (benchmarks/NOTES.md).
+SCATTERS = ("atomic", "segmented", "store")
+
+
 @dataclass(frozen=True)
 class Launch:
     block: int = 128        # points per program
     num_warps: int = 4
     per_level: bool = True  # grid over (point blocks, levels); False: all levels in one program
+    # Backward only. "atomic": one add per point and corner. "segmented": on levels of at most
+    # `segment_rows` rows, runs of consecutive points with the same corner row are summed on the
+    # chip first (one add per run; meant for points sorted in space). "store": plain
+    # stores, a WRONG gradient: what the atomics cost, for bench_grid_backward only.
+    scatter: str = "atomic"
+    segment_rows: int = 2 ** 31 - 1
 
 
 # Measured on an H100 at the reference settings, 2^22 points (benchmarks/NOTES.md).
@@ -166,9 +176,27 @@ def _fwd_kernel(x_ptr, w_ptr, lf_ptr, table_ptr, out_ptr, scale_ptr, meta_ptr, l
 
 
 @triton.jit
+def _run_add(f1, v1, f2, v2):
+    # Segmented sum: f marks the first point of a run; a run's sum restarts there.
+    return f1 | f2, tl.where(f2 != 0, v2, v1 + v2)
+
+
+@triton.jit
+def _run_sums(row, v):
+    """Runs of equal consecutive rows among the block's points: per point, the sum of v (BLOCK, F)
+    over its run up to it, and whether it is the run's last point (which holds the run's sum)."""
+    i = tl.arange(0, row.shape[0])
+    prev = tl.gather(row, tl.maximum(i - 1, 0), 0)
+    nxt = tl.gather(row, tl.minimum(i + 1, row.shape[0] - 1), 0)
+    first = ((i == 0) | (prev != row)).to(tl.int32)
+    _, total = tl.associative_scan((tl.broadcast_to(first[:, None], v.shape), v), 0, _run_add)
+    return total, (i == row.shape[0] - 1) | (nxt != row)
+
+
+@triton.jit
 def _level_bwd(lvl, x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, lcell_ptr,
-               fade_inv, bias, on_level, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
-               SMOOTH: tl.constexpr, FOOT: tl.constexpr):
+               fade_inv, bias, on_level, seg_rows, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+               SMOOTH: tl.constexpr, FOOT: tl.constexpr, SCATTER: tl.constexpr):
     s = _level_scale(lvl, wt, lf, lcell_ptr, fade_inv, bias, on_level, FOOT)
     m = mask & (s != 0.0)
     scale = tl.load(scale_ptr + lvl)
@@ -183,15 +211,26 @@ def _level_bwd(lvl, x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr
                 mask=m[:, None], other=0.0).to(tl.float32) * s[:, None]
     for c in tl.static_range(8):
         row, w = _corner(c, ix, iy, iz, fx, fy, fz, res, size, offset, hashed)
-        # Relaxed: the sums need atomicity only, no ordering; result unused -> red.v4.f32.
-        tl.atomic_add(gtable_ptr + row[:, None] * F + feat[None, :], g * w[:, None],
-                      mask=m[:, None], sem="relaxed")
+        v = g * w[:, None]
+        ptrs = gtable_ptr + row[:, None] * F + feat[None, :]
+        if SCATTER == 2:
+            tl.store(ptrs, v, mask=m[:, None])
+        else:
+            add = m
+            if SCATTER == 1:
+                if size <= seg_rows:
+                    # Every point's row is valid (masked ones read x = 0, add 0): a run's last
+                    # point adds the run's sum, whichever of its points are masked.
+                    v, add = _run_sums(row, v)
+            # Relaxed: the sums need atomicity only, no ordering; result unused -> red.v4.f32.
+            tl.atomic_add(ptrs, v, mask=add[:, None], sem="relaxed")
 
 
 @triton.jit
 def _bwd_kernel(x_ptr, w_ptr, lf_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr, lcell_ptr, N,
-                fade_inv, bias, on_level, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr, BLOCK: tl.constexpr,
-                SMOOTH: tl.constexpr, PER_LEVEL: tl.constexpr, HAS_W: tl.constexpr, FOOT: tl.constexpr):
+                fade_inv, bias, on_level, seg_rows, S: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+                BLOCK: tl.constexpr, SMOOTH: tl.constexpr, PER_LEVEL: tl.constexpr, HAS_W: tl.constexpr,
+                FOOT: tl.constexpr, SCATTER: tl.constexpr):
     """Gradient of the forward's output w.r.t. the table: every sub-sample scatters its pixel's
     output gradient times its weights into the 8 corner rows of each level."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -199,11 +238,11 @@ def _bwd_kernel(x_ptr, w_ptr, lf_ptr, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
     x, y, z, wt, lf = _load_points(x_ptr, w_ptr, lf_ptr, rows, mask, HAS_W, FOOT)
     if PER_LEVEL:
         _level_bwd(tl.program_id(1), x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr,
-                   meta_ptr, lcell_ptr, fade_inv, bias, on_level, S, F, L, SMOOTH, FOOT)
+                   meta_ptr, lcell_ptr, fade_inv, bias, on_level, seg_rows, S, F, L, SMOOTH, FOOT, SCATTER)
     else:
         for lvl in range(L):
             _level_bwd(lvl, x, y, z, wt, lf, rows, mask, gout_ptr, gtable_ptr, scale_ptr, meta_ptr,
-                       lcell_ptr, fade_inv, bias, on_level, S, F, L, SMOOTH, FOOT)
+                       lcell_ptr, fade_inv, bias, on_level, seg_rows, S, F, L, SMOOTH, FOOT, SCATTER)
 
 
 _META_CACHE: dict[tuple[HashGridConfig, torch.device], tuple[torch.Tensor, ...]] = {}
@@ -336,9 +375,9 @@ def backward_pixels(x: torch.Tensor, grad_out: torch.Tensor, cfg: HashGridConfig
     w, lf, fade_inv, bias, has_w, foot = _weight_args(weights, x.device)
     _bwd_kernel[_grid(n * S, L, launch)](
         x.contiguous(), w, lf, grad_out.contiguous(), gtable, scale, meta, lcell, n * S, fade_inv, bias, on,
-        S=S, F=cfg.n_features, L=L, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
-        PER_LEVEL=launch.per_level, HAS_W=has_w, FOOT=foot, num_warps=launch.num_warps,
-        enable_fp_fusion=False)
+        launch.segment_rows, S=S, F=cfg.n_features, L=L, BLOCK=launch.block, SMOOTH=cfg.smoothstep,
+        PER_LEVEL=launch.per_level, HAS_W=has_w, FOOT=foot, SCATTER=SCATTERS.index(launch.scatter),
+        num_warps=launch.num_warps, enable_fp_fusion=False)
     return gtable
 
 
