@@ -92,8 +92,9 @@ class ScheduleConfig:
     gets a smaller batch (at least `min_batch`) rather than more passes, which over-fit it."""
     # Measured on one H100 with the reference preset (benchmarks/NOTES.md, "A schedule that fits
     # the capture"): a real 10-photo 6 MP capture scored best at ~10 passes (1500 x 262,144 rays,
-    # 22.90 dB held out) and 1.4 dB lower at ~80 (2000 x 1.57 M); the sparse capture scene peaked
-    # before 50 passes, the dense one was still rising at 13.
+    # 22.90 dB held out) and 1.4 dB lower at ~80 (2000 x 1.57 M); with this schedule the sparse
+    # capture scene peaked at ~6 passes and ended 0.2 dB below (18 passes: the least steps at the
+    # least batch), the dense one ended at its best, still rising, at 10.
     epochs: float = 10.0
     min_steps: int = 1500
     max_steps: int = 30000

@@ -44,11 +44,6 @@ def plan(tc: TrainConfig, rays: int, batch_given: bool) -> Plan:
     return Plan(iters, batch, rays, iters * batch / rays)
 
 
-def resolve(tc: TrainConfig, rays: int, batch_given: bool) -> tuple[TrainConfig, Plan | None]:
-    """`tc` with its steps (and batch) set from the cache when `iters` is None; the plan, or None
-    when the steps were given."""
-    if tc.iters is not None:
-        return tc, None
-    p = plan(tc, rays, batch_given)
-    tc = with_value(with_value(tc, "iters", p.iters), "optim.batch_rays", p.batch_rays)
-    return tc, p
+def with_plan(tc: TrainConfig, p: Plan) -> TrainConfig:
+    """`tc` training for the plan's steps with its batch."""
+    return with_value(with_value(tc, "iters", p.iters), "optim.batch_rays", p.batch_rays)

@@ -56,9 +56,12 @@ def resolve_config(run: RunFolder, ckpt: dict | None, iters: int | None, preset:
     else:
         tc = apply_overrides(preset_config(preset, device.type), overrides or {})
     if iters is not None:
-        return with_value(tc, "iters", iters), None
-    return schedule.resolve(tc, ShardReader(run.root).meta["n_rays"],
-                            batch_given=(overrides or {}).get("batch_rays") is not None)
+        tc = with_value(tc, "iters", iters)
+    if tc.iters is not None:
+        return tc, None
+    rays = sum(s["n"] for s in ShardReader(run.root).shards)
+    plan = schedule.plan(tc, rays, batch_given=(overrides or {}).get("batch_rays") is not None)
+    return schedule.with_plan(tc, plan), plan
 
 
 class Trainer:
