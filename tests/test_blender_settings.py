@@ -34,7 +34,7 @@ def test_scene_settings_match_config(props, bpy_module):
             assert p.hard_max == (opt.max if opt.max is not None else INT_MAX), name
         assert p.description.lower().startswith(opt.help.split(" (")[0].lower()), name
     assert "(-1: the finest level found)" in rna["level"].description
-    assert "(0: the preset's)" in rna["iterations"].description
+    assert "(0: the preset's, or on a GPU as many as the capture needs" in rna["iterations"].description
     assert {e.identifier for e in rna["preset"].enum_items} == {"auto", *config.PRESETS}
     assert {e.identifier for e in rna["render_format"].enum_items} == set(config.FORMATS)
 
