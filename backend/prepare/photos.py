@@ -34,6 +34,7 @@ from ..stopflag import StopFlag
 from . import sfm
 from .colmap import load_views
 from .mesh_frame import MIN_INSIDE, MIN_ON_SURFACE, frame_agreement
+from .report import some_names
 from .stages import Stages, Stopped
 from .writer import write_scene
 
@@ -122,7 +123,7 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
     source = {"kind": "photos", "images": str(image_dir), "mesh": str(mesh_path), "model": str(model),
               "photos": len(names), "registered": len(record["registered"]),
               "unregistered": record["unregistered"], "mapper": record["mapper"],
-              "camera_model": record.get("camera_model", sfm.CAMERA_MODEL),
+              "camera_model": record["camera_model"],
               "mean_reprojection_error_px": record["mean_reprojection_error_px"]}
     return write_scene(views, mesh_path, dst, downsample=downsample, copy_images=copy_images,
                        source=source, notes=notes, undistort=undistort)
@@ -190,13 +191,14 @@ def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], w
     record = stages.run("mapping", "sparse", settings,
                         lambda part, token: sfm.reconstruct(pycolmap, work / "matches.db", image_dir, part, names,
                                                             mapper, token, camera_model))
+    record.setdefault("camera_model", sfm.CAMERA_MODEL)     # a mapping kept from before the choice existed
     events.log(f"mapping ({record['mapper']}): {len(record['registered'])} of {n} photos registered, mean "
                f"reprojection error {record['mean_reprojection_error_px']:.2f} px, camera model "
-               f"{record.get('camera_model', sfm.CAMERA_MODEL)}")
+               f"{record['camera_model']}")
     if record["unregistered"]:
         left = record["unregistered"]
         events.emit("log", message=f"warning: {len(left)} of {n} photo(s) did not register and are left out: "
-                    + ", ".join(left[:10]) + (f" (+{len(left) - 10} more)" if len(left) > 10 else "")
+                    + some_names(left)
                     + "; they overlap too little with the others or are blurred", unregistered=left)
     return work / "sparse", record
 

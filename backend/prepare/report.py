@@ -174,6 +174,12 @@ def _sfm(root: Path, img_dir: Path | None) -> dict | None:
                                    "camera_model")}
 
 
+def some_names(names: list[str], shown: int = 10) -> str:
+    """'a, b, c (+7 more)': the first `shown` names of a list that may be long."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" (+{more} more)" if more > 0 else "")
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
@@ -207,14 +213,10 @@ def format_report(r: dict, max_rows: int = 40) -> str:
         lines.append(f"  views with a validity mask (invalid pixels are left out of training and metrics): "
                      f"{r['views_with_mask']} of {r['n_views']}")
     if r["views_not_reached"]:
-        shown = r["views_not_reached"][:10]
-        more = len(r["views_not_reached"]) - len(shown)
-        lines.append("  views the mesh does not reach: " + ", ".join(shown) + (f" (+{more} more)" if more else ""))
+        lines.append("  views the mesh does not reach: " + some_names(r["views_not_reached"]))
     if r.get("views_low_coverage"):                 # they add few training rays: closer photos would help
-        shown = r["views_low_coverage"][:10]
-        more = len(r["views_low_coverage"]) - len(shown)
-        lines.append(f"  views the mesh covers poorly (< {LOW_COVERAGE:.0%} of their pixels): " + ", ".join(shown)
-                     + (f" (+{more} more)" if more else ""))
+        lines.append(f"  views the mesh covers poorly (< {LOW_COVERAGE:.0%} of their pixels): "
+                     + some_names(r["views_low_coverage"]))
     lines.append("")
     lines.append(f"  {'view':<28} {'size':>11} {'coverage':>9} {'in front':>9} {'in image':>9}  centre")
     for v in r["views"][:max_rows]:
