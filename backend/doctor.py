@@ -30,6 +30,7 @@ def report(path: str = ".", recheck: bool = False) -> dict:
     r["triton"] = _version("triton")
     r["opencv"] = _version("cv2") or "not installed (prepare cannot undistort photos)"
     r["nvdiffrast"] = _version("nvdiffrast") or "not installed (optional)"
+    r["pycolmap"] = _pycolmap()
     if importlib.util.find_spec("tinycudann") is None:
         r["tinycudann"] = "not installed (optional)"
     elif not r.get("cuda_available"):
@@ -62,6 +63,22 @@ def report(path: str = ".", recheck: bool = False) -> dict:
         r[f"check {c.name}"] = c.line()
     r["ready"] = all(c.ok for c in found)
     return r
+
+
+def _pycolmap() -> str:
+    """What `prepare` can make from photos alone here (pycolmap is optional)."""
+    from .errors import InputError
+    from .prepare import sfm
+    if _version("pycolmap") is None:
+        return f"not installed (optional: photos -> scene; {sfm.INSTALL})"
+    try:
+        m = sfm.load(Path("pycolmap"))
+    except InputError as e:
+        return f"broken: {e}"
+    if sfm.has_cuda(m):
+        return f"{m.__version__}, CUDA build (photos -> cameras and mesh)"
+    return (f"{m.__version__}, CPU build (photos -> cameras; a mesh needs --mesh, or pycolmap-cuda12 on "
+            "Linux + NVIDIA)")
 
 
 def _version(mod: str) -> str | None:

@@ -2,7 +2,7 @@
 reference cameras and mesh (the GPU target of the photos-only issue).
 
     python benchmarks/bench_photos.py --out results/photos.json [--views 20] [--width 800 --height 600]
-                                      [--iters 2000] [--work DIR] [--smoke]
+                                      [--iters 2000] [--work DIR] [--smoke] [--resume]
 
 1. A capture scene (backend.synthetic.capture: exposure and white balance per photo, sensor noise,
    JPEG, occluders, close-ups 8x nearer; its cameras carry ~0.3 px of pose error and its mesh is
@@ -186,6 +186,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "xscale_bench_photos"),
                     help="scratch folder (the capture scene is reused when made before)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (the true mesh without dense stereo)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep WORK/scene_photos from an interrupted run: prepare continues from its finished stages")
     for k in ("views", "width", "height", "iters"):
         ap.add_argument("--" + k, type=int, help="override the mode's value")
     a = ap.parse_args()
@@ -210,7 +212,8 @@ def main() -> None:
     say(f"capture: {views} photos {width}x{height} in {capture_s:.1f} s ({capture})")
 
     scene_p = work / "scene_photos"
-    shutil.rmtree(scene_p, ignore_errors=True)
+    if not a.resume:
+        shutil.rmtree(scene_p, ignore_errors=True)
     code, evs, prepare_s = backend("prepare", str(work / "photos"), "--out", str(scene_p), label="prepare")
     stages = stage_seconds(evs)
     true_cams = {f"{v['name']}.jpg": Camera.from_dict(v["true_camera"]) for v in truth["views"]}

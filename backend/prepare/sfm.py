@@ -34,14 +34,37 @@ DENSE_INSTALL = ("pip install pycolmap-cuda12 in place of pycolmap on a Linux ma
                  "--mesh MESH meshed from these cameras by another tool (e.g. OpenMVS, or COLMAP on a CUDA machine)")
 
 
+# shared libraries pycolmap's Linux wheels need from the system or from other wheels, and how to get them
+LIBRARY_FIXES = {
+    ("libcudart", "libcurand"): "its CUDA build needs the CUDA 12 runtime: pip install \"cuda-toolkit[cudart,curand]>=12,<13\"",
+    ("libSM", "libICE", "libX11", "libXext", "libGL"): "it needs the X11 client libraries, which headless Linux "
+                                                        "servers often lack: apt install libsm6 libice6 libx11-6 "
+                                                        "libxext6 (dnf install libSM libICE libX11 libXext)",
+}
+
+
 def load(src: Path):
-    """The pycolmap module, or InputError saying how to install it."""
+    """The pycolmap module, or InputError saying how to install it, or what an installed one lacks
+    to load (pycolmap raises RuntimeError when its compiled core does not load)."""
     try:
-        pycolmap = importlib.import_module("pycolmap")
-    except ImportError:
-        raise InputError(f"{src}: making cameras from photos needs pycolmap, which this Python does not have: "
-                         f"{INSTALL}.") from None
-    return pycolmap
+        return importlib.import_module("pycolmap")
+    except ModuleNotFoundError as e:
+        if e.name == "pycolmap":
+            raise InputError(f"{src}: making cameras from photos needs pycolmap, which this Python does not "
+                             f"have: {INSTALL}.") from None
+        reason = e
+    except (ImportError, RuntimeError, OSError) as e:
+        reason = e.__cause__ or e
+    raise InputError(f"{src}: pycolmap is installed but does not load ({' '.join(str(reason).split())}): "
+                     f"{load_fix(str(reason))}.") from None
+
+
+def load_fix(reason: str) -> str:
+    """What to do about pycolmap failing to load with `reason`."""
+    for libs, fix in LIBRARY_FIXES.items():
+        if any(lib in reason for lib in libs):
+            return fix
+    return "reinstall it (pip install --force-reinstall pycolmap, or pycolmap-cuda12 for its CUDA build)"
 
 
 def log_to(pycolmap, folder: Path) -> None:
