@@ -40,6 +40,8 @@ def row_parts(name: str, ev: dict, rate: str = "") -> dict:
     """The texts of a stage's bar, from its latest progress event (laid out by `layout`)."""
     step, total = int(ev.get("step") or 0), ev.get("total")
     item = next((f"{k} {ev[k]}" for k in ("view", "frame") if ev.get(k) is not None and "psnr" not in ev), "")
+    if ev.get("items_total"):                   # a stage of many items (prepare: depth maps)
+        item = f"{ev.get('items', 0)}/{ev['items_total']} {ev.get('item_unit', '')}".rstrip()
     return {"name": name, "step": step, "total": total, "rate": rate, "item": item,
             "psnr": f"PSNR {ev['psnr']:.2f} dB" if ev.get("psnr") is not None else "",
             "loss": f"loss {ev['loss']:.4f}" if ev.get("loss") is not None else "",

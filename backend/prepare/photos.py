@@ -208,7 +208,8 @@ def _mesh(pycolmap, stages: Stages, model: Path, image_dir: Path, work: Path, re
     ws = work / "dense"
     stages.run("dense", "dense", {"model": record["registered"]},
                lambda part, token: sfm.dense_workspace(pycolmap, model, image_dir, part, token))
-    stages.run("stereo", "", {}, lambda _part, token: sfm.stereo(pycolmap, ws, token))
+    stages.run("stereo", "", {}, lambda _part, token: sfm.stereo(pycolmap, ws, token),
+               count=lambda: sfm.stereo_count(ws))
     fused = stages.run("fusion", "fused.ply", {}, lambda part, token: sfm.fuse(pycolmap, ws, part, token))
     meshed = stages.run("meshing", "meshed-poisson.ply", {},
                         lambda part, token: sfm.poisson(pycolmap, work / "fused.ply", fused["points"], part))

@@ -12,6 +12,7 @@ import math
 import shutil
 from pathlib import Path
 
+from .. import events
 from ..errors import InputError
 
 EXHAUSTIVE_MAX = 60        # photos up to which every pair is matched; beyond, neighbours only
@@ -243,10 +244,50 @@ def dense_workspace(pycolmap, sparse: Path, images: Path, out: Path, token) -> d
 
 def stereo(pycolmap, workspace: Path, token) -> dict:
     """Depth and normal maps of every photo, in the workspace itself, so that the maps an interrupted
-    run wrote stay for the rerun (COLMAP's patch match is meant to skip them; not verified here,
-    where no CUDA build ran)."""
+    run wrote stay for the rerun: COLMAP's patch match skips a photo whose depth and normal maps
+    exist. It writes them in place, so a map cut short by a kill would pass for done: such maps are
+    removed first (that photo is done again)."""
+    cut = drop_partial_maps(workspace)
+    if cut:
+        events.log(f"stereo: {len(cut)} map(s) an interrupted run left incomplete will be made again "
+                   f"({', '.join(cut[:3])}{', ...' if len(cut) > 3 else ''})")
     pycolmap.patch_match_stereo(workspace, cancellation_token=token)
     return {"depth_maps": len(list((workspace / "stereo" / "depth_maps").glob("*.geometric.bin")))}
+
+
+def stereo_count(workspace: Path) -> tuple[int, int, str]:
+    """How far patch match is: depth maps written of the photometric then the geometric pass (a
+    map per photo each), for the stage's progress."""
+    photos = sum(1 for _ in (workspace / "images").iterdir()) if (workspace / "images").is_dir() else 0
+    maps = workspace / "stereo" / "depth_maps"
+    done = sum(1 for p in maps.glob("*.bin") if p.name.endswith((".photometric.bin", ".geometric.bin"))) \
+        if maps.is_dir() else 0
+    return min(done, 2 * photos), 2 * photos, "depth maps"
+
+
+def drop_partial_maps(workspace: Path) -> list[str]:
+    """Remove the depth and normal maps whose data is shorter than their header says; their names."""
+    cut = []
+    for folder in ("depth_maps", "normal_maps"):
+        for path in sorted((workspace / "stereo" / folder).glob("*.bin")):
+            if not complete_map(path):
+                path.unlink()
+                cut.append(f"{folder}/{path.name}")
+    return cut
+
+
+def complete_map(path: Path) -> bool:
+    """Whether a COLMAP dense map file (text header `width&height&channels&`, then float32 values)
+    holds all the values its header announces."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    parts = head.split(b"&", 3)
+    try:
+        w, h, c = (int(x) for x in parts[:3])
+    except ValueError:
+        return False
+    header = len(parts[0]) + len(parts[1]) + len(parts[2]) + 3
+    return len(parts) == 4 and path.stat().st_size == header + 4 * w * h * c
 
 
 def fuse(pycolmap, workspace: Path, out: Path, token) -> dict:

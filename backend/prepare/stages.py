@@ -48,9 +48,12 @@ class Stages:
     _key: str = ""
     _done: int = 0
 
-    def run(self, name: str, product: str, settings: dict, work: Callable[..., dict]) -> dict:
+    def run(self, name: str, product: str, settings: dict, work: Callable[..., dict],
+            count: Callable[[], tuple[int, int, str]] | None = None) -> dict:
         """Run (or skip) stage `name`: work(part_path, token) makes the product at part_path and
-        returns what the record keeps; returns that record. A product of "" is a record only."""
+        returns what the record keeps; returns that record. A product of "" is a record only.
+        `count` says how far a stage of many items is: (done, total, unit); its progress events then
+        carry items/items_total/item_unit, and the ETA follows the rate at which items get done."""
         if stop_requested():
             raise Stopped(name, self._done, len(self.names))
         key = _digest({"after": self._key, **settings})
@@ -62,12 +65,13 @@ class Stages:
                         skipped=True, eta_s=self._later(name))
             events.log(f"{name}: kept from an earlier run ({rec_path})")
         else:
-            rec = {"key": key, "result": self._make(name, out, work)}
+            rec = {"key": key, "result": self._make(name, out, work, count)}
             atomic_write_text(rec_path, json.dumps(rec, indent=1) + "\n")
         self._key, self._done = key, index + 1
         return rec["result"]
 
-    def _make(self, name: str, out: Path | None, work: Callable[..., dict]) -> dict:
+    def _make(self, name: str, out: Path | None, work: Callable[..., dict],
+              count: Callable[[], tuple[int, int, str]] | None) -> dict:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / f"{name}.json").unlink(missing_ok=True)    # not done until the new record is written
         part = out.with_name(f"{out.stem}.part{out.suffix}") if out else None   # tools read the suffix
@@ -85,6 +89,7 @@ class Stages:
         index, total = self.names.index(name), len(self.names)
         estimate = self.estimates.get(name)
         t0 = time.monotonic()
+        first = count()[0] if count else 0          # items an interrupted run left done
         thread = threading.Thread(target=target, name=f"stage-{name}", daemon=True)
         thread.start()
         last = -1e9
@@ -94,10 +99,17 @@ class Stages:
                 token.cancel()
             now = time.monotonic()
             if now - last >= 2.0:           # the stage's own estimate counts down, then the later ones
+                own = None if estimate is None else max(estimate - (now - t0), 0.0)
+                items = {}
+                if count:
+                    done, of, unit = count()
+                    items = {"items": done, "items_total": of, "item_unit": unit}
+                    if done > first:        # from the rate of this run's items
+                        own = (now - t0) / (done - first) * max(of - done, 0)
                 later = self._later(name)
-                eta = None if estimate is None or later is None else max(estimate - (now - t0), 0.0) + later
+                eta = None if own is None or later is None else own + later
                 events.emit("progress", stage=self.stage, phase=name, step=index, total=total,
-                            elapsed_s=now - t0, eta_s=eta)
+                            elapsed_s=now - t0, eta_s=eta, **items)
                 last = now
         if "error" in box:
             raise box["error"]
