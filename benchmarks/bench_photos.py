@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 from backend.cameras import Camera  # noqa: E402
 from backend.meshio import load_mesh, write_ply, Mesh  # noqa: E402
+from backend.prepare.photos import PHASES  # noqa: E402
 from backend.scene import find_mesh  # noqa: E402
 from backend.synthetic.capture import make_capture  # noqa: E402
 from backend.synthetic.capture_settings import CaptureParams  # noqa: E402
@@ -66,7 +67,6 @@ MODES = {   # views, width, height, ss_ref (capture), iters, preset, batch rays,
     "default": (30, 800, 600, 2, 2000, "reference", 1 << 18, 2),
     "smoke": (30, 640, 480, 1, 30, "small", 1024, 1),
 }
-PHASES = ("features", "matching", "mapping", "dense", "stereo", "fusion", "meshing")
 ROTATION_TARGET_DEG = 0.5
 CENTRE_TARGET = 0.01            # of the scene extent
 PSNR_TARGET_DB = 1.0

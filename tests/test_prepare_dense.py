@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backend import events
 from backend.meshio import load_mesh
 from backend.prepare import photos, sfm
 from backend.prepare.report import check_scene
@@ -33,16 +34,19 @@ def dense_scene(capture, tmp_path_factory):
     """`prepare` on the photos alone with the dense stages (patch match replaced), run twice."""
     root, mesh, truth = capture
     dst = tmp_path_factory.mktemp("dense_scene") / "scene"
-    calls = []
+    calls, got = [], []
+    emit = events.emit
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(events, "emit", lambda event, **kw: (got.append({"event": event, **kw}), emit(event, **kw)))
         mp.setattr(sfm, "has_cuda", lambda _pycolmap: True)
         mp.setattr(sfm, "stereo", patch_match_standin(mesh, {n: c.center for n, c in truth.items()}, calls))
         first = photos.convert_photos(root / "photos", dst)
+        first_events = list(got)
         mesh_bytes = find_mesh(dst).read_bytes()
         mp.setattr(sfm, "fuse", lambda *a, **kw: pytest.fail("fusion ran again"))
         mp.setattr(sfm, "poisson", lambda *a, **kw: pytest.fail("Poisson meshing ran again"))
         second = photos.convert_photos(root / "photos", dst)
-    return dst, first, second, calls, mesh_bytes
+    return dst, first, second, calls, mesh_bytes, first_events
 
 
 def test_the_map_writer_writes_what_colmap_reads(tmp_path):
@@ -65,7 +69,7 @@ def test_the_map_writer_writes_what_colmap_reads(tmp_path):
 
 def test_the_dense_stages_mesh_the_true_surface(capture, dense_scene):
     root, mesh, truth = capture
-    dst, first, _, calls, _ = dense_scene
+    dst, first, _, calls, _, _ = dense_scene
     assert first.get("stopped") is None and len(calls) == 1
     work = dst / "sfm"
     assert sorted(p.name for p in (work / "dense" / "stereo" / "depth_maps").iterdir()) == \
@@ -88,6 +92,15 @@ def test_the_dense_stages_mesh_the_true_surface(capture, dense_scene):
 
 
 def test_a_rerun_keeps_every_dense_stage(dense_scene):
-    dst, _, second, calls, mesh_bytes = dense_scene
+    dst, _, second, calls, mesh_bytes, _ = dense_scene
     assert second.get("stopped") is None and len(calls) == 1                # patch match did not run again
     assert find_mesh(dst).read_bytes() == mesh_bytes
+
+
+def test_every_stage_has_an_eta_on_a_machine_with_patch_match(dense_scene):
+    """With the dense stages in the plan, each of them needs an estimate, or no stage has an ETA."""
+    *_, first_events = dense_scene
+    prog = [e for e in first_events if e["event"] == "progress" and e.get("stage") == "sfm"]
+    assert [p for p in photos.PHASES if p in {e["phase"] for e in prog}] == list(photos.PHASES)
+    assert all(e.get("eta_s") is not None for e in prog), [e for e in prog if e.get("eta_s") is None][:3]
+    assert prog[0]["phase"] == "features" and prog[0]["eta_s"] > 0

@@ -41,11 +41,15 @@ from .writer import write_scene
 PHOTO_EXTS = frozenset(e.lower() for e in IMAGE_EXTS) | {".tif", ".tiff"}
 MESH_EXTS = frozenset({".ply", ".obj"})
 WORK = "sfm"                     # DST/sfm: the stages' products and records
+PHASES = ("features", "matching", "mapping", "dense", "stereo", "fusion", "meshing")   # the last 4 on CUDA
 # Rough seconds per unit on two busy CPU cores (10 photos of 6 MP: features 71 s, matching 5 s for
 # 45 pairs, mapping 5 s), for the ETA only.
 SECONDS_PER_MEGAPIXEL = 1.2
 SECONDS_PER_PAIR = 0.12
 SECONDS_PER_PHOTO_MAPPED = 0.5
+# The dense stages per megapixel of the registered photos (a GPU for patch match, its two passes;
+# the CPU for the rest): guesses until measured; patch match's ETA then follows its depth maps.
+DENSE_SECONDS_PER_MEGAPIXEL = {"dense": 0.1, "stereo": 3.0, "fusion": 0.5, "meshing": 1.0}
 
 
 def _photos_in(folder: Path) -> list[str]:
@@ -165,7 +169,9 @@ def _stages(pycolmap, keys: dict[str, list], work: Path, dense: bool) -> Stages:
     pairs = n * (n - 1) / 2 if n <= sfm.EXHAUSTIVE_MAX else n * sfm.SEQUENTIAL_OVERLAP
     estimates = {"features": SECONDS_PER_MEGAPIXEL * megapixels, "matching": SECONDS_PER_PAIR * pairs,
                  "mapping": SECONDS_PER_PHOTO_MAPPED * n}
-    phases = ["features", "matching", "mapping"] + (["dense", "stereo", "fusion", "meshing"] if dense else [])
+    if dense:                                   # without them no stage would have an ETA
+        estimates.update({k: v * megapixels for k, v in DENSE_SECONDS_PER_MEGAPIXEL.items()})
+    phases = list(PHASES if dense else PHASES[:3])
     return Stages(work, "sfm", phases, estimates, cancel=pycolmap.CancellationToken)
 
 
