@@ -122,6 +122,9 @@ FAKE_PYTHON = textwrap.dedent('''
             print("WARNING: Retrying after connection broken by 'NewConnectionError: Failed to establish a new connection'")
             print("ERROR: Could not find a version that satisfies the requirement torch (from versions: none)")
             sys.exit(1)
+        if mode == "nophotos" and "[photos]" in " ".join(args):
+            print("ERROR: Could not find a version that satisfies the requirement pycolmap>=3.12 (from versions: none)")
+            sys.exit(1)
         if mode == "slow" and "torch" in " ".join(args):
             print("Collecting torch", flush=True)
             time.sleep(60)
@@ -176,12 +179,24 @@ def test_setup_backend_headless(prefs, bpy_module, fake_base, tmp_path, capsys):
     pin = venv.parent / "torch-constraint.txt"          # the torch just installed stays; wheels only
     assert installs[2] == ["install", "--progress-bar", "raw", "--only-binary", ":all:", "--constraint", str(pin),
                            str(venv.parent / "src")]                                  # no cuda extra
+    assert installs[3] == [*installs[2][:-1], f"{venv.parent / 'src'}[photos]"]          # pycolmap, optional
     assert pin.read_text(encoding="utf-8") == "torch==2.13.0+cpu\n"
     src = venv.parent / "src"
     assert (src / "pyproject.toml").is_file() and (src / "backend" / "__main__.py").is_file()
     out = capsys.readouterr().out
     assert "XScale set up backend: collecting torch" in out and "Backend Python is now" in out
     assert (venv.parent / "setup.log").is_file()
+
+
+def test_setup_backend_without_a_pycolmap_wheel_warns_and_finishes(prefs, bpy_module, fake_base, tmp_path,
+                                                                  monkeypatch, capsys):
+    """pycolmap (cameras from photos alone) is optional: no wheel for this Python is a warning."""
+    monkeypatch.setenv("FAKE_PIP", "nophotos")
+    venv = tmp_path / "venv"
+    assert bpy_module.ops.xscale.setup_backend(python=str(fake_base), venv_dir=str(venv), hardware="cpu") == {"FINISHED"}
+    assert jobs.active().state.status == jobs.DONE and prefs.python == str(venv / "bin" / "python")
+    out = capsys.readouterr().out
+    assert "warning: pycolmap was not installed, so importing a folder of photos alone will not work" in out, out
 
 
 def test_setup_backend_without_network_says_so(prefs, bpy_module, fake_base, tmp_path, monkeypatch):
@@ -317,6 +332,7 @@ def test_setup_backend_for_real(bpy_module, tmp_path):
         assert out["result"] == ["FINISHED"] and out["python"] == str(python)
         doctor = "\n".join(out["doctor"])
         assert "torch" in doctor and "2.13.0" in doctor, doctor
+        assert "CPU build (photos -> cameras" in doctor, doctor         # pycolmap came with it
         assert "XScale set up backend: installing torch==2.13.0" in res.stdout
         # the environment has the backend package (its command) and trains from the extension folder
         assert (python.parent / ("xscale-nvs.exe" if os.name == "nt" else "xscale-nvs")).is_file()

@@ -17,7 +17,8 @@ so the job plumbing that follows training follows this too. Steps:
    overrides the index ("none": pip's own configuration), --torch the requirement;
 5. the backend from EXT_DIR (its pyproject.toml, README.md and backend/, copied next to DIR first
    so nothing is written into the extension), with the `cuda` extra when CUDA is used;
-6. a check that torch and the backend's libraries import; `done` names the environment's Python.
+6. the `photos` extra (pycolmap) in a step of its own: optional, a failure there is a warning;
+7. a check that torch and the backend's libraries import; `done` names the environment's Python.
 
 pip's output goes to DIR/../setup.log. Failures end with an `error` event that says what to do
 (no suitable Python, no network, not enough disk space, no permission).
@@ -53,7 +54,7 @@ VERIFY = "import torch, numpy, PIL, cv2, OpenEXR, rich; print(torch.__version__)
 
 # Phases of the overall progress (percent at their start, percent at their end).
 PHASES = {"find python": (0, 2), "create environment": (2, 10), "update pip": (10, 14),
-          "install torch": (14, 70), "install backend": (70, 96), "verify": (96, 100)}
+          "install torch": (14, 70), "install backend": (70, 92), "install photos": (92, 96), "verify": (96, 100)}
 
 
 class SetupError(Exception):
@@ -314,6 +315,8 @@ def setup(args: argparse.Namespace, runner: Runner) -> dict:
     log("installing the backend and its libraries")
     runner.run([*pip, "install", *bar, "--only-binary", ":all:", "--constraint", str(pin), target],
                "install backend", "installing the backend", folder, version)
+    install_photos(runner, [*pip, "install", *bar, "--only-binary", ":all:", "--constraint", str(pin)], src,
+                   hardware, folder, version)
     progress("verify")
     res = subprocess.run([str(vpy), "-c", VERIFY], capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
@@ -324,6 +327,19 @@ def setup(args: argparse.Namespace, runner: Runner) -> dict:
     log(f"the environment takes {folder_gb(venv):.1f} GB on disk ({venv})")
     return {"python": str(vpy), "torch": torch_version, "hardware": hardware, "base_python": " ".join(base),
             "python_version": version}
+
+
+def install_photos(runner: Runner, pip_install: list[str], src: Path, hardware: str, folder: Path,
+                   version: str) -> None:
+    """The `photos` extra (pycolmap: cameras from photos alone), optional: where it has no wheel
+    (a new Python, an uncommon platform) the backend works without it, so a failure is a warning."""
+    extras = "cuda,photos" if hardware == "cuda" else "photos"
+    log("installing pycolmap (cameras from photos alone; optional)")
+    try:
+        runner.run([*pip_install, f"{src}[{extras}]"], "install photos", "installing pycolmap", folder, version)
+    except SetupError as e:
+        log(f"warning: pycolmap was not installed, so importing a folder of photos alone will not work (the "
+            f"rest does): {e}")
 
 
 def torch_build(vpy: Path) -> tuple[str, Optional[str]]:
