@@ -75,7 +75,7 @@ class Launch:
 FWD_LAUNCH = Launch(128, 8)
 BWD_LAUNCH = Launch(64, 8)  # the backward holds ~10 activation tiles: smaller tiles, fewer spills
 PROGRAMS_PER_SM = 2         # backward programs (each loops over tiles) per streaming multiprocessor
-PRECISIONS = ("tf32", "tf32x3", "ieee", "bf16")
+PRECISIONS = ("tf32", "ieee", "bf16")
 
 
 def supports(D: int, W: int) -> bool:
@@ -133,8 +133,7 @@ def _add_vec(p, v, C: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr):
-    """a @ b on tensor cores, FP32 accumulation; PREC: tf32, tf32x3 (three TF32 products: about FP32's
-    accuracy), ieee (FP32, no tensor cores) or bf16 inputs."""
+    """a @ b on tensor cores, FP32 accumulation; PREC: tf32, ieee (FP32) or bf16 inputs."""
     if PREC == "bf16":
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     else:

@@ -27,7 +27,7 @@ from .footprint import FootprintField
 # products put the colours up to 0.1 off through SIREN's omega = 30, FP32 ones run 15x slower than
 # PyTorch, and the fused backward is slower at any precision. $XSCALE_DECODER picks where "auto"
 # would, for experiments.
-DECODERS = {"torch": None, "triton": "tf32", "triton-tf32x3": "tf32x3", "triton-fp32": "ieee", "triton-bf16": "bf16"}
+DECODERS = {"torch": None, "triton": "tf32", "triton-fp32": "ieee", "triton-bf16": "bf16"}
 DECODER_ENV = "XSCALE_DECODER"
 AUTO_DECODER = "torch"
 
