@@ -3,6 +3,7 @@ reference cameras and mesh (the GPU target of the photos-only issue).
 
     python benchmarks/bench_photos.py --out results/photos.json [--views 20] [--width 800 --height 600]
                                       [--iters 2000] [--work DIR] [--smoke] [--resume]
+                                      [--camera-model simple-radial|opencv]
 
 1. A capture scene (backend.synthetic.capture: exposure and white balance per photo, sensor noise,
    JPEG, occluders, close-ups 8x nearer; its cameras carry ~0.3 px of pose error and its mesh is
@@ -55,6 +56,7 @@ sys.path.insert(0, str(HERE))
 from backend.cameras import Camera  # noqa: E402
 from backend.meshio import load_mesh, write_ply, Mesh  # noqa: E402
 from backend.prepare.photos import PHASES  # noqa: E402
+from backend.prepare.sfm import CAMERA_MODELS  # noqa: E402
 from backend.scene import find_mesh  # noqa: E402
 from backend.synthetic.capture import make_capture  # noqa: E402
 from backend.synthetic.capture_settings import CaptureParams  # noqa: E402
@@ -186,6 +188,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "xscale_bench_photos"),
                     help="scratch folder (the capture scene is reused when made before)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (the true mesh without dense stereo)")
+    ap.add_argument("--camera-model", default=next(iter(CAMERA_MODELS)), choices=list(CAMERA_MODELS),
+                    help="prepare's --camera-model (opencv: this scene's non-square pixels; benchmarks/NOTES.md)")
     ap.add_argument("--resume", action="store_true",
                     help="keep WORK/scene_photos from an interrupted run: prepare continues from its finished stages")
     for k in ("views", "width", "height", "iters"):
@@ -214,7 +218,8 @@ def main() -> None:
     scene_p = work / "scene_photos"
     if not a.resume:
         shutil.rmtree(scene_p, ignore_errors=True)
-    code, evs, prepare_s = backend("prepare", str(work / "photos"), "--out", str(scene_p), label="prepare")
+    model_arg = ["--camera-model", a.camera_model]
+    code, evs, prepare_s = backend("prepare", str(work / "photos"), "--out", str(scene_p), *model_arg, label="prepare")
     stages = stage_seconds(evs)
     true_cams = {f"{v['name']}.jpg": Camera.from_dict(v["true_camera"]) for v in truth["views"]}
     model = scene_p / "sfm" / "sparse"
@@ -233,7 +238,7 @@ def main() -> None:
         write_ply(work / "true_mesh_moved.ply", Mesh(to_rec.apply(true_mesh.vertices).astype(np.float32),
                                                      true_mesh.faces))
         code, evs, again_s = backend("prepare", str(work / "photos"), "--out", str(scene_p), "--mesh",
-                                     str(work / "true_mesh_moved.ply"), label="prepare")
+                                     str(work / "true_mesh_moved.ply"), *model_arg, label="prepare")
         prepare_s += again_s
         mesh_kind = "true mesh, moved (no dense stereo)"
         if code != 0:
@@ -280,6 +285,7 @@ def main() -> None:
                "same_heldout": same_heldout}
     write_json(a.out, rows, mode=mode, settings={"views": views, "width": width, "height": height,
                                                  "ss_ref": ss_ref, "iters": a.iters, "preset": a.preset,
+                                                 "camera_model": a.camera_model,
                                                  "batch_rays": a.batch_rays, "ss": a.ss, "test_every": te},
                capture_s=capture_s, stages_s=stages, mesh=mesh_kind, targets=targets,
                heldout={"reference": ref["heldout"], "photos": pho["heldout"]},

@@ -1,0 +1,108 @@
+"""Where the photos path loses held-out PSNR against the capture's own cameras and mesh: the
+recovered cameras, or a Poisson mesh. Runs on a CPU (pycolmap's CPU build), small preset.
+
+    python benchmarks/photos_gap.py --out results/photos_gap.json [--views 30 --width 640 --height 480]
+                                    [--iters 600] [--camera-model simple-radial|opencv]
+
+On bench_photos.py's capture (its photos with EXIF), three scenes of the same registered photos:
+  reference   the capture's cameras and mesh (what bench_photos compares with);
+  cameras     the recovered cameras with the true mesh carried into their frame (bench_photos --smoke);
+  poisson     the recovered cameras with the mesh of the dense stages, patch match replaced by the true
+              mesh's exact depth and normal maps (tests/dense_helpers.py), so fusion and Poisson
+              meshing are the only difference from `cameras`.
+Each is fitted with the same settings and held out the same photos; the table gives held-out PSNR
+and SSIM. `cameras - reference` is what the cameras cost, `poisson - cameras` what the Poisson
+surface costs; on a GPU, patch match's noise comes on top (bench_photos.py's gap).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+from backend.meshio import Mesh, load_mesh, write_ply  # noqa: E402
+from backend.prepare import photos, sfm  # noqa: E402
+from backend.scene import find_mesh  # noqa: E402
+from backend.synthetic.truth import TRUTH  # noqa: E402
+from backend.cameras import Camera  # noqa: E402
+from bench_photos import fit_and_eval, make_inputs, reference_scene  # noqa: E402
+from camera_alignment import camera_errors, recovered_cameras  # noqa: E402
+from common import print_table, write_json  # noqa: E402
+from dense_helpers import patch_match_standin  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="/tmp/xscale_photos_gap")
+    ap.add_argument("--views", type=int, default=30)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--iters", type=int, default=600)
+    ap.add_argument("--batch-rays", type=int, default=4096)
+    ap.add_argument("--camera-model", default="simple-radial", choices=list(sfm.CAMERA_MODELS))
+    a = ap.parse_args()
+    a.preset, a.ss = "small", 1
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    capture, info, truth = make_inputs(work, a.views, a.width, a.height, 1)
+    true_cams = {f"{v['name']}.jpg": Camera.from_dict(v["true_camera"]) for v in truth["views"]}
+    true_mesh = load_mesh(capture / TRUTH / "true.obj")
+
+    # cameras: structure from motion, then the true mesh carried into the recovered frame
+    cams_scene = work / "scene_cameras"
+    shutil.rmtree(cams_scene, ignore_errors=True)
+    try:
+        photos.convert_photos(work / "photos", cams_scene, camera_model=a.camera_model)
+    except Exception as e:                # no dense stereo here: the cameras are kept, the mesh is missing
+        print(f"prepare (cameras only): {e}")
+    rec = recovered_cameras(cams_scene / "sfm" / "sparse")
+    err = camera_errors(rec, {n: (c.R, c.center) for n, c in true_cams.items()})
+    moved = work / "true_mesh_moved.ply"
+    write_ply(moved, Mesh(err.to_truth.inverse().apply(true_mesh.vertices).astype(np.float32), true_mesh.faces))
+    photos.convert_photos(work / "photos", cams_scene, mesh=moved, camera_model=a.camera_model)
+    registered = sorted(n[:-4] for n in err.centre)
+    print(f"cameras: {len(registered)} of {a.views} registered, rotation max {max(err.rotation_deg.values()):.2f} deg")
+
+    # poisson: the same stages with patch match replaced by the true mesh's maps
+    poisson_scene = work / "scene_poisson"
+    shutil.rmtree(poisson_scene, ignore_errors=True)
+    shutil.copytree(cams_scene / "sfm", poisson_scene / "sfm", ignore=shutil.ignore_patterns("dense*", "fused*", "meshed*"))
+    centres = {n: c.center for n, c in true_cams.items()}
+    real_has_cuda, real_stereo = sfm.has_cuda, sfm.stereo
+    sfm.has_cuda, sfm.stereo = (lambda _p: True), patch_match_standin(true_mesh, centres)
+    try:
+        photos.convert_photos(work / "photos", poisson_scene, camera_model=a.camera_model)
+    finally:
+        sfm.has_cuda, sfm.stereo = real_has_cuda, real_stereo
+    print(f"poisson: {len(load_mesh(find_mesh(poisson_scene)).faces)} triangles")
+
+    reference = reference_scene(capture, registered, work / "reference")
+    te = int(info["test_every"])
+    results = {name: fit_and_eval(scene, work / f"run_{name}", name, a, te)
+               for name, scene in (("reference", reference), ("cameras", cams_scene), ("poisson", poisson_scene))}
+    m = {k: v["eval"]["mean"] for k, v in results.items()}
+    rows = [{"metric": f"held-out PSNR {k}", "value": m[k]["psnr"], "unit": "dB"} for k in m]
+    rows += [{"metric": f"held-out SSIM {k}", "value": m[k]["ssim"], "unit": ""} for k in m]
+    rows += [{"metric": "cameras - reference", "value": m["cameras"]["psnr"] - m["reference"]["psnr"], "unit": "dB"},
+             {"metric": "poisson - cameras", "value": m["poisson"]["psnr"] - m["cameras"]["psnr"], "unit": "dB"},
+             {"metric": "rotation error max", "value": max(err.rotation_deg.values()), "unit": "deg"},
+             {"metric": "registered", "value": len(registered), "unit": "photos"},
+             {"metric": "total", "value": time.perf_counter() - t0, "unit": "s"}]
+    write_json(a.out, rows, settings=vars(a), heldout={k: v["heldout"] for k, v in results.items()},
+               eval={k: v["eval"] for k, v in results.items()})
+    print_table(rows, f"photos gap: cameras vs Poisson ({a.views} photos {a.width}x{a.height}, {a.iters} steps)")
+
+
+if __name__ == "__main__":
+    main()
