@@ -26,7 +26,7 @@ for s in $STEPS; do
     outofcore) python3 benchmarks/bench_outofcore.py --views ${OOC_VIEWS:-40} --out "$OUT/outofcore.json" 2>"$OUT/outofcore_events.log" | tee "$OUT/outofcore.log" | tail -12 ;;
     multigpu) python3 benchmarks/bench_multigpu.py --gpus ${GPUS:-1,2,4} ${MULTIGPU_ARGS:-} --out "$OUT/multigpu" 2>&1 | tee "$OUT/multigpu.log" | tail -60 ;;
     distributed) python3 benchmarks/bench_distributed.py --nproc ${NPROC:-2} --out "$OUT/distributed.json" 2>&1 | tee "$OUT/distributed.log" | tail -20 ;;
-    photos)   python3 benchmarks/bench_photos.py --out "$OUT/photos.json" 2>"$OUT/photos_events.log" | tee "$OUT/photos.log" | tail -30 ;;
+    photos)   python3 benchmarks/bench_photos.py --out "$OUT/photos.json" ${PHOTOS_ARGS:-} 2>"$OUT/photos_events.log" | tee "$OUT/photos.log" | tail -30 ;;
     demo)     python3 -m backend demo --out /tmp/xscale_demo_gpu 2>&1 | grep -v '"progress"' | tee "$OUT/demo.log" | tail -8 ;;
   esac
 done
