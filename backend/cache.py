@@ -435,6 +435,11 @@ class ShardReader:
         self.meta = read_json(self.run.cache / "meta.json")
         self.shards = self.meta["shards"]
 
+    @property
+    def rays(self) -> int:
+        """The training rays in the shards (what the loader reads)."""
+        return sum(s["n"] for s in self.shards)
+
     def load(self, i: int, mmap: bool = True) -> dict[str, np.ndarray]:
         d = self.run.cache / self.shards[i]["name"]
         arrays = {k: load_cache_array(d / f"{k}.npy", mmap) for k in FIELDS}

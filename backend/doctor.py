@@ -69,7 +69,7 @@ def _pycolmap() -> str:
     """What `prepare` can make from photos alone here (pycolmap is optional)."""
     from .errors import InputError
     from .prepare import sfm
-    if _version("pycolmap") is None:
+    if importlib.util.find_spec("pycolmap") is None:
         return f"not installed (optional: photos -> scene; {sfm.INSTALL})"
     try:
         m = sfm.load(Path("pycolmap"))

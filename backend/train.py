@@ -59,8 +59,7 @@ def resolve_config(run: RunFolder, ckpt: dict | None, iters: int | None, preset:
         tc = with_value(tc, "iters", iters)
     if tc.iters is not None:
         return tc, None
-    rays = sum(s["n"] for s in ShardReader(run.root).shards)
-    plan = schedule.plan(tc, rays, batch_given=(overrides or {}).get("batch_rays") is not None)
+    plan = schedule.plan(tc, ShardReader(run.root).rays, batch_given=(overrides or {}).get("batch_rays") is not None)
     return schedule.with_plan(tc, plan), plan
 
 

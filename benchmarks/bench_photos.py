@@ -56,7 +56,7 @@ sys.path.insert(0, str(HERE))
 from backend.cameras import Camera  # noqa: E402
 from backend.meshio import load_mesh, write_ply, Mesh  # noqa: E402
 from backend.prepare.photos import PHASES  # noqa: E402
-from backend.prepare.sfm import CAMERA_MODELS  # noqa: E402
+from backend.prepare.sfm import CAMERA_MODELS, DEFAULT_CAMERA_MODEL  # noqa: E402
 from backend.scene import find_mesh  # noqa: E402
 from backend.synthetic.capture import make_capture  # noqa: E402
 from backend.synthetic.capture_settings import CaptureParams  # noqa: E402
@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "xscale_bench_photos"),
                     help="scratch folder (the capture scene is reused when made before)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (the true mesh without dense stereo)")
-    ap.add_argument("--camera-model", default=next(iter(CAMERA_MODELS)), choices=list(CAMERA_MODELS),
+    ap.add_argument("--camera-model", default=DEFAULT_CAMERA_MODEL, choices=list(CAMERA_MODELS),
                     help="prepare's --camera-model (opencv: this scene's non-square pixels; benchmarks/NOTES.md)")
     ap.add_argument("--resume", action="store_true",
                     help="keep WORK/scene_photos from an interrupted run: prepare continues from its finished stages")

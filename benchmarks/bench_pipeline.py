@@ -168,7 +168,7 @@ def main() -> None:
     overrides = {}
     if a.iters == 0:
         tc = apply_overrides(preset_config(a.preset, "cuda"), {"schedule.epochs": a.epochs})
-        plan = schedule.plan(tc, sum(s["n"] for s in ShardReader(run).shards), batch_given=False)
+        plan = schedule.plan(tc, ShardReader(run).rays, batch_given=False)
         a.iters, overrides = plan.iters, {"batch_rays": plan.batch_rays}
         print(plan.describe(len(RunFolder(run).settings().train_views)), flush=True)
         if a.eval_points:

@@ -29,6 +29,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
+from backend.errors import InputError  # noqa: E402
 from backend.meshio import Mesh, load_mesh, write_ply  # noqa: E402
 from backend.prepare import photos, sfm  # noqa: E402
 from backend.scene import find_mesh  # noqa: E402
@@ -49,7 +50,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--batch-rays", type=int, default=4096)
-    ap.add_argument("--camera-model", default="simple-radial", choices=list(sfm.CAMERA_MODELS))
+    ap.add_argument("--camera-model", default=sfm.DEFAULT_CAMERA_MODEL, choices=list(sfm.CAMERA_MODELS))
     a = ap.parse_args()
     a.preset, a.ss = "small", 1
     work = Path(a.work)
@@ -64,7 +65,7 @@ def main() -> None:
     shutil.rmtree(cams_scene, ignore_errors=True)
     try:
         photos.convert_photos(work / "photos", cams_scene, camera_model=a.camera_model)
-    except Exception as e:                # no dense stereo here: the cameras are kept, the mesh is missing
+    except InputError as e:               # no dense stereo here: the cameras are kept, the mesh is missing
         print(f"prepare (cameras only): {e}")
     rec = recovered_cameras(cams_scene / "sfm" / "sparse")
     err = camera_errors(rec, {n: (c.R, c.center) for n, c in true_cams.items()})

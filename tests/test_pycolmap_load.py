@@ -25,7 +25,7 @@ except ImportError as e:
 
 def backend_with(fake: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
     """`python -m backend ARGS` with a pycolmap package whose __init__ is `fake` first on the path."""
-    (tmp_path / "site" / "pycolmap").mkdir(parents=True)
+    (tmp_path / "site" / "pycolmap").mkdir(parents=True, exist_ok=True)
     (tmp_path / "site" / "pycolmap" / "__init__.py").write_text(fake, encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(ROOT)]))
     return subprocess.run([sys.executable, "-m", "backend", *args], capture_output=True, text=True, env=env)
@@ -63,9 +63,6 @@ def test_doctor_says_what_photos_can_make_here(tmp_path):
     cpu = backend_with("__version__ = '4.2.1'\nhas_cuda = False\n", tmp_path, "doctor", "--json")
     line = json.loads(cpu.stdout.strip().splitlines()[-1])["pycolmap"]
     assert line.startswith("4.2.1, CPU build") and "pycolmap-cuda12" in line, line
-    (tmp_path / "site" / "pycolmap" / "__init__.py").write_text("__version__ = '4.2.1'\nhas_cuda = True\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(ROOT)]))
-    gpu = subprocess.run([sys.executable, "-m", "backend", "doctor", "--json"], capture_output=True, text=True,
-                         env=env)
+    gpu = backend_with("__version__ = '4.2.1'\nhas_cuda = True\n", tmp_path, "doctor", "--json")
     assert json.loads(gpu.stdout.strip().splitlines()[-1])["pycolmap"] == \
         "4.2.1, CUDA build (photos -> cameras and mesh)"

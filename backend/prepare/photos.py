@@ -77,7 +77,7 @@ def detect(src: Path) -> bool:
 def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, copy_images: bool = True,
                    mesh: str | Path | None = None, images: str | Path | None = None,
                    undistort: bool = True, mapper: str = sfm.MAPPERS[0],
-                   camera_model: str = next(iter(sfm.CAMERA_MODELS))) -> dict:
+                   camera_model: str = sfm.DEFAULT_CAMERA_MODEL) -> dict:
     """Photos -> cameras (pycolmap) -> MVSNet scene at `dst` (see the module doc). Returns the
     writer's summary, or {"stopped": True, ...} after a requested stop (a `stopped` event is
     printed; run again to continue)."""

@@ -20,6 +20,7 @@ from ..meshio import load_mesh
 from ..photos import decode_problems, size_disagreements
 from ..raster_cpu import rasterize
 from ..scene import load_scene
+from .sfm import CAMERA_MODEL
 
 LOW_COVERAGE = 0.01
 
@@ -202,7 +203,7 @@ def format_report(r: dict, max_rows: int = 40) -> str:
     m = r.get("structure_from_motion")
     if m:
         lines.append(f"  photos registered by structure from motion: {m['registered']} of {m['photos']} "
-                     f"({m['mapper']} mapper, {m.get('camera_model') or 'SIMPLE_RADIAL'} camera), mean reprojection "
+                     f"({m['mapper']} mapper, {m.get('camera_model') or CAMERA_MODEL} camera), mean reprojection "
                      f"error {m['mean_reprojection_error_px']:.2f} px")
     u = r.get("undistortion")
     if u:

@@ -28,7 +28,8 @@ POISSON_MIN_TRIM, POISSON_MAX_TRIM = 5, 10    # Poisson meshing's density trim: 
 # degree; OPENCV with the principal point refined by a last bundle adjustment helped only on 30 photos
 # of off-centre, non-square pixels (1.85 -> 0.93 degree). benchmarks/NOTES.md, photos only.
 CAMERA_MODELS = {"simple-radial": "SIMPLE_RADIAL", "opencv": "OPENCV"}
-CAMERA_MODEL = CAMERA_MODELS["simple-radial"]
+DEFAULT_CAMERA_MODEL = "simple-radial"          # the --camera-model choice when none is given
+CAMERA_MODEL = CAMERA_MODELS[DEFAULT_CAMERA_MODEL]
 INSTALL = ("pip install pycolmap in the backend environment (from the repository: "
            "pip install -e \".[photos]\")")
 DENSE_INSTALL = ("pip install pycolmap-cuda12 in place of pycolmap on a Linux machine with an NVIDIA GPU, or pass "
