@@ -67,6 +67,18 @@ def test_pip_failures_say_what_to_do(lines, needle, tmp_path):
     assert text.startswith("installing torch failed: ") and needle in text
 
 
+def test_disk_check_asks_for_room_by_hardware(monkeypatch, tmp_path):
+    monkeypatch.setattr(bs.shutil, "disk_usage", lambda path: SimpleNamespace(free=3.9e9))
+    bs.check_disk(tmp_path / "new" / "venv", "cpu", environ={})                  # 2 GB asked
+    with pytest.raises(bs.SetupError, match=r"3.9 GB free in .*, and the backend with CUDA torch needs about 8 GB"):
+        bs.check_disk(tmp_path / "new" / "venv", "cuda", environ={})
+    bs.check_disk(tmp_path, "cuda", environ={bs.NEEDED_GB_ENV: "3"})             # the user's own amount
+    with pytest.raises(bs.SetupError, match="needs about 5 GB"):
+        bs.check_disk(tmp_path, "cpu", environ={bs.NEEDED_GB_ENV: "5"})
+    with pytest.raises(bs.SetupError, match="XSCALE_SETUP_NEEDED_GB='lots' is not a number"):
+        bs.check_disk(tmp_path, "cpu", environ={bs.NEEDED_GB_ENV: "lots"})
+
+
 def test_find_python_prefers_a_version_torch_has(monkeypatch):
     infos = {"/a/python3.13": [3, 13, 1], "/a/python3.11": [3, 11, 9], "/a/python3": [3, 9, 2],
              "/blender/python": [3, 11, 7]}
@@ -145,6 +157,7 @@ def fake_base(tmp_path, monkeypatch):
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("FAKE_PIP_LOG", str(tmp_path / "pip.log"))
     monkeypatch.delenv("XSCALE_BACKEND_PYTHON", raising=False)
+    monkeypatch.setenv(bs.NEEDED_GB_ENV, "0")        # the stand-in pip writes nothing: any free space will do
     return script
 
 

@@ -189,14 +189,30 @@ def torch_index(hardware: str, override: Optional[str], platform: str = sys.plat
     return WINDOWS_CUDA_INDEX_URL if platform == "win32" else None
 
 
-def check_disk(folder: Path, hardware: str) -> None:
+# Overrides the room asked for, in GB ("0": no check), where the user knows better, e.g. pip's cache
+# is off (PIP_NO_CACHE_DIR) or on another disk.
+NEEDED_GB_ENV = "XSCALE_SETUP_NEEDED_GB"
+
+
+def needed_gb(hardware: str, environ=os.environ) -> float:
+    raw = environ.get(NEEDED_GB_ENV, "").strip()
+    if not raw:
+        return NEEDED_GB[hardware]
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise SetupError(f"{NEEDED_GB_ENV}={raw!r} is not a number of GB: unset it or set e.g. 4") from None
+
+
+def check_disk(folder: Path, hardware: str, environ=os.environ) -> None:
+    need = needed_gb(hardware, environ)
     probe_dir = folder
     while not probe_dir.exists() and probe_dir.parent != probe_dir:
         probe_dir = probe_dir.parent
     free_gb = shutil.disk_usage(probe_dir).free / 1e9
-    if free_gb < NEEDED_GB[hardware]:
+    if free_gb < need:
         raise SetupError(f"not enough disk space: {free_gb:.1f} GB free in {probe_dir}, and the backend with "
-                         f"{'CUDA ' if hardware == 'cuda' else ''}torch needs about {NEEDED_GB[hardware]:.0f} GB. "
+                         f"{'CUDA ' if hardware == 'cuda' else ''}torch needs about {need:.0f} GB. "
                          "Free some space, then press Set Up Backend again.")
 
 
