@@ -16,6 +16,8 @@ Shard fields (N rays, S = ss*ss sub-samples):
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
 from contextlib import contextmanager
@@ -36,7 +38,7 @@ from .meshio import load_mesh
 from .raster import Rasterizer, pixel_directions, resolve_device
 from .runfolder import RunFolder, read_json, write_json
 from .photos import check_photos, load_rgb8
-from .scene import load_scene
+from .scene import load_scene, mask_path_for
 from .stopflag import StopFlag
 
 FIELD_FILE = "footprint.npy"    # RUN/cache/: the finest log2 footprints seen (backend.footprint)
@@ -178,14 +180,15 @@ class CacheBuild:
         self.sizes = np.zeros((self.n_buckets, len(FIELDS)), np.int64)   # committed bytes per bucket file
         self.key = {"scene": str(self.scene.root.resolve()), "mesh": str(self.scene.mesh_path.resolve()),
                     "level": level, "ss": ss, "test_every": test_every, "shard_rays": shard_rays,
-                    "seed": seed, "train_views": self.train_ids}
+                    "seed": seed, "train_views": self.train_ids, "inputs": inputs_fingerprint(self.scene)}
         lo, hi = self.mesh.bounds
         entries = [{"name": v.name, "image": str(v.image_path.resolve()), "camera": v.camera.to_dict(),
                     "split": "test" if i in self.test_ids else "train"} for i, v in enumerate(views)]
         # RUN/config.json, once the cache is complete
         self.config = {"version": CACHE_VERSION, "scene": self.key["scene"], "mesh": self.key["mesh"],
                        "level": level, "ss": ss, "test_every": test_every, "aabb": [lo.tolist(), hi.tolist()],
-                       "views": entries, "train_views": self.train_ids, "test_views": self.test_ids}
+                       "views": entries, "train_views": self.train_ids, "test_views": self.test_ids,
+                       "inputs": self.key["inputs"]}
         self.done, self.coverage, self.total = 0, {}, 0
         self.clock = PhaseClock()
         self.camera_rows = camera_rows([v.camera for v in views])
@@ -414,17 +417,37 @@ def _warn_if_short(folder: Path, view_bytes: int, views_left: int) -> None:
                    f"{max(free, 0) / 1e9:.0f} GB free; the build will stop when the disk is full.")
 
 
+def inputs_fingerprint(scene) -> str:
+    """What a cache is made from beyond its paths: the size and modification time of the mesh and of
+    every photo and its mask, and the cameras. A scene prepared again in place (other cameras,
+    photos or mesh at the same paths) changes it, so its old cache is not taken for up to date."""
+    def stamp(path):
+        try:
+            st = Path(path).stat()
+        except (OSError, TypeError):
+            return None
+        return [str(path), st.st_size, st.st_mtime_ns]
+    items = [stamp(scene.mesh_path)] + [[stamp(v.image_path), stamp(mask_path_for(v.image_path)), v.camera.to_dict()]
+                                        for v in scene.views]
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:24]
+
+
 def cache_matches(run_dir: str, scene_dir: str, ss: int, test_every: int, level: int | None,
                   mesh: str | None) -> bool:
-    """True when RUN has a complete cache built from the same inputs and settings."""
+    """True when RUN has a complete cache built from the same inputs (inputs_fingerprint) and settings."""
     run = RunFolder(run_dir)
     try:
         cfg = run.settings()
     except InputError:
         return False
     same_mesh = mesh is None or str(Path(mesh).resolve()) == cfg.mesh
-    return (cfg.scene == str(Path(scene_dir).resolve()) and cfg.ss == ss and
-            cfg.test_every == test_every and cfg.level == level and same_mesh)
+    if not (cfg.scene == str(Path(scene_dir).resolve()) and cfg.ss == ss and
+            cfg.test_every == test_every and cfg.level == level and same_mesh):
+        return False
+    try:
+        return cfg.inputs == inputs_fingerprint(load_scene(scene_dir, mesh, level))
+    except InputError:            # the scene no longer loads: building the cache says why
+        return False
 
 
 class ShardReader:

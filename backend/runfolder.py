@@ -26,6 +26,7 @@ class RunSettings:
     test_every: int = 0
     train_views: list[int] = field(default_factory=list)
     test_views: list[int] = field(default_factory=list)
+    inputs: str | None = None           # cache.inputs_fingerprint of the scene it was built from
 
     @property
     def view_names(self) -> list[str]:

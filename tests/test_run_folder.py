@@ -1,9 +1,11 @@
 """Run folders: a ray cache is built only where it deletes nothing the backend did not write, a run
 folder belongs to one scene, and the cache of a trained run changes only with --overwrite."""
 import json
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backend.cache import build_cache
@@ -79,6 +81,38 @@ def test_a_trained_run_keeps_the_cache_it_was_trained_on(scene, run, trained_run
     assert train(str(r), iters=4, resume=True, device="cpu")["step"] == 4
     fresh = shutil.copytree(run, tmp_path / "fresh")
     assert build_cache(str(scene), str(fresh), **{**CACHE, "ss": 1})["ss"] == 1
+
+
+def test_a_scene_prepared_again_in_place_is_not_taken_for_up_to_date(scene, tmp_path):
+    """`fit` skips the cache of the same scene and settings, but not once the scene's photos,
+    cameras or mesh changed at the same paths (a scene prepared again, e.g. with other cameras):
+    the trained run is then refused without --overwrite, and rebuilt from the new photos with it."""
+    from PIL import Image
+    from backend.cache import cache_matches, inputs_fingerprint
+    from backend.fit import fit
+    from backend.scene import load_scene
+    s = shutil.copytree(scene, tmp_path / "s")
+    r = tmp_path / "r"
+    args = dict(ss=2, test_every=3, iters=1, device="cpu", preset="small")
+    fit(str(s), str(r), **args)
+    assert cache_matches(str(r), str(s), 2, 3, None, None)
+    photo = load_scene(s).views[0].image_path
+    old_rgb = np.load(r / "cache" / "shard_00000" / "rgb.npy")
+    Image.fromarray(255 - np.asarray(Image.open(photo).convert("RGB"))).save(photo)      # prepared again
+    assert not cache_matches(str(r), str(s), 2, 3, None, None)
+    with pytest.raises(InputError, match="holds a model trained on its ray cache.*--overwrite"):
+        fit(str(s), str(r), **args)
+    fit(str(s), str(r), overwrite=True, **args)
+    assert json.loads((r / "config.json").read_text())["inputs"] == inputs_fingerprint(load_scene(s))
+    assert not np.array_equal(np.load(r / "cache" / "shard_00000" / "rgb.npy"), old_rgb)
+    assert cache_matches(str(r), str(s), 2, 3, None, None)
+    cam = sorted((s / "cams").iterdir())[0]              # another focal length, same size and time
+    st = cam.stat()
+    text = cam.read_text()
+    assert "\n80.0 " in text
+    cam.write_text(text.replace("\n80.0 ", "\n81.0 ", 1))
+    os.utime(cam, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not cache_matches(str(r), str(s), 2, 3, None, None)
 
 
 def test_the_log_of_a_new_run_folder_starts_with_its_first_event(scene, tmp_path):
