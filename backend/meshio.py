@@ -60,6 +60,15 @@ def load_mesh(path: str | Path) -> Mesh:
     return Mesh(mesh.vertices, mesh.faces.astype(np.int32))
 
 
+def load_ply_points(path: str | Path) -> np.ndarray:
+    """The vertex positions (N, 3) of a PLY file, faces or none (e.g. a fused point cloud)."""
+    path = Path(path)
+    try:
+        return _load_ply(path).vertices
+    except (ValueError, IndexError, OSError) as e:
+        raise InputError(f"{path}: could not read its points ({e}).") from None
+
+
 def validate_mesh(mesh: Mesh, path: str | Path = "mesh") -> None:
     if len(mesh.vertices) == 0 or len(mesh.faces) == 0:
         raise InputError(f"{path}: the mesh is empty ({len(mesh.vertices)} vertices, "

@@ -3,6 +3,7 @@ recovered cameras, or a Poisson mesh. Runs on a CPU (pycolmap's CPU build), smal
 
     python benchmarks/photos_gap.py --out results/photos_gap.json [--views 30 --width 640 --height 480]
                                     [--iters 600] [--camera-model simple-radial|opencv]
+                                    [--poisson DEPTH:TRIM:POINT_WEIGHT[:OVERHANG],...]
 
 On bench_photos.py's capture (its photos with EXIF), three scenes of the same registered photos:
   reference   the capture's cameras and mesh (what bench_photos compares with);
@@ -12,7 +13,10 @@ On bench_photos.py's capture (its photos with EXIF), three scenes of the same re
               meshing are the only difference from `cameras`.
 Each is fitted with the same settings and held out the same photos; the table gives held-out PSNR
 and SSIM. `cameras - reference` is what the cameras cost, `poisson - cameras` what the Poisson
-surface costs; on a GPU, patch match's noise comes on top (bench_photos.py's gap).
+surface costs; on a GPU, patch match's noise comes on top (bench_photos.py's gap). --poisson adds a
+scene per Poisson setting, meshed from the same fused cloud (e.g. 11:7:4:1.5 = octree depth 11, trim
+7, point weight 4, the lip past the points peeled at 1.5 point spacings, 0: not peeled; the last is
+mesh_trim.OVERHANG when left out), to weigh sfm.poisson_options' and mesh_trim's choices.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -30,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 from backend.errors import InputError  # noqa: E402
-from backend.meshio import Mesh, load_mesh, write_ply  # noqa: E402
+from backend.meshio import Mesh, load_mesh, load_ply_points, write_ply  # noqa: E402
 from backend.prepare import photos, sfm  # noqa: E402
+from backend.prepare.mesh_trim import OVERHANG, peel_overhang  # noqa: E402
 from backend.scene import find_mesh  # noqa: E402
 from backend.synthetic.truth import TRUTH  # noqa: E402
 from backend.cameras import Camera  # noqa: E402
@@ -39,6 +45,41 @@ from bench_photos import fit_and_eval, make_inputs, reference_scene  # noqa: E40
 from camera_alignment import camera_errors, recovered_cameras  # noqa: E402
 from common import print_table, write_json  # noqa: E402
 from dense_helpers import patch_match_standin  # noqa: E402
+
+
+def common_pixel_psnr(runs: dict[str, Path]) -> dict[str, float]:
+    """Held-out PSNR of each run on the pixels every run's mesh covers (eval scores each mesh on its
+    own pixels, so a mesh that reaches past the surface is scored on the background it covers too).
+    Among the runs on the recovered cameras (the same undistorted photos); the reference keeps its own."""
+    import torch
+    from backend.checkpoint import load_model
+    from backend.imageio import read_image, read_mask
+    from backend.metrics import psnr
+    from backend.raster import Rasterizer
+    from backend.render import render_srgb
+    from backend.runfolder import RunFolder
+    from backend.scene import mask_path_for
+    dev, shots = torch.device("cpu"), {}
+    for name, path in runs.items():
+        run = RunFolder(str(path))
+        st = run.settings()
+        model, _ = load_model(run, dev)
+        rast = Rasterizer(load_mesh(st.mesh), dev)
+        for i in st.test_views:
+            v = st.views[i]
+            cam = Camera.from_dict(v["camera"])
+            pred, alpha = render_srgb(model, rast, cam, st.ss, "mean")
+            mask = alpha >= 1.0
+            valid = read_mask(mask_path_for(v["image"]), cam.width, cam.height)
+            # runs on the recovered cameras share their undistorted photos; the reference's photos differ
+            shots.setdefault((v["name"], pred.shape), {})[name] = (pred.astype(np.float32), v["image"],
+                                                                   mask if valid is None else mask & valid)
+    scores = {name: [] for name in runs}
+    for by_run in shots.values():
+        common = np.logical_and.reduce([m for _, _, m in by_run.values()])
+        for name, (pred, image, _) in by_run.items():
+            scores[name].append(float(psnr(pred, read_image(image), common)))
+    return {name: float(np.mean(s)) for name, s in scores.items()}
 
 
 def main() -> None:
@@ -51,7 +92,10 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--batch-rays", type=int, default=4096)
     ap.add_argument("--camera-model", default=sfm.DEFAULT_CAMERA_MODEL, choices=list(sfm.CAMERA_MODELS))
+    ap.add_argument("--poisson", default="", help="more Poisson settings DEPTH:TRIM:POINT_WEIGHT[:OVERHANG], comma-separated")
     a = ap.parse_args()
+    variants = [tuple(float(x) for x in v.split(":")) for v in a.poisson.split(",") if v]
+    variants = [v + (OVERHANG,) * (4 - len(v)) for v in variants]
     a.preset, a.ss = "small", 1
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -88,15 +132,41 @@ def main() -> None:
         sfm.has_cuda, sfm.stereo = real_has_cuda, real_stereo
     print(f"poisson: {len(load_mesh(find_mesh(poisson_scene)).faces)} triangles")
 
+    scenes = {"poisson": poisson_scene}
+    fused = poisson_scene / "sfm" / "fused.ply"
+    for depth, trim, weight, overhang in variants:
+        name = f"poisson {depth:g}:{trim:g}:{weight:g}:{overhang:g}"
+        scene = work / f"scene_poisson_{depth:g}_{trim:g}_{weight:g}_{overhang:g}"
+        shutil.rmtree(scene, ignore_errors=True)
+        shutil.copytree(cams_scene / "sfm", scene / "sfm", ignore=shutil.ignore_patterns("dense*", "fused*", "meshed*"))
+        options = pycolmap.PoissonMeshingOptions()
+        options.depth, options.trim, options.point_weight = int(depth), trim, weight
+        pycolmap.poisson_meshing(fused, scene / "poisson.ply", options)
+        if overhang > 0:
+            views = sfm.depth_views(pycolmap, poisson_scene / "sfm" / "dense")
+            write_ply(scene / "poisson.ply", peel_overhang(load_mesh(scene / "poisson.ply"), load_ply_points(fused),
+                                                           views, overhang)[0])
+        print(f"{name}: {sfm.ply_faces(scene / 'poisson.ply')} triangles")
+        try:
+            photos.convert_photos(work / "photos", scene, mesh=scene / "poisson.ply", camera_model=a.camera_model)
+        except InputError as e:           # trimmed so far that the model's points no longer lie on it
+            print(f"{name}: refused: {e}")
+            continue
+        scenes[name] = scene
+
     reference = reference_scene(capture, registered, work / "reference")
     te = int(info["test_every"])
-    results = {name: fit_and_eval(scene, work / f"run_{name}", name, a, te)
-               for name, scene in (("reference", reference), ("cameras", cams_scene), ("poisson", poisson_scene))}
+    results = {}
+    for name, scene in {"reference": reference, "cameras": cams_scene, **scenes}.items():
+        run = work / f"run_{name.replace(' ', '_').replace(':', '_')}"
+        results[name] = {**fit_and_eval(scene, run, name, a, te), "run": run}
     m = {k: v["eval"]["mean"] for k, v in results.items()}
+    common = common_pixel_psnr({k: v["run"] for k, v in results.items()})
     rows = [{"metric": f"held-out PSNR {k}", "value": m[k]["psnr"], "unit": "dB"} for k in m]
+    rows += [{"metric": f"held-out PSNR {k}, pixels all cover", "value": common[k], "unit": "dB"} for k in m]
     rows += [{"metric": f"held-out SSIM {k}", "value": m[k]["ssim"], "unit": ""} for k in m]
     rows += [{"metric": "cameras - reference", "value": m["cameras"]["psnr"] - m["reference"]["psnr"], "unit": "dB"},
-             {"metric": "poisson - cameras", "value": m["poisson"]["psnr"] - m["cameras"]["psnr"], "unit": "dB"},
+             *({"metric": f"{k} - cameras", "value": m[k]["psnr"] - m["cameras"]["psnr"], "unit": "dB"} for k in scenes),
              {"metric": "rotation error max", "value": max(err.rotation_deg.values()), "unit": "deg"},
              {"metric": "registered", "value": len(registered), "unit": "photos"},
              {"metric": "total", "value": time.perf_counter() - t0, "unit": "s"}]

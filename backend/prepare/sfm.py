@@ -12,8 +12,12 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from .. import events
 from ..errors import InputError
+from ..meshio import load_mesh, load_ply_points, write_ply
+from .mesh_trim import peel_overhang
 
 EXHAUSTIVE_MAX = 60        # photos up to which every pair is matched; beyond, neighbours only
 SEQUENTIAL_OVERLAP = 20    # neighbours each photo is matched with (in name order) beyond that
@@ -312,14 +316,38 @@ def poisson_options(pycolmap, points: int):
     return options
 
 
-def poisson(pycolmap, cloud: Path, points: int, out: Path) -> dict:
+def depth_views(pycolmap, workspace: Path):
+    """(K, cam_from_world, depth) of each photo of a dense workspace with a geometric depth map, one
+    map in memory at a time; K in the maps' pixels, whose centres lie on whole numbers."""
+    model = pycolmap.Reconstruction(workspace / "sparse")
+    for image in model.images.values():
+        path = workspace / "stereo" / "depth_maps" / f"{image.name}.geometric.bin"
+        if not complete_map(path):
+            continue
+        depth_map = pycolmap.DepthMap()
+        depth_map.read(path)
+        depth = np.asarray(depth_map.to_array(), np.float32)
+        camera = model.cameras[image.camera_id]
+        K = np.array(camera.calibration_matrix(), np.float64)
+        K[:2] *= np.array([[depth.shape[1] / camera.width], [depth.shape[0] / camera.height]])  # maps made smaller
+        K[:2, 2] -= 0.5
+        yield K, np.asarray(image.cam_from_world().matrix(), np.float64), depth
+
+
+def poisson(pycolmap, cloud: Path, points: int, out: Path, workspace: Path | None = None) -> dict:
+    """Poisson meshing of the fused cloud, then the lip it grows past the cloud's edges that the
+    workspace's depth maps do not see peeled (mesh_trim.py)."""
     options = poisson_options(pycolmap, points)
     pycolmap.poisson_meshing(cloud, out, options)
     faces = ply_faces(out) if out.is_file() else 0
     if not faces:
         raise InputError(f"{cloud}: Poisson meshing of its {points} fused points made no mesh (too few points, or "
                          "photos that overlap too little); pass --mesh MESH made by another tool.")
-    return {"depth": options.depth, "trim": options.trim, "faces": faces}
+    views = depth_views(pycolmap, workspace) if workspace is not None else ()
+    mesh, peeled = peel_overhang(load_mesh(out), load_ply_points(cloud), views)
+    if peeled:
+        write_ply(out, mesh)
+    return {"depth": options.depth, "trim": options.trim, "faces": faces - peeled, "peeled": peeled}
 
 
 def ply_faces(path: Path) -> int:
