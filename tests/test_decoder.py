@@ -122,10 +122,12 @@ def test_training_with_the_fused_decoder_follows_pytorch(run, tmp_path, monkeypa
     as the PyTorch decoder's."""
     from backend.train import train
     done = {}
-    for impl in ("torch", "triton-fp32"):
-        r = tmp_path / impl
+    for name, impl in (("torch", "torch"), ("torch again", "torch"), ("triton-fp32", "triton-fp32")):
+        r = tmp_path / name.replace(" ", "_")
         shutil.copytree(run, r)
         monkeypatch.setenv(DECODER_ENV, impl)
-        done[impl] = train(str(r), iters=60, device="cuda", preset="small", overrides=TINY)
-    assert done["triton-fp32"]["loss"] == pytest.approx(done["torch"]["loss"], rel=0.03)
-    assert abs(done["triton-fp32"]["psnr"] - done["torch"]["psnr"]) < 0.1
+        done[name] = train(str(r), iters=60, device="cuda", preset="small", overrides=TINY)
+    # the second PyTorch run shows CUDA's run-to-run spread (atomics) beside the fused decoder's difference
+    seen = {k: (round(v["loss"], 6), round(v["psnr"], 3)) for k, v in done.items()}
+    assert done["triton-fp32"]["loss"] == pytest.approx(done["torch"]["loss"], rel=0.03), seen
+    assert abs(done["triton-fp32"]["psnr"] - done["torch"]["psnr"]) < 0.1, seen
