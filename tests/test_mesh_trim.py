@@ -79,3 +79,10 @@ def test_surface_a_depth_map_sees_stays():
     assert peel_overhang(mesh, pts, [(K, cam_from_world, seen)])[1] == 0
     off = np.full((200, 200), 3.5, np.float32)                                       # something farther behind
     assert peel_overhang(mesh, pts, [(K, cam_from_world, off)])[1] == peel_overhang(mesh, pts)[1] > 0
+
+
+def test_a_mesh_mostly_off_its_points_is_left_as_it_is():
+    """Points on a third of the surface (another frame's points, or a broken cloud): not a lip, so
+    nothing is peeled rather than most of the mesh."""
+    mesh = plane(3.0, 1.0, 150)
+    assert peel_overhang(mesh, points_on(1.0)) == (mesh, 0)
