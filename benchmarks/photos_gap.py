@@ -16,7 +16,7 @@ and SSIM. `cameras - reference` is what the cameras cost, `poisson - cameras` wh
 surface costs; on a GPU, patch match's noise comes on top (bench_photos.py's gap). --poisson adds a
 scene per Poisson setting, meshed from the same fused cloud (e.g. 11:7:4:1.5 = octree depth 11, trim
 7, point weight 4, the lip past the points peeled at 1.5 point spacings, 0: not peeled; the last is
-mesh_trim.OVERHANG when left out), to weigh sfm.poisson_options' and mesh_trim's choices.
+mesh_trim.OVERHANG when left out; peeled meshes get their boundary smoothed), to weigh sfm.poisson_options' and mesh_trim's choices.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from backend.errors import InputError  # noqa: E402
 from backend.meshio import Mesh, load_mesh, load_ply_points, write_ply  # noqa: E402
 from backend.prepare import photos, sfm  # noqa: E402
-from backend.prepare.mesh_trim import OVERHANG, peel_overhang  # noqa: E402
+from backend.prepare.mesh_trim import OVERHANG, peel_overhang, smooth_boundary  # noqa: E402
 from backend.scene import find_mesh  # noqa: E402
 from backend.synthetic.truth import TRUTH  # noqa: E402
 from backend.cameras import Camera  # noqa: E402
@@ -144,8 +144,8 @@ def main() -> None:
         pycolmap.poisson_meshing(fused, scene / "poisson.ply", options)
         if overhang > 0:
             views = sfm.depth_views(pycolmap, poisson_scene / "sfm" / "dense")
-            write_ply(scene / "poisson.ply", peel_overhang(load_mesh(scene / "poisson.ply"), load_ply_points(fused),
-                                                           views, overhang)[0])
+            mesh = peel_overhang(load_mesh(scene / "poisson.ply"), load_ply_points(fused), views, overhang)[0]
+            write_ply(scene / "poisson.ply", smooth_boundary(mesh))
         print(f"{name}: {sfm.ply_faces(scene / 'poisson.ply')} triangles")
         try:
             photos.convert_photos(work / "photos", scene, mesh=scene / "poisson.ply", camera_model=a.camera_model)

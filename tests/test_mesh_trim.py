@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from backend.meshio import Mesh
-from backend.prepare.mesh_trim import nearest, peel_overhang, point_spacing
+from backend.prepare.mesh_trim import nearest, peel_overhang, point_spacing, smooth_boundary
 
 STEP = 0.02        # the points' spacing
 
@@ -86,3 +86,25 @@ def test_a_mesh_mostly_off_its_points_is_left_as_it_is():
     nothing is peeled rather than most of the mesh."""
     mesh = plane(3.0, 1.0, 150)
     assert peel_overhang(mesh, points_on(1.0)) == (mesh, 0)
+
+
+def test_a_staircase_boundary_is_smoothed_and_the_inside_stays():
+    mesh = plane(2.0, 1.0, 100)                                      # triangles 0.02 wide
+    c = centroids(mesh)
+    stair = 1.0 + 0.04 * (np.floor(c[:, 1] / 0.06) % 2)              # cut at x = 1.00 or 1.04 by bands
+    cut = Mesh(mesh.vertices, mesh.faces[c[:, 0] < stair])
+    smooth = smooth_boundary(cut)
+    used = np.unique(cut.faces)
+    rows = np.round(cut.vertices[used, 1] / 0.02).astype(int)
+
+    def edge_x(m: Mesh) -> np.ndarray:             # the boundary's x in each row of vertices, ends left out
+        x = m.vertices[used, 0]
+        return np.array([x[rows == r].max() for r in range(3, 48)])
+    assert np.std(edge_x(smooth)) < 0.4 * np.std(edge_x(cut)), (np.std(edge_x(smooth)), np.std(edge_x(cut)))
+    assert np.array_equal(smooth.faces, cut.faces) and np.allclose(smooth.vertices[:, 2], 0)    # on its plane
+    v = cut.vertices
+    inside = (v[:, 0] > 0.001) & (v[:, 0] < 0.9) & (v[:, 1] > 0.001) & (v[:, 1] < 0.999)
+    straight = (v[:, 0] == 0) & (v[:, 1] > 0.2) & (v[:, 1] < 0.8)      # a straight stretch of boundary
+    assert np.array_equal(smooth.vertices[inside | straight], v[inside | straight])
+    x, y = smooth.vertices[used, 0], smooth.vertices[used, 1]
+    assert x.max() <= 1.04 + 1e-6 and y.min() >= 0 and y.max() <= 1              # no vertex leaves the cut

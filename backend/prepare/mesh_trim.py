@@ -10,7 +10,8 @@ that have a vertex farther than OVERHANG point spacings from every point and tha
 as surface, again and again, until the boundary lies on the points or on surface the photos saw.
 Only the boundary is peeled, so a stretch of sparse points inside the surface keeps its faces (no
 holes); the depth maps keep the surface that fewer photos saw than fusion asks for (without them,
-the edges of the test's ground plane lost 2.6 % of each view).
+the edges of the test's ground plane lost 2.6 % of each view). `smooth_boundary` then straightens
+the staircase that cutting along whole triangles leaves, which renders as a jagged edge.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ SPACING_SAMPLE = 5000      # points whose nearest neighbour estimates the spacin
 MIN_SUPPORT = 1
 DEPTH_TOL = 0.02
 MAX_PEELED = 0.5           # share of the faces beyond which the mesh is left as it is (not a lip)
+# Passes of smoothing along the boundary: on the capture scene 10 left a straight edge (3: still
+# jagged), and the coverage beyond the true surface unchanged (0.23 % of each view).
+BOUNDARY_SMOOTHING = 10
 DepthView = Tuple[np.ndarray, np.ndarray, np.ndarray]    # K (3, 3), cam_from_world (3, 4), depth (H, W), 0: none
 
 
@@ -168,3 +172,25 @@ def peel_overhang(mesh: Mesh, points: np.ndarray, views: Iterable[DepthView] = (
     remap = np.full(len(mesh.vertices), -1, np.int64)
     remap[used] = np.arange(len(used))
     return Mesh(mesh.vertices[used], remap[kept].astype(np.int32)), removed
+
+
+def smooth_boundary(mesh: Mesh, iterations: int = BOUNDARY_SMOOTHING) -> Mesh:
+    """The mesh with its open boundary smoothed along itself: each vertex on a boundary loop (two
+    boundary edges) moves halfway to the middle of its two neighbours on the loop, `iterations`
+    times. Peeling and Poisson's trim cut the surface along whole triangles, so the boundary is a
+    staircase that renders as a jagged edge; this straightens it without moving the inside."""
+    faces = np.asarray(mesh.faces, np.int64)
+    ends = np.sort(faces[:, [[0, 1], [1, 2], [2, 0]]], axis=2).reshape(-1, 2)
+    edges, uses = np.unique(ends, axis=0, return_counts=True)
+    rim = edges[uses == 1]
+    if not len(rim):
+        return mesh
+    v = mesh.vertices.astype(np.float64)
+    count = np.bincount(rim.ravel(), minlength=len(v))
+    loop = count == 2                   # where boundaries meet (more edges) the vertex stays
+    for _ in range(iterations):
+        total = np.zeros_like(v)
+        np.add.at(total, rim[:, 0], v[rim[:, 1]])
+        np.add.at(total, rim[:, 1], v[rim[:, 0]])
+        v[loop] = 0.5 * v[loop] + 0.25 * total[loop]
+    return Mesh(v.astype(np.float32), mesh.faces)

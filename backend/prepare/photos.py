@@ -13,7 +13,7 @@ continues after the last finished one):
 and, when no mesh is given (--mesh, or the single mesh in SRC), on pycolmap's CUDA build:
     dense (undistorted workspace), stereo (per photo; the one stage that needs CUDA), fusion,
     meshing (Poisson, its depth and trim from the fused cloud's size: sfm.poisson_options; then the
-               lip the surface grows past the cloud's edges peeled: mesh_trim.py).
+               lip the surface grows past the cloud's edges peeled, its boundary smoothed: mesh_trim.py).
 Without CUDA and without a mesh the cameras are kept in DST/sfm/sparse (a COLMAP model) and the
 command ends with an error saying what the mesh needs. A mesh given with --mesh must be in the frame
 of these cameras (structure from motion picks its own frame): one meshed from DST/sfm/sparse by
@@ -35,7 +35,7 @@ from ..stopflag import StopFlag
 from . import sfm
 from .colmap import load_views
 from .mesh_frame import MIN_INSIDE, MIN_ON_SURFACE, frame_agreement
-from .mesh_trim import OVERHANG
+from .mesh_trim import BOUNDARY_SMOOTHING, OVERHANG
 from .report import some_names
 from .stages import Stages, Stopped
 from .writer import write_scene
@@ -220,7 +220,7 @@ def _mesh(pycolmap, stages: Stages, model: Path, image_dir: Path, work: Path, re
     stages.run("stereo", "", {}, lambda _part, token: sfm.stereo(pycolmap, ws, token),
                count=lambda: sfm.stereo_count(ws))
     fused = stages.run("fusion", "fused.ply", {}, lambda part, token: sfm.fuse(pycolmap, ws, part, token))
-    meshed = stages.run("meshing", "meshed-poisson.ply", {"overhang": OVERHANG},
+    meshed = stages.run("meshing", "meshed-poisson.ply", {"overhang": OVERHANG, "smoothing": BOUNDARY_SMOOTHING},
                         lambda part, token: sfm.poisson(pycolmap, work / "fused.ply", fused["points"], part, ws))
     events.log(f"dense: {fused['points']} fused point(s), Poisson mesh of {meshed['faces']} triangle(s) "
                f"(depth {meshed['depth']}, trim {meshed['trim']:g}; {meshed.get('peeled', 0)} past the points' "

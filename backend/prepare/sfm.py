@@ -17,7 +17,7 @@ import numpy as np
 from .. import events
 from ..errors import InputError
 from ..meshio import load_mesh, load_ply_points, write_ply
-from .mesh_trim import peel_overhang
+from .mesh_trim import peel_overhang, smooth_boundary
 
 EXHAUSTIVE_MAX = 60        # photos up to which every pair is matched; beyond, neighbours only
 SEQUENTIAL_OVERLAP = 20    # neighbours each photo is matched with (in name order) beyond that
@@ -336,7 +336,7 @@ def depth_views(pycolmap, workspace: Path):
 
 def poisson(pycolmap, cloud: Path, points: int, out: Path, workspace: Path | None = None) -> dict:
     """Poisson meshing of the fused cloud, then the lip it grows past the cloud's edges that the
-    workspace's depth maps do not see peeled (mesh_trim.py)."""
+    workspace's depth maps do not see peeled, and its boundary smoothed (mesh_trim.py)."""
     options = poisson_options(pycolmap, points)
     pycolmap.poisson_meshing(cloud, out, options)
     faces = ply_faces(out) if out.is_file() else 0
@@ -345,8 +345,7 @@ def poisson(pycolmap, cloud: Path, points: int, out: Path, workspace: Path | Non
                          "photos that overlap too little); pass --mesh MESH made by another tool.")
     views = depth_views(pycolmap, workspace) if workspace is not None else ()
     mesh, peeled = peel_overhang(load_mesh(out), load_ply_points(cloud), views)
-    if peeled:
-        write_ply(out, mesh)
+    write_ply(out, smooth_boundary(mesh))
     return {"depth": options.depth, "trim": options.trim, "faces": faces - peeled, "peeled": peeled}
 
 
