@@ -15,9 +15,20 @@ from .render import render_srgb
 from .runfolder import RunFolder, write_json
 
 
-def evaluate(run_dir: str, device: str = "auto", write_images: bool = True, grid_backend: str = "auto") -> dict:
-    from .imageio import read_image, read_mask, write_png
+def render_scored(model, rast: Rasterizer, view: dict, ss: int) -> tuple[np.ndarray, np.ndarray]:
+    """A run's view (an entry of its settings' views) rendered, sRGB float32, and the pixels it is
+    scored on: every sub-sample hits the mesh, and the photo's validity mask keeps the pixel."""
+    from .imageio import read_mask
     from .scene import mask_path_for
+    cam = Camera.from_dict(view["camera"])
+    pred, alpha = render_srgb(model, rast, cam, ss, "mean")
+    mask = alpha >= 1.0
+    valid = read_mask(mask_path_for(view["image"]), cam.width, cam.height)
+    return pred.astype(np.float32), mask if valid is None else mask & valid
+
+
+def evaluate(run_dir: str, device: str = "auto", write_images: bool = True, grid_backend: str = "auto") -> dict:
+    from .imageio import read_image, write_png
     from .metrics import lpips_or_none, psnr, ssim
     dev = resolve_device(device)
     run = RunFolder(run_dir)
@@ -32,14 +43,8 @@ def evaluate(run_dir: str, device: str = "auto", write_images: bool = True, grid
     prog = events.Progress("eval", len(test))
     for k, i in enumerate(test):
         v = settings.views[i]
-        cam = Camera.from_dict(v["camera"])
         gt = read_image(v["image"])
-        pred, alpha = render_srgb(model, rast, cam, settings.ss, "mean")
-        pred = pred.astype(np.float32)
-        mask = alpha >= 1.0
-        valid = read_mask(mask_path_for(v["image"]), cam.width, cam.height)
-        if valid is not None:
-            mask &= valid
+        pred, mask = render_scored(model, rast, v, settings.ss)
         rec = {"view": v["name"], "covered": float(mask.mean())}
         if mask.any():
             rec["psnr"] = float(psnr(pred, gt, mask))

@@ -30,12 +30,17 @@ class Mesh:
         vn = np.where(n > 0, vn / np.maximum(n, 1e-30), np.array([0.0, 0.0, 1.0]))
         return vn.astype(np.float32)
 
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distinct undirected edges (E, 2), each face's three edges as indices into them (F, 3),
+        and how many faces use each edge (E,): 1 on an open boundary, more than 2 where non-manifold."""
+        ends = np.sort(np.asarray(self.faces, np.int64)[:, [[0, 1], [1, 2], [2, 0]]], axis=2).reshape(-1, 2)
+        n = len(self.vertices)
+        keys, face_edges, uses = np.unique(ends[:, 0] * n + ends[:, 1], return_inverse=True, return_counts=True)
+        return np.stack([keys // n, keys % n], 1), face_edges.reshape(-1, 3), uses
+
     def non_manifold_edges(self) -> int:
         """Number of undirected edges shared by more than two faces."""
-        e = np.sort(np.concatenate([self.faces[:, [0, 1]], self.faces[:, [1, 2]],
-                                    self.faces[:, [2, 0]]]), axis=1)
-        _, counts = np.unique(e, axis=0, return_counts=True)
-        return int((counts > 2).sum())
+        return int((self.edges()[2] > 2).sum())
 
 
 def load_mesh(path: str | Path) -> Mesh:

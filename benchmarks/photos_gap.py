@@ -53,12 +53,11 @@ def common_pixel_psnr(runs: dict[str, Path]) -> dict[str, float]:
     Among the runs on the recovered cameras (the same undistorted photos); the reference keeps its own."""
     import torch
     from backend.checkpoint import load_model
-    from backend.imageio import read_image, read_mask
+    from backend.evaluate import render_scored
+    from backend.imageio import read_image
     from backend.metrics import psnr
     from backend.raster import Rasterizer
-    from backend.render import render_srgb
     from backend.runfolder import RunFolder
-    from backend.scene import mask_path_for
     dev, shots = torch.device("cpu"), {}
     for name, path in runs.items():
         run = RunFolder(str(path))
@@ -67,13 +66,9 @@ def common_pixel_psnr(runs: dict[str, Path]) -> dict[str, float]:
         rast = Rasterizer(load_mesh(st.mesh), dev)
         for i in st.test_views:
             v = st.views[i]
-            cam = Camera.from_dict(v["camera"])
-            pred, alpha = render_srgb(model, rast, cam, st.ss, "mean")
-            mask = alpha >= 1.0
-            valid = read_mask(mask_path_for(v["image"]), cam.width, cam.height)
+            pred, mask = render_scored(model, rast, v, st.ss)
             # runs on the recovered cameras share their undistorted photos; the reference's photos differ
-            shots.setdefault((v["name"], pred.shape), {})[name] = (pred.astype(np.float32), v["image"],
-                                                                   mask if valid is None else mask & valid)
+            shots.setdefault((v["name"], pred.shape), {})[name] = (pred, v["image"], mask)
     scores = {name: [] for name in runs}
     for by_run in shots.values():
         common = np.logical_and.reduce([m for _, _, m in by_run.values()])

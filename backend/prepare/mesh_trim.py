@@ -151,10 +151,7 @@ def peel_overhang(mesh: Mesh, points: np.ndarray, views: Iterable[DepthView] = (
     candidates = np.flatnonzero(far_vertex[faces].any(1))
     if not len(candidates):
         return mesh, 0
-    # each face's three edges as ids, and how many faces share each edge (1: on the open boundary)
-    ends = np.sort(faces[:, [[0, 1], [1, 2], [2, 0]]], axis=2).reshape(-1, 2)
-    _, edge, uses = np.unique(ends[:, 0] * len(mesh.vertices) + ends[:, 1], return_inverse=True, return_counts=True)
-    edge = edge.reshape(-1, 3)
+    _, edge, uses = mesh.edges()        # each face's edges, and how many faces use each (1: boundary)
     alive = np.ones(len(faces), bool)
     while len(candidates):
         peel = (uses[edge[candidates]] == 1).any(1)
@@ -179,9 +176,7 @@ def smooth_boundary(mesh: Mesh, iterations: int = BOUNDARY_SMOOTHING) -> Mesh:
     boundary edges) moves halfway to the middle of its two neighbours on the loop, `iterations`
     times. Peeling and Poisson's trim cut the surface along whole triangles, so the boundary is a
     staircase that renders as a jagged edge; this straightens it without moving the inside."""
-    faces = np.asarray(mesh.faces, np.int64)
-    ends = np.sort(faces[:, [[0, 1], [1, 2], [2, 0]]], axis=2).reshape(-1, 2)
-    edges, uses = np.unique(ends, axis=0, return_counts=True)
+    edges, _, uses = mesh.edges()
     rim = edges[uses == 1]
     if not len(rim):
         return mesh
