@@ -30,6 +30,16 @@ gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
 
+def pytest_report_header(config):
+    """The free space where tests write: the ray cache keeps 1 GB free on its disk (DISK_RESERVE)
+    and refuses to start below that, so a nearly full temp disk fails the cache tests by design."""
+    import shutil
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+    line = f"temp folder {tempfile.gettempdir()}: {free:.1f} GB free"
+    return line + (" (below 3 GB: tests that build ray caches may stop with 'the disk has ... free')"
+                   if free < 3 else "")
+
+
 def run_triton_interpreted(argv: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     """`python *argv` in a child with TRITON_INTERPRET=1 (read when triton loads, so not settable
     in this process): the Triton kernels run on CPU tensors."""
