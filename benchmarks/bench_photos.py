@@ -3,7 +3,7 @@ reference cameras and mesh (the GPU target of the photos-only issue).
 
     python benchmarks/bench_photos.py --out results/photos.json [--views 20] [--width 800 --height 600]
                                       [--iters 2000] [--work DIR] [--smoke] [--resume]
-                                      [--camera-model simple-radial|opencv]
+                                      [--camera-model auto|simple-radial|opencv]
 
 1. A capture scene (backend.synthetic.capture: exposure and white balance per photo, sensor noise,
    JPEG, occluders, close-ups 8x nearer; its cameras carry ~0.3 px of pose error and its mesh is
@@ -189,7 +189,7 @@ def main() -> None:
                     help="scratch folder (the capture scene is reused when made before)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (the true mesh without dense stereo)")
     ap.add_argument("--camera-model", default=DEFAULT_CAMERA_MODEL, choices=list(CAMERA_MODELS),
-                    help="prepare's --camera-model (opencv: this scene's non-square pixels; benchmarks/NOTES.md)")
+                    help="prepare's --camera-model (benchmarks/NOTES.md, photos only)")
     ap.add_argument("--resume", action="store_true",
                     help="keep WORK/scene_photos from an interrupted run: prepare continues from its finished stages")
     for k in ("views", "width", "height", "iters"):

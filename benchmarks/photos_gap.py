@@ -2,8 +2,8 @@
 recovered cameras, or a Poisson mesh. Runs on a CPU (pycolmap's CPU build), small preset.
 
     python benchmarks/photos_gap.py --out results/photos_gap.json [--views 30 --width 640 --height 480]
-                                    [--iters 600] [--camera-model simple-radial|opencv]
-                                    [--poisson DEPTH:TRIM:POINT_WEIGHT[:OVERHANG],...]
+                                    [--iters 600] [--camera-model auto|simple-radial|opencv]
+                                    [--poisson DEPTH:TRIM:POINT_WEIGHT[:OVERHANG],...] [--lens square]
 
 On bench_photos.py's capture (its photos with EXIF), three scenes of the same registered photos:
   reference   the capture's cameras and mesh (what bench_photos compares with);
@@ -17,6 +17,8 @@ surface costs; on a GPU, patch match's noise comes on top (bench_photos.py's gap
 scene per Poisson setting, meshed from the same fused cloud (e.g. 11:7:4:1.5 = octree depth 11, trim
 7, point weight 4, the lip past the points peeled at 1.5 point spacings, 0: not peeled; the last is
 mesh_trim.OVERHANG when left out; peeled meshes get their boundary smoothed), to weigh sfm.poisson_options' and mesh_trim's choices.
+--lens square renders the capture with square pixels and a principal point near the centre (LENSES),
+as most sensors have, instead of the scene's deliberately non-ideal lens (fy = 0.98 fx, off centre).
 """
 from __future__ import annotations
 
@@ -45,6 +47,11 @@ from bench_photos import fit_and_eval, make_inputs, reference_scene  # noqa: E40
 from camera_alignment import camera_errors, recovered_cameras  # noqa: E402
 from common import print_table, write_json  # noqa: E402
 from dense_helpers import patch_match_standin  # noqa: E402
+from backend.synthetic import procedural  # noqa: E402
+
+# The capture's lens: (cx, cy as fractions of the image, fy / fx). "capture" is procedural.py's own.
+LENSES = {"capture": (procedural.CX_FRAC, procedural.CY_FRAC, procedural.FY_OVER_FX),
+          "square": (0.504, 0.493, 1.0)}     # a real sensor's: square pixels, centre off by a few px
 
 
 def common_pixel_psnr(runs: dict[str, Path]) -> dict[str, float]:
@@ -88,11 +95,14 @@ def main() -> None:
     ap.add_argument("--batch-rays", type=int, default=4096)
     ap.add_argument("--camera-model", default=sfm.DEFAULT_CAMERA_MODEL, choices=list(sfm.CAMERA_MODELS))
     ap.add_argument("--poisson", default="", help="more Poisson settings DEPTH:TRIM:POINT_WEIGHT[:OVERHANG], comma-separated")
+    ap.add_argument("--lens", default="capture", choices=list(LENSES), help="the photos' lens (see LENSES)")
     a = ap.parse_args()
+    # the capture's cameras are made in this process (procedural.intrinsics reads these when called)
+    procedural.CX_FRAC, procedural.CY_FRAC, procedural.FY_OVER_FX = LENSES[a.lens]
     variants = [tuple(float(x) for x in v.split(":")) for v in a.poisson.split(",") if v]
     variants = [v + (OVERHANG,) * (4 - len(v)) for v in variants]
     a.preset, a.ss = "small", 1
-    work = Path(a.work)
+    work = Path(a.work + ("" if a.lens == "capture" else f"_{a.lens}"))   # a capture is reused by its settings
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     capture, info, truth = make_inputs(work, a.views, a.width, a.height, 1)

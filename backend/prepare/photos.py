@@ -7,7 +7,8 @@ continues after the last finished one):
                model and focal length), its focal length seeded from EXIF where the photos have it
     matching   every pair up to sfm.EXHAUSTIVE_MAX photos, else by GPS or by name order
     mapping    the incremental mapper, or the global one (--mapper global), with the camera model of
-               --camera-model (sfm.CAMERA_MODELS); photos outside the
+               --camera-model (sfm.CAMERA_MODELS), then a robust last bundle adjustment that refines
+               the lens as far as the registered photos hold it (sfm.final_lens); photos outside the
                largest model are listed and left out, and a model holding photos that see too few
                of its points is refused (sfm.check_model)
 and, when no mesh is given (--mesh, or the single mesh in SRC), on pycolmap's CUDA build:
@@ -20,7 +21,7 @@ of these cameras (structure from motion picks its own frame): one meshed from DS
 another tool; prepare with it then continues from the kept cameras. A mesh in another frame (from
 another reconstruction) is refused: too few of the model's 3-D points lie on it (mesh_frame.py).
 The scene itself is written by the COLMAP path (colmap.py's reading, the writer's undistortion of
-the SIMPLE_RADIAL photos, or OPENCV with --camera-model opencv).
+the SIMPLE_RADIAL or OPENCV photos).
 """
 from __future__ import annotations
 
@@ -113,8 +114,7 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
         try:
             keys = {n: sfm.lens_key(image_dir / n) for n in names}
             stages = _stages(pycolmap, keys, work, dense)
-            model, record = _cameras(pycolmap, stages, image_dir, keys, work, mapper,
-                                     sfm.CAMERA_MODELS[camera_model])
+            model, record = _cameras(pycolmap, stages, image_dir, keys, work, mapper, camera_model)
             if mesh_path is not None:
                 _check_mesh_frame(pycolmap, mesh_path, model)
             if dense:
@@ -130,7 +130,7 @@ def convert_photos(src: str | Path, dst: str | Path, *, downsample: int = 1, cop
     source = {"kind": "photos", "images": str(image_dir), "mesh": str(mesh_path), "model": str(model),
               "photos": len(names), "registered": len(record["registered"]),
               "unregistered": record["unregistered"], "mapper": record["mapper"],
-              "camera_model": record["camera_model"],
+              "camera_model": record["camera_model"], "lens": record["lens"],
               "mean_reprojection_error_px": record["mean_reprojection_error_px"]}
     return write_scene(views, mesh_path, dst, downsample=downsample, copy_images=copy_images,
                        source=source, notes=notes, undistort=undistort)
@@ -195,15 +195,15 @@ def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], w
     matched = stages.run("matching", "matches.db", {},
                          lambda part, token: sfm.match(pycolmap, work / "features.db", part, n, gps, token))
     events.log(f"matching: {matched['method']}, {matched['verified_pairs']} verified pair(s)")
-    # the camera model keys the mapping only when it is not the default: earlier runs' models stay
-    settings = {"mapper": mapper, **({"camera_model": camera_model} if camera_model != sfm.CAMERA_MODEL else {})}
+    # the final adjustment keys the mapping: models mapped before it are mapped again, once
+    settings = {"mapper": mapper, "camera_model": camera_model, "final": f"cauchy {sfm.ROBUST_LOSS_PX} px",
+                "lens_photos": sfm.LENS_PHOTOS}
     record = stages.run("mapping", "sparse", settings,
                         lambda part, token: sfm.reconstruct(pycolmap, work / "matches.db", image_dir, part, names,
                                                             mapper, token, camera_model))
-    record.setdefault("camera_model", sfm.CAMERA_MODEL)     # a mapping kept from before the choice existed
     events.log(f"mapping ({record['mapper']}): {len(record['registered'])} of {n} photos registered, mean "
                f"reprojection error {record['mean_reprojection_error_px']:.2f} px, camera model "
-               f"{record['camera_model']}")
+               f"{record['camera_model']} ({record['lens']})")
     if record["unregistered"]:
         left = record["unregistered"]
         events.emit("log", message=f"warning: {len(left)} of {n} photo(s) did not register and are left out: "

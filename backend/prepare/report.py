@@ -172,7 +172,7 @@ def _sfm(root: Path, img_dir: Path | None) -> dict | None:
     if not src or src.get("kind") != "photos":
         return None
     return {k: src.get(k) for k in ("photos", "registered", "unregistered", "mean_reprojection_error_px", "mapper",
-                                   "camera_model")}
+                                   "camera_model", "lens")}
 
 
 def some_names(names: list[str], shown: int = 10) -> str:
@@ -203,7 +203,8 @@ def format_report(r: dict, max_rows: int = 40) -> str:
     m = r.get("structure_from_motion")
     if m:
         lines.append(f"  photos registered by structure from motion: {m['registered']} of {m['photos']} "
-                     f"({m['mapper']} mapper, {m.get('camera_model') or CAMERA_MODEL} camera), mean reprojection "
+                     f"({m['mapper']} mapper, {m.get('camera_model') or CAMERA_MODEL} camera"
+                     + (f": {m['lens']}" if m.get("lens") else "") + "), mean reprojection "
                      f"error {m['mean_reprojection_error_px']:.2f} px")
     u = r.get("undistortion")
     if u:

@@ -24,16 +24,17 @@ SEQUENTIAL_OVERLAP = 20    # neighbours each photo is matched with (in name orde
 MIN_MODEL = 3              # photos a model needs to count
 MAPPERS = ("incremental", "global")   # the first is the default: see reconstruct()
 MIN_PHOTO_POINTS = 15      # 3-D points a registered photo must see for its pose to be trusted
+ROBUST_LOSS_PX = 0.5       # the Cauchy loss scale of the last bundle adjustment: see final_lens()
 POISSON_MIN_TRIM, POISSON_MAX_TRIM = 5, 10    # Poisson meshing's density trim: see poisson_options()
-# --camera-model: COLMAP's camera model of each choice; the first is the default and the model the
-# features are extracted with (one focal length, one radial term, the principal point at the centre).
-# With more parameters (RADIAL, OPENCV, a refined principal point) 5 photos registered 2 of 5 with
-# 14-43 degree errors, and on 12 photos on an arc the largest rotation error rose from 0.19 to 0.27-0.99
-# degree; OPENCV with the principal point refined by a last bundle adjustment helped only on 30 photos
-# of off-centre, non-square pixels (1.85 -> 0.93 degree). benchmarks/NOTES.md, photos only.
-CAMERA_MODELS = {"simple-radial": "SIMPLE_RADIAL", "opencv": "OPENCV"}
-DEFAULT_CAMERA_MODEL = "simple-radial"          # the --camera-model choice when none is given
-CAMERA_MODEL = CAMERA_MODELS[DEFAULT_CAMERA_MODEL]
+# --camera-model: the COLMAP camera model each choice maps with; the features are extracted with
+# CAMERA_MODEL (one focal length, one radial term, the principal point at the centre). More lens
+# parameters while mapping over-fit few photos (5 photos: 2 of 5 registered, or none), so "auto" maps
+# with CAMERA_MODEL and refines the lens afterwards, where enough photos hold it (final_lens()).
+# benchmarks/NOTES.md, photos only; benchmarks/sfm_cameras.py.
+CAMERA_MODELS = {"auto": "SIMPLE_RADIAL", "simple-radial": "SIMPLE_RADIAL", "opencv": "OPENCV"}
+DEFAULT_CAMERA_MODEL = "auto"                   # the --camera-model choice when none is given
+CAMERA_MODEL = "SIMPLE_RADIAL"
+LENS_PHOTOS = 20           # auto: registered photos per camera from which its lens is refined as OPENCV
 INSTALL = ("pip install pycolmap in the backend environment (from the repository: "
            "pip install -e \".[photos]\")")
 DENSE_INSTALL = ("pip install pycolmap-cuda12 in place of pycolmap on a Linux machine with an NVIDIA GPU, or pass "
@@ -147,21 +148,21 @@ def match(pycolmap, features_db: Path, db: Path, n_photos: int, gps: bool, token
 
 
 def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], mapper: str, token,
-                camera_model: str = CAMERA_MODEL) -> dict:
+                camera_model: str = DEFAULT_CAMERA_MODEL) -> dict:
     """Camera poses and 3-D points with the incremental mapper (COLMAP's default) or the global one
     (GLOMAP). The largest model is written to `out`; photos outside it are listed. The global mapper
     is not the default: on photos that match others weakly (close-ups) it returned wrong cameras
-    with a low reprojection error, which check_model() refuses. A camera model other than the
-    extracted one maps a copy of the database with its cameras changed, and its principal point
-    is refined by a last bundle adjustment."""
+    with a low reprojection error, which check_model() refuses. `camera_model` is a --camera-model
+    choice (CAMERA_MODELS): one whose model is not the extracted one maps a copy of the database with
+    its cameras changed; every model ends with final_lens()."""
     if mapper == "global" and not hasattr(pycolmap, "global_mapping"):
         raise InputError(f"--mapper global: this pycolmap ({getattr(pycolmap, '__version__', '?')}) has no global mapper; "
                          "upgrade it (pip install -U pycolmap) or use --mapper incremental.")
     work = out.with_name(out.name + "-models")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    if camera_model != CAMERA_MODEL:
-        db = _with_camera_model(pycolmap, db, work / "database.db", camera_model)
+    if CAMERA_MODELS[camera_model] != CAMERA_MODEL:
+        db = _with_camera_model(pycolmap, db, work / "database.db", CAMERA_MODELS[camera_model])
     if mapper == "global":
         options = pycolmap.GlobalPipelineOptions()
         options.min_model_size = MIN_MODEL
@@ -179,13 +180,14 @@ def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], 
                          f"{len(photos)} photos match each other. The photos need to overlap (each part of the "
                          "subject in three or more photos, from viewpoints a few degrees apart) and to be sharp.")
     best = models[0]
-    if camera_model != CAMERA_MODEL:
-        _refine_principal_point(pycolmap, best)
+    lens = final_lens(pycolmap, best, camera_model)
     check_model(best, images, mapper)
     out.mkdir(parents=True)
     best.write(out)
     registered = {best.image(i).name for i in best.reg_image_ids()}
-    return {"mapper": mapper, "camera_model": camera_model, "registered": sorted(registered),
+    models_used = sorted({best.camera(c).model_name for c in best.cameras})
+    return {"mapper": mapper, "camera_model": "/".join(models_used), "camera_choice": camera_model, "lens": lens,
+            "registered": sorted(registered),
             "unregistered": sorted(set(photos) - registered), "other_models": [m.num_reg_images() for m in models[1:]],
             "points": int(best.num_points3D()),
             "mean_reprojection_error_px": float(best.compute_mean_reprojection_error())}
@@ -208,16 +210,56 @@ def _with_camera_model(pycolmap, db: Path, copy: Path, camera_model: str) -> Pat
     return copy
 
 
-def _refine_principal_point(pycolmap, model) -> None:
-    """A bundle adjustment of every registered photo that refines the principal point too (through
-    the adjuster: pycolmap.bundle_adjustment turns COLMAP's log on stderr back on)."""
+def final_lens(pycolmap, model, choice: str) -> str:
+    """The last bundle adjustment of a mapped model, robust (a Cauchy loss of ROBUST_LOSS_PX): the
+    incremental mapper's squared error let the few wrong matches it keeps turn the cameras (1.6-3 degrees
+    on the capture scene, where the true cameras fit the same matches better; 0.2 on 12 photos), and a
+    robust loss discounts them. The principal point is refined for opencv, and for auto once every
+    camera has LENS_PHOTOS registered photos (its SIMPLE_RADIAL lens then becomes OPENCV: two focal
+    lengths, distortion); on fewer photos refining it tilted the cameras instead. What was done, in words."""
+    per_camera: dict[int, int] = {}
+    for i in model.reg_image_ids():
+        cid = model.image(i).camera_id
+        per_camera[cid] = per_camera.get(cid, 0) + 1
+    refine = choice == "opencv" or (choice == "auto" and min(per_camera.values()) >= LENS_PHOTOS)
+    if choice == "auto" and refine:
+        as_opencv(pycolmap, model)
+    final_adjustment(pycolmap, model, ROBUST_LOSS_PX, principal_point=refine)
+    fewest = min(per_camera.values())
+    if refine:
+        return "two focal lengths, distortion and principal point refined" + (
+            f" ({fewest}+ registered photos per camera)" if choice == "auto" else "")
+    return "one focal length and radial distortion refined, principal point at the centre" + (
+        f" (fewer than {LENS_PHOTOS} registered photos for a camera: {fewest})" if choice == "auto" else "")
+
+
+def as_opencv(pycolmap, model) -> None:
+    """The model's SIMPLE_RADIAL cameras as OPENCV ones (fx = fy = f, k1 = k), in place: their two focal
+    lengths, principal point and distortion can then be refined by final_adjustment()."""
+    for cid in model.cameras:
+        cam = model.camera(cid)
+        if cam.model_name == "SIMPLE_RADIAL":
+            f, cx, cy, k = cam.params
+            cam.model = pycolmap.CameraModelId.OPENCV
+            cam.params = [f, f, cx, cy, k, 0.0, 0.0, 0.0]
+
+
+def final_adjustment(pycolmap, model, loss_px: float = 0.0, principal_point: bool = False) -> None:
+    """A last bundle adjustment of every registered photo (through the adjuster:
+    pycolmap.bundle_adjustment turns COLMAP's log on stderr back on). `loss_px` > 0: a Cauchy loss of
+    that scale in pixels instead of squared error, so that the few wrong matches a model keeps do not
+    pull the cameras; `principal_point`: refine it too."""
     options = pycolmap.BundleAdjustmentOptions()
-    options.refine_principal_point, options.print_summary = True, False
+    options.refine_principal_point, options.print_summary = principal_point, False
+    if loss_px > 0:
+        options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+        options.ceres.loss_function_scale = loss_px
     config = pycolmap.BundleAdjustmentConfig()
     for i in model.reg_image_ids():
         config.add_image(i)
     config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     pycolmap.create_default_bundle_adjuster(options, config, model).solve()
+    model.update_point_3d_errors()              # the mean reprojection error reads them
 
 
 def weak_photos(model) -> list[str]:

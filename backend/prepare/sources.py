@@ -102,11 +102,12 @@ SOURCES = (
         flags=(IMAGES, Flag("mapper", "--mapper", "structure from motion's mapper: incremental (default; "
                             "COLMAP's) or global (GLOMAP: faster on many photos, wrong cameras seen on weakly "
                             "matching ones)", choices=("incremental", "global")),
-               Flag("camera_model", "--camera-model", "structure from motion's lens: simple-radial (default; one "
-                    "focal length, principal point at the centre) or opencv (two focal lengths, four distortion "
-                    "terms, principal point refined: for 30 or more photos of a sensor with non-square pixels or "
-                    "an off-centre principal point; on few photos it over-fits)",
-                    choices=("simple-radial", "opencv")))),
+               Flag("camera_model", "--camera-model", "structure from motion's lens: auto (default: one focal "
+                    "length and a centred principal point while mapping, then two focal lengths, distortion and "
+                    "the principal point refined once 20 or more photos of a camera registered), simple-radial "
+                    "(one focal length, principal point at the centre, always) or opencv (the refined lens from "
+                    "the start: mapping itself over-fits few photos)",
+                    choices=("auto", "simple-radial", "opencv")))),
 )
 SCENE_FORMAT = "mvsnet"   # the scene folder's own layout: Blender imports it as it is
 CONVERTED = tuple(s for s in SOURCES if s.name != SCENE_FORMAT)    # what Blender converts first
