@@ -42,13 +42,12 @@ from backend.synthetic.truth import TRUTH  # noqa: E402
 from camera_alignment import camera_errors, recovered_cameras  # noqa: E402
 from common import write_json  # noqa: E402
 
-# final bundle adjustments tried on each mapped model: name -> (loss scale in px or 0 for squared
-# error, principal point refined, SIMPLE_RADIAL cameras turned OPENCV first). sfm.final_lens: "robust"
+# final bundle adjustments tried on each mapped model: name -> (Cauchy loss scale in px, None for
+# sfm.robust_scale's, 0 for squared error; principal point refined; SIMPLE_RADIAL cameras turned OPENCV first). sfm.final_lens: "robust"
 # is simple-radial's (and auto's below sfm.LENS_PHOTOS photos), "robust, pp" opencv's, "robust, pp,
 # as OPENCV" auto's from LENS_PHOTOS photos; "squared, pp" was opencv's before.
-R = sfm.ROBUST_LOSS_PX
-FINALS = {"as mapped": None, "squared, pp": (0.0, True, False), "robust": (R, False, False),
-          "robust, pp": (R, True, False), "robust, pp, as OPENCV": (R, True, True)}
+FINALS = {"as mapped": None, "squared, pp": (0.0, True, False), "robust": (None, False, False),
+          "robust, pp": (None, True, False), "robust, pp, as OPENCV": (None, True, True)}
 
 
 def make_scene(name: str, work: Path) -> tuple[Path, dict[str, Camera], float]:
@@ -124,9 +123,10 @@ def main() -> None:
                 if how is not None:
                     m = pycolmap.Reconstruction(out)
                     t1 = time.perf_counter()
+                    loss = sfm.robust_scale(m) if how[0] is None else how[0]
                     if how[2]:
                         sfm.as_opencv(pycolmap, m)
-                    sfm.final_adjustment(pycolmap, m, loss_px=how[0], principal_point=how[1])
+                    sfm.final_adjustment(pycolmap, m, loss_px=loss, principal_point=how[1])
                     out = work / "final"
                     shutil.rmtree(out, ignore_errors=True)
                     out.mkdir(parents=True)

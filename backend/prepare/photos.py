@@ -196,7 +196,7 @@ def _cameras(pycolmap, stages: Stages, image_dir: Path, keys: dict[str, list], w
                          lambda part, token: sfm.match(pycolmap, work / "features.db", part, n, gps, token))
     events.log(f"matching: {matched['method']}, {matched['verified_pairs']} verified pair(s)")
     # the final adjustment keys the mapping: models mapped before it are mapped again, once
-    settings = {"mapper": mapper, "camera_model": camera_model, "final": f"cauchy {sfm.ROBUST_LOSS_PX} px",
+    settings = {"mapper": mapper, "camera_model": camera_model, "final": f"cauchy x{sfm.ROBUST_LOSS_MEDIANS} median",
                 "lens_photos": sfm.LENS_PHOTOS}
     record = stages.run("mapping", "sparse", settings,
                         lambda part, token: sfm.reconstruct(pycolmap, work / "matches.db", image_dir, part, names,

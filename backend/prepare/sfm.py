@@ -24,7 +24,7 @@ SEQUENTIAL_OVERLAP = 20    # neighbours each photo is matched with (in name orde
 MIN_MODEL = 3              # photos a model needs to count
 MAPPERS = ("incremental", "global")   # the first is the default: see reconstruct()
 MIN_PHOTO_POINTS = 15      # 3-D points a registered photo must see for its pose to be trusted
-ROBUST_LOSS_PX = 0.5       # the Cauchy loss scale of the last bundle adjustment: see final_lens()
+ROBUST_LOSS_MEDIANS = 3    # the last bundle adjustment's Cauchy scale, in median point errors: final_lens()
 POISSON_MIN_TRIM, POISSON_MAX_TRIM = 5, 10    # Poisson meshing's density trim: see poisson_options()
 # --camera-model: the COLMAP camera model each choice maps with; the features are extracted with
 # CAMERA_MODEL (one focal length, one radial term, the principal point at the centre). More lens
@@ -211,12 +211,14 @@ def _with_camera_model(pycolmap, db: Path, copy: Path, camera_model: str) -> Pat
 
 
 def final_lens(pycolmap, model, choice: str) -> str:
-    """The last bundle adjustment of a mapped model, robust (a Cauchy loss of ROBUST_LOSS_PX): the
-    incremental mapper's squared error let the few wrong matches it keeps turn the cameras (1.6-3 degrees
-    on the capture scene, where the true cameras fit the same matches better; 0.2 on 12 photos), and a
-    robust loss discounts them. The principal point is refined for opencv, and for auto once every
-    camera has LENS_PHOTOS registered photos (its SIMPLE_RADIAL lens then becomes OPENCV: two focal
-    lengths, distortion); on fewer photos refining it tilted the cameras instead. What was done, in words."""
+    """The last bundle adjustment of a mapped model, robust: a Cauchy loss whose scale is
+    ROBUST_LOSS_MEDIANS times the model's median point error (0.45-0.5 px on the capture scene; 1.6 or
+    6.5 times did worse). The incremental mapper's squared error let the few wrong matches it keeps turn
+    the cameras (1.6-3 degrees on the capture scene, where the true cameras fit the same matches
+    better; 0.2 on 12 photos), and a robust loss discounts them. The principal point is refined for
+    opencv, and for auto once every camera has LENS_PHOTOS registered photos (its SIMPLE_RADIAL lens then
+    becomes OPENCV: two focal lengths, distortion); on fewer photos refining it tilted the cameras
+    instead. What was done, in words."""
     per_camera: dict[int, int] = {}
     for i in model.reg_image_ids():
         cid = model.image(i).camera_id
@@ -224,13 +226,18 @@ def final_lens(pycolmap, model, choice: str) -> str:
     refine = choice == "opencv" or (choice == "auto" and min(per_camera.values()) >= LENS_PHOTOS)
     if choice == "auto" and refine:
         as_opencv(pycolmap, model)
-    final_adjustment(pycolmap, model, ROBUST_LOSS_PX, principal_point=refine)
+    final_adjustment(pycolmap, model, robust_scale(model), principal_point=refine)
     fewest = min(per_camera.values())
     if refine:
         return "two focal lengths, distortion and principal point refined" + (
             f" ({fewest}+ registered photos per camera)" if choice == "auto" else "")
     return "one focal length and radial distortion refined, principal point at the centre" + (
         f" (fewer than {LENS_PHOTOS} registered photos for a camera: {fewest})" if choice == "auto" else "")
+
+
+def robust_scale(model) -> float:
+    """The Cauchy scale in pixels of the model's last bundle adjustment (final_lens)."""
+    return max(ROBUST_LOSS_MEDIANS * float(np.median([p.error for p in model.points3D.values()])), 0.05)
 
 
 def as_opencv(pycolmap, model) -> None:
