@@ -72,8 +72,8 @@ def test_recovered_cameras_match_the_truth_after_a_similarity(capture, cameras_o
     err = camera_errors(rec, {n: (c.R, c.center) for n, c in truth.items()})
     extent = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
     assert max(err.centre.values()) <= 0.01 * extent, (err.centre, extent)
-    # the robust last adjustment: 0.09-0.10 degree (squared error, before it: 0.19-0.20; NOTES, photos only)
-    assert max(err.rotation_deg.values()) <= 0.15, err.rotation_deg
+    # the robust last adjustment: 0.03 degree (the mapping as it is: 0.18-0.20; NOTES, photos only)
+    assert max(err.rotation_deg.values()) <= 0.1, err.rotation_deg
 
 
 def test_a_photo_that_does_not_register_is_listed_and_left_out(capture, cameras_only, tmp_path):
