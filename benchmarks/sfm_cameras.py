@@ -42,12 +42,13 @@ from backend.synthetic.truth import TRUTH  # noqa: E402
 from camera_alignment import camera_errors, recovered_cameras  # noqa: E402
 from common import write_json  # noqa: E402
 
-# final bundle adjustments tried on each mapped model: name -> (Cauchy loss scale in px, None for
-# sfm.robust_scale's, 0 for squared error; principal point refined; SIMPLE_RADIAL cameras turned OPENCV first). sfm.final_lens: "robust"
-# is simple-radial's (and auto's below sfm.LENS_PHOTOS photos), "robust, pp" opencv's, "robust, pp,
-# as OPENCV" auto's from LENS_PHOTOS photos; "squared, pp" was opencv's before.
-FINALS = {"as mapped": None, "squared, pp": (0.0, True, False), "robust": (None, False, False),
-          "robust, pp": (None, True, False), "robust, pp, as OPENCV": (None, True, True)}
+# final bundle adjustments tried on each mapped model: name -> passes, each (Cauchy loss scale in px:
+# None for sfm.robust_scale's, 0 for squared error; principal point refined; SIMPLE_RADIAL cameras turned
+# OPENCV first). sfm.final_lens: "robust" is simple-radial's (and auto's below sfm.LENS_PHOTOS photos),
+# "robust, then pp" opencv's and auto's from LENS_PHOTOS photos (its lens turned OPENCV); "squared, pp"
+# was opencv's before; "robust, pp" is the principal point refined in the one robust pass.
+FINALS = {"as mapped": (), "squared, pp": ((0.0, True, False),), "robust": ((None, False, False),),
+          "robust, pp": ((None, True, True),), "robust, then pp": ((None, False, False), (None, True, True))}
 
 
 def make_scene(name: str, work: Path) -> tuple[Path, dict[str, Camera], float]:
@@ -120,13 +121,14 @@ def main() -> None:
             mapped = time.perf_counter() - t0
             for final, how in FINALS.items():
                 out = dst / "sfm" / "sparse"
-                if how is not None:
+                if how:
                     m = pycolmap.Reconstruction(out)
                     t1 = time.perf_counter()
-                    loss = sfm.robust_scale(m) if how[0] is None else how[0]
-                    if how[2]:
-                        sfm.as_opencv(pycolmap, m)
-                    sfm.final_adjustment(pycolmap, m, loss_px=loss, principal_point=how[1])
+                    for loss, pp, opencv in how:
+                        loss = sfm.robust_scale(m) if loss is None else loss
+                        if opencv:
+                            sfm.as_opencv(pycolmap, m)
+                        sfm.final_adjustment(pycolmap, m, loss_px=loss, principal_point=pp)
                     out = work / "final"
                     shutil.rmtree(out, ignore_errors=True)
                     out.mkdir(parents=True)

@@ -211,24 +211,25 @@ def _with_camera_model(pycolmap, db: Path, copy: Path, camera_model: str) -> Pat
 
 
 def final_lens(pycolmap, model, choice: str) -> str:
-    """The last bundle adjustment of a mapped model, robust: a Cauchy loss whose scale is
+    """The last bundle adjustments of a mapped model, robust: a Cauchy loss whose scale is
     ROBUST_LOSS_MEDIANS times the model's median point error (0.45-0.5 px on the capture scene; 1.6 or
-    6.5 times did worse). The incremental mapper's squared error let the few wrong matches it keeps turn
-    the cameras (1.6-3 degrees on the capture scene, where the true cameras fit the same matches
-    better; 0.2 on 12 photos), and a robust loss discounts them. The principal point is refined for
-    opencv, and for auto once every camera has LENS_PHOTOS registered photos (its SIMPLE_RADIAL lens then
-    becomes OPENCV: two focal lengths, distortion); on fewer photos refining it tilted the cameras
-    instead. What was done, in words."""
+    6.5 times did worse). The incremental mapper's squared error let the few wrong matches it keeps
+    turn the cameras (1.6-3 degrees on the capture scene, where the true cameras fit the same matches
+    better; 0.2 on 12 photos), and a robust loss discounts them. Then the principal point is refined in
+    a second pass: always for opencv, and for auto once every camera has LENS_PHOTOS registered photos
+    (its SIMPLE_RADIAL lens then becomes OPENCV: two focal lengths, distortion); on fewer photos
+    refining it tilted the cameras instead, and refined in the first pass it let a wrong camera stay
+    wrong. What was done, in words."""
     per_camera: dict[int, int] = {}
     for i in model.reg_image_ids():
         cid = model.image(i).camera_id
         per_camera[cid] = per_camera.get(cid, 0) + 1
-    refine = choice == "opencv" or (choice == "auto" and min(per_camera.values()) >= LENS_PHOTOS)
-    if choice == "auto" and refine:
-        as_opencv(pycolmap, model)
-    final_adjustment(pycolmap, model, robust_scale(model), principal_point=refine)
     fewest = min(per_camera.values())
-    if refine:
+    final_adjustment(pycolmap, model, robust_scale(model))
+    if choice == "opencv" or (choice == "auto" and fewest >= LENS_PHOTOS):
+        if choice == "auto":
+            as_opencv(pycolmap, model)
+        final_adjustment(pycolmap, model, robust_scale(model), principal_point=True)
         return "two focal lengths, distortion and principal point refined" + (
             f" ({fewest}+ registered photos per camera)" if choice == "auto" else "")
     return "one focal length and radial distortion refined, principal point at the centre" + (
