@@ -38,6 +38,21 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray) -> Similarity:
     return Similarity(s, R, mu_d - s * R @ mu_s)
 
 
+def fit_similarity_robust(src: np.ndarray, dst: np.ndarray, passes: int = 2) -> Similarity:
+    """fit_similarity on the points it carries well: refitted without those whose residual is over 3
+    times the median (a camera structure from motion placed wrongly would otherwise move every other
+    camera's alignment, and a mesh carried by it lands pixels off in all of them)."""
+    keep = np.ones(len(src), bool)
+    sim = fit_similarity(src, dst)
+    for _ in range(passes):
+        r = np.linalg.norm(sim.apply(src) - dst, axis=1)
+        keep = r <= 3 * max(float(np.median(r)), 1e-12)
+        if keep.sum() < 3 or keep.all():
+            break
+        sim = fit_similarity(src[keep], dst[keep])
+    return sim
+
+
 def recovered_cameras(model_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """photo name -> (world-to-camera rotation, camera centre) of a COLMAP model."""
     _, images = read_model(Path(model_dir))
@@ -58,9 +73,9 @@ class CameraErrors:
 def camera_errors(recovered: dict[str, tuple[np.ndarray, np.ndarray]],
                   truth: dict[str, tuple[np.ndarray, np.ndarray]]) -> CameraErrors:
     """Errors of the cameras both hold (name -> (world-to-camera R, centre)), after carrying the
-    recovered centres onto the true ones."""
+    recovered centres onto the true ones (fit_similarity_robust: a wrong camera shows as itself)."""
     names = sorted(set(recovered) & set(truth))
-    sim = fit_similarity(np.array([recovered[n][1] for n in names]), np.array([truth[n][1] for n in names]))
+    sim = fit_similarity_robust(np.array([recovered[n][1] for n in names]), np.array([truth[n][1] for n in names]))
     centre = {n: float(np.linalg.norm(sim.apply(recovered[n][1]) - truth[n][1])) for n in names}
     # camera n in the true frame has the rotation R_rec R_sim^T, to be compared with the true one
     rotation = {n: math.degrees(math.acos(np.clip((np.trace(recovered[n][0] @ sim.R.T @ truth[n][0].T) - 1) / 2,

@@ -10,7 +10,7 @@ import numpy as np
 from backend.cameras import Camera
 from backend.meshio import Mesh
 from backend.raster_cpu import rasterize
-from benchmarks.camera_alignment import fit_similarity, recovered_cameras
+from benchmarks.camera_alignment import fit_similarity_robust, recovered_cameras
 
 
 def write_dense_map(path: Path, values: np.ndarray) -> None:
@@ -45,10 +45,10 @@ def workspace_cameras(pycolmap, workspace: Path) -> list[Camera]:
 
 def true_mesh_in(model_dir: Path, mesh: Mesh, true_centres: dict[str, np.ndarray]) -> Mesh:
     """The true mesh carried into a COLMAP model's frame by the similarity that best carries the true
-    camera centres onto the recovered ones."""
+    camera centres onto the recovered ones (fit_similarity_robust: not pulled by a wrong camera)."""
     rec = recovered_cameras(model_dir)
     names = sorted(set(rec) & set(true_centres))
-    to_rec = fit_similarity(np.array([true_centres[n] for n in names]), np.array([rec[n][1] for n in names]))
+    to_rec = fit_similarity_robust(np.array([true_centres[n] for n in names]), np.array([rec[n][1] for n in names]))
     return Mesh(to_rec.apply(mesh.vertices).astype(np.float32), mesh.faces)
 
 
