@@ -185,7 +185,7 @@ def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], 
     out.mkdir(parents=True)
     best.write(out)
     registered = {best.image(i).name for i in best.reg_image_ids()}
-    models_used = sorted({best.camera(c).model_name for c in best.cameras})
+    models_used = sorted({best.camera(c).model.name for c in best.cameras})
     return {"mapper": mapper, "camera_model": "/".join(models_used), "camera_choice": camera_model, "lens": lens,
             "registered": sorted(registered),
             "unregistered": sorted(set(photos) - registered), "other_models": [m.num_reg_images() for m in models[1:]],
@@ -246,7 +246,7 @@ def as_opencv(pycolmap, model) -> None:
     lengths, principal point and distortion can then be refined by final_adjustment()."""
     for cid in model.cameras:
         cam = model.camera(cid)
-        if cam.model_name == "SIMPLE_RADIAL":
+        if cam.model.name == "SIMPLE_RADIAL":
             f, cx, cy, k = cam.params
             cam.model = pycolmap.CameraModelId.OPENCV
             cam.params = [f, f, cx, cy, k, 0.0, 0.0, 0.0]
@@ -260,8 +260,9 @@ def final_adjustment(pycolmap, model, loss_px: float = 0.0, principal_point: boo
     options = pycolmap.BundleAdjustmentOptions()
     options.refine_principal_point, options.print_summary = principal_point, False
     if loss_px > 0:
-        options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
-        options.ceres.loss_function_scale = loss_px
+        solver = getattr(options, "ceres", options)      # pycolmap 4 moved the solver's options into .ceres
+        solver.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+        solver.loss_function_scale = loss_px
     config = pycolmap.BundleAdjustmentConfig()
     for i in model.reg_image_ids():
         config.add_image(i)
