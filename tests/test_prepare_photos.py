@@ -127,7 +127,8 @@ def test_the_incremental_mapper_is_the_default_and_global_is_chosen_with_a_flag(
     _, mesh, truth = capture
     dst, res = cameras_only
     assert any(e["message"].startswith("mapping (incremental): 12 of 13") and "camera model SIMPLE_RADIAL (" in
-               e["message"] for e in events_of(res.stdout) if e["event"] == "log")
+               e["message"] and "refined from 20 registered photos of a camera, this one has 12" in e["message"]
+               for e in events_of(res.stdout) if e["event"] == "log")
     shutil.copytree(dst / "sfm", tmp_path / "sfm")
     res = cli("prepare", str(capture[0] / "photos"), "--out", str(tmp_path), "--mapper", "global", "--json")
     logs = [e["message"] for e in events_of(res.stdout) if e["event"] == "log"]
@@ -194,7 +195,7 @@ def test_auto_refines_the_lens_once_enough_photos_registered(capture, cameras_on
     err = camera_errors(recovered_cameras(tmp_path / "sfm" / "sparse"), {n: (c.R, c.center) for n, c in truth.items()})
     assert len(err.rotation_deg) == 12 and max(err.rotation_deg.values()) <= 0.5, err.rotation_deg
     mapping = json.loads((tmp_path / "sfm" / "mapping.json").read_text(encoding="utf-8"))
-    assert "principal point refined (12+ registered photos per camera)" in json.dumps(mapping)
+    assert "principal point refined, from 12 or more registered photos per camera" in json.dumps(mapping)
 
 
 def test_a_model_whose_photos_see_few_points_is_refused(cameras_only):

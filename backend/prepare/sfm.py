@@ -231,9 +231,10 @@ def final_lens(pycolmap, model, choice: str) -> str:
             as_opencv(pycolmap, model)
         final_adjustment(pycolmap, model, robust_scale(model), principal_point=True)
         return "two focal lengths, distortion and principal point refined" + (
-            f" ({fewest}+ registered photos per camera)" if choice == "auto" else "")
-    return "one focal length and radial distortion refined, principal point at the centre" + (
-        f" (fewer than {LENS_PHOTOS} registered photos for a camera: {fewest})" if choice == "auto" else "")
+            f", from {fewest} or more registered photos per camera" if choice == "auto" else "")
+    return "one focal length and radial distortion, principal point at the centre" + (
+        f"; the rest of the lens is refined from {LENS_PHOTOS} registered photos of a camera, this one has {fewest}"
+        if choice == "auto" else "")
 
 
 def robust_scale(model) -> float:
