@@ -42,7 +42,6 @@ def fit_similarity_robust(src: np.ndarray, dst: np.ndarray, passes: int = 2) -> 
     """fit_similarity on the points it carries well: refitted without those whose residual is over 3
     times the median (a camera structure from motion placed wrongly would otherwise move every other
     camera's alignment, and a mesh carried by it lands pixels off in all of them)."""
-    keep = np.ones(len(src), bool)
     sim = fit_similarity(src, dst)
     for _ in range(passes):
         r = np.linalg.norm(sim.apply(src) - dst, axis=1)

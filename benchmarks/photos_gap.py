@@ -54,6 +54,11 @@ LENSES = {"capture": (procedural.CX_FRAC, procedural.CY_FRAC, procedural.FY_OVER
           "square": (0.504, 0.493, 1.0)}     # a real sensor's: square pixels, centre off by a few px
 
 
+def use_lens(name: str) -> None:
+    """Cameras made from now on in this process (procedural.intrinsics reads these) have lens `name`."""
+    procedural.CX_FRAC, procedural.CY_FRAC, procedural.FY_OVER_FX = LENSES[name]
+
+
 def common_pixel_psnr(runs: dict[str, Path]) -> dict[str, float]:
     """Held-out PSNR of each run on the pixels every run's mesh covers (eval scores each mesh on its
     own pixels, so a mesh that reaches past the surface is scored on the background it covers too).
@@ -97,8 +102,7 @@ def main() -> None:
     ap.add_argument("--poisson", default="", help="more Poisson settings DEPTH:TRIM:POINT_WEIGHT[:OVERHANG], comma-separated")
     ap.add_argument("--lens", default="capture", choices=list(LENSES), help="the photos' lens (see LENSES)")
     a = ap.parse_args()
-    # the capture's cameras are made in this process (procedural.intrinsics reads these when called)
-    procedural.CX_FRAC, procedural.CY_FRAC, procedural.FY_OVER_FX = LENSES[a.lens]
+    use_lens(a.lens)
     variants = [tuple(float(x) for x in v.split(":")) for v in a.poisson.split(",") if v]
     variants = [v + (OVERHANG,) * (4 - len(v)) for v in variants]
     a.preset, a.ss = "small", 1

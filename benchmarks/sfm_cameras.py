@@ -37,7 +37,6 @@ from backend.cameras import Camera  # noqa: E402
 from backend.errors import InputError  # noqa: E402
 from backend.meshio import load_mesh  # noqa: E402
 from backend.prepare import photos, sfm  # noqa: E402
-from backend.synthetic import procedural  # noqa: E402
 from backend.synthetic.truth import TRUTH  # noqa: E402
 from camera_alignment import camera_errors, recovered_cameras  # noqa: E402
 from common import write_json  # noqa: E402
@@ -66,8 +65,8 @@ def make_scene(name: str, work: Path) -> tuple[Path, dict[str, Camera], float]:
                 shutil.copy(work / "arc" / "photos" / n, folder / n)
         return folder, truth, float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
     import bench_photos
-    from photos_gap import LENSES
-    procedural.CX_FRAC, procedural.CY_FRAC, procedural.FY_OVER_FX = LENSES[name if name == "square" else "capture"]
+    from photos_gap import use_lens
+    use_lens(name if name == "square" else "capture")
     capture, _, truth = bench_photos.make_inputs(work / name, 30, 640, 480, 1)
     true = {f"{v['name']}.jpg": Camera.from_dict(v["true_camera"]) for v in truth["views"]}
     mesh = load_mesh(capture / TRUTH / "true.obj")

@@ -186,8 +186,7 @@ def reconstruct(pycolmap, db: Path, images: Path, out: Path, photos: list[str], 
     best.write(out)
     registered = {best.image(i).name for i in best.reg_image_ids()}
     models_used = sorted({best.camera(c).model.name for c in best.cameras})
-    return {"mapper": mapper, "camera_model": "/".join(models_used), "camera_choice": camera_model, "lens": lens,
-            "registered": sorted(registered),
+    return {"mapper": mapper, "camera_model": "/".join(models_used), "lens": lens, "registered": sorted(registered),
             "unregistered": sorted(set(photos) - registered), "other_models": [m.num_reg_images() for m in models[1:]],
             "points": int(best.num_points3D()),
             "mean_reprojection_error_px": float(best.compute_mean_reprojection_error())}
